@@ -1,0 +1,141 @@
+"""``poolwire``: a thin CLI over the bus.
+
+poolwire tap [--connect ENDPOINT]... [--json] [--count N] [--timeout S] PREFIX...
+poolwire push ENDPOINT JSON
+poolwire snapshot ENDPOINT [PREFIX]
+poolwire config check FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from shared.bus import Pusher, Subscriber
+from shared.config import check_file
+from shared.constants import default_pub_endpoints
+from shared.messages import JSON_DECODER, Message, to_json_dict
+from shared.snapshot import request_snapshot
+
+_json = msgspec.json.Encoder()
+
+
+def _line(topic: str, msg: Message, as_json: bool) -> str:
+    if as_json:
+        return _json.encode(to_json_dict(msg, topic)).decode()
+    body = " ".join(
+        f"{k}={v!r}" for k, v in msgspec.structs.asdict(msg).items() if k not in {"publisher", "topic_seq"}
+    )
+    return f"{topic} {type(msg).__name__} {body}"
+
+
+async def tap(
+    endpoints: Sequence[str], prefixes: Sequence[str], as_json: bool, count: int, timeout: float
+) -> int:
+    printed = 0
+    sub = Subscriber(endpoints, prefixes or ("",))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout <= 0 else loop.time() + timeout
+        while count <= 0 or printed < count:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            for topic, msg in await sub.recv_batch(remaining):
+                sys.stdout.write(_line(topic, msg, as_json) + "\n")
+                printed += 1
+                if 0 < count <= printed:
+                    break
+            sys.stdout.flush()
+    finally:
+        sub.close()
+    return 0 if printed or count <= 0 else 3
+
+
+async def push(endpoint: str, text: str) -> int:
+    try:
+        msg = JSON_DECODER.decode(text)
+    except msgspec.DecodeError as exc:
+        print(f"poolwire push: not a valid message: {exc}", file=sys.stderr)
+        return 2
+    pusher = Pusher(endpoint, sender="poolwire-cli")
+    try:
+        await pusher.send(msg, timeout=5.0)
+    except TimeoutError:
+        print(f"poolwire push: nobody took the message at {endpoint} within 5 s", file=sys.stderr)
+        pusher.close(linger_ms=0)
+        return 1
+    pusher.close()
+    return 0
+
+
+async def snapshot(endpoint: str, prefix: str, timeout: float) -> int:
+    header, items = await request_snapshot(endpoint, prefix, timeout)
+    print(_json.encode(to_json_dict(header, "snapshot")).decode())
+    for item in items:
+        print(_json.encode(to_json_dict(item, "snapshot")).decode())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poolwire", description="poolwire: a real-time market pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tap", help="print every message on the bus whose topic matches a prefix")
+    t.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes (default: all)")
+    t.add_argument(
+        "--connect",
+        action="append",
+        metavar="ENDPOINT",
+        help="PUB endpoint(s); default: every service",
+    )
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument("--count", type=int, default=0, help="stop after N messages")
+    t.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
+    p = sub.add_parser("push", help='send one message (JSON with its "type") to a PULL socket')
+    p.add_argument("endpoint")
+    p.add_argument("json")
+    s = sub.add_parser("snapshot", help="ask a state owner (registry, sync) for its state")
+    s.add_argument("endpoint")
+    s.add_argument("prefix", nargs="?", default="")
+    s.add_argument("--timeout", type=float, default=5.0)
+    c = sub.add_parser("config", help="config tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "tap":
+            endpoints = args.connect or default_pub_endpoints()
+            return asyncio.run(tap(endpoints, args.prefixes, args.json, args.count, args.timeout))
+        if args.command == "push":
+            return asyncio.run(push(args.endpoint, args.json))
+        if args.command == "snapshot":
+            return asyncio.run(snapshot(args.endpoint, args.prefix, args.timeout))
+        problems = check_file(args.file)
+    except KeyboardInterrupt:
+        return 130
+    except TimeoutError as exc:
+        print(f"poolwire: {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""One YAML file, validated into msgspec Structs; a wrong value stops start-up naming its key.
+
+The file has a ``common`` section and one section per service (``ingest``, ``sync``, ``registry``,
+``alerts``, ``simulator``). Each service owns the Struct of its section (``services/<name>/config.py``)
+and reads only ``common`` and its own section. ``poolwire config check FILE`` validates them all.
+
+Durations read as ``250ms``, ``30s``, ``120m``, ``6h``, ``2d`` (or a bare number of seconds).
+Environment overrides: ``POOLWIRE_<SECTION>__<KEY>[__<KEY>...]=value`` (value read as YAML), e.g.
+``POOLWIRE_REGISTRY__PUB=tcp://0.0.0.0:5570``; ``POOLWIRE_CONFIG`` names the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import yaml
+
+T = TypeVar("T")
+
+ENV_PREFIX = "POOLWIRE_"
+CONFIG_ENV = "POOLWIRE_CONFIG"
+DEFAULT_CONFIG_PATH = "deploy/poolwire.yaml"
+
+# Where each section's Struct lives; the CLI imports them to check a whole file.
+SECTIONS: dict[str, str] = {
+    "ingest": "services.ingest.config:IngestConfig",
+    "sync": "services.sync.config:SyncConfig",
+    "registry": "services.registry.config:RegistryConfig",
+    "alerts": "services.alerts.config:AlertsConfig",
+    "simulator": "services.simulator.config:SimulatorConfig",
+}
+
+Endpoint = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^(tcp://[^:]+:\d+|ipc://.+|inproc://.+)$", description="zmq endpoint"),
+]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """A config file or value is wrong; the message names the file, key path and expectation."""
+
+
+class Duration(float):
+    """Seconds, written in config as ``30s``, ``120m``, ``6h``, ``2d``, ``250ms`` or a number."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a duration like 30s, 120m, 6h, 2d; got {value!r}")
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError(f"a duration cannot be negative; got {value!r}")
+            return cls(value)
+        if isinstance(value, str):
+            match = cls._PATTERN.match(value)
+            if match:
+                return cls(float(match.group(1)) * cls._UNITS[match.group(2)])
+        raise ValueError(f"expected a duration like 30s, 120m, 6h, 2d; got {value!r}")
+
+
+def _dec_hook(type_: type, obj: object) -> object:
+    if type_ is Duration:
+        return Duration.parse(obj)
+    raise NotImplementedError(f"no config decoder for {type_!r}")
+
+
+class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = "data"
+    log_level: str = "INFO"
+    heartbeat_interval: Duration = Duration(1.0)
+
+
+def read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The file's top-level mapping; no path and no $POOLWIRE_CONFIG means an empty config."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV)
+    if chosen is None:
+        return {}
+    p = Path(chosen)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {p}: cannot read it ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: expected a mapping at the top, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS) - {"common"})
+    if unknown:
+        raise ConfigError(
+            f"config file {p}: unknown section(s) {', '.join(unknown)}; "
+            f"expected common, {', '.join(SECTIONS)}"
+        )
+    return data
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Overlay ``POOLWIRE_<SECTION>__<KEY>`` variables onto the raw mapping (a copy)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = out
+        for key in path[:-1]:
+            child = node.get(key)
+            child = {} if not isinstance(child, dict) else dict(child)
+            node[key] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+    return out
+
+
+def convert(data: object, type_: type[T], where: str) -> T:
+    """Validate ``data`` into ``type_``; errors name ``where`` plus the key path inside it."""
+    try:
+        return msgspec.convert(data if data is not None else {}, type_, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), where)) from None
+
+
+def _explain(message: str, where: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.pools.H1.ttl`"; we say "registry.pools.H1.ttl: ..."
+    text, _, at = message.rpartition(" - at `")
+    if not text:
+        return f"{where}: {message}"
+    path = at.rstrip("`").removeprefix("$").lstrip(".")
+    key = f"{where}.{path}" if path else where
+    return f"{key}: {text}"
+
+
+def load_section(
+    section: str,
+    type_: type[T],
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[CommonConfig, T]:
+    """Read the file (or $POOLWIRE_CONFIG), apply env overrides, validate common + one section."""
+    raw = apply_env(read_file(path), environ)
+    common = convert(raw.get("common"), CommonConfig, "common")
+    return common, convert(raw.get(section), type_, section)
+
+
+def section_type(section: str) -> type[Any]:
+    module_name, _, attr = SECTIONS[section].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr)  # type: ignore[no-any-return]
+
+
+def check_file(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Validate every section of a file; returns the problems found (empty when it is valid)."""
+    try:
+        raw = apply_env(read_file(path), environ if environ is not None else {})
+    except ConfigError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    try:
+        convert(raw.get("common"), CommonConfig, "common")
+    except ConfigError as exc:
+        problems.append(str(exc))
+    for section in SECTIONS:
+        if section not in raw:
+            continue
+        try:
+            type_ = section_type(section)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{section}: cannot load its schema ({exc})")
+            continue
+        try:
+            convert(raw[section], type_, section)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems

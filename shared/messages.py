@@ -1,0 +1,370 @@
+"""Every message the pipeline exchanges, as msgspec Structs in one tagged union.
+
+On the wire a message is msgpack of a map whose ``"type"`` key names the Struct (its class name)
+and whose other keys are its fields. Every message carries the envelope fields of
+:class:`Message`, filled by the publisher. Consumers decode with :data:`DECODER`, which accepts
+one message or an array of messages (a batch, all on the same topic).
+
+Compatibility rules: a new field must have a default (older decoders ignore unknown keys; newer
+decoders fill the default when reading older messages). A new message type is unknown to older
+decoders, which count and skip it.
+
+Types: prices, sizes and amounts are floats unless exactness matters; on-chain integers wider than
+64 bits (uint160 sqrt prices, uint112/uint128 reserves and liquidity) are decimal strings.
+Times are integers of nanoseconds since the Unix epoch (``*_ns``).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+
+class Message(Struct, tag_field="type", tag=True, kw_only=True, omit_defaults=False):
+    """Envelope shared by every message. The publisher fills everything but ``event_ns``."""
+
+    publisher: str = ""  # publisher id, e.g. "registry" or "ingest-0"
+    seq: int = 0  # per-publisher sequence, 1, 2, 3... across all its topics (Clone snapshots)
+    topic_seq: int = 0  # per-(publisher, topic) sequence: a subscriber's gap detector
+    event_ns: int = 0  # when the event happened (exchange or chain time when known)
+    publish_ns: int = 0  # when the publisher sent it
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbone
+
+
+class Heartbeat(Message, kw_only=True):
+    """Sent on ``<service>.health`` every ``interval_ms`` by every publisher."""
+
+    service: str
+    interval_ms: int
+    started_ns: int  # the publisher's incarnation: a new value means it restarted
+    sent: int = 0  # messages published so far (its last ``seq``)
+
+
+class SnapshotRequest(Message, kw_only=True):
+    """Clone pattern: ask a state owner for its state; ``prefix`` narrows it by topic/key."""
+
+    prefix: str = ""
+
+
+class SnapshotReply(Message, kw_only=True):
+    """Header of a snapshot; the items follow as a second frame (an array of messages)."""
+
+    snapshot_seq: int  # valid at this publisher ``seq``: drop updates with seq <= this
+    count: int
+
+
+# ----------------------------------------------------------------------------------------------
+# ingest: Polymarket market data (md.*) and commands
+
+
+class BookLevel(Struct, array_like=True):
+    """One price level, encoded as ``[price, size]``."""
+
+    price: float
+    size: float
+
+
+class BookSnapshot(Message, kw_only=True):
+    """``md.book.<asset>``: the full book after a snapshot or resync. Levels best first."""
+
+    asset: str
+    market: str
+    bids: list[BookLevel]
+    asks: list[BookLevel]
+    hash: str = ""
+    tick_size: float = 0.0
+
+
+class BookChange(Message, kw_only=True):
+    """``md.change.<asset>``: one level changed (size 0 removes it)."""
+
+    asset: str
+    market: str
+    side: Literal["buy", "sell"]
+    price: float
+    size: float
+    best_bid: float = 0.0
+    best_ask: float = 0.0
+    hash: str = ""
+
+
+class Trade(Message, kw_only=True):
+    """``md.trade.<asset>``: a last-trade print; ``side`` is the aggressor's."""
+
+    asset: str
+    market: str = ""
+    price: float
+    size: float
+    side: Literal["buy", "sell"]
+    fee_rate_bps: float = 0.0
+
+
+class TickSizeChange(Message, kw_only=True):
+    """``md.tick_size.<asset>``."""
+
+    asset: str
+    market: str = ""
+    old_tick_size: float
+    new_tick_size: float
+
+
+class MarketLifecycle(Message, kw_only=True):
+    """``md.market.<asset>``: a market appeared, resolved or expired."""
+
+    asset: str
+    market: str = ""
+    status: Literal["new", "resolved", "expired", "subscribed", "unsubscribed"]
+    winning_asset: str = ""
+    question: str = ""
+
+
+class ForceSubscribe(Message, kw_only=True):
+    """Command to ingest (PULL): subscribe these assets now, ahead of the pending queue."""
+
+    asset_ids: list[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# Prices: px.<symbol>, from ingest (book mid) and sync (pool price)
+
+
+class Price(Message, kw_only=True):
+    """``px.<symbol>``: the one price stream registry and alerts read."""
+
+    symbol: str  # "pm.<asset>" or "dex.<pool>"
+    price: float
+    bid: float = 0.0
+    ask: float = 0.0
+    source: str = ""  # "book", "pool"
+
+
+# ----------------------------------------------------------------------------------------------
+# sync: pool state (dex.*) and commands
+
+
+class PoolState(Message, kw_only=True):
+    """``dex.pool.<id>``: a pool's state after a block. Wide integers are decimal strings."""
+
+    pool: str  # address (V2/V3) or pool id (V4), 0x-hex
+    protocol: Literal["v2", "v3", "v4"]
+    block: int
+    block_hash: str = ""
+    token0: str = ""
+    token1: str = ""
+    fee: int = 0  # hundredths of a bip
+    tick_spacing: int = 0
+    reserve0: str = "0"  # V2
+    reserve1: str = "0"  # V2
+    sqrt_price_x96: str = "0"  # V3/V4
+    tick: int = 0  # V3/V4
+    liquidity: str = "0"  # V3/V4, in range
+    price: float = 0.0  # token1 per token0, raw units
+
+
+class BlockUpdate(Message, kw_only=True):
+    """``dex.block``: a block applied (committed) or unwound (reverted)."""
+
+    number: int
+    hash: str
+    parent_hash: str = ""
+    status: Literal["committed", "reverted"]
+    pools_changed: int = 0
+
+
+class Swap(Message, kw_only=True):
+    """``dex.swap.<id>``: a pool swap, for order flow. Amounts are the pool's signed deltas."""
+
+    pool: str
+    protocol: Literal["v2", "v3", "v4"]
+    block: int
+    amount0: str
+    amount1: str
+    price: float = 0.0
+
+
+class PoolSpec(Struct, kw_only=True):
+    """A pool to follow: V2/V3 by address, V4 by id (with its PoolKey fields)."""
+
+    protocol: Literal["v2", "v3", "v4"]
+    address: str = ""
+    pool_id: str = ""
+    currency0: str = ""
+    currency1: str = ""
+    fee: int = 0
+    tick_spacing: int = 0
+    hooks: str = "0x0000000000000000000000000000000000000000"
+
+
+class WhitelistAdd(Message, kw_only=True):
+    """Command to sync (PULL): start following these pools while live."""
+
+    pools: list[PoolSpec]
+
+
+# ----------------------------------------------------------------------------------------------
+# registry: liquidity zones (zone.*) and detector events
+
+
+ZoneState = Literal["active", "touched", "expired", "grace"]
+
+
+class Zone(Struct, kw_only=True, gc=False):
+    """A liquidity zone (seed 000's LiquidityPool)."""
+
+    id: str  # "{tf}_{iso_timestamp}_{hash}"
+    symbol: str
+    timeframe: str
+    kind: str  # "fvg_bullish", "fvg_bearish", "bsl", "ssl" or an outside detector's kind
+    top: float
+    bottom: float
+    strength: float
+    created_ns: int
+    expires_ns: int
+    touches: int = 0
+    state: ZoneState = "active"
+
+
+class DetectorEvent(Message, kw_only=True):
+    """Into registry (PULL): an outside detector found a zone."""
+
+    detector: str
+    symbol: str
+    timeframe: str
+    kind: str
+    top: float
+    bottom: float
+    strength: float = 1.0
+    created_ns: int = 0  # default: now
+
+
+class ZoneCreated(Message, kw_only=True):
+    """``zone.created.<tf>.<symbol>``; ``confluence`` lists overlapping zones of other timeframes."""
+
+    zone: Zone
+    confluence: list[str] = []
+
+
+class ZoneTouched(Message, kw_only=True):
+    """``zone.touched.<tf>.<symbol>``."""
+
+    zone: Zone
+    price: float
+
+
+class ZoneExpired(Message, kw_only=True):
+    """``zone.expired.<tf>.<symbol>``: the zone left the active set and entered grace."""
+
+    zone: Zone
+    reason: Literal["ttl", "filled", "evicted"]
+
+
+class ZoneRemoved(Message, kw_only=True):
+    """``zone.removed.<tf>.<symbol>``: grace over, the zone is gone."""
+
+    zone: Zone
+
+
+# ----------------------------------------------------------------------------------------------
+# alerts: jobs, results, alerts
+
+
+class StrategyJob(Message, kw_only=True):
+    """Ventilator -> worker (PUSH): run one strategy over the tickers that changed."""
+
+    job_id: str
+    strategy: str
+    kind: str
+    bucket_ns: int
+    tickers: list[str]
+    params: dict[str, Any] = {}
+    attempt: int = 1
+
+
+class AlertFired(Message, kw_only=True):
+    """``alert.<strategy>.<symbol>``."""
+
+    strategy: str
+    symbol: str
+    message: str
+    value: float = 0.0
+    bucket_ns: int = 0
+
+
+class JobResult(Message, kw_only=True):
+    """Worker -> sink (PUSH): what a job found."""
+
+    job_id: str
+    strategy: str
+    worker: str
+    ok: bool
+    alerts: list[AlertFired] = []
+    used_symbols: list[str] = []
+    error: str = ""
+    duration_ns: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The union and its codecs.
+
+
+def _tagged_subclasses(base: type[Message]) -> list[type[Message]]:
+    found: list[type[Message]] = []
+    for sub in base.__subclasses__():
+        found.append(sub)
+        found.extend(_tagged_subclasses(sub))
+    return found
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = tuple(_tagged_subclasses(Message))
+BY_TAG: dict[str, type[Message]] = {t.__name__: t for t in MESSAGE_TYPES}
+
+AnyMessage: Any = typing.Union[MESSAGE_TYPES]  # noqa: UP007 - built at runtime from the classes
+
+ENCODER = msgspec.msgpack.Encoder()
+DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+    typing.Union[AnyMessage, list[AnyMessage]]  # noqa: UP007
+)
+ONE_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(AnyMessage)
+RAW_LIST_DECODER = msgspec.msgpack.Decoder(list[msgspec.Raw])
+JSON_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyMessage)
+
+
+def encode(msg: Message | list[Message]) -> bytes:
+    return ENCODER.encode(msg)
+
+
+def decode_payload(payload: bytes) -> tuple[list[Message], int]:
+    """Decode one payload frame into its messages; returns (messages, how many were bad).
+
+    A batch with one bad item keeps the good ones: the fallback decodes items one by one.
+    """
+    try:
+        out = DECODER.decode(payload)
+    except msgspec.DecodeError:
+        pass
+    else:
+        return (out, 0) if isinstance(out, list) else ([out], 0)
+    try:
+        raws = RAW_LIST_DECODER.decode(payload)
+    except msgspec.DecodeError:
+        return [], 1
+    good: list[Message] = []
+    bad = 0
+    for raw in raws:
+        try:
+            good.append(ONE_DECODER.decode(raw))
+        except msgspec.DecodeError:
+            bad += 1
+    return good, bad
+
+
+def to_json_dict(msg: Message, topic: str) -> dict[str, Any]:
+    """A message as a plain dict with its type and topic first (``poolwire tap`` output)."""
+    body = msgspec.to_builtins(msg)
+    return {"type": type(msg).__name__, "topic": topic, **body}
