@@ -89,12 +89,16 @@ class Publisher:
         self._flush_scheduled = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health_topic = health_topic(service)
-        self._asock = (ctx or context()).socket(zmq.PUB)
+        # XPUB: a PUB that also reports subscriptions, so a sender can wait for its first reader.
+        self._asock = (ctx or context()).socket(zmq.XPUB)
         self._asock.setsockopt(zmq.SNDHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, 1000)
         self._asock.bind(endpoint)
         self._sock = _sync_view(self._asock)
         self._closed = False
+        self.subscriptions: set[str] = set()
+        self._subscribed = asyncio.Event()
+        self._subscription_task: asyncio.Task[None] | None = None
 
     def _stamp(self, topic: str, msg: Message) -> None:
         self.seq += 1
@@ -183,20 +187,52 @@ class Publisher:
             self.heartbeat()
             await self.clock.sleep(self.heartbeat_interval)
 
+    async def _watch_subscriptions(self) -> None:
+        while True:
+            frame = await self._asock.recv()
+            if not frame:
+                continue
+            prefix = frame[1:].decode(errors="replace")
+            if frame[0] == 1:
+                self.subscriptions.add(prefix)
+                self._subscribed.set()
+            elif frame[0] == 0:
+                self.subscriptions.discard(prefix)
+
+    def has_subscriber(self, topic: str = "") -> bool:
+        """Whether some subscriber's prefix filter matches ``topic``."""
+        return any(topic.startswith(prefix) for prefix in self.subscriptions)
+
+    async def wait_for_subscriber(self, topic: str = "", timeout: float = 10.0) -> None:
+        """Wait until a subscriber whose filter matches ``topic`` has joined (no slow-joiner loss)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.has_subscriber(topic):
+            self._subscribed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no subscriber for {topic!r} on {self.endpoint} in {timeout} s")
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), remaining)
+            except TimeoutError:
+                continue
+
     def start(self) -> Publisher:
-        """Start heartbeats (the first one goes out now)."""
+        """Start heartbeats (the first one goes out now) and subscription tracking."""
+        loop = asyncio.get_running_loop()
+        if self._subscription_task is None:
+            self._subscription_task = loop.create_task(self._watch_subscriptions())
         if self._heartbeat_task is None and self.heartbeat_interval > 0:
-            self._heartbeat_task = asyncio.get_running_loop().create_task(
-                self._heartbeat_loop(), name=f"heartbeat:{self.service}"
-            )
+            self._heartbeat_task = loop.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.service}")
         return self
 
     async def close(self) -> None:
         if self._closed:
             return
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        tasks = [t for t in (self._heartbeat_task, self._subscription_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.flush()
         self._closed = True
         self._asock.close()
@@ -229,6 +265,7 @@ class PublisherInfo:
     last_seen: float  # clock.monotonic() of its last heartbeat
     alive: bool = True
     heartbeats: int = 0
+    sent: int = 0  # messages it had published at its last heartbeat
 
 
 GapHandler = Callable[[str, str, int], None]  # publisher, topic, missed
@@ -386,6 +423,7 @@ class Subscriber:
             self._seqs[hb.publisher] = {health_topic(hb.service): hb.topic_seq}
             info.started_ns = hb.started_ns
         info.last_seen = now
+        info.sent = hb.sent
         info.interval_s = hb.interval_ms / 1000
         info.heartbeats += 1
         if not info.alive:
@@ -456,6 +494,12 @@ class Subscriber:
         if self._watchdog is not None:
             self._watchdog.cancel()
         self._asock.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     async def __aenter__(self) -> Subscriber:
         return self

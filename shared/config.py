@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -108,39 +109,84 @@ def read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
 
 
 def apply_env(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Overlay ``POOLWIRE_<SECTION>__<KEY>`` variables onto the raw mapping (a copy)."""
+    """Overlay ``POOLWIRE_<SECTION>__<KEY>`` variables onto the raw mapping (a copy).
+
+    Each name part matches an existing key case-insensitively (``H1`` stays ``H1``); a part that
+    matches nothing becomes a new lower-case key.
+    """
     env = os.environ if environ is None else environ
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    out: dict[str, Any] = dict(raw)
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == CONFIG_ENV:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = out
-        for key in path[:-1]:
-            child = node.get(key)
-            child = {} if not isinstance(child, dict) else dict(child)
-            node[key] = child
-            node = child
-        node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+        parts = name[len(ENV_PREFIX) :].split("__")
+        for i, part in enumerate(parts):
+            key = next((k for k in node if str(k).lower() == part.lower()), part.lower())
+            if i == len(parts) - 1:
+                node[key] = yaml.safe_load(value) if value != "" else ""
+            else:
+                child = node.get(key)
+                node[key] = dict(child) if isinstance(child, dict) else {}
+                node = node[key]
     return out
 
 
 def convert(data: object, type_: type[T], where: str) -> T:
     """Validate ``data`` into ``type_``; errors name ``where`` plus the key path inside it."""
+    data = data if data is not None else {}
     try:
-        return msgspec.convert(data if data is not None else {}, type_, dec_hook=_dec_hook)
+        return msgspec.convert(data, type_, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(str(exc), where)) from None
+        raise ConfigError(_explain(str(exc), where, data, type_)) from None
 
 
-def _explain(message: str, where: str) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.pools.H1.ttl`"; we say "registry.pools.H1.ttl: ..."
+def _explain(message: str, where: str, data: object, type_: object) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.pools[...].ttl`"; we say "registry.pools.H1.ttl: ..."
     text, _, at = message.rpartition(" - at `")
     if not text:
         return f"{where}: {message}"
-    path = at.rstrip("`").removeprefix("$").lstrip(".")
-    key = f"{where}.{path}" if path else where
-    return f"{key}: {text}"
+    tokens = re.findall(r"\.([^.\[]+)|\[([^\]]*)\]", at.rstrip("`").removeprefix("$"))
+    try:
+        parts = _locate(data, type_, [name or f"[{index}]" for name, index in tokens])
+    except (KeyError, IndexError, TypeError, ValueError):
+        parts = [name or f"[{index}]" for name, index in tokens]
+    return f"{'.'.join([where, *parts])}: {text}"
+
+
+def _unwrap(tp: object) -> object:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _locate(data: object, tp: object, tokens: list[str]) -> list[str]:
+    """Turn msgspec's path tokens into key names, finding which dict entry ``[...]`` stands for."""
+    parts: list[str] = []
+    for token in tokens:
+        tp = _unwrap(tp)
+        if token == "[...]" and isinstance(data, dict):
+            value_type = typing.get_args(tp)[1]
+            key = next(k for k, v in data.items() if not _valid(v, value_type))
+            parts.append(str(key))
+            data, tp = data[key], value_type
+        elif token.startswith("[") and isinstance(data, list):
+            index = int(token[1:-1])
+            parts.append(str(index))
+            data, tp = data[index], typing.get_args(tp)[0]
+        else:
+            parts.append(token)
+            fields = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}  # type: ignore[arg-type]
+            data, tp = (data.get(token) if isinstance(data, dict) else None), fields[token]
+    return parts
+
+
+def _valid(value: object, tp: object) -> bool:
+    try:
+        msgspec.convert(value, tp, dec_hook=_dec_hook)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def load_section(

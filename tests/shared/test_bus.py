@@ -1,0 +1,201 @@
+"""The bus over real sockets; publishers in real processes where the behaviour is about processes."""
+
+import asyncio
+import signal
+
+import zmq
+import zmq.asyncio
+
+from shared.bus import Publisher, PublisherInfo, Puller, Pusher, Subscriber, context
+from shared.messages import ForceSubscribe, Message, Price, encode
+from shared.snapshot import SnapshotServer, request_snapshot
+from tests.helpers import spawn, tcp_endpoint
+from tests.shared.samples import every_message
+
+
+def beacon_env(endpoint: str, **settings: object) -> dict[str, str]:
+    env = {"POOLWIRE_BEACON__PUB": endpoint}
+    env.update({f"POOLWIRE_BEACON__{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+async def collect(sub: Subscriber, until: int, timeout: float = 10.0) -> list[tuple[str, Message]]:
+    got: list[tuple[str, Message]] = []
+
+    async def loop() -> None:
+        while len(got) < until:
+            got.extend(await sub.recv_batch())
+
+    await asyncio.wait_for(loop(), timeout)
+    return got
+
+
+async def test_every_message_type_crosses_a_real_socket() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0.05) as pub:
+        with Subscriber(endpoint, ["t."]) as sub:
+            await pub.wait_for_subscriber("t.", timeout=5)
+            sent = every_message()
+            for i, msg in enumerate(sent):
+                pub.publish(f"t.{i}", msg)
+            got = await collect(sub, len(sent))
+    assert [m for _, m in got] == sent
+    assert [t for t, _ in got] == [f"t.{i}" for i in range(len(sent))]
+    assert all(m.publisher == pub.publisher_id and m.publish_ns > 0 for _, m in got)
+    assert [m.seq for _, m in got] == sorted(m.seq for _, m in got)
+    assert sub.stats.gaps == 0
+
+
+async def test_burst_is_batched_and_idle_message_goes_alone() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, ["px."]) as sub:
+            await pub.wait_for_subscriber("px.", timeout=5)
+            for i in range(100):
+                pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
+            assert pub.stats.frames == 0  # queued until the loop turns
+            got = await collect(sub, 100)
+            assert pub.stats.frames == 1
+            pub.publish("px.pm.a", Price(symbol="pm.a", price=-1))
+            got += await collect(sub, 1)
+            assert pub.stats.frames == 2
+    assert [m.price for _, m in got] == [*range(100), -1]  # type: ignore[attr-defined]
+    assert [m.topic_seq for _, m in got] == list(range(1, 102))
+
+
+async def test_slow_joiner_loses_nothing_once_a_subscriber_is_seen() -> None:
+    endpoint = tcp_endpoint()
+    with (
+        Subscriber(endpoint, ["px.test"]) as sub,
+        spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, flood=5000, heartbeat="100ms")),
+    ):
+        got = await collect(sub, 5000, timeout=30)
+    assert [m.topic_seq for _, m in got] == list(range(1, 5001))
+    assert sub.stats.gaps == 0
+
+
+async def test_slow_subscriber_sees_hwm_drops_as_gaps() -> None:
+    endpoint = tcp_endpoint()
+    flood = 50_000
+    flood_done = asyncio.Event()
+
+    def on_heartbeat(info: PublisherInfo) -> None:
+        if info.sent >= flood:
+            flood_done.set()
+
+    watcher = Subscriber(endpoint, ["beacon.health"], on_heartbeat=on_heartbeat, health_services=["beacon"])
+    slow = Subscriber(endpoint, ["px.test"], hwm=100)
+    env = beacon_env(endpoint, flood=flood, heartbeat="50ms", hwm=100, batching="false", every="20ms")
+    with watcher, slow, spawn("-m", "tests.shared.beacon", env=env):
+
+        async def watch() -> None:
+            while not flood_done.is_set():
+                await watcher.recv_batch(0.5)
+
+        await asyncio.wait_for(watch(), 60)  # the flood is over; `slow` has read nothing yet
+        got: list[tuple[str, Message]] = []
+        while not got or got[-1][1].topic_seq <= flood:
+            got.extend(await asyncio.wait_for(slow.recv_batch(), 10))
+    last = got[-1][1].topic_seq
+    assert slow.stats.gaps >= 1
+    assert slow.stats.missed > 0
+    assert len(got) + slow.stats.missed == last  # every message is either received or counted lost
+
+
+async def test_dead_publisher_is_reported_after_missed_heartbeats() -> None:
+    endpoint = tcp_endpoint()
+    dead = asyncio.Event()
+    sub = Subscriber(endpoint, ["px."], health_services=["beacon"], on_dead=lambda info: dead.set())
+    with sub, spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, heartbeat="100ms")) as proc:
+        info = await sub.wait_for_publisher("beacon", timeout=20)
+        assert info.alive
+        proc.send_signal(signal.SIGKILL)
+        reader = asyncio.create_task(sub.recv_batch())
+        await asyncio.wait_for(dead.wait(), 10)
+        reader.cancel()
+    assert sub.stats.dead == 1
+    assert not sub.publishers[info.publisher].alive
+
+
+async def test_quiet_publisher_is_not_dead() -> None:
+    endpoint = tcp_endpoint()
+    sub = Subscriber(endpoint, ["px."], health_services=["beacon"])
+    with sub, spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, heartbeat="50ms")):
+        info = await sub.wait_for_publisher("beacon", timeout=20)
+        target = info.heartbeats + 10
+
+        async def until_ten_more() -> None:
+            while info.heartbeats < target:
+                await sub.recv_batch(1)
+
+        await asyncio.wait_for(until_ten_more(), 20)
+    assert sub.stats.dead == 0
+
+
+async def test_garbage_on_the_bus_is_counted_and_skipped() -> None:
+    endpoint = tcp_endpoint()
+    raw = context().socket(zmq.PUB)
+    raw.bind(endpoint)
+    with Subscriber(endpoint, ["px."]) as sub:
+        good = Price(symbol="pm.a", price=1.0)
+        got: list[tuple[str, Message]] = []
+
+        async def until_good() -> None:
+            while not got:
+                raw.send_multipart([b"px.a", b"\xc1\xc1garbage"])
+                raw.send_multipart([b"px.a", b"one", b"two"])
+                raw.send_multipart([b"px.a", encode(good)])
+                got.extend(await sub.recv_batch(0.2))
+
+        await asyncio.wait_for(until_good(), 10)
+    raw.close()
+    assert got[0][1] == good
+    assert sub.stats.decode_errors >= 2
+
+
+async def test_push_pull_round_trip_and_garbage() -> None:
+    endpoint = tcp_endpoint()
+    puller = Puller(endpoint)
+    pusher = Pusher(endpoint, sender="tester")
+    raw = context().socket(zmq.PUSH)
+    raw.connect(endpoint)
+    await raw.send(b"\xc1 not a message")
+    await pusher.send(ForceSubscribe(asset_ids=["a", "b"]), timeout=5)
+    got: list[Message] = []
+    while not got:
+        got = await asyncio.wait_for(puller.recv_batch(), 10)
+    assert got == [ForceSubscribe(asset_ids=["a", "b"], publisher="tester", seq=1, topic_seq=1)]
+    assert puller.stats.decode_errors == 1
+    raw.close()
+    pusher.close()
+    puller.close()
+
+
+async def test_snapshot_clone_round_trip() -> None:
+    endpoint = tcp_endpoint()
+    state = [Price(symbol=f"pm.{i}", price=i) for i in range(1000)]
+    server = SnapshotServer(
+        endpoint,
+        lambda req: (42, [p for p in state if p.symbol.startswith(req.prefix)]),
+        publisher_id="owner",
+    ).start()
+    header, items = await request_snapshot(endpoint, "pm.1", timeout=5)
+    await server.close()
+    assert header.snapshot_seq == 42
+    assert header.publisher == "owner"
+    assert header.count == len(items) == 111
+    assert items[0] == Price(symbol="pm.1", price=1)
+
+
+async def test_wait_for_subscriber_times_out_clearly() -> None:
+    async with Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0) as pub:
+        try:
+            await pub.wait_for_subscriber("px.", timeout=0.05)
+        except TimeoutError as exc:
+            assert "no subscriber" in str(exc)
+        else:
+            raise AssertionError("expected a timeout")
+
+
+def test_context_is_shared() -> None:
+    assert context() is zmq.asyncio.Context.instance()
