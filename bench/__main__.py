@@ -62,11 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     width = max((len(k) for k in results), default=10)
     print(f"\n{'figure':<{width}}  {'value':>14}  {'unit':<10}  {'goal':<10}  met")
-    for key in sorted(results, key=lambda k: (ORDER.index(k.split('.')[0]) if k.split('.')[0] in ORDER else 99, k)):
+    for key in sorted(
+        results, key=lambda k: (ORDER.index(k.split(".")[0]) if k.split(".")[0] in ORDER else 99, k)
+    ):
         fig = results[key]
         mark = {True: "yes", False: "NO", None: "-"}[fig.get("met")]
-        print(f"{key:<{width}}  {fig['value']:>14,.3f}  {fig.get('unit', ''):<10}  {fig.get('goal') or '':<10}  {mark}")
-    print(f"\n{len(results)} figures in {time.perf_counter() - started:.0f} s -> {RESULTS.relative_to(HERE.parent)}")
+        print(
+            f"{key:<{width}}  {fig['value']:>14,.3f}  {fig.get('unit', ''):<10}  {fig.get('goal') or '':<10}  {mark}"
+        )
+    print(
+        f"\n{len(results)} figures in {time.perf_counter() - started:.0f} s -> {RESULTS.relative_to(HERE.parent)}"
+    )
     return 1 if failed else 0
 
 

@@ -612,6 +612,12 @@ class Puller:
             if not events and deadline is not None and loop.time() >= deadline:
                 return []
 
+    def __enter__(self) -> Puller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
             for msg in await self.recv_batch():

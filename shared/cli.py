@@ -54,7 +54,8 @@ async def tap(
             sys.stdout.flush()
     finally:
         sub.close()
-    return 0 if printed or count <= 0 else 3
+    # 3: the timeout passed with nothing seen (scripts can tell silence from data)
+    return 3 if printed == 0 and deadline is not None else 0
 
 
 async def push(endpoint: str, text: str) -> int:

@@ -274,6 +274,48 @@ class ZoneRemoved(Message, kw_only=True):
 # alerts: jobs, results, alerts
 
 
+class OrderFlowMetrics(Struct, kw_only=True, gc=False):
+    """Order-flow figures of one symbol over a window (alerts' engine, fed by trades and swaps)."""
+
+    symbol: str
+    window_s: float
+    trades: int = 0
+    buy_volume: float = 0.0
+    sell_volume: float = 0.0
+    delta: float = 0.0  # aggressor buy volume - sell volume in the window
+    cvd: float = 0.0  # cumulative volume delta since the engine started
+    cvd_change: float = 0.0  # CVD now minus CVD at the window's start
+    imbalance: float = 0.0  # delta / (buy + sell), in [-1, 1]
+    trades_per_s: float = 0.0
+    computed_ns: int = 0
+
+
+class AlertZoneEvent(Struct, kw_only=True, gc=False):
+    """A zone event seen for a ticker during the bar (from registry's ``zone.*``)."""
+
+    event: str  # "created", "touched", "expired", "removed"
+    zone_id: str
+    timeframe: str
+    kind: str
+    top: float
+    bottom: float
+    price: float = 0.0
+    event_ns: int = 0
+
+
+class TickerInput(Struct, kw_only=True):
+    """What a strategy job knows of one ticker: the bar that closed, zone events, order flow."""
+
+    open: float = 0.0
+    high: float = 0.0
+    low: float = 0.0
+    close: float = 0.0
+    prev_close: float = 0.0  # close of the previous bar (0.0: none yet)
+    updated_ns: int = 0
+    zones: list[AlertZoneEvent] = []
+    flow: OrderFlowMetrics | None = None
+
+
 class StrategyJob(Message, kw_only=True):
     """Ventilator -> worker (PUSH): run one strategy over the tickers that changed."""
 
@@ -284,6 +326,9 @@ class StrategyJob(Message, kw_only=True):
     tickers: list[str]
     params: dict[str, Any] = {}
     attempt: int = 1
+    function: str = ""  # kind "python": the user's ``module:function``
+    inputs: dict[str, TickerInput] = {}
+    timeout_ms: int = 0  # the worker interrupts the strategy after this long (0: worker default)
 
 
 class AlertFired(Message, kw_only=True):
