@@ -1,0 +1,174 @@
+"""Bus benchmark: one hop PUB -> SUB across two processes, poolwire against raw pyzmq.
+
+- raw single / raw batched: pre-encoded payloads on a plain pyzmq socket, nothing decoded: the
+  limit of the transport on this machine, measured in the same run.
+- poolwire single / batched: pre-built messages through Publisher.publish (numbering, stamping,
+  encoding) to a Subscriber (draining, decoding, gap checks). Batched: the adaptive batching,
+  100 messages per frame; publish_many: the producer hands over bursts of 100 itself.
+- latency: 10 k msgs/s paced, receive time minus the sender's event_ns, p50/p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+import zmq
+
+from shared.bus import Publisher
+from shared.messages import ENCODER, Price
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPIC = b"px.bench"
+SINGLE_N = 300_000
+BATCHED_N = 3_000_000
+LATENCY_N = 20_000
+RATE = 10_000
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peer(mode: str, endpoint: str, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench._bus_peer", mode, endpoint, str(count)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(peer: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = peer.communicate(timeout=120)
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _sample(i: int = 0) -> Price:
+    return Price(symbol="pm.bench", price=0.5 + i * 1e-6, bid=0.49, ask=0.51, source="book")
+
+
+def _raw_pub(endpoint: str) -> zmq.Socket[bytes]:
+    sock = zmq.Context.instance().socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.bind(endpoint)
+    sock.recv()  # the subscription: the peer is connected
+    return sock
+
+
+def raw_run(mode: str, count: int, latency: bool = False) -> dict[str, Any]:
+    endpoint = f"tcp://127.0.0.1:{_port()}"
+    peer = _peer(mode, endpoint, count)
+    sock = _raw_pub(endpoint)
+    msg = _sample()
+    if "batched" in mode:
+        frame = ENCODER.encode([msg] * 100)
+        for _ in range(count // 100):
+            sock.send_multipart((TOPIC, frame))
+    elif latency:
+        interval = 1 / RATE
+        deadline = time.perf_counter()
+        for _ in range(count):
+            while time.perf_counter() < deadline:
+                pass
+            msg.event_ns = time.time_ns()
+            sock.send_multipart((TOPIC, ENCODER.encode(msg)))
+            deadline += interval
+    else:
+        payload = ENCODER.encode(msg)
+        for _ in range(count):
+            sock.send_multipart((TOPIC, payload))
+    result = _finish(peer)
+    sock.close(linger=0)
+    return result
+
+
+POOL = 100_000  # distinct pre-built messages, reused in turn (raw reuses pre-encoded bytes)
+
+
+async def _poolwire_send(
+    endpoint: str, count: int, batching: bool, latency: bool, many: bool = False
+) -> None:
+    pub = Publisher(endpoint, service="bench", batching=batching, max_batch=100, hwm=0, heartbeat_interval=0)
+    pub.start()
+    await pub.wait_for_subscriber("px.bench", timeout=30)
+    topic = TOPIC.decode()
+    pool = [_sample(i) for i in range(POOL)]
+    if many:
+        for start in range(0, count, 100):
+            pub.publish_many(topic, pool[start % POOL : start % POOL + 100])
+            if start % 10_000 == 0:
+                await asyncio.sleep(0)
+    elif latency:
+        interval = 1 / RATE
+        deadline = time.perf_counter()
+        for i in range(count):
+            while time.perf_counter() < deadline:
+                await asyncio.sleep(0)
+            msg = _sample(i)
+            msg.event_ns = time.time_ns()
+            pub.publish(topic, msg)
+            deadline += interval
+    else:
+        for i in range(count):
+            pub.publish(topic, pool[i % POOL])
+            if i % 10_000 == 0:
+                await asyncio.sleep(0)
+    await pub.close()
+
+
+def poolwire_run(
+    mode: str, count: int, batching: bool, latency: bool = False, many: bool = False
+) -> dict[str, Any]:
+    endpoint = f"tcp://127.0.0.1:{_port()}"
+    peer = _peer(mode, endpoint, count)
+    uvloop.run(_poolwire_send(endpoint, count, batching, latency, many))
+    return _finish(peer)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run() -> dict[str, dict[str, Any]]:
+    raw_single = raw_run("raw-single", SINGLE_N)
+    raw_batched = raw_run("raw-batched", BATCHED_N)
+    pw_single = poolwire_run("pw-single", SINGLE_N, batching=False)
+    pw_batched = poolwire_run("pw-batched", BATCHED_N, batching=True)
+    pw_many = poolwire_run("pw-batched", BATCHED_N, batching=True, many=True)
+    raw_lat = raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"]
+    pw_lat = poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)["latency_us"]
+
+    def rate(r: dict[str, Any]) -> float:
+        return float(r["received"]) / float(r["seconds"])
+
+    figures = {
+        "bus.raw_single_msgs_per_s": (rate(raw_single), "msg/s", None),
+        "bus.raw_batched_msgs_per_s": (rate(raw_batched), "msg/s", None),
+        "bus.single_msgs_per_s": (rate(pw_single), "msg/s", None),
+        "bus.batched_msgs_per_s": (rate(pw_batched), "msg/s", None),
+        "bus.single_ratio": (rate(pw_single) / rate(raw_single), "ratio", ">= 0.6"),
+        "bus.batched_ratio": (rate(pw_batched) / rate(raw_batched), "ratio", ">= 0.6"),
+        "bus.publish_many_msgs_per_s": (rate(pw_many), "msg/s", None),
+        "bus.publish_many_ratio": (rate(pw_many) / rate(raw_batched), "ratio", ">= 0.6"),
+        "bus.raw_p50_us": (_pct(raw_lat, 0.50), "us", None),
+        "bus.raw_p99_us": (_pct(raw_lat, 0.99), "us", None),
+        "bus.p50_us": (_pct(pw_lat, 0.50), "us", None),
+        "bus.p99_us": (_pct(pw_lat, 0.99), "us", "<= 1000"),
+    }
+    return {k: {"value": v, "unit": u, "goal": g} for k, (v, u, g) in figures.items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,247 @@
+"""Registry benchmarks: the core (CRUD, events, price index, memory), the wheel against a heap,
+and the service over ZeroMQ (a real process).
+
+Figures are the best of a few repeats: the machine is shared and noisy, and the best run is the
+one least disturbed by other work.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+from services.registry.registry import Registry
+from services.registry.wheel import HeapTimers, TimingWheel
+from services.registry.zones import Rules, TimeframeRules
+from shared.messages import Zone
+
+S = 1_000_000_000
+DAY = 86_400 * S
+T0 = 1_700_000_000 * S
+
+
+def _rules(grace_ns: int = 300 * S, max_per_tf: int = 1_000_000) -> Rules:
+    return Rules(
+        timeframes={"H1": TimeframeRules(ttl_ns=7200 * S), "H4": TimeframeRules(ttl_ns=6 * 3600 * S)},
+        strength_threshold=0.1,
+        grace_ns=grace_ns,
+        max_per_tf=max_per_tf,
+    )
+
+
+def _best(fn: Callable[[], float], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        best = min(best, fn())
+    return best
+
+
+def crud_10k_ms() -> float:
+    """10k zones: create, update (strength and range), expire on TTL. Milliseconds, best of 7."""
+    rng = random.Random(1)
+    specs = [(f"pm.{i % 50}", rng.uniform(0, 100)) for i in range(10_000)]
+
+    def once() -> float:
+        reg = Registry(_rules(), T0)
+        create = reg.create
+        update = reg.update
+        t0 = time.perf_counter()
+        ids = []
+        for i, (symbol, b) in enumerate(specs):
+            z = create(symbol, "H1", "fvg_bullish", b + 1.0, b, 0.5, T0 + i, T0)
+            ids.append(z.id)  # type: ignore[union-attr]
+        for zid in ids:
+            update(zid, strength=0.9)
+        reg.advance(T0 + 7300 * S)
+        elapsed = time.perf_counter() - t0
+        assert reg.stats.by_tf["H1"].expired_ttl == 10_000
+        return elapsed * 1000
+
+    return _best(once, 7)
+
+
+def events_per_s() -> tuple[float, dict[str, int]]:
+    """A full lifecycle mix through the core: created, touched, filled/expired, removed."""
+    rng = random.Random(2)
+    n = 20_000
+    symbols = [f"pm.{i}" for i in range(100)]
+    specs = [(symbols[i % 100], rng.uniform(10, 90), rng.random() < 0.5) for i in range(n)]
+    walk = [(symbols[i % 100], 50 + 40 * rng.uniform(-1, 1)) for i in range(20_000)]
+    mix: dict[str, int] = {}
+
+    def once() -> float:
+        reg = Registry(_rules(grace_ns=60 * S), T0)
+        for s in symbols:
+            reg.on_price(s, 50.0, T0)
+        t0 = time.perf_counter()
+        for i, (symbol, b, bull) in enumerate(specs):
+            reg.create(symbol, "H1", "fvg_bullish" if bull else "other", b + 0.2, b, 0.5, T0 + i, T0)
+        for symbol, p in walk:
+            reg.on_price(symbol, p, T0 + S)
+        reg.advance(T0 + 7200 * S + n)
+        reg.advance(T0 + 7400 * S + n)
+        elapsed = time.perf_counter() - t0
+        events = reg.drain()
+        mix.clear()
+        for e in events:
+            mix[type(e).__name__] = mix.get(type(e).__name__, 0) + 1
+        return elapsed / len(events)
+
+    per_event = _best(once, 5)
+    return 1 / per_event, dict(mix)
+
+
+def price_updates_per_s(step: float, gap: float) -> tuple[float, float]:
+    """10k active zones on one symbol over prices 0..100 (none within ``gap`` of 50), and a random
+    walk of 300k prices with gaussian steps of ``step`` from 50. Returns (updates/s, touches per
+    update)."""
+    rng = random.Random(3)
+    zones = []
+    while len(zones) < 10_000:
+        b, h = rng.uniform(0, 100), rng.uniform(0.01, 0.3)
+        if b > 50 + gap or b + h < 50 - gap:
+            zones.append((b, h))
+    prices = []
+    p = 50.0
+    for _ in range(300_000):
+        p = min(100.0, max(0.0, p + rng.gauss(0, step)))
+        prices.append(p)
+    touched = 0
+
+    def once() -> float:
+        nonlocal touched
+        reg = Registry(_rules(), T0)
+        reg.on_price("pm.x", 50.0, T0)
+        for i, (b, h) in enumerate(zones):
+            reg.create("pm.x", "H1", "other", b + h, b, 0.5, T0 + i, T0)
+        reg.drain()
+        on_price = reg.on_price
+        t0 = time.perf_counter()
+        for px in prices:
+            on_price("pm.x", px, T0)
+        elapsed = time.perf_counter() - t0
+        touched = len(reg.drain())
+        assert reg.active_count("H1") == 10_000
+        return elapsed / len(prices)
+
+    per = _best(once, 3)
+    return 1 / per, touched / len(prices)
+
+
+def bytes_per_zone() -> tuple[float, float]:
+    """(a Zone with its own id, floats and ints; everything the registry holds per zone)."""
+    rng = random.Random(4)
+    n = 20_000
+    specs = [(rng.uniform(0, 100), rng.uniform(0.01, 0.3), rng.random()) for _ in range(n)]
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    zones = [
+        Zone(
+            id=f"H1_2023-11-14T22:13:20Z_{i:012x}",
+            symbol="pm.x",
+            timeframe="H1",
+            kind="fvg_bullish",
+            top=b + h,
+            bottom=b,
+            strength=s,
+            created_ns=T0 + i,
+            expires_ns=T0 + 7200 * S + i,
+        )
+        for i, (b, h, s) in enumerate(specs)
+    ]
+    struct_only = (tracemalloc.get_traced_memory()[0] - base - _list_bytes(zones)) / n
+    del zones
+    gc.collect()
+    reg = Registry(_rules(), T0)
+    reg.on_price("pm.x", 50.0, T0)
+    base = tracemalloc.get_traced_memory()[0]
+    for i, (b, h, s) in enumerate(specs):
+        reg.create("pm.x", "H1", "fvg_bullish", b + h, b, 0.1 + s, T0 + i, T0)
+    reg.drain()
+    gc.collect()
+    total = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    return struct_only, total
+
+
+def _list_bytes(items: list[Any]) -> int:
+    import sys
+
+    return sys.getsizeof(items)
+
+
+def wheel_vs_heap(n: int = 1_000_000) -> tuple[float, float, float]:
+    """1M timers over 7 days, 10 % cancelled, advanced minute by minute; (ratio, wheel s, heap s)."""
+    rng = random.Random(5)
+    deadlines = [T0 + rng.randrange(7 * DAY) for _ in range(n)]
+    cancels = range(0, n, 10)
+    steps = 7 * 24 * 60 + 1
+
+    def run(timers: TimingWheel[int] | HeapTimers[int]) -> tuple[float, int]:
+        gc.collect()
+        t0 = time.perf_counter()
+        schedule = timers.schedule
+        for key, deadline in enumerate(deadlines):
+            schedule(key, deadline)
+        for key in cancels:
+            timers.cancel(key)
+        fired = 0
+        now = T0
+        for _ in range(steps):
+            now += 60 * S
+            fired += len(timers.advance(now))
+        return time.perf_counter() - t0, fired
+
+    wheel_s, wheel_fired = run(TimingWheel(T0))
+    heap_s, heap_fired = run(HeapTimers(T0))
+    assert wheel_fired == heap_fired == n - len(cancels)
+    return wheel_s / heap_s, wheel_s, heap_s
+
+
+def run() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    out["registry.crud_10k_ms"] = {"value": crud_10k_ms(), "unit": "ms", "goal": "<= 15"}
+    eps, mix = events_per_s()
+    out["registry.events_per_s"] = {"value": eps, "unit": "events/s", "goal": ">= 600000", "mix": mix}
+    pps, touches = price_updates_per_s(step=0.002, gap=0.0)
+    out["registry.price_updates_per_s"] = {
+        "value": pps,
+        "unit": "updates/s",
+        "goal": ">= 300000",
+        "touches_per_update": touches,
+    }
+    pps, touches = price_updates_per_s(step=0.05, gap=0.0)
+    out["registry.price_updates_busy_per_s"] = {
+        "value": pps,
+        "unit": "updates/s",
+        "touches_per_update": touches,
+    }
+    struct_b, total_b = bytes_per_zone()
+    out["registry.bytes_per_zone"] = {"value": struct_b, "unit": "B", "goal": "<= 300"}
+    out["registry.bytes_per_zone_indexed"] = {"value": total_b, "unit": "B", "goal": "<= 1000"}
+    ratio, wheel_s, heap_s = wheel_vs_heap()
+    out["registry.wheel_vs_heap_ratio"] = {
+        "value": ratio,
+        "unit": "x",
+        "goal": "<= 1.0",
+        "wheel_s": wheel_s,
+        "heap_s": heap_s,
+    }
+    try:
+        from bench.registry_service import service_figures
+    except ImportError:
+        pass
+    else:
+        out.update(service_figures())
+    return out
+
+
+if __name__ == "__main__":
+    for key, fig in run().items():
+        print(key, fig)

@@ -1,0 +1,121 @@
+"""sync: events applied per second (V2, V3/V4), replay of 60 k buffered events, buffer bytes per event."""
+
+from __future__ import annotations
+
+import random
+import time
+import tracemalloc
+from typing import Any
+
+from services.sync import amm
+from services.sync.arena import EventProcessor, Pool
+from services.sync.buffer import Block, EventBuffer
+from services.sync.chaingen import ChainGen, block_hash, fresh_pools
+from shared.exex import PoolUpdate, encode_payload
+
+PER_BLOCK = 200
+
+
+def _v2_blocks(n_pools: int, n_events: int, rng: random.Random) -> tuple[list[Pool], list[list[PoolUpdate]]]:
+    pools = [Pool(rng.randbytes(20), "v2") for _ in range(n_pools)]
+    blocks = []
+    for b in range(n_events // PER_BLOCK):
+        blocks.append(
+            [
+                PoolUpdate(
+                    seq=0,
+                    block=b + 1,
+                    tx=i // 2,
+                    log=i,
+                    pool=pools[rng.randrange(n_pools)].key,
+                    protocol="v2",
+                    kind="Sync",
+                    reserve0=rng.randint(10**18, 10**25),
+                    reserve1=rng.randint(10**6, 10**13),
+                )
+                for i in range(PER_BLOCK)
+            ]
+        )
+    return pools, blocks
+
+
+def _apply_rate(pools: list[Pool], blocks: list[list[PoolUpdate]]) -> float:
+    proc = EventProcessor(depth=64)
+    for pool in pools:
+        proc.add_pool(pool)
+    n = sum(len(b) for b in blocks)
+    t0 = time.perf_counter()
+    for i, events in enumerate(blocks, 1):
+        proc.apply_block(i, block_hash(i), block_hash(i - 1) if i > 1 else b"", events)
+    return n / (time.perf_counter() - t0)
+
+
+def _v3_blocks(n_events: int, seed: int) -> list[list[PoolUpdate]]:
+    gen = ChainGen(random.Random(seed))
+    blocks = []
+    for b in range(n_events // PER_BLOCK):
+        evs: list[PoolUpdate] = []
+        while len(evs) < PER_BLOCK:
+            ev = gen.event(b + 1, len(evs) // 3, len(evs))
+            if ev.protocol != "v2":
+                evs.append(ev)
+        blocks.append(evs)
+    return blocks
+
+
+def _mixed_buffer(n_events: int, seed: int) -> tuple[EventBuffer, int]:
+    gen = ChainGen(random.Random(seed))
+    buf = EventBuffer(capacity=n_events + 1)
+    per = 150
+    for b in range(1, n_events // per + 1):
+        evs = gen.block(b, per)
+        raws = [encode_payload(ev) for ev in evs]
+        buf.add(Block(b, block_hash(b), block_hash(b - 1) if b > 1 else b"", False, [], raws))
+    return buf, n_events // per
+
+
+def run() -> dict[str, dict[str, Any]]:
+    rng = random.Random(7)
+    pools, v2 = _v2_blocks(1000, 200_000, rng)
+    v2_rate = max(_apply_rate(pools, v2) for _ in range(3))
+    v3 = _v3_blocks(100_000, 3)
+    v3_rate = max(_apply_rate(fresh_pools(), v3) for _ in range(3))
+
+    best_replay = float("inf")
+    for _ in range(3):
+        buf, _ = _mixed_buffer(60_000, 11)
+        proc = EventProcessor()
+        for pool in fresh_pools():
+            proc.add_pool(pool)
+        t0 = time.perf_counter()
+        for number, bhash, parent, events in buf.take_blocks():
+            proc.apply_block(number, bhash, parent, events)
+        best_replay = min(best_replay, time.perf_counter() - t0)
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    buf, _ = _mixed_buffer(60_000, 12)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_event = used / len(buf)
+
+    # exactness costs: a quote across ticks
+    proc = EventProcessor()
+    for pool in fresh_pools():
+        proc.add_pool(pool)
+    for i, events in enumerate(v3[:50], 1):
+        proc.apply_block(i, block_hash(i), block_hash(i - 1) if i > 1 else b"", events)
+    v3pool = next(p for p in proc.pools.values() if p.protocol == "v3")
+    t0 = time.perf_counter()
+    n_quotes = 2000
+    for _ in range(n_quotes):
+        v3pool.quote(10**21, zero_for_one=True)
+    quote_us = (time.perf_counter() - t0) / n_quotes * 1e6
+    assert amm.get_tick_at_sqrt_ratio(amm.get_sqrt_ratio_at_tick(1)) == 1
+    return {
+        "sync.v2_events_per_s": {"value": v2_rate, "unit": "events/s", "goal": ">= 300000"},
+        "sync.v3_events_per_s": {"value": v3_rate, "unit": "events/s", "goal": ">= 100000"},
+        "sync.replay_60k_s": {"value": best_replay, "unit": "s", "goal": "<= 0.3"},
+        "sync.bytes_per_buffered_event": {"value": per_event, "unit": "B", "goal": "<= 200"},
+        "sync.quote_us": {"value": quote_us, "unit": "us", "goal": ""},
+    }
