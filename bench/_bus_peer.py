@@ -6,7 +6,6 @@ latency modes the per-message latency (receive time minus the sender's ``event_n
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
