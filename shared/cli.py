@@ -20,6 +20,7 @@ from shared.bus import Pusher, Subscriber
 from shared.config import check_file
 from shared.constants import default_pub_endpoints
 from shared.messages import JSON_DECODER, Message, to_json_dict
+from shared.schema import json_schema, markdown
 from shared.snapshot import request_snapshot
 
 _json = msgspec.json.Encoder()
@@ -104,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("endpoint")
     s.add_argument("prefix", nargs="?", default="")
     s.add_argument("--timeout", type=float, default=5.0)
+    sch = sub.add_parser("schema", help="print the message reference (Markdown) or --json for JSON Schema")
+    sch.add_argument("--json", action="store_true")
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a config file")
@@ -124,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(push(args.endpoint, args.json))
         if args.command == "snapshot":
             return asyncio.run(snapshot(args.endpoint, args.prefix, args.timeout))
+        if args.command == "schema":
+            print(json_schema() if args.json else markdown())
+            return 0
         problems = check_file(args.file)
     except KeyboardInterrupt:
         return 130
