@@ -1,0 +1,210 @@
+"""The ExEx socket client: connect with capped exponential backoff, buffer or deliver blocks.
+
+Buffering mode (during a scrape) keeps blocks in a compact :class:`EventBuffer`; live mode puts
+each :class:`Block` on ``blocks``. Stream damage is never silent:
+
+| what                         | what happens                                                    |
+|------------------------------|-----------------------------------------------------------------|
+| socket unavailable           | retry with exponential backoff, capped at ``backoff_max``       |
+| connection lost              | reconnect; the next block's number and parent hash tell whether |
+|                              | anything was missed (the processor asks for a resync if so)     |
+| Begin/Update/End mismatch    | that block is skipped and counted (the gap then forces a resync)|
+| corrupt frame, sequence gap  | counted, disconnect, reconnect, resync                          |
+| buffer overflow              | explicit error: buffering stops, ``buffer_error`` set -> resync |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from services.sync.buffer import Block, BlockAssembler, BufferOverflow, EventBuffer, SequenceGap
+from shared.clock import Clock, RealClock
+from shared.exex import MAX_FRAME, CorruptFrame, FrameReader, PoolUpdate
+
+log = logging.getLogger("poolwire.sync.exex")
+
+Mode = Literal["buffering", "live"]
+
+
+@dataclass(slots=True)
+class ClientStats:
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    corrupt_frames: int = 0
+    sequence_gaps: int = 0
+    buffer_overflows: int = 0
+    resyncs_requested: int = 0
+    blocks_received: int = 0
+    reverts_received: int = 0
+
+
+@dataclass(slots=True)
+class Resync:
+    """Put on ``blocks`` in live mode when the stream can no longer be trusted."""
+
+    reason: str
+
+
+class ExExClient:
+    def __init__(
+        self,
+        path: str,
+        *,
+        capacity: int = 100_000,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        max_frame: int = MAX_FRAME,
+        clock: Clock | None = None,
+    ) -> None:
+        self.path = path
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.clock: Clock = clock or RealClock()
+        self.stats = ClientStats()
+        self.assembler = BlockAssembler()
+        self.frames = FrameReader(max_frame)
+        self.buffer = EventBuffer(capacity)
+        self.mode: Mode = "buffering"
+        self.buffer_error: str | None = None
+        self.blocks: asyncio.Queue[Block | Resync] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.last_block = -1  # highest block number seen since buffering started
+        self._block_seen = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- modes ----------------------------------------------------------------------------------
+
+    def start_buffering(self, capacity: int | None = None) -> None:
+        """Buffer from now on, into an empty buffer (a cold start or a resync)."""
+        if capacity is not None:
+            self.buffer = EventBuffer(capacity)
+        else:
+            self.buffer.clear()
+            self.buffer.reorg_floor = None
+        self.buffer_error = None
+        self.last_block = -1
+        self.mode = "buffering"
+
+    def take_buffered_blocks(self) -> list[tuple[int, bytes, bytes, list[PoolUpdate]]]:
+        return self.buffer.take_blocks()
+
+    def take_buffered_events(self) -> list[PoolUpdate]:
+        """All buffered events, sorted by (block, tx, log)."""
+        return self.buffer.take_buffered_events()
+
+    def go_live(self) -> None:
+        """Deliver blocks on ``blocks`` from now on (call right after taking the buffer)."""
+        self.mode = "live"
+
+    async def wait_for_block(self, number: int, timeout: float) -> bool:
+        """Wait until a block numbered >= ``number`` arrived; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.last_block < number:
+            self._block_seen.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._block_seen.wait(), remaining)
+            except TimeoutError:
+                return self.last_block >= number
+        return True
+
+    # -- the connection -------------------------------------------------------------------------
+
+    def start(self) -> ExExClient:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="exex-client")
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.connected.clear()
+
+    async def _connect(self) -> asyncio.StreamReader:
+        delay = self.backoff_initial
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except (FileNotFoundError, ConnectionRefusedError, OSError) as exc:
+                self.stats.connect_failures += 1
+                if self.stats.connect_failures in (1, 10) or self.stats.connect_failures % 100 == 0:
+                    log.warning("ExEx socket %s unavailable (%s): retrying in %.2f s", self.path, exc, delay)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self._writer = writer
+            self.stats.connects += 1
+            self.assembler.reset()
+            self.frames.reset()
+            self.connected.set()
+            log.info("connected to ExEx socket %s (%s mode)", self.path, self.mode)
+            return reader
+
+    async def _run(self) -> None:
+        while True:
+            reader = await self._connect()
+            try:
+                while data := await reader.read(1 << 16):
+                    for payload in self.frames.feed(data):
+                        block = self.assembler.feed(payload)
+                        if block is not None:
+                            self._on_block(block)
+                self.stats.disconnects += 1
+                log.warning("ExEx socket closed by the server: reconnecting")
+            except (CorruptFrame, SequenceGap) as exc:
+                if isinstance(exc, CorruptFrame):
+                    self.stats.corrupt_frames += 1
+                else:
+                    self.stats.sequence_gaps += 1
+                log.warning("ExEx stream damaged (%s): reconnecting and resyncing", exc)
+                self._request_resync(str(exc))
+            except (ConnectionError, OSError) as exc:
+                self.stats.disconnects += 1
+                log.warning("ExEx socket error %r: reconnecting", exc)
+            finally:
+                self._close_writer()
+
+    def _request_resync(self, reason: str) -> None:
+        self.stats.resyncs_requested += 1
+        if self.mode == "live":
+            self.blocks.put_nowait(Resync(reason))
+        elif self.buffer_error is None:
+            self.buffer_error = reason
+
+    def _on_block(self, block: Block) -> None:
+        self.stats.blocks_received += 1
+        if block.is_revert:
+            self.stats.reverts_received += 1
+        if block.number > self.last_block:
+            self.last_block = block.number
+        self._block_seen.set()
+        if self.mode == "live":
+            block.raws = []
+            self.blocks.put_nowait(block)
+            return
+        if self.buffer_error is not None:
+            return  # this buffering round is already void; the coordinator will resync
+        try:
+            if block.is_revert:
+                self.buffer.revert(block.number, block.hash)
+            else:
+                self.buffer.add(block)
+        except BufferOverflow as exc:
+            self.stats.buffer_overflows += 1
+            log.error("%s: resync needed (raise buffer_capacity?)", exc)
+            self.buffer.clear()
+            self.buffer_error = str(exc)

@@ -1,0 +1,206 @@
+"""The startup coordinator: cold start in the seed's phases, and pools added while live.
+
+Cold start: connect the socket (buffering) -> scrape V2 pools -> set the reference block ->
+scrape V3/V4 pools -> wait until the stream reached the scrape blocks -> replay the buffered
+blocks (each pool skips events at or below its own snapshot block) -> live.
+
+Incremental add (live): hold the new pools' events, scrape them, install each pool at its snapshot
+block and replay its held events after it. Other pools are not interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.sync.arena import EventProcessor, Pool
+from services.sync.client import ExExClient
+from services.sync.scraper import Scraper, ScrapeResult, pool_key
+from shared.exex import PoolUpdate
+from shared.messages import PoolSpec
+
+log = logging.getLogger("poolwire.sync.startup")
+
+
+class StartupError(Exception):
+    """AlreadyLive / NotLive / a startup that cannot complete (seed's coordinator errors)."""
+
+
+@dataclass(slots=True)
+class StartupMetrics:
+    v2_pools_scraped: int = 0
+    v3_v4_pools_scraped: int = 0
+    pools_failed: int = 0
+    events_buffered: int = 0
+    events_replayed: int = 0
+    blocks_replayed: int = 0
+    reference_block: int = 0
+    v2_scraping_duration_ms: float = 0.0
+    v3_v4_scraping_duration_ms: float = 0.0
+    replay_duration_ms: float = 0.0
+    total_startup_duration_ms: float = 0.0
+    cold_starts: int = 0
+    incremental_adds: int = 0
+    pools_added_live: int = 0
+    rescrapes: int = 0  # scrapes repeated because the buffer did not cover a pool's snapshot
+
+
+class StartupCoordinator:
+    def __init__(
+        self,
+        client: ExExClient,
+        scraper: Scraper,
+        *,
+        journal_depth: int = 64,
+        buffer_capacity: int = 100_000,
+        incremental_capacity: int = 10_000,
+        v2_batch: int = 500,
+        v3_v4_batch: int = 50,
+        replay_wait: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.scraper = scraper
+        self.journal_depth = journal_depth
+        self.buffer_capacity = buffer_capacity
+        self.incremental_capacity = incremental_capacity
+        self.v2_batch = v2_batch
+        self.v3_v4_batch = v3_v4_batch
+        self.replay_wait = replay_wait
+        self.metrics = StartupMetrics()
+        self.processor = self._new_processor()
+        self.specs: dict[bytes, PoolSpec] = {}
+        self.live = False
+
+    def _new_processor(self) -> EventProcessor:
+        proc = EventProcessor(self.journal_depth)
+        proc.pending_capacity = self.incremental_capacity
+        return proc
+
+    async def _scrape(self, specs: Sequence[PoolSpec]) -> ScrapeResult:
+        v2 = [s for s in specs if s.protocol == "v2"]
+        rest = [s for s in specs if s.protocol != "v2"]
+        t0 = time.perf_counter()
+        result = await self.scraper.scrape(v2, self.v2_batch) if v2 else ScrapeResult(0, b"")
+        self.metrics.v2_scraping_duration_ms += (time.perf_counter() - t0) * 1000
+        self.metrics.v2_pools_scraped += len(result.pools)
+        self.metrics.reference_block = result.block
+        t0 = time.perf_counter()
+        if rest:
+            more = await self.scraper.scrape(rest, self.v3_v4_batch)
+            self.metrics.v3_v4_pools_scraped += len(more.pools)
+            result.pools += more.pools
+            result.failed += more.failed
+            if more.block >= result.block:
+                result.block, result.hash = more.block, more.hash
+        self.metrics.v3_v4_scraping_duration_ms += (time.perf_counter() - t0) * 1000
+        self.metrics.pools_failed += len(result.failed)
+        for spec, reason in result.failed:
+            log.warning("pool %s skipped: %s", spec.address or spec.pool_id, reason)
+        return result
+
+    async def cold_start(self, specs: Sequence[PoolSpec], attempts: int = 3) -> None:
+        """Scrape everything and replay the buffer; afterwards blocks arrive on ``client.blocks``."""
+        if self.live:
+            raise StartupError("AlreadyLive: use add_pools while live")
+        t_start = time.perf_counter()
+        self.metrics.cold_starts += 1
+        for spec in specs:
+            self.specs[pool_key(spec)] = spec
+        for attempt in range(1, attempts + 1):
+            self.client.start_buffering(self.buffer_capacity)
+            self.processor = self._new_processor()
+            result = await self._scrape(list(self.specs.values()))
+            if result.pools and not await self.client.wait_for_block(result.block, self.replay_wait):
+                log.warning(
+                    "the stream did not reach scrape block %d in %.0f s", result.block, self.replay_wait
+                )
+            if self.client.buffer_error is not None:
+                log.warning("cold start attempt %d: %s; starting over", attempt, self.client.buffer_error)
+                self.metrics.rescrapes += 1
+                continue
+            if self._replay(result):
+                self.metrics.total_startup_duration_ms = (time.perf_counter() - t_start) * 1000
+                self.client.go_live()  # no await between take and go_live: no block can slip
+                self.live = True
+                log.info(
+                    "live at block %s with %d pool(s) (%d failed) in %.0f ms",
+                    self.processor.head[0] if self.processor.head else result.block,
+                    len(self.processor.pools),
+                    len(result.failed),
+                    self.metrics.total_startup_duration_ms,
+                )
+                return
+            self.metrics.rescrapes += 1
+        raise StartupError(f"cold start failed after {attempts} attempts")
+
+    def _replay(self, result: ScrapeResult) -> bool:
+        """Install scraped pools, replay the buffer; False if the buffer does not cover the scrape."""
+        buffer = self.client.buffer
+        floor = buffer.reorg_floor
+        if floor is not None and any(p.snapshot_block >= floor for p in result.pools):
+            log.warning("a reorg reached below the buffer (block %d): scraping again", floor)
+            return False
+        first = buffer.first_block
+        if first is not None and any(p.snapshot_block < first - 1 for p in result.pools):
+            log.warning("the buffer starts at block %d, after a pool's snapshot: scraping again", first)
+            return False
+        self.metrics.events_buffered = len(buffer)
+        t0 = time.perf_counter()
+        blocks = self.client.take_buffered_blocks()
+        for pool in result.pools:
+            self.processor.add_pool(pool)
+        if not blocks and result.hash:
+            self.processor.head = (result.block, result.hash)
+        for number, bhash, parent, events in blocks:
+            self.processor.apply_block(number, bhash, parent, events)
+            self.metrics.events_replayed += len(events)
+            self.metrics.blocks_replayed += 1
+        self.metrics.replay_duration_ms = (time.perf_counter() - t0) * 1000
+        return True
+
+    async def add_pools(self, specs: Sequence[PoolSpec], attempts: int = 3) -> list[Pool]:
+        """Add pools while live: hold their events, scrape, install, replay what was held."""
+        if not self.live:
+            raise StartupError("NotLive: complete the cold start first")
+        self.metrics.incremental_adds += 1
+        proc = self.processor
+        todo = {
+            pool_key(s): s for s in specs if pool_key(s) not in proc.pools or proc.pools[pool_key(s)].stale
+        }
+        added: list[Pool] = []
+        for _ in range(attempts):
+            if not todo:
+                break
+            head_at_hold = proc.head[0] if proc.head else 0
+            for key in todo:
+                proc.remove_pool(key)
+                proc.hold(key)
+                self.specs[key] = todo[key]
+            result = await self._scrape(list(todo.values()))
+            for pool in result.pools:
+                if pool.snapshot_block < head_at_hold:
+                    continue  # the scraper lags our stream: events in between were not held
+                held = proc.release(pool.key)
+                proc.add_pool(pool)
+                self._replay_held(pool, held)
+                added.append(pool)
+                del todo[pool.key]
+            for spec, _ in result.failed:
+                key = pool_key(spec)
+                proc.release(key)
+                todo.pop(key, None)
+        for key in todo:
+            proc.release(key)
+        self.metrics.pools_added_live += len(added)
+        return added
+
+    def _replay_held(self, pool: Pool, held: Sequence[PoolUpdate]) -> None:
+        """Apply held events after the pool's snapshot, journaled into their own blocks' undo."""
+        proc = self.processor
+        journal = {entry.number: entry for entry in proc.journal}
+        for ev in held:
+            entry = journal.get(ev.block)
+            proc.apply_event(ev, entry.undo if entry is not None else [], entry.hash if entry else b"")
+            self.metrics.events_replayed += 1

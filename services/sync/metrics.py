@@ -1,0 +1,100 @@
+"""Prometheus export of StartupMetrics, EventProcessorStats and the ExEx client's counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.sync.coordinator import StartupCoordinator
+
+P = "poolwire_sync"
+
+
+class SyncCollector(Collector):
+    def __init__(self, coordinator: Callable[[], StartupCoordinator]) -> None:
+        self._coordinator = coordinator
+
+    def collect(self) -> Iterable[Metric]:
+        coord = self._coordinator()
+        s = coord.processor.stats
+        events = CounterMetricFamily(
+            f"{P}_events_processed", "Pool events applied", labels=["protocol", "kind"]
+        )
+        for proto, kind, value in (
+            ("v2", "Sync", s.v2_syncs_processed),
+            ("v2", "Swap", s.v2_swaps_processed),
+            ("v2", "Mint", s.v2_mints_processed),
+            ("v2", "Burn", s.v2_burns_processed),
+            ("v3", "Swap", s.v3_swaps_processed),
+            ("v3", "Mint", s.v3_mints_processed),
+            ("v3", "Burn", s.v3_burns_processed),
+            ("v3", "Initialize", s.v3_initializes_processed),
+            ("v4", "Swap", s.v4_swaps_processed),
+            ("v4", "ModifyLiquidity", s.v4_modify_liquidity_processed),
+            ("v4", "Initialize", s.v4_initializes_processed),
+        ):
+            events.add_metric([proto, kind], value)
+        yield events
+        skipped = CounterMetricFamily(f"{P}_events_skipped", "Pool events skipped", labels=["reason"])
+        for reason, value in (
+            ("pool_not_found", s.pool_not_found),
+            ("invalid", s.invalid_events),
+            ("overflow", s.overflows),
+            ("before_snapshot_or_stale", s.stale_skipped),
+        ):
+            skipped.add_metric([reason], value)
+        yield skipped
+        blocks = CounterMetricFamily(f"{P}_blocks", "Blocks applied or unwound", labels=["status"])
+        blocks.add_metric(["committed"], s.blocks_committed)
+        blocks.add_metric(["reverted"], s.reverts_processed)
+        yield blocks
+        yield CounterMetricFamily(f"{P}_reorgs", "Parent-hash mismatches that unwound state", value=s.reorgs)
+        yield GaugeMetricFamily(f"{P}_pools", "Pools followed", value=len(coord.processor.pools))
+        head = coord.processor.head
+        yield GaugeMetricFamily(f"{P}_head_block", "Last applied block", value=head[0] if head else 0)
+        c = coord.client.stats
+        exex = CounterMetricFamily(f"{P}_exex_events", "ExEx socket client events", labels=["event"])
+        for name in (
+            "connects",
+            "connect_failures",
+            "disconnects",
+            "corrupt_frames",
+            "sequence_gaps",
+            "buffer_overflows",
+            "resyncs_requested",
+            "blocks_received",
+            "reverts_received",
+        ):
+            exex.add_metric([name], getattr(c, name))
+        exex.add_metric(["mismatched_blocks"], coord.client.assembler.stats.mismatched_blocks)
+        yield exex
+        yield GaugeMetricFamily(
+            f"{P}_buffered_events", "Events in the ExEx buffer", value=len(coord.client.buffer)
+        )
+        m = coord.metrics
+        dur = GaugeMetricFamily(
+            f"{P}_startup_duration_seconds", "Last cold start, by phase", labels=["phase"]
+        )
+        for phase, ms in (
+            ("v2_scrape", m.v2_scraping_duration_ms),
+            ("v3_v4_scrape", m.v3_v4_scraping_duration_ms),
+            ("replay", m.replay_duration_ms),
+            ("total", m.total_startup_duration_ms),
+        ):
+            dur.add_metric([phase], ms / 1000)
+        yield dur
+        scraped = CounterMetricFamily(f"{P}_startup_pools_scraped", "Pools scraped", labels=["protocol"])
+        scraped.add_metric(["v2"], m.v2_pools_scraped)
+        scraped.add_metric(["v3_v4"], m.v3_v4_pools_scraped)
+        yield scraped
+        for name, doc, value in (
+            ("startup_pools_failed", "Pools skipped after failed scrapes", m.pools_failed),
+            ("startup_events_replayed", "Buffered or held events replayed", m.events_replayed),
+            ("startup_rescrapes", "Scrapes repeated (buffer did not cover them)", m.rescrapes),
+            ("cold_starts", "Cold starts (and full resyncs)", m.cold_starts),
+            ("pools_added_live", "Pools added while live", m.pools_added_live),
+        ):
+            yield CounterMetricFamily(f"{P}_{name}", doc, value=value)
+        yield GaugeMetricFamily(f"{P}_startup_reference_block", "Reference block", value=m.reference_block)

@@ -1,0 +1,116 @@
+"""Scrapers: pool state pinned at a block. The interface, and the simulator's implementation.
+
+Issue 6 adds the JSON-RPC scraper behind the same :class:`Scraper` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.sync.arena import Pool, parse_hex, v4_pool_id
+from shared.exex import SCRAPE_REPLY_DECODER, FrameReader, ScrapedPoolState, ScrapeRequest, encode_scrape
+from shared.messages import PoolSpec
+
+
+def pool_key(spec: PoolSpec) -> bytes:
+    """A pool's key in the arena and on the ExEx stream: its address, or its V4 pool id."""
+    if spec.protocol == "v4":
+        if spec.pool_id:
+            return parse_hex(spec.pool_id, 32)
+        return v4_pool_id(spec.currency0, spec.currency1, spec.fee, spec.tick_spacing, spec.hooks)
+    return parse_hex(spec.address, 20)
+
+
+@dataclass
+class ScrapeResult:
+    block: int  # the latest block any pool was scraped at
+    hash: bytes
+    pools: list[Pool] = field(default_factory=list)  # each with its own snapshot_block
+    failed: list[tuple[PoolSpec, str]] = field(default_factory=list)
+    round_trips: int = 0
+
+
+class Scraper(Protocol):
+    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+        """State of ``specs`` at one block per batch; pools that fail after retries go in ``failed``."""
+        ...
+
+
+def pool_from_state(state: ScrapedPoolState, block: int, spec: PoolSpec | None = None) -> Pool:
+    pool = Pool(
+        state.pool,
+        state.protocol,
+        snapshot_block=block,
+        fee=state.fee or (spec.fee if spec else 0),
+        tick_spacing=state.tick_spacing or (spec.tick_spacing if spec else 0),
+        token0=spec.currency0 if spec else "",
+        token1=spec.currency1 if spec else "",
+    )
+    pool.reserve0 = int(state.reserve0)
+    pool.reserve1 = int(state.reserve1)
+    pool.sqrt_price_x96 = int(state.sqrt_price_x96)
+    pool.tick = state.tick
+    pool.liquidity = int(state.liquidity)
+    if pool.tick_spacing:
+        pool.set_ticks((t, int(g), int(n)) for t, g, n in state.ticks)
+    return pool
+
+
+class SimulatorScraper:
+    """Scrapes the simulator's chain through its scrape socket (``exex_server --scrape-socket``)."""
+
+    def __init__(self, path: str, retries: int = 2, timeout: float = 10.0) -> None:
+        self.path = path
+        self.retries = retries
+        self.timeout = timeout
+
+    async def _request(self, keys: list[bytes]) -> tuple[int, bytes, list[ScrapedPoolState]]:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path), self.timeout)
+        try:
+            writer.write(encode_scrape(ScrapeRequest(seq=1, pools=keys)))
+            await writer.drain()
+            frames = FrameReader(max_frame=1 << 30)
+            while True:
+                data = await asyncio.wait_for(reader.read(1 << 20), self.timeout)
+                if not data:
+                    raise ConnectionError("scrape socket closed before the reply")
+                for payload in frames.feed(data):
+                    reply = SCRAPE_REPLY_DECODER.decode(payload)
+                    return reply.block, reply.hash, reply.pools
+        finally:
+            writer.close()
+
+    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+        result = ScrapeResult(block=0, hash=b"")
+        by_key = {pool_key(spec): spec for spec in specs}
+        todo = list(by_key)
+        for attempt in range(self.retries + 1):
+            missing: list[bytes] = []
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                try:
+                    block, bhash, states = await self._request(batch)
+                except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
+                    missing.extend(batch)
+                    reason = f"scrape request failed: {exc!r}"
+                    if attempt == self.retries:
+                        result.failed.extend((by_key[k], reason) for k in batch)
+                    continue
+                result.round_trips += 1
+                if block >= result.block:
+                    result.block, result.hash = block, bhash
+                for state in states:
+                    spec = by_key[state.pool]
+                    if not state.found or state.protocol != spec.protocol:
+                        missing.append(state.pool)
+                        if attempt == self.retries:
+                            result.failed.append((spec, "pool not found at the scrape block"))
+                        continue
+                    result.pools.append(pool_from_state(state, block, spec))
+            todo = missing
+            if not todo:
+                break
+        return result
