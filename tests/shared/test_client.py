@@ -1,0 +1,59 @@
+"""The consumer API: subscribe() and follow() (Clone: snapshot, then only newer updates)."""
+
+import asyncio
+
+from shared.bus import Publisher
+from shared.client import follow, subscribe
+from shared.messages import Message, Price
+from shared.snapshot import SnapshotServer
+from tests.helpers import tcp_endpoint
+
+
+async def test_subscribe_waits_for_the_publisher_then_yields() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0.05) as pub:
+        stream = subscribe(endpoint, "px.", wait_for="ingest")
+        first = asyncio.ensure_future(anext(stream))
+        await pub.wait_for_subscriber("px.", timeout=5)
+        while not first.done():
+            pub.publish("px.pm.a", Price(symbol="pm.a", price=0.42))
+            await asyncio.wait([first], timeout=0.05)
+        topic, msg = first.result()
+        await stream.aclose()
+    assert topic == "px.pm.a"
+    assert isinstance(msg, Price) and msg.price == 0.42
+
+
+async def test_follow_starts_from_the_snapshot_and_skips_what_it_already_holds() -> None:
+    pub_ep, snap_ep = tcp_endpoint(), tcp_endpoint()
+    state: dict[str, Price] = {}
+    async with Publisher(pub_ep, service="registry", heartbeat_interval=0.05) as pub:
+
+        def update(symbol: str, price: float) -> None:
+            msg = Price(symbol=symbol, price=price)
+            pub.publish(f"px.{symbol}", msg)
+            pub.flush()
+            state[symbol] = msg
+
+        def source(_: object) -> tuple[int, list[Message]]:
+            update("b", 2.5)  # lands on the wire while the snapshot is taken: already in it
+            return pub.seq, list(state.values())
+
+        server = SnapshotServer(snap_ep, source, publisher_id=pub.publisher_id)
+        server.start()
+        update("a", 1.0)
+        update("b", 2.0)
+        stream = follow(pub_ep, snap_ep, "px.")
+        got: list[tuple[str, Message]] = []
+
+        async def read(n: int) -> None:
+            while len(got) < n:
+                got.append(await anext(stream))
+
+        await asyncio.wait_for(read(2), 10)  # the snapshot: a and b
+        update("c", 3.0)  # after the snapshot: must arrive as an update
+        await asyncio.wait_for(read(3), 10)
+        await stream.aclose()
+        await server.close()
+    seen = [(topic, msg.symbol, msg.price) for topic, msg in got]  # type: ignore[attr-defined]
+    assert seen == [("snapshot", "a", 1.0), ("snapshot", "b", 2.5), ("px.c", "c", 3.0)]
