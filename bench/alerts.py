@@ -1,0 +1,225 @@
+"""alerts: one bucket of 10 000 strategies, trades into the order-flow engines, jobs through workers.
+
+- ``alerts.bucket_10k_ms``: evaluate one bucket boundary (claim, intersect, classify) for 10 000
+  strategies (9 000 universes of <= 10 tickers, 900 of <= 100, 90 of <= 1 000, 10 of 5 000, drawn
+  from 10 000 tickers) against 5 000 updated tickers, on the embedded store (median of 7).
+- ``alerts.bucket_10k_redis_ms``: the same on a local redis-server (if installed; no goal: a
+  network store pays a round trip per pipeline and parses every member in Python).
+- ``alerts.trades_per_s``: trades into the per-symbol order-flow engines (200 symbols).
+- ``alerts.flow_metrics_us``: one uncached metrics computation over a full 1 000-trade buffer.
+- ``alerts.jobs_per_s``: strategy jobs through 2 real worker processes (push, run, result back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from services.alerts.orderflow import FlowBook
+from services.alerts.store import RedisStore, SqliteStore, ThrottleStore
+from services.alerts.throttle import StrategySpec, Throttle
+
+ROOT = Path(__file__).resolve().parent.parent
+M = 60_000_000_000
+S = 1_000_000_000
+
+
+def _strategies(rng: random.Random, pool: list[str]) -> list[StrategySpec]:
+    sizes = (
+        [rng.randint(1, 10) for _ in range(9000)]
+        + [rng.randint(11, 100) for _ in range(900)]
+        + [rng.randint(101, 1000) for _ in range(90)]
+        + [5000] * 10
+    )
+    return [StrategySpec.from_universe(f"s{i}", M, rng.sample(pool, n)) for i, n in enumerate(sizes)]
+
+
+def _bucket(store: ThrottleStore, specs: list[StrategySpec], updated: list[str], rounds: int) -> float:
+    t = Throttle(store, specs)
+    t.start()
+    gc.collect()
+    gc.freeze()  # as the service does after loading its state
+    ids = [s.id for s in specs]
+    boundary = 1_700_000_000 * S // M * M
+    times = []
+    runs = 0
+    for _ in range(rounds):
+        boundary += M
+        for x in updated:
+            t.note_update(x, boundary - S)
+        t.flush()
+        t0 = time.perf_counter()
+        due = t.evaluate(boundary, ids, M)
+        times.append((time.perf_counter() - t0) * 1000)
+        runs += len(due)
+    gc.unfreeze()
+    assert runs > 0
+    return statistics.median(times)
+
+
+def _redis(binary: str) -> tuple[subprocess.Popen[str], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Ready to accept connections" in line:
+            break
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def bench_bucket() -> dict[str, dict[str, Any]]:
+    rng = random.Random(7)
+    pool = [f"pm.{i}" for i in range(10_000)]
+    specs = _strategies(rng, pool)
+    updated = rng.sample(pool, 5000)
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        store = SqliteStore(str(Path(d) / "alerts.sqlite3"))
+        try:
+            ms = _bucket(store, specs, updated, 7)
+        finally:
+            store.close()
+    out["alerts.bucket_10k_ms"] = {"value": round(ms, 2), "unit": "ms", "goal": "<= 20"}
+    binary = shutil.which("redis-server")
+    if binary:
+        proc, url = _redis(binary)
+        try:
+            rstore = RedisStore(url)
+            try:
+                ms = _bucket(rstore, specs, updated, 3)
+            finally:
+                rstore.close()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+        out["alerts.bucket_10k_redis_ms"] = {"value": round(ms, 2), "unit": "ms", "goal": ""}
+    return out
+
+
+def bench_trades() -> dict[str, dict[str, Any]]:
+    rng = random.Random(3)
+    symbols = [f"pm.{i}" for i in range(200)]
+    n = 500_000
+    trades = [
+        (
+            symbols[rng.randrange(200)],
+            1_700_000_000 * S + i * 100_000,
+            0.5,
+            rng.random() * 10,
+            rng.random() < 0.5,
+        )
+        for i in range(n)
+    ]
+    best = 0.0
+    for _ in range(3):
+        book = FlowBook()
+        add = book.add
+        t0 = time.perf_counter()
+        for sym, ns, price, size, buy in trades:
+            add(sym, ns, price, size, buy)
+        best = max(best, n / (time.perf_counter() - t0))
+    eng = book.engines[symbols[0]]
+    now = eng.last_ns
+    k = 2000
+    t0 = time.perf_counter()
+    for _ in range(k):
+        eng.metrics(3600.0, now)
+    us = (time.perf_counter() - t0) / k * 1e6
+    return {
+        "alerts.trades_per_s": {"value": round(best), "unit": "trades/s", "goal": ">= 500000"},
+        "alerts.flow_metrics_us": {"value": round(us, 1), "unit": "us", "goal": "<= 1000"},
+    }
+
+
+async def _jobs(n: int, workers: int) -> float:
+    from shared.bus import Puller, Pusher
+    from shared.messages import StrategyJob, TickerInput
+    from tests.helpers import python_env, tcp_endpoint
+
+    jobs_ep, results_ep = tcp_endpoint(), tcp_endpoint()
+    pusher = Pusher(jobs_ep, bind=True, hwm=100_000, linger_ms=0)
+    puller = Puller(results_ep, bind=True, hwm=100_000)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.alerts.worker", "--jobs", jobs_ep, "--results", results_ep],
+            cwd=ROOT,
+            env=python_env(),
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        bar = TickerInput(open=0.4, high=0.6, low=0.4, close=0.6, prev_close=0.4)
+
+        def job(i: int) -> StrategyJob:
+            return StrategyJob(
+                job_id=str(i),
+                strategy="b",
+                kind="price_cross",
+                bucket_ns=0,
+                tickers=["pm.a"],
+                params={"level": 0.5},
+                inputs={"pm.a": bar},
+            )
+
+        # warm-up: every worker connected and answering
+        for i in range(workers * 20):
+            await pusher.send(job(-1 - i))
+        got = 0
+        while got < workers * 20:
+            got += len(await puller.recv_batch(timeout=30))
+        t0 = time.perf_counter()
+        for i in range(n):
+            await pusher.send(job(i))
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+        got = 0
+        while got < n:
+            batch = await puller.recv_batch(timeout=30)
+            if not batch:
+                raise TimeoutError("workers stopped answering")
+            got += len(batch)
+        return n / (time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+        pusher.close(0)
+        puller.close()
+
+
+def bench_jobs() -> dict[str, dict[str, Any]]:
+    rate = asyncio.run(_jobs(20_000, 2))
+    return {"alerts.jobs_per_s": {"value": round(rate), "unit": "jobs/s", "goal": ">= 5000"}}
+
+
+def run() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    out.update(bench_bucket())
+    out.update(bench_trades())
+    out.update(bench_jobs())
+    return out
+
+
+if __name__ == "__main__":
+    for key, fig in run().items():
+        print(key, fig)

@@ -1,0 +1,473 @@
+"""The alerts service: the thin async shell around the throttle, order flow, dispatcher and sink.
+
+SUB ``px.`` ``md.trade.`` ``dex.swap.`` ``zone.`` -> ticker updates, bars, order flow, zone events;
+at each bucket boundary the throttle says which strategies run; their jobs are PUSHed to the
+workers (ventilator) and results PULLed back (sink); alerts that pass frequency control are
+PUBlished on ``alert.<strategy>.<symbol>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.alerts.bars import Bars
+from services.alerts.config import AlertsConfig, StrategyConfig
+from services.alerts.dispatch import Dispatcher
+from services.alerts.frequency import Policy
+from services.alerts.orderflow import FlowBook, swap_flow
+from services.alerts.sink import AlertSink
+from services.alerts.store import RedisStore, SqliteStore, ThrottleStore
+from services.alerts.supervisor import WorkerPool
+from services.alerts.throttle import Due, StrategySpec, Throttle, size_class
+from shared.bus import Publisher, Puller, Pusher, Subscriber
+from shared.constants import alert_topic
+from shared.messages import (
+    AlertZoneEvent,
+    JobResult,
+    Message,
+    Price,
+    StrategyJob,
+    Swap,
+    TickerInput,
+    Trade,
+    ZoneCreated,
+    ZoneExpired,
+    ZoneRemoved,
+    ZoneTouched,
+)
+from shared.runner import ServiceContext
+
+log = logging.getLogger("poolwire.alerts")
+
+NS = 1_000_000_000
+PREFIXES = ("px.", "md.trade.", "dex.swap.", "zone.")
+UNIVERSE_BUCKETS = (10.0, 100.0, 1000.0, float("inf"))
+
+
+def open_store(cfg: AlertsConfig, data_dir: str) -> ThrottleStore:
+    if cfg.store == "redis":
+        return RedisStore(cfg.redis_url, prefix=cfg.redis_prefix, large_universe=cfg.large_universe)
+    path = cfg.sqlite_path or os.path.join(data_dir, "alerts.sqlite3")
+    return SqliteStore(path, large_universe=cfg.large_universe)
+
+
+def spec_of(s: StrategyConfig) -> StrategySpec:
+    return StrategySpec.from_universe(s.id, int(s.bucket * NS), s.universe)
+
+
+def policy_of(s: StrategyConfig) -> Policy:
+    bar = s.bar if s.bar > 0 else s.bucket
+    return Policy(s.frequency, int(bar * NS), int(s.repeat_interval * NS))
+
+
+class Alerts:
+    """Everything but the sockets' loops: testable with a fake clock and no processes."""
+
+    def __init__(self, cfg: AlertsConfig, store: ThrottleStore) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.strategies = {s.id: s for s in cfg.strategies}
+        self.throttle = Throttle(store, [spec_of(s) for s in cfg.strategies])
+        self.bars = Bars(int(s.bucket * NS) for s in cfg.strategies)
+        self.flow = FlowBook(
+            ttl_ns=int(cfg.flow_cache_ttl * NS),
+            max_entries=cfg.flow_cache_size,
+            tick_buffer=cfg.flow_tick_buffer,
+            delta_history=cfg.flow_delta_history,
+            cvd_history=cfg.flow_cvd_history,
+        )
+        self.dispatcher = Dispatcher(int(cfg.job_timeout * NS), max_in_flight=cfg.max_in_flight)
+        self.sink = AlertSink(store, {s.id: policy_of(s) for s in cfg.strategies})
+        self.run_id = uuid.uuid4().hex[:8]
+        self._job_n = 0
+        self.skipped_messages = 0
+        self.universe_sizes: dict[str, int] = {}
+        self._rolled: dict[int, int] = {}  # bucket size -> boundary its bars were last rolled at
+
+    def start(self) -> None:
+        self.throttle.start()
+        self.universe_sizes = self.store.universe_sizes()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def on_message(self, msg: Message, now_ns: int) -> None:
+        if isinstance(msg, Price):
+            self.throttle.note_update(msg.symbol, now_ns)
+            self.bars.price(msg.symbol, msg.price, now_ns)
+        elif isinstance(msg, Trade):
+            symbol = f"pm.{msg.asset}"
+            self.throttle.note_update(symbol, now_ns)
+            self.flow.add(symbol, msg.event_ns or now_ns, msg.price, msg.size, msg.side == "buy")
+        elif isinstance(msg, Swap):
+            symbol = f"dex.{msg.pool}"
+            flow = swap_flow(msg.amount0, msg.amount1)
+            if flow is None:
+                self.skipped_messages += 1
+                return
+            self.throttle.note_update(symbol, now_ns)
+            self.flow.add(symbol, msg.event_ns or now_ns, msg.price, flow[0], flow[1])
+        elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
+            z = msg.zone
+            event = type(msg).__name__.removeprefix("Zone").lower()
+            price = msg.price if isinstance(msg, ZoneTouched) else 0.0
+            self.throttle.note_update(z.symbol, now_ns)
+            self.bars.zone(
+                z.symbol,
+                AlertZoneEvent(
+                    event=event,
+                    zone_id=z.id,
+                    timeframe=z.timeframe,
+                    kind=z.kind,
+                    top=z.top,
+                    bottom=z.bottom,
+                    price=price,
+                    event_ns=msg.event_ns or now_ns,
+                ),
+            )
+        else:
+            self.skipped_messages += 1
+
+    # -- boundaries ----------------------------------------------------------------------------
+
+    def boundary(self, now_ns: int) -> list[Due]:
+        """Evaluate due buckets, turn what runs into queued jobs, roll the closed bars."""
+        due = self.throttle.run_due(now_ns)
+        if not due:
+            self._roll(now_ns)
+            return due
+        wanted: dict[str, set[float]] = {}
+        for d in due:
+            s = self.strategies[d.strategy]
+            if s.kind in ("order_flow", "python"):
+                for t in d.tickers:
+                    wanted.setdefault(t, set()).add(float(s.flow_window))
+        flows = self.flow.metrics_for(wanted, now_ns) if wanted else {}
+        for d in due:
+            s = self.strategies[d.strategy]
+            size = int(s.bucket * NS)
+            inputs = self.bars.inputs(size, d.tickers)
+            if flows and s.kind in ("order_flow", "python"):
+                w = float(s.flow_window)
+                for t in d.tickers:
+                    m = flows.get((t, w))
+                    if m is not None:
+                        bar = inputs.get(t)
+                        if bar is None:
+                            bar = inputs[t] = TickerInput()
+                        bar.flow = m
+            self._job_n += 1
+            self.dispatcher.submit(
+                StrategyJob(
+                    job_id=f"{self.run_id}-{self._job_n}",
+                    strategy=s.id,
+                    kind=s.kind,
+                    bucket_ns=d.bucket_ns,
+                    tickers=sorted(d.tickers),
+                    params=s.params,
+                    function=s.function,
+                    inputs=inputs,
+                    event_ns=d.bucket_ns,
+                )
+            )
+        self._roll(now_ns)
+        return due
+
+    def _roll(self, now_ns: int) -> None:
+        for size in self.bars.sizes:
+            boundary = now_ns - now_ns % size
+            if self._rolled.get(size, -1) < boundary:
+                self._rolled[size] = boundary
+                self.bars.roll(size)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def on_result(self, result: JobResult, now_ns: int) -> tuple[str, list[Any], int]:
+        status, job, latency = self.dispatcher.complete(result, now_ns)
+        if status != "done" or job is None:
+            if status == "failed":
+                log.warning("job %s (%s) failed twice: %s", result.job_id, result.strategy, result.error)
+            return status, [], latency
+        if result.used_symbols and self.throttle.discover(job.strategy, result.used_symbols):
+            self.universe_sizes[job.strategy] = len(set(result.used_symbols))
+        return status, self.sink.accept(job, list(result.alerts), now_ns), latency
+
+    def next_wakeup(self, now_ns: int) -> int:
+        flush = now_ns + int(self.cfg.flush_every * NS)
+        candidates = [flush]
+        b = self.throttle.next_boundary(now_ns)
+        if b is not None:
+            candidates.append(b)
+        d = self.dispatcher.next_deadline()
+        if d is not None:
+            candidates.append(d)
+        return min(candidates)
+
+    def summary(self) -> str:
+        st = self.throttle.stats
+        sizes = self.universe_sizes
+        counts = {"small": 0, "medium": 0, "large": 0, "xlarge": 0}
+        for n in sizes.values():
+            counts[size_class(n)] += 1
+        avg = sum(sizes.values()) / len(sizes) if sizes else 0.0
+        return (
+            f"ticker updates: {st.ticker_updates}, universe updates: {st.universe_updates}, "
+            f"total tracked: {self.store.ticker_count()} | strategy runs: {st.runs}, "
+            f"skipped (no update): {st.skipped_no_update}, skipped (bucket dup): {st.skipped_duplicate} | "
+            f"cleanup ops: {st.cleanups}, large intersections: {st.large_intersections}, "
+            f"universe discoveries: {st.discoveries} | universe distribution: small (<=10): {counts['small']}, "
+            f"medium (<=100): {counts['medium']}, large (<=1000): {counts['large']}, "
+            f"xlarge (>1000): {counts['xlarge']} | average universe size: {avg:.0f} tickers "
+            f"across {len(sizes)} strategies"
+        )
+
+
+class AlertsCollector(Collector):
+    """Reads the cores' plain counters at scrape time."""
+
+    def __init__(self, alerts: Alerts, pool: WorkerPool | None) -> None:
+        self.a = alerts
+        self.pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        a = self.a
+        st = a.throttle.stats
+        ds = a.dispatcher.stats
+        p = "poolwire_alerts"
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            c = CounterMetricFamily(f"{p}_{name}", doc)
+            c.add_metric([], value)
+            return c
+
+        yield counter("strategy_runs", "Strategy jobs dispatched (their universe moved)", st.runs)
+        skipped = CounterMetricFamily(
+            f"{p}_strategy_skips", "Strategy evaluations skipped", labels=["reason"]
+        )
+        skipped.add_metric(["no_update"], st.skipped_no_update)
+        skipped.add_metric(["bucket_duplicate"], st.skipped_duplicate)
+        yield skipped
+        yield counter(
+            "ticker_updates", "Ticker updates noted (prices, trades, swaps, zones)", st.ticker_updates
+        )
+        yield counter("large_intersections", "Large-universe intersections", st.large_intersections)
+        yield counter("universe_discoveries", "Universes replaced by a result's used_symbols", st.discoveries)
+        yield counter("cleanups", "Ticker-update cleanup runs", st.cleanups)
+        yield counter("cleaned_ticker_updates", "Ticker updates removed by cleanups", st.cleaned)
+        tracked = GaugeMetricFamily(f"{p}_tracked_tickers", "Tickers with a recorded update")
+        tracked.add_metric([], a.store.ticker_count())
+        yield tracked
+        sizes = sorted(a.universe_sizes.values())
+        buckets = []
+        for le in UNIVERSE_BUCKETS:
+            buckets.append(("+Inf" if le == float("inf") else str(le), sum(1 for n in sizes if n <= le)))
+        h = HistogramMetricFamily(f"{p}_universe_size_tickers", "Strategy universe sizes")
+        h.add_metric([], buckets, float(sum(sizes)))
+        yield h
+        jobs = CounterMetricFamily(f"{p}_jobs", "Strategy jobs by outcome", labels=["status"])
+        for name in ("submitted", "sent", "done", "retried", "failed", "timeouts", "errors", "late"):
+            jobs.add_metric([name], getattr(ds, name))
+        yield jobs
+        wf = CounterMetricFamily(f"{p}_worker_failures", "Worker failures", labels=["kind"])
+        wf.add_metric(["job_timeout"], ds.timeouts)
+        wf.add_metric(["job_error"], ds.errors)
+        wf.add_metric(["process_exit"], self.pool.exits if self.pool else 0)
+        yield wf
+        inflight = GaugeMetricFamily(f"{p}_jobs_in_flight", "Jobs pushed and not answered")
+        inflight.add_metric([], len(a.dispatcher.in_flight))
+        yield inflight
+        queued = GaugeMetricFamily(f"{p}_jobs_queued", "Jobs waiting for room in flight")
+        queued.add_metric([], len(a.dispatcher.queue))
+        yield queued
+        al = CounterMetricFamily(f"{p}_alerts", "Alerts from results", labels=["outcome"])
+        al.add_metric(["published"], a.sink.stats.published)
+        al.add_metric(["suppressed"], a.sink.stats.suppressed)
+        yield al
+        cs = a.flow.cache.stats
+        yield counter("flow_cache_hits", "Order-flow metrics cache hits", cs.hits)
+        yield counter("flow_cache_misses", "Order-flow metrics cache misses", cs.misses)
+        ratio = GaugeMetricFamily(f"{p}_flow_cache_hit_ratio", "Order-flow cache hits / lookups")
+        ratio.add_metric([], cs.hit_rate)
+        yield ratio
+        yield counter("flow_compute_seconds", "Time computing order-flow metrics", cs.compute_ns_total / 1e9)
+        yield counter("flow_computations", "Order-flow metrics computations", cs.computations)
+        engines = GaugeMetricFamily(f"{p}_flow_symbols", "Symbols with an order-flow engine")
+        engines.add_metric([], len(a.flow.engines))
+        yield engines
+        yield counter(
+            "skipped_messages", "Input messages skipped (unreadable or unexpected)", a.skipped_messages
+        )
+        if self.pool is not None:
+            alive = GaugeMetricFamily(f"{p}_workers_alive", "Worker processes running")
+            alive.add_metric([], self.pool.alive)
+            yield alive
+
+
+async def main(ctx: ServiceContext[AlertsConfig]) -> None:
+    cfg = ctx.config
+    clock = ctx.clock
+    store = open_store(cfg, ctx.common.data_dir)
+    alerts = Alerts(cfg, store)
+    alerts.start()
+    gc.freeze()  # the loaded state is long-lived: keep it out of every later collection
+    pub = Publisher(cfg.pub, service="alerts", clock=clock, heartbeat_interval=ctx.common.heartbeat_interval)
+    sub = Subscriber(cfg.sub, PREFIXES, clock=clock)
+    pusher = Pusher(cfg.jobs, bind=True, sender=pub.publisher_id, hwm=cfg.max_in_flight, linger_ms=0)
+    puller = Puller(cfg.results, bind=True)
+    ctx.bus_stats.add("pub", pub.stats)
+    ctx.bus_stats.add("sub", sub.stats)
+    ctx.bus_stats.add("jobs", pusher.stats)
+    ctx.bus_stats.add("results", puller.stats)
+    pool: WorkerPool | None = None
+    if cfg.workers > 0:
+        pool = WorkerPool(
+            cfg.workers,
+            [
+                "--jobs",
+                cfg.jobs,
+                "--results",
+                cfg.results,
+                "--timeout",
+                str(max(cfg.job_timeout * 0.8, 0.05)),
+            ],
+            clock,
+        )
+        pool.start()
+    ctx.metrics.register(AlertsCollector(alerts, pool))
+    job_latency = Histogram(
+        "poolwire_alerts_job_latency_seconds",
+        "From a job's first push to its result",
+        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
+        registry=ctx.metrics,
+    )
+    eval_latency = Histogram(
+        "poolwire_alerts_bucket_evaluation_seconds",
+        "Evaluating a bucket boundary (claims, intersections, jobs)",
+        buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
+        registry=ctx.metrics,
+    )
+    pub.start()
+    wake = asyncio.Event()
+
+    def push_ready() -> None:
+        for job in alerts.dispatcher.ready(clock.time_ns()):
+            if not pusher.try_send(job):
+                alerts.dispatcher.unsend(job)
+                break
+
+    async def inputs() -> None:
+        while True:
+            batch = await sub.recv_batch()
+            now = clock.time_ns()
+            for _topic, msg in batch:
+                try:
+                    alerts.on_message(msg, now)
+                except Exception:
+                    alerts.skipped_messages += 1
+                    log.exception("skipped a %s that could not be applied", type(msg).__name__)
+
+    async def ticker() -> None:
+        while True:
+            now = clock.time_ns()
+            t0 = time.perf_counter()
+            due = alerts.boundary(now)
+            if due:
+                eval_latency.observe(time.perf_counter() - t0)
+            else:
+                alerts.throttle.flush()
+            for status, job in alerts.dispatcher.expire(now):
+                log.warning(
+                    "job %s (%s) attempt %d timed out: %s", job.job_id, job.strategy, job.attempt, status
+                )
+            push_ready()
+            wake.clear()
+            delay = (alerts.next_wakeup(clock.time_ns()) - clock.time_ns()) / NS
+            sleeper = asyncio.ensure_future(clock.sleep(max(delay, 0.0)))
+            waiter = asyncio.ensure_future(wake.wait())
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            waiter.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+    async def results() -> None:
+        while True:
+            for msg in await puller.recv_batch():
+                if not isinstance(msg, JobResult):
+                    alerts.skipped_messages += 1
+                    continue
+                now = clock.time_ns()
+                status, out, latency = alerts.on_result(msg, now)
+                if status == "done":
+                    job_latency.observe(latency / NS)
+                for alert in out:
+                    pub.publish(alert_topic(alert.strategy, alert.symbol), alert)
+                if status == "retry":
+                    wake.set()
+            push_ready()
+
+    async def cleanup() -> None:
+        await clock.sleep(cfg.cleanup_first)
+        while True:
+            removed = alerts.throttle.cleanup(clock.time_ns(), int(cfg.retention * NS))
+            log.info(
+                "cleanup: removed %d ticker update(s) older than %.0f d; %d tracked",
+                removed,
+                cfg.retention / 86400,
+                store.ticker_count(),
+            )
+            await clock.sleep(cfg.cleanup_every)
+
+    async def summary() -> None:
+        while True:
+            await clock.sleep(cfg.summary_every)
+            alerts.universe_sizes = store.universe_sizes()
+            log.info("summary: %s", alerts.summary())
+
+    tasks = [
+        asyncio.create_task(coro, name=name)
+        for name, coro in (
+            ("inputs", inputs()),
+            ("ticker", ticker()),
+            ("results", results()),
+            ("cleanup", cleanup()),
+            ("summary", summary()),
+        )
+    ]
+    log.info(
+        "alerts: %d strategies, store %s, %d worker(s); jobs on %s, results on %s",
+        len(cfg.strategies),
+        store.name,
+        cfg.workers,
+        cfg.jobs,
+        cfg.results,
+    )
+    stop = asyncio.create_task(ctx.stopping.wait())
+    try:
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        stop.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
+        alerts.throttle.flush()
+        if pool is not None:
+            await pool.stop()
+        await pub.close()
+        sub.close()
+        pusher.close(0)
+        puller.close()
+        store.close()
+        log.info("alerts: stopped; %s", alerts.summary())

@@ -1,0 +1,56 @@
+"""What happens to a job's result: frequency control against persisted state. Pure (plus the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.alerts.frequency import AlertState, Policy, decide, resolve
+from services.alerts.store import ThrottleStore
+from shared.messages import AlertFired, StrategyJob
+
+
+@dataclass(slots=True)
+class SinkStats:
+    published: int = 0
+    suppressed: int = 0
+    resolved: int = 0
+
+
+class AlertSink:
+    def __init__(self, store: ThrottleStore, policies: dict[str, Policy]) -> None:
+        self.store = store
+        self.policies = policies
+        self.stats = SinkStats()
+
+    def accept(self, job: StrategyJob, alerts: list[AlertFired], now_ns: int) -> list[AlertFired]:
+        """The alerts to publish; their new states are persisted before this returns."""
+        policy = self.policies.get(job.strategy, Policy())
+        fired = {a.symbol for a in alerts}
+        track_resolved = policy.frequency == "every" and policy.repeat_interval_ns > 0
+        keys = [(job.strategy, s) for s in fired]
+        if track_resolved:
+            keys += [(job.strategy, t) for t in job.tickers if t not in fired]
+        states: dict[tuple[str, str], AlertState] = self.store.get_alert_states(keys) if keys else {}
+        changed: dict[tuple[str, str], AlertState] = {}
+        out: list[AlertFired] = []
+        for alert in alerts:
+            key = (job.strategy, alert.symbol)
+            ok, new = decide(policy, states.get(key), job.bucket_ns, now_ns)
+            if new is not states.get(key):
+                states[key] = changed[key] = new
+            if ok:
+                alert.bucket_ns = job.bucket_ns
+                out.append(alert)
+            else:
+                self.stats.suppressed += 1
+        if track_resolved:
+            for t in job.tickers:
+                if t in fired:
+                    continue
+                new_state = resolve(states.get((job.strategy, t)))
+                if new_state is not None:
+                    changed[(job.strategy, t)] = new_state
+                    self.stats.resolved += 1
+        self.store.put_alert_states(changed)
+        self.stats.published += len(out)
+        return out

@@ -1,0 +1,170 @@
+"""Strategy kinds that workers run: four built-ins and user callables (``module:function``).
+
+A strategy is a function of one :class:`~shared.messages.StrategyJob` (its ``tickers`` moved in the
+bucket; ``inputs[ticker]`` holds the bar, zone events and order flow; ``params`` come from config)
+returning signals, or an :class:`Outcome` that also reports the symbols it used (universe
+discovery)::
+
+    from services.alerts.strategies import Signal
+
+    def wide_spread(job):
+        for t in job.tickers:
+            bar = job.inputs[t]
+            if bar.high - bar.low > job.params.get("range", 0.1):
+                yield Signal(t, f"{t} ranged {bar.high - bar.low:.3f}", bar.high - bar.low)
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from shared.messages import StrategyJob, TickerInput
+
+
+class Signal(NamedTuple):
+    symbol: str
+    message: str
+    value: float = 0.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    signals: list[Signal] = field(default_factory=list)
+    used_symbols: list[str] = field(default_factory=list)
+
+
+StrategyFn = Callable[[StrategyJob], "Iterable[Signal] | Outcome | None"]
+
+
+def _bars(job: StrategyJob) -> Iterable[tuple[str, TickerInput]]:
+    for t in job.tickers:
+        bar = job.inputs.get(t)
+        if bar is not None:
+            yield t, bar
+
+
+def price_cross(job: StrategyJob) -> list[Signal]:
+    """params: level (float), direction "up" | "down" | "any" (default any).
+
+    Fires when the bar crossed the level: from the previous close (or the bar's open when there is
+    none) to the close.
+    """
+    level = float(job.params["level"])
+    direction = job.params.get("direction", "any")
+    out = []
+    for t, bar in _bars(job):
+        start = bar.prev_close or bar.open
+        up = start < level <= bar.close
+        down = start > level >= bar.close
+        if (up and direction in ("up", "any")) or (down and direction in ("down", "any")):
+            word = "above" if up else "below"
+            out.append(Signal(t, f"{t} crossed {word} {level:g} at {bar.close:g}", bar.close))
+    return out
+
+
+def percent_move(job: StrategyJob) -> list[Signal]:
+    """params: pct (float, > 0), direction "up" | "down" | "any" (default any)."""
+    pct = float(job.params["pct"])
+    direction = job.params.get("direction", "any")
+    out = []
+    for t, bar in _bars(job):
+        start = bar.prev_close or bar.open
+        if start <= 0:
+            continue
+        move = (bar.close - start) / start * 100.0
+        if (move >= pct and direction in ("up", "any")) or (move <= -pct and direction in ("down", "any")):
+            out.append(Signal(t, f"{t} moved {move:+.2f}% to {bar.close:g}", move))
+    return out
+
+
+def zone_event(job: StrategyJob) -> list[Signal]:
+    """params: events (default ["touched"]), timeframes and kinds (optional filters)."""
+    events = set(job.params.get("events", ["touched"]))
+    tfs = set(job.params.get("timeframes", []))
+    kinds = set(job.params.get("kinds", []))
+    out = []
+    for t, bar in _bars(job):
+        for z in bar.zones:
+            if z.event in events and (not tfs or z.timeframe in tfs) and (not kinds or z.kind in kinds):
+                out.append(
+                    Signal(t, f"{t} {z.event} {z.timeframe} {z.kind} zone {z.bottom:g}-{z.top:g}", z.price)
+                )
+    return out
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+FLOW_FIELDS = (
+    "delta",
+    "cvd",
+    "cvd_change",
+    "imbalance",
+    "trades_per_s",
+    "buy_volume",
+    "sell_volume",
+    "trades",
+)
+
+
+def order_flow(job: StrategyJob) -> list[Signal]:
+    """params: metric (one of FLOW_FIELDS), op (">", ">=", "<", "<="), value."""
+    metric = job.params["metric"]
+    if metric not in FLOW_FIELDS:
+        raise ValueError(f"unknown order-flow metric {metric!r}; expected one of {', '.join(FLOW_FIELDS)}")
+    op = _OPS[job.params.get("op", ">")]
+    threshold = float(job.params["value"])
+    out = []
+    for t, bar in _bars(job):
+        if bar.flow is None:
+            continue
+        v = float(getattr(bar.flow, metric))
+        if op(v, threshold):
+            out.append(Signal(t, f"{t} {metric} {v:g} {job.params.get('op', '>')} {threshold:g}", v))
+    return out
+
+
+BUILTIN: dict[str, StrategyFn] = {
+    "price_cross": price_cross,
+    "percent_move": percent_move,
+    "zone_event": zone_event,
+    "order_flow": order_flow,
+}
+
+_loaded: dict[str, StrategyFn] = {}
+
+
+def load(spec: str) -> StrategyFn:
+    """Import ``package.module:function`` (cached)."""
+    fn = _loaded.get(spec)
+    if fn is None:
+        module_name, _, attr = spec.partition(":")
+        if not module_name or not attr:
+            raise ValueError(f"expected 'module:function', got {spec!r}")
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise TypeError(f"{spec} is not callable")
+        fn = _loaded[spec] = obj
+    return fn
+
+
+def execute(job: StrategyJob) -> Outcome:
+    """Run one job's strategy; exceptions propagate (the worker reports them)."""
+    fn = load(job.function) if job.kind == "python" else BUILTIN.get(job.kind)
+    if fn is None:
+        raise ValueError(f"unknown strategy kind {job.kind!r}")
+    got = fn(job)
+    if got is None:
+        return Outcome()
+    if isinstance(got, Outcome):
+        return got
+    return Outcome(signals=[s if isinstance(s, Signal) else Signal(*s) for s in got])

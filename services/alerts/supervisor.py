@@ -1,0 +1,84 @@
+"""Keeps N worker processes running: a worker that exits (crash, watchdog) is started again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from shared.clock import Clock
+
+log = logging.getLogger("poolwire.alerts.supervisor")
+
+RESTART_DELAY_S = 0.2
+RESTART_DELAY_MAX_S = 5.0
+
+
+class WorkerPool:
+    def __init__(self, count: int, args: Sequence[str], clock: Clock) -> None:
+        self.count = count
+        self.args = list(args)
+        self.clock = clock
+        self.restarts = 0
+        self.exits = 0
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.alerts.worker",
+            *self.args,
+            "--name",
+            f"alerts-worker-{index}",
+            "--parent",
+            str(os.getpid()),
+            env=os.environ.copy(),
+        )
+        self.procs[index] = proc
+        return proc
+
+    async def _keep(self, index: int) -> None:
+        delay = RESTART_DELAY_S
+        while not self._stopping:
+            proc = await self._spawn(index)
+            code = await proc.wait()
+            if self._stopping:
+                return
+            self.exits += 1
+            log.warning("worker %d (pid %d) exited with %s: starting another", index, proc.pid, code)
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+            self.restarts += 1
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep(i), name=f"alerts-worker-{i}") for i in range(self.count)]
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for p in self.procs.values() if p.returncode is None)
+
+    async def stop(self, grace: float = 3.0) -> None:
+        self._stopping = True
+        await self._end_all(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._end_all(grace)  # one spawned while we were stopping
+
+    async def _end_all(self, grace: float) -> None:
+        procs = list(self.procs.values())
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -1,0 +1,111 @@
+"""Order-flow math on hand-computed trades; the metrics cache with the fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.alerts.orderflow import FlowBook, FlowEngine, MetricsCache, swap_flow
+from shared.clock import FakeClock
+from shared.messages import OrderFlowMetrics
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def test_hand_computed_window() -> None:
+    eng = FlowEngine("pm.1")
+    #          t (s)  price size  buy?
+    trades = [(0.0, 0.50, 10.0, True), (0.5, 0.51, 4.0, False), (1.2, 0.52, 6.0, True),
+              (2.0, 0.50, 3.0, False), (3.5, 0.49, 8.0, False), (4.0, 0.50, 5.0, True)]  # fmt: skip
+    for t, price, size, buy in trades:
+        eng.add(T0 + int(t * S), price, size, buy)
+    now = T0 + 4 * S
+    # whole history: buys 10+6+5 = 21, sells 4+3+8 = 15
+    m = eng.metrics(10.0, now)
+    assert (m.trades, m.buy_volume, m.sell_volume, m.delta) == (6, 21.0, 15.0, 6.0)
+    assert m.cvd == 6.0 and m.cvd_change == 6.0
+    assert m.imbalance == pytest.approx(6 / 36)
+    assert m.trades_per_s == pytest.approx(0.6)
+    # last 2 s (t >= 2.0): sells 3 + 8, buy 5 -> delta -6
+    m = eng.metrics(2.0, now)
+    assert (m.trades, m.buy_volume, m.sell_volume, m.delta) == (3, 5.0, 11.0, -6.0)
+    assert m.imbalance == pytest.approx(-6 / 16)
+    assert m.trades_per_s == pytest.approx(1.5)
+    # CVD at t=2 s (start of the slot [2,3)): 10 - 4 + 6 = 12; now 6 -> change -6
+    assert m.cvd_change == -6.0
+    # per-second delta history of the closed slots [0,1) [1,2) [2,3) [3,4)... ([3,4) closed by t=4.0)
+    assert list(eng.delta_history) == [(T0, 6.0), (T0 + S, 6.0), (T0 + 2 * S, -3.0), (T0 + 3 * S, -8.0)]
+    assert [c for _, c in eng.cvd_history] == [6.0, 12.0, 9.0, 1.0]
+
+
+def test_no_trades_in_window_and_empty_engine() -> None:
+    eng = FlowEngine("x")
+    m = eng.metrics(5.0, T0)
+    assert (m.trades, m.delta, m.imbalance, m.cvd_change) == (0, 0.0, 0.0, 0.0)
+    eng.add(T0, 1.0, 2.0, True)
+    m = eng.metrics(5.0, T0 + 60 * S)
+    assert (m.trades, m.cvd, m.cvd_change) == (0, 2.0, 0.0)
+
+
+def test_deques_are_bounded() -> None:
+    eng = FlowEngine("x", tick_buffer=1000, delta_history=200, cvd_history=400)
+    for i in range(5000):
+        eng.add(T0 + i * S, 1.0, 1.0, i % 2 == 0)
+    assert len(eng.ticks) == 1000
+    assert len(eng.delta_history) == 200
+    assert len(eng.cvd_history) == 400
+    assert eng.trades == 5000 and eng.buy_volume == 2500 and eng.cvd == 0.0
+
+
+async def test_cache_hits_then_expires_with_the_clock() -> None:
+    clock = FakeClock()
+    book = FlowBook(ttl_ns=5 * S)
+    book.add("pm.1", clock.time_ns(), 0.5, 3.0, True)
+    first = book.metrics("pm.1", 60.0, clock.time_ns())
+    assert first is not None and first.buy_volume == 3.0
+    book.add("pm.1", clock.time_ns(), 0.5, 1.0, False)
+    await clock.advance_and_settle(4.9)
+    again = book.metrics("pm.1", 60.0, clock.time_ns())
+    assert again is first  # cached: the sell is not seen yet
+    assert (book.cache.stats.hits, book.cache.stats.misses) == (1, 1)
+    await clock.advance_and_settle(0.1)
+    fresh = book.metrics("pm.1", 60.0, clock.time_ns())
+    assert fresh is not first and fresh is not None and fresh.sell_volume == 1.0
+    assert (book.cache.stats.hits, book.cache.stats.misses) == (1, 2)
+    assert book.cache.stats.hit_rate == pytest.approx(1 / 3)
+    # another window is another key
+    book.metrics("pm.1", 10.0, clock.time_ns())
+    assert book.cache.stats.misses == 3
+    assert book.metrics("never", 10.0, clock.time_ns()) is None
+
+
+def test_cache_is_bounded_oldest_out() -> None:
+    cache = MetricsCache(ttl_ns=5 * S, max_entries=3)
+    calls: list[str] = []
+
+    def compute(sym: str) -> OrderFlowMetrics:
+        calls.append(sym)
+        return OrderFlowMetrics(symbol=sym, window_s=1.0)
+
+    for sym in "abcd":
+        cache.get(sym, 1.0, T0, lambda sym=sym: compute(sym))
+    assert len(cache) == 3 and cache.stats.evictions == 1
+    cache.get("a", 1.0, T0, lambda: compute("a"))  # evicted: computed again
+    cache.get("d", 1.0, T0, lambda: compute("d"))  # still there
+    assert calls == ["a", "b", "c", "d", "a"]
+
+
+def test_metrics_for_groups_by_symbol() -> None:
+    book = FlowBook()
+    book.add("a", T0, 1.0, 1.0, True)
+    book.add("b", T0, 1.0, 2.0, False)
+    got = book.metrics_for({"a": {60.0, 10.0}, "b": {60.0}, "zzz": {60.0}}, T0)
+    assert sorted(got) == [("a", 10.0), ("a", 60.0), ("b", 60.0)]
+    assert book.cache.stats.computations == 3
+
+
+def test_swap_flow() -> None:
+    assert swap_flow("-1000", "2000") == (1000.0, True)  # pool paid out token0: taker bought
+    assert swap_flow("500", "-7") == (500.0, False)
+    assert swap_flow("0", "1") is None
+    assert swap_flow("nope", "1") is None
