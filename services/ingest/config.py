@@ -1,0 +1,55 @@
+"""The ``ingest`` config section."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from shared.config import Duration, Endpoint, Port
+from shared.constants import PORTS, tcp
+
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pub: Endpoint = tcp("ingest", "pub")
+    pull: Endpoint = tcp("ingest", "pull")  # ForceSubscribe commands
+    metrics_port: Port = PORTS["ingest"]["metrics"]
+    publisher_id: str = ""  # default: ingest@host:pid
+    ws_url: str = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+    # discovery (Gamma); "" turns it off
+    gamma_url: str = "https://gamma-api.polymarket.com"
+    discovery_interval: Duration = Duration(300.0)
+    gamma_page_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    gamma_params: dict[str, str] = {}  # extra filters sent with every /markets/keyset request
+    max_assets: Annotated[int, msgspec.Meta(ge=0)] = 0  # cap on discovered assets (0: none)
+    assets: list[str] = []  # a static list, subscribed as well as whatever discovery finds
+    subscribe_new_markets: bool = False  # queue the assets of new_market events
+    # the pool (ENG-001)
+    per_connection: Count = 400
+    hard_limit: Count = 500
+    min_pending: Count = 50
+    max_connections: Count = 100
+    subscribe_interval: Duration = Duration(30.0)
+    # each connection
+    ping_interval: Duration = Duration(10.0)
+    silence_timeout: Duration = Duration(60.0)  # no data this long: reconnect and resubscribe
+    connect_timeout: Duration = Duration(10.0)
+    backoff_base: Duration = Duration(0.5)
+    backoff_cap: Duration = Duration(30.0)
+    custom_features: bool = True  # best_bid_ask, new_market, market_resolved
+    # recycling (ENG-005)
+    pollution_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.30
+    recycle_age: Duration = Duration(300.0)
+    recycle_timeout: Duration = Duration(30.0)  # the replacement must deliver within this
+    handoff_grace: Duration = Duration(1.0)  # then the old connection drains this long and closes
+    # router (ENG-002)
+    verify_hashes: bool = True
+    hash_check_every: Count = 1  # check every Nth change per asset
+    resync_interval: Duration = Duration(30.0)  # at most one resync per asset per interval
+    stop_timeout: Duration = Duration(8.0)
+
+    def __post_init__(self) -> None:
+        if self.per_connection > self.hard_limit:
+            raise ValueError(f"per_connection ({self.per_connection}) exceeds hard_limit ({self.hard_limit})")

@@ -1,0 +1,102 @@
+"""Prometheus export of the ingest counters, read only when scraped (the hot path bumps ints)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from services.ingest.pool import ConnectionPool
+    from services.ingest.registry import MarketRegistry
+    from services.ingest.router import Router
+
+P = "poolwire_ingest"
+
+
+class IngestCollector(Collector):
+    def __init__(self, pool: ConnectionPool, router: Router, registry: MarketRegistry) -> None:
+        self.pool = pool
+        self.router = router
+        self.registry = registry
+        self.discovery_polls = 0
+        self.discovery_errors = 0
+        self.discovery_cursor_stuck = 0
+        self.force_requests = 0
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.pool.get_connection_stats()
+        conns = GaugeMetricFamily(f"{P}_connections", "WebSocket connections by state", labels=["state"])
+        live = sum(1 for s in stats if s["is_live"])
+        draining = sum(1 for s in stats if s["is_draining"])
+        conns.add_metric(["live"], live)
+        conns.add_metric(["down"], len(stats) - live)
+        conns.add_metric(["draining"], draining)
+        yield conns
+        per = GaugeMetricFamily(
+            f"{P}_connection_assets", "Subscriptions held per connection", labels=["connection"]
+        )
+        pol = GaugeMetricFamily(
+            f"{P}_pollution_ratio", "Expired / total subscriptions per connection", labels=["connection"]
+        )
+        for s in stats:
+            per.add_metric([s["connection_id"]], s["assets"])
+            pol.add_metric([s["connection_id"]], s["pollution"])
+        yield per
+        yield pol
+        yield GaugeMetricFamily(
+            f"{P}_capacity_assets", "Total capacity of live connections", value=self.pool.get_total_capacity()
+        )
+        states = GaugeMetricFamily(f"{P}_assets", "Assets known, by state", labels=["state"])
+        for state, n in self.registry.counts().items():
+            states.add_metric([state], n)
+        yield states
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{P}_{name}", doc, value=value)
+
+        conn_totals = {
+            k: sum(s[k] for s in stats) for k in ("reconnects", "silence_resets", "pings", "pongs", "errors")
+        }
+        r = self.router.stats
+        msgs = CounterMetricFamily(
+            f"{P}_messages", "WebSocket events received, by event_type", labels=["type"]
+        )
+        for kind, n in r.by_type.items():
+            msgs.add_metric([kind], n)
+        yield msgs
+        yield counter("frames", "WebSocket frames routed", r.frames)
+        yield counter("decode_errors", "Frames or items that did not decode (skipped)", r.decode_errors)
+        yield counter("unknown_events", "Events of an unknown event_type (skipped)", r.unknown_events)
+        yield counter(
+            "legacy_events", "Events in the older flat price_change schema (skipped)", r.legacy_events
+        )
+        yield counter("text_frames", "Non-JSON server notices (NO NEW ASSETS ...)", r.text_frames)
+        yield counter("hash_mismatches", "Book hash mismatches", r.hash_mismatches)
+        yield counter("resyncs", "Book resyncs requested", r.resyncs)
+        yield counter("handoff_duplicates", "Recycling duplicates dropped", r.handoff_duplicates)
+        yield counter(
+            "not_owner_drops", "Events from a connection that does not own the asset", r.not_owner_drops
+        )
+        yield counter("published", "Messages published", r.published)
+        yield counter("reconnects", "Reconnects (live connections)", conn_totals["reconnects"])
+        yield counter(
+            "silence_resets",
+            "Reconnects after data silence (live connections)",
+            conn_totals["silence_resets"],
+        )
+        yield counter("pings", "PINGs sent (live connections)", conn_totals["pings"])
+        yield counter("pongs", "PONGs received (live connections)", conn_totals["pongs"])
+        p = self.pool.stats
+        yield counter("recycles", "Connections recycled", p.recycles)
+        yield counter("recycle_failures", "Recycles abandoned (replacement silent)", p.recycle_failures)
+        yield counter("connections_opened", "Connections opened", p.opened)
+        yield counter("dynamic_subscribes", "Assets placed on spare capacity", p.dynamic_subscribes)
+        yield counter("forced_assets", "Assets requested with force_subscribe", p.forced)
+        yield counter("discovery_polls", "Gamma discovery polls", self.discovery_polls)
+        yield counter("discovery_errors", "Gamma discovery polls that failed", self.discovery_errors)
+        yield counter(
+            "discovery_cursor_stuck", "Gamma polls stopped by a repeating cursor", self.discovery_cursor_stuck
+        )

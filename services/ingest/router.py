@@ -1,0 +1,601 @@
+"""The message router (ENG-002): frames in, normalized messages out. Pure: no sockets, no awaits.
+
+``Router.handle_frame(conn_id, data)`` decodes one WebSocket frame, keeps a local book per asset
+(checking the server's SHA-1 hash), and publishes through the ``publish(topic, msg)`` callable:
+
+- ``md.book.<asset>`` BookSnapshot, ``md.change.<asset>`` BookChange, ``md.trade.<asset>`` Trade,
+  ``md.tick_size.<asset>`` TickSizeChange, ``md.market.<asset>`` MarketLifecycle;
+- ``px.pm.<asset>`` Price (the book mid) whenever the mid changes.
+
+Ownership: each asset is read from one connection, its owner; the same asset arriving on another
+connection is dropped. During a recycling handoff the asset also has a candidate connection. The
+old owner's events keep flowing and their keys (book hash, or a trade's fields) are remembered;
+the candidate's events that were already published are dropped as duplicates, and its first event
+that was not is published and makes the candidate the owner, after which the old connection's
+events are dropped. The two connections carry the same ordered stream, so the handoff has no gap
+and no duplicate.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from services.ingest.book import LocalBook
+from services.ingest.protocol import (
+    BestBidAskEvent,
+    BookEvent,
+    LastTradePriceEvent,
+    Level,
+    MarketResolvedEvent,
+    NewMarketEvent,
+    Num,
+    PriceChangeEntry,
+    PriceChangeEvent,
+    TickSizeChangeEvent,
+    decode_frame,
+    ms_to_ns,
+)
+from shared.clock import Clock, RealClock
+from shared.messages import (
+    BookChange,
+    BookLevel,
+    BookSnapshot,
+    MarketLifecycle,
+    Message,
+    Price,
+    TickSizeChange,
+    Trade,
+)
+
+Publish = Callable[[str, Message], None]
+ResyncRequest = Callable[[str, str], None]  # connection id, asset id
+LifecycleKind = Literal["new", "resolved"]
+LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
+
+RECENT_CAP = 4096  # keys remembered per asset during a handoff
+SEEN_LIFECYCLE_CAP = 10_000
+
+
+@dataclass(slots=True)
+class RouterStats:
+    frames: int = 0
+    events: int = 0
+    updates: int = 0  # market updates applied: price_change entries, trades, books
+    text_frames: int = 0  # non-JSON text other than PONG ("NO NEW ASSETS", ...)
+    decode_errors: int = 0  # frames or items that did not decode
+    unknown_events: int = 0  # an event_type we do not know
+    legacy_events: int = 0  # older flat price_change schema: recognised, not applied
+    unknown_assets: int = 0  # events for assets we do not follow
+    not_owner_drops: int = 0  # an asset's events arriving on a connection that does not own it
+    handoff_duplicates: int = 0  # candidate events already published by the old owner
+    handoff_switches: int = 0
+    unchanged_books: int = 0  # a book equal to the state we already had: not republished
+    hash_checks: int = 0
+    hash_mismatches: int = 0
+    resyncs: int = 0
+    resyncs_suppressed: int = 0  # rate-limited
+    published: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class AssetState:
+    __slots__ = (
+        "ask",
+        "asset",
+        "bid",
+        "book",
+        "candidate",
+        "checks",
+        "hash",
+        "held",
+        "last_resync",
+        "market",
+        "mid",
+        "owner",
+        "recent",
+    )
+
+    def __init__(self, asset: str, owner: str) -> None:
+        self.asset = asset
+        self.market = ""
+        self.owner = owner
+        self.candidate: str | None = None
+        self.recent: set[str] | None = None
+        self.held: list[tuple[str, Callable[..., None], tuple[Any, ...]]] | None = None
+        self.book = LocalBook()
+        self.hash = ""
+        self.bid = 0.0
+        self.ask = 0.0
+        self.mid = 0.0
+        self.checks = 0
+        self.last_resync = -1e18
+
+
+def _levels_best_first(levels: list[Level], descending: bool) -> list[BookLevel]:
+    out = [BookLevel(float(lv.price), float(lv.size)) for lv in levels]
+    out.sort(key=lambda lv: lv.price, reverse=descending)
+    return [lv for lv in out if lv.size > 0.0]
+
+
+def _is_notice(text: bytes | str) -> bool:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            return False
+    return len(text) < 200 and all(ch.isupper() or ch in " _-!." for ch in text)
+
+
+def _side(side: str) -> Literal["buy", "sell"]:
+    return "buy" if side in ("BUY", "buy", "Buy") else "sell"
+
+
+class Router:
+    def __init__(
+        self,
+        publish: Publish,
+        *,
+        clock: Clock | None = None,
+        verify_hashes: bool = True,
+        hash_check_every: int = 1,
+        resync_interval: float = 30.0,
+        on_resync: ResyncRequest | None = None,
+        on_lifecycle: LifecycleHandler | None = None,
+    ) -> None:
+        self.publish = publish
+        self.clock: Clock = clock or RealClock()
+        self.verify_hashes = verify_hashes
+        self.hash_check_every = max(1, hash_check_every)
+        self.resync_interval = resync_interval
+        self.on_resync = on_resync
+        self.on_lifecycle = on_lifecycle
+        self.stats = RouterStats()
+        self.assets: dict[str, AssetState] = {}
+        self._seen_lifecycle: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    def assign(self, assets: Iterable[str], conn_id: str) -> None:
+        """``conn_id`` now owns these assets (a new subscription or a reconnect)."""
+        states = self.assets
+        for asset in assets:
+            st = states.get(asset)
+            if st is None:
+                states[asset] = AssetState(asset, conn_id)
+            else:
+                st.owner = conn_id
+                st.candidate = None
+                st.recent = None
+                st.held = None
+
+    def release(self, assets: Iterable[str]) -> None:
+        for asset in assets:
+            self.assets.pop(asset, None)
+
+    def begin_handoff(self, assets: Iterable[str], new_conn: str) -> None:
+        """``new_conn`` subscribes the same assets; it takes over once it delivers something new."""
+        for asset in assets:
+            st = self.assets.get(asset)
+            if st is not None:
+                st.candidate = new_conn
+                st.recent = {st.hash} if st.hash else set()
+
+    def complete_handoff(self, assets: Iterable[str], new_conn: str) -> None:
+        """The old connection is gone: ``new_conn`` owns what it has not taken over yet.
+
+        Its duplicates of what the old one published are still dropped until it delivers
+        something new.
+        """
+        for asset in assets:
+            st = self.assets.get(asset)
+            if st is not None and st.candidate == new_conn:
+                if st.held is not None:  # publish its book (a resync) and what followed it
+                    self._switch(st, st.held)
+                else:
+                    st.owner = new_conn
+                    st.candidate = None
+
+    def abort_handoff(self, assets: Iterable[str], new_conn: str) -> None:
+        for asset in assets:
+            st = self.assets.get(asset)
+            if st is not None and st.candidate == new_conn:
+                st.candidate = None
+                st.recent = None
+                st.held = None
+
+    def switched(self, assets: Iterable[str], new_conn: str) -> int:
+        """How many of these assets ``new_conn`` already owns."""
+        n = 0
+        for asset in assets:
+            st = self.assets.get(asset)
+            if st is not None and st.owner == new_conn:
+                n += 1
+        return n
+
+    def _route(
+        self,
+        st: AssetState,
+        conn: str,
+        key: str,
+        apply: Callable[..., None],
+        args: tuple[Any, ...],
+        book: bool,
+    ) -> None:
+        """Publish, hold or drop an event that is not the plain owner case (handoff, stray)."""
+        recent = st.recent
+        stats = self.stats
+        if conn == st.owner:
+            if recent is None:
+                apply(*args)
+            elif st.candidate is not None:  # old owner during a handoff: remember what went out
+                if len(recent) < RECENT_CAP:
+                    recent.add(key)
+                apply(*args)
+                held = st.held
+                if held and held[0][0] == key:  # caught up with the candidate's book: switch
+                    self._switch(st, held[1:])
+            elif key in recent:  # new owner still replaying what the old one published
+                stats.handoff_duplicates += 1
+            else:
+                st.recent = None  # past the overlap
+                apply(*args)
+            return
+        if conn == st.candidate and recent is not None:
+            held = st.held
+            if held is not None:
+                held.append((key, apply, args))
+                if len(held) > RECENT_CAP:  # the old connection never catches up: stop waiting
+                    self._switch(st, held)
+            elif key in recent:
+                stats.handoff_duplicates += 1
+            elif book:  # a book ahead of what the old owner delivered: hold it until it catches up
+                st.held = [(key, apply, args)]
+            else:
+                self._switch(st, [(key, apply, args)])
+            return
+        stats.not_owner_drops += 1
+
+    def _switch(self, st: AssetState, replay: list[tuple[str, Callable[..., None], tuple[Any, ...]]]) -> None:
+        assert st.candidate is not None
+        st.owner = st.candidate
+        st.candidate = None
+        st.recent = None
+        st.held = None
+        self.stats.handoff_switches += 1
+        for _, apply, args in replay:
+            apply(*args)
+
+    # -- frames ----------------------------------------------------------------------------------
+
+    def handle_frame(self, conn_id: str, data: bytes | str) -> int:
+        """Route one frame from ``conn_id``; returns how many events it held (0 for text)."""
+        stats = self.stats
+        stats.frames += 1
+        first = data[:1]
+        if first not in ("{", "[", b"{", b"["):
+            stripped = data.strip()
+            if not stripped or stripped[:1] not in ("{", "[", b"{", b"["):
+                if _is_notice(stripped):
+                    stats.text_frames += 1  # a server notice such as "NO NEW ASSETS"
+                else:
+                    stats.decode_errors += 1
+                return 0
+        decoded = decode_frame(data)
+        if decoded.errors:
+            stats.decode_errors += decoded.errors
+        if decoded.unknown_types:
+            stats.unknown_events += len(decoded.unknown_types)
+        by_type = stats.by_type
+        for ev in decoded.events:
+            kind = type(ev)
+            if kind is PriceChangeEvent:
+                self._price_change(conn_id, ev)
+                name = "price_change"
+            elif kind is LastTradePriceEvent:
+                stats.updates += 1
+                self._trade(conn_id, ev)
+                name = "last_trade_price"
+            elif kind is BookEvent:
+                stats.updates += 1
+                self._book(conn_id, ev)
+                name = "book"
+            elif kind is BestBidAskEvent:
+                self._best_bid_ask(conn_id, ev)
+                name = "best_bid_ask"
+            elif kind is TickSizeChangeEvent:
+                self._tick_size(conn_id, ev)
+                name = "tick_size_change"
+            elif kind is NewMarketEvent:
+                self._lifecycle("new", ev.market, ev.assets_ids, "", ev.question, ev.timestamp)
+                name = "new_market"
+            else:
+                assert isinstance(ev, MarketResolvedEvent)
+                self._lifecycle(
+                    "resolved", ev.market, ev.assets_ids, ev.winning_asset_id, ev.question, ev.timestamp
+                )
+                name = "market_resolved"
+            by_type[name] = by_type.get(name, 0) + 1
+        n = len(decoded.events)
+        stats.events += n
+        return n + len(decoded.unknown_types) + decoded.errors
+
+    def _emit(self, topic: str, msg: Message) -> None:
+        self.stats.published += 1
+        self.publish(topic, msg)
+
+    def _mid(self, st: AssetState, bid: float, ask: float, ts_ns: int) -> None:
+        if bid > 0.0 and ask > 0.0:
+            mid = (bid + ask) * 0.5
+            if mid != st.mid:
+                st.mid = mid
+                st.bid = bid
+                st.ask = ask
+                self._emit(
+                    f"px.pm.{st.asset}",
+                    Price(
+                        symbol=f"pm.{st.asset}", price=mid, bid=bid, ask=ask, source="book", event_ns=ts_ns
+                    ),
+                )
+
+    def _price_change(self, conn: str, ev: PriceChangeEvent) -> None:
+        if not ev.price_changes:
+            if ev.changes is not None:
+                self.stats.legacy_events += 1
+            return
+        self.stats.updates += len(ev.price_changes)
+        assets = self.assets
+        market = ev.market
+        ts = ev.timestamp
+        ts_ns = ms_to_ns(ts)
+        for e in ev.price_changes:
+            st = assets.get(e.asset_id)
+            if st is None:
+                self.stats.unknown_assets += 1
+            elif conn == st.owner and st.recent is None:
+                self._apply_change(st, e, market, ts, ts_ns)
+            else:
+                key = e.hash or f"c:{ts}:{e.side}:{e.price}:{e.size}"
+                self._route(st, conn, key, self._apply_change, (st, e, market, ts, ts_ns), False)
+
+    def _apply_change(self, st: AssetState, e: PriceChangeEntry, market: str, ts: Num, ts_ns: int) -> None:
+        if market:
+            st.market = market
+        is_buy = e.side == "BUY" or e.side == "buy"
+        book = st.book
+        try:
+            price = float(e.price)
+            size = float(e.size)
+        except ValueError:
+            self.stats.decode_errors += 1
+            return
+        book.apply(is_buy, e.price, e.size)
+        key = e.hash
+        if key:
+            st.hash = key
+            if self.verify_hashes:
+                st.checks += 1
+                if st.checks % self.hash_check_every == 0:
+                    self._check_hash(st, str(ts), key)
+        try:
+            bid = float(e.best_bid) if e.best_bid else book.best_bid()
+            ask = float(e.best_ask) if e.best_ask else book.best_ask()
+        except ValueError:
+            bid, ask = book.best_bid(), book.best_ask()
+        self._emit(
+            f"md.change.{st.asset}",
+            BookChange(
+                asset=st.asset,
+                market=st.market,
+                side="buy" if is_buy else "sell",
+                price=price,
+                size=size,
+                best_bid=bid,
+                best_ask=ask,
+                hash=key,
+                event_ns=ts_ns,
+            ),
+        )
+        self._mid(st, bid, ask, ts_ns)
+
+    def _check_hash(self, st: AssetState, ts: str, expected: str) -> None:
+        self.stats.hash_checks += 1
+        if st.book.hash(st.market, st.asset, ts) == expected:
+            return
+        self.stats.hash_mismatches += 1
+        self.request_resync(st.owner, st)
+
+    def request_resync(self, conn: str, st: AssetState) -> None:
+        now = self.clock.monotonic()
+        if now - st.last_resync < self.resync_interval:
+            self.stats.resyncs_suppressed += 1
+            return
+        st.last_resync = now
+        self.stats.resyncs += 1
+        if self.on_resync is not None:
+            self.on_resync(conn, st.asset)
+
+    def _book(self, conn: str, ev: BookEvent) -> None:
+        st = self.assets.get(ev.asset_id)
+        if st is None:
+            self.stats.unknown_assets += 1
+            return
+        if conn == st.owner and st.recent is None:
+            self._apply_book(st, ev)
+        else:
+            self._route(st, conn, ev.hash or f"k:{ev.timestamp}", self._apply_book, (st, ev), True)
+
+    def _apply_book(self, st: AssetState, ev: BookEvent) -> None:
+        if ev.market:
+            st.market = ev.market
+        book = st.book
+        if ev.tick_size is not None:
+            book.tick_size = ev.tick_size
+        if ev.last_trade_price is not None:
+            book.last_trade_price = ev.last_trade_price
+        if ev.min_order_size is not None:
+            book.min_order_size = ev.min_order_size
+        if ev.neg_risk is not None:
+            book.neg_risk = ev.neg_risk
+        bids = ev.bids or ev.buys or []
+        asks = ev.asks or ev.sells or []
+        if ev.hash and ev.hash == st.hash:
+            self.stats.unchanged_books += 1  # same state we already have (reconnect, resync)
+            return
+        try:
+            snap_bids = _levels_best_first(bids, descending=True)
+            snap_asks = _levels_best_first(asks, descending=False)
+        except ValueError:
+            self.stats.decode_errors += 1
+            return
+        book.reset(((lv.price, lv.size) for lv in bids), ((lv.price, lv.size) for lv in asks))
+        st.hash = ev.hash
+        if self.verify_hashes and ev.hash:
+            self.stats.hash_checks += 1
+            if book.hash(st.market, st.asset, str(ev.timestamp)) != ev.hash:
+                self.stats.hash_mismatches += 1  # a resync would bring the same book: count only
+        ts_ns = ms_to_ns(ev.timestamp)
+        tick = 0.0
+        if book.tick_size:
+            try:
+                tick = float(book.tick_size)
+            except ValueError:
+                tick = 0.0
+        self._emit(
+            f"md.book.{st.asset}",
+            BookSnapshot(
+                asset=st.asset,
+                market=st.market,
+                bids=snap_bids,
+                asks=snap_asks,
+                hash=ev.hash,
+                tick_size=tick,
+                event_ns=ts_ns,
+            ),
+        )
+        self._mid(
+            st, snap_bids[0].price if snap_bids else 0.0, snap_asks[0].price if snap_asks else 0.0, ts_ns
+        )
+
+    def _trade(self, conn: str, ev: LastTradePriceEvent) -> None:
+        st = self.assets.get(ev.asset_id)
+        if st is None:
+            self.stats.unknown_assets += 1
+            return
+        if conn == st.owner and st.recent is None:
+            self._apply_trade(st, ev)
+        else:
+            self._route(
+                st,
+                conn,
+                f"t:{ev.timestamp}:{ev.side}:{ev.price}:{ev.size}",
+                self._apply_trade,
+                (st, ev),
+                False,
+            )
+
+    def _apply_trade(self, st: AssetState, ev: LastTradePriceEvent) -> None:
+        try:
+            price = float(ev.price)
+            size = float(ev.size)
+            fee = float(ev.fee_rate_bps)
+        except ValueError:
+            self.stats.decode_errors += 1
+            return
+        st.book.last_trade_price = ev.price
+        self._emit(
+            f"md.trade.{st.asset}",
+            Trade(
+                asset=st.asset,
+                market=ev.market or st.market,
+                price=price,
+                size=size,
+                side=_side(ev.side),
+                fee_rate_bps=fee,
+                event_ns=ms_to_ns(ev.timestamp),
+            ),
+        )
+
+    def _tick_size(self, conn: str, ev: TickSizeChangeEvent) -> None:
+        st = self.assets.get(ev.asset_id)
+        if st is None:
+            self.stats.unknown_assets += 1
+            return
+        if conn == st.owner and st.recent is None:
+            self._apply_tick_size(st, ev)
+        else:
+            self._route(
+                st, conn, f"s:{ev.timestamp}:{ev.new_tick_size}", self._apply_tick_size, (st, ev), False
+            )
+
+    def _apply_tick_size(self, st: AssetState, ev: TickSizeChangeEvent) -> None:
+        try:
+            old, new = float(ev.old_tick_size or 0.0), float(ev.new_tick_size)
+        except ValueError:
+            self.stats.decode_errors += 1
+            return
+        st.book.tick_size = ev.new_tick_size
+        self._emit(
+            f"md.tick_size.{st.asset}",
+            TickSizeChange(
+                asset=st.asset,
+                market=ev.market or st.market,
+                old_tick_size=old,
+                new_tick_size=new,
+                event_ns=ms_to_ns(ev.timestamp),
+            ),
+        )
+
+    def _best_bid_ask(self, conn: str, ev: BestBidAskEvent) -> None:
+        st = self.assets.get(ev.asset_id)
+        if st is None:
+            self.stats.unknown_assets += 1  # broadcast for assets we do not follow
+            return
+        if conn == st.owner and st.recent is None:
+            self._apply_best_bid_ask(st, ev)
+        else:
+            self._route(
+                st,
+                conn,
+                f"b:{ev.timestamp}:{ev.best_bid}:{ev.best_ask}",
+                self._apply_best_bid_ask,
+                (st, ev),
+                False,
+            )
+
+    def _apply_best_bid_ask(self, st: AssetState, ev: BestBidAskEvent) -> None:
+        try:
+            bid, ask = float(ev.best_bid or 0.0), float(ev.best_ask or 0.0)
+        except ValueError:
+            self.stats.decode_errors += 1
+            return
+        self._mid(st, bid, ask, ms_to_ns(ev.timestamp))
+
+    def _lifecycle(
+        self, kind: LifecycleKind, market: str, assets: list[str], winner: str, question: str, ts: object
+    ) -> None:
+        # Broadcast to every connection with custom features: publish once per market and kind.
+        seen_key = (kind, market or ",".join(assets))
+        seen = self._seen_lifecycle
+        if seen_key in seen:
+            return
+        seen[seen_key] = None
+        if len(seen) > SEEN_LIFECYCLE_CAP:
+            seen.popitem(last=False)
+        ts_ns = ms_to_ns(ts)  # type: ignore[arg-type]
+        for asset in assets:
+            self._emit(
+                f"md.market.{asset}",
+                MarketLifecycle(
+                    asset=asset,
+                    market=market,
+                    status=kind,
+                    winning_asset=winner,
+                    question=question,
+                    event_ns=ts_ns,
+                ),
+            )
+        if self.on_lifecycle is not None:
+            self.on_lifecycle(kind, market, list(assets), winner)

@@ -1,0 +1,193 @@
+"""The ingest service: discovery -> registry -> pool of connections -> router -> PUB.
+
+Thin async shell; the logic lives in the pure cores (protocol, book, router, registry, planner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Literal
+
+import aiohttp
+from prometheus_client import Histogram
+
+from services.ingest.config import IngestConfig
+from services.ingest.connection import Connection
+from services.ingest.discovery import discover
+from services.ingest.metrics import IngestCollector
+from services.ingest.planner import Limits
+from services.ingest.pool import ConnectionPool
+from services.ingest.registry import MarketRegistry
+from services.ingest.router import Router
+from shared.bus import Publisher, Puller
+from shared.messages import ForceSubscribe, MarketLifecycle
+from shared.runner import ServiceContext
+
+
+async def main(ctx: ServiceContext[IngestConfig]) -> None:
+    cfg = ctx.config
+    log = ctx.log
+    pub = Publisher(
+        cfg.pub,
+        service="ingest",
+        publisher_id=cfg.publisher_id or None,
+        clock=ctx.clock,
+        heartbeat_interval=ctx.common.heartbeat_interval,
+    ).start()
+    puller = Puller(cfg.pull, bind=True)
+    ctx.bus_stats.add("pub", pub.stats)
+    ctx.bus_stats.add("pull", puller.stats)
+    registry = MarketRegistry()
+    pool_ref: list[ConnectionPool] = []
+
+    def on_resync(conn_id: str, asset: str) -> None:
+        info = pool_ref[0].connections.get(conn_id)
+        if info is not None:
+            task = asyncio.get_running_loop().create_task(info.connection.resync(asset))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    def on_lifecycle(kind: Literal["new", "resolved"], market: str, assets: list[str], winner: str) -> None:
+        if kind == "resolved":
+            registry.mark_expired(assets)
+        elif cfg.subscribe_new_markets and registry.add(assets, market=market, source="ws"):
+            pool_ref[0].wake()
+
+    router = Router(
+        pub.publish,
+        clock=ctx.clock,
+        verify_hashes=cfg.verify_hashes,
+        hash_check_every=cfg.hash_check_every,
+        resync_interval=cfg.resync_interval,
+        on_resync=on_resync,
+        on_lifecycle=on_lifecycle,
+    )
+    latency = Histogram(
+        "poolwire_ingest_publish_latency_seconds",
+        "From a frame's arrival to its messages queued for publishing",
+        buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025),
+        registry=ctx.metrics,
+    )
+    observe = latency.observe
+    handle = router.handle_frame
+    perf = time.perf_counter
+
+    def on_frame(conn_id: str, data: str | bytes) -> int:
+        t0 = perf()
+        n = handle(conn_id, data)
+        observe(perf() - t0)
+        return n
+
+    session = aiohttp.ClientSession()
+    background: set[asyncio.Task[object]] = set()
+
+    def factory(conn_id: str) -> Connection:
+        return Connection(
+            conn_id,
+            cfg.ws_url,
+            session,
+            lambda: registry.live_assets(conn_id),
+            on_frame,
+            ping_interval=cfg.ping_interval,
+            silence_timeout=cfg.silence_timeout,
+            connect_timeout=cfg.connect_timeout,
+            backoff_base=cfg.backoff_base,
+            backoff_cap=cfg.backoff_cap,
+            custom_features=cfg.custom_features,
+            on_connected=pool.on_connected,
+        )
+
+    limits = Limits(
+        per_connection=cfg.per_connection,
+        hard_limit=cfg.hard_limit,
+        min_pending=cfg.min_pending,
+        max_connections=cfg.max_connections,
+        pollution_threshold=cfg.pollution_threshold,
+        min_recycle_age=cfg.recycle_age,
+    )
+    pool = ConnectionPool(
+        registry,
+        router,
+        limits,
+        factory,
+        subscribe_interval=cfg.subscribe_interval,
+        recycle_timeout=cfg.recycle_timeout,
+        handoff_grace=cfg.handoff_grace,
+        stop_timeout=min(cfg.stop_timeout, 5.0),
+    )
+    pool_ref.append(pool)
+    collector = IngestCollector(pool, router, registry)
+    ctx.metrics.register(collector)
+
+    if cfg.assets:
+        registry.add(cfg.assets, source="static")
+
+    async def pull_loop() -> None:
+        while True:
+            for msg in await puller.recv_batch():
+                if isinstance(msg, ForceSubscribe):
+                    collector.force_requests += 1
+                    cid = await pool.force_subscribe(list(msg.asset_ids))
+                    log.info("force_subscribe of %d assets -> %s", len(msg.asset_ids), cid or "nowhere")
+                else:
+                    log.warning("ignored a %s on PULL", type(msg).__name__)
+
+    async def discovery_loop() -> None:
+        while True:
+            collector.discovery_polls += 1
+            try:
+                res = await discover(
+                    session, cfg.gamma_url, params=cfg.gamma_params, limit=cfg.gamma_page_limit
+                )
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                collector.discovery_errors += 1
+                log.warning("gamma discovery failed: %r", exc)
+            else:
+                if res.cursor_stuck:
+                    collector.discovery_cursor_stuck += 1
+                added = 0
+                for market, ids in res.open:
+                    if cfg.max_assets and len(registry.records) >= cfg.max_assets:
+                        break
+                    added += registry.add(ids, market=market, source="gamma")
+                over = [a for _, ids in res.closed for a in ids]
+                if res.complete:  # gamma assets no longer listed as open are over
+                    listed = {a for _, ids in res.open for a in ids}
+                    over += [
+                        r.asset
+                        for r in registry.records.values()
+                        if r.source == "gamma" and r.state != "expired" and r.asset not in listed
+                    ]
+                now_ns = ctx.clock.time_ns()
+                for asset in registry.mark_expired(over):
+                    pub.publish(
+                        f"md.market.{asset}", MarketLifecycle(asset=asset, status="expired", event_ns=now_ns)
+                    )
+                log.info(
+                    "gamma: %d pages, %d new assets, %d pending",
+                    res.pages,
+                    added,
+                    registry.get_pending_count(),
+                )
+                if added:
+                    pool.wake()
+            await ctx.clock.sleep(cfg.discovery_interval)
+
+    tasks = [asyncio.get_running_loop().create_task(pull_loop(), name="ingest-pull")]
+    if cfg.gamma_url:
+        tasks.append(asyncio.get_running_loop().create_task(discovery_loop(), name="ingest-discovery"))
+    await pool.start()
+    log.info("ingest: publishing on %s, commands on %s, %d static assets", cfg.pub, cfg.pull, len(cfg.assets))
+    try:
+        await ctx.stopping.wait()
+    finally:
+        for task in [*tasks, *background]:
+            task.cancel()
+        await asyncio.gather(*tasks, *background, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pool.stop(), cfg.stop_timeout)
+        await session.close()
+        puller.close()
+        await pub.close()

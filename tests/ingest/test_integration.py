@@ -1,0 +1,285 @@
+"""ingest as a real process against the simulator (in this test's loop) over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from services.simulator.gamma import GammaServer
+from services.simulator.market import MarketSim
+from services.simulator.polymarket import PolymarketServer
+from shared.bus import Pusher, Subscriber
+from shared.messages import BookChange, ForceSubscribe, Message
+from tests.helpers import free_port, spawn, tcp_endpoint
+
+pytestmark = pytest.mark.slow
+
+
+@asynccontextmanager
+async def simulator(
+    n_assets: int, events_per_s: float = 200.0, **kw: Any
+) -> AsyncIterator[tuple[PolymarketServer, str, str]]:
+    sim = MarketSim(n_assets, seed=21)
+    server = PolymarketServer(sim, events_per_s=events_per_s, tick=0.02, **kw)
+    gamma = GammaServer(server)
+    runners = [web.AppRunner(server.app), web.AppRunner(gamma.app)]
+    urls = []
+    for r in runners:
+        await r.setup()
+        port = free_port()
+        await web.TCPSite(r, "127.0.0.1", port).start()
+        urls.append(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield server, f"ws://{urls[0]}/ws/market", f"http://{urls[1]}"
+    finally:
+        await server.stop()
+        for r in runners:
+            await r.cleanup()
+
+
+async def until(cond: Callable[[], bool], event: asyncio.Event | None, timeout: float, what: str) -> None:
+    """Wait for ``cond`` to hold, re-checking whenever ``event`` fires (or each loop turn)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"timed out waiting for {what}")
+        if event is not None:
+            event.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, 0.25))
+        else:
+            await asyncio.sleep(0)
+
+
+def write_config(tmp: Path, ws_url: str, **ingest: Any) -> tuple[str, str, str, int]:
+    pub, pull, metrics = tcp_endpoint(), tcp_endpoint(), free_port()
+    section = {
+        "pub": pub,
+        "pull": pull,
+        "metrics_port": metrics,
+        "ws_url": ws_url,
+        "gamma_url": "",
+        "subscribe_interval": "200ms",
+        "ping_interval": "1s",
+        "silence_timeout": "5s",
+        "backoff_base": "100ms",
+        "backoff_cap": "1s",
+        **ingest,
+    }
+    path = tmp / "poolwire.yaml"
+    path.write_text(yaml.safe_dump({"common": {"heartbeat_interval": 0.1}, "ingest": section}))
+    return str(path), pub, pull, metrics
+
+
+async def metric(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> float:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=timeout)
+    return time.monotonic() - t0
+
+
+async def test_1000_pending_make_400_400_200_and_stop_quickly(tmp_path: Path) -> None:
+    async with simulator(1000) as (server, ws_url, _):
+        cfg, *_ = write_config(tmp_path, ws_url, assets=list(server.sim.assets))
+        with spawn("-m", "services.ingest", "--config", cfg) as proc:
+            await until(
+                lambda: server.connection_sizes() == [400, 400, 200], server.changed, 30, "400/400/200"
+            )
+            took = await asyncio.to_thread(stop, proc)
+            assert proc.returncode == 0 and took < 10.0
+
+
+async def test_5200_assets_over_13_connections(tmp_path: Path) -> None:
+    async with simulator(5200, events_per_s=100) as (server, ws_url, _):
+        cfg, *_ = write_config(tmp_path, ws_url, assets=list(server.sim.assets))
+        with spawn("-m", "services.ingest", "--config", cfg) as proc:
+            await until(lambda: server.connection_sizes() == [400] * 13, server.changed, 60, "13 x 400")
+            took = await asyncio.to_thread(stop, proc)
+            assert proc.returncode == 0 and took < 10.0
+
+
+async def test_discovery_and_below_minimum_waits_until_forced(tmp_path: Path) -> None:
+    async with simulator(30) as (server, ws_url, http_url):
+        # 30 assets discovered from Gamma (paged by 7, after_cursor) are below the minimum of 50
+        cfg, pub, pull, metrics = write_config(tmp_path, ws_url, gamma_url=http_url, gamma_page_limit=7)
+        async with Subscriber(pub, ["ingest."]) as sub:
+            with spawn("-m", "services.ingest", "--config", cfg) as proc:
+                await sub.wait_for_publisher("ingest", timeout=20)
+                # let several subscription passes (every 200 ms) go by: heartbeats every 100 ms
+                seen = 0
+                while seen < 10:
+                    seen += sum(1 for _ in await sub.recv_batch(timeout=5))
+                assert await metric(metrics, "poolwire_ingest_assets") == 30
+                assert await metric(metrics, "poolwire_ingest_discovery_polls_total") >= 1
+                assert server.connection_sizes() == []
+                pusher = Pusher(pull, sender="test")
+                forced = ["999", next(iter(server.sim.assets))]
+                await pusher.send(ForceSubscribe(asset_ids=forced), timeout=5)
+                await until(
+                    lambda: server.connection_sizes() == [31], server.changed, 20, "forced connection"
+                )
+                pusher.close()
+                assert await asyncio.to_thread(stop, proc) < 10.0
+
+
+def hashes_by_asset(msgs: list[tuple[str, Message]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for _, m in msgs:
+        if isinstance(m, BookChange):
+            out.setdefault(m.asset, []).append(m.hash)
+    return out
+
+
+def sim_hashes(history: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ev in history:
+        for entry in ev.get("price_changes", ()):
+            out.setdefault(entry["asset_id"], []).append(entry["hash"])
+    return out
+
+
+def assert_contiguous(got: dict[str, list[str]], truth: dict[str, list[str]], assets: set[str]) -> int:
+    """Per asset, what was published is an unbroken run of the simulator's stream: no gap, no dup."""
+    checked = 0
+    for asset in assets:
+        seq = got.get(asset, [])
+        if not seq:
+            continue
+        full = truth[asset]
+        start = full.index(seq[0])
+        assert seq == full[start : start + len(seq)], f"gap or duplicate on {asset}"
+        assert seq[-1] == full[-1], f"{asset}: missing the tail"
+        checked += 1
+    return checked
+
+
+async def collect_until(
+    sub: Subscriber, out: list[tuple[str, Message]], done: Callable[[], bool], timeout: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() > deadline:
+            raise AssertionError("timed out collecting")
+        out.extend(await sub.recv_batch(timeout=0.5))
+
+
+async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> None:
+    async with simulator(100, events_per_s=300) as (server, ws_url, _):
+        server.history = []
+        cfg, pub, _pull, metrics = write_config(
+            tmp_path,
+            ws_url,
+            assets=list(server.sim.assets),
+            min_pending=10,
+            recycle_age="500ms",
+            handoff_grace="300ms",
+        )
+        got: list[tuple[str, Message]] = []
+        async with Subscriber(pub, ["md.", "ingest."]) as sub:
+            with spawn("-m", "services.ingest", "--config", cfg) as proc:
+                await sub.wait_for_publisher("ingest", timeout=20)
+                await until(lambda: server.connection_sizes() == [100], server.changed, 20, "one connection")
+                (first_id,) = server.conns
+                await collect_until(sub, got, lambda: len(hashes_by_asset(got)) > 20, 20)
+                resolved = await server.resolve(server.sim.open_markets()[:15])  # 30 of 100 assets
+                gone = {a.asset_id for m in resolved for a in m.assets}
+                await until(
+                    lambda: server.connection_sizes() == [70] and first_id not in server.conns,
+                    server.changed,
+                    30,
+                    "the recycled connection",
+                )
+                await collect_until(sub, got, lambda: not server.events < 2000, 30)
+                server.slow(0)
+                await asyncio.sleep(0)
+                truth = sim_hashes(server.history)
+                live = set(server.sim.assets) - gone
+                last = {a: truth[a][-1] for a in live if a in truth}
+                await collect_until(
+                    sub,
+                    got,
+                    lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
+                    20,
+                )
+                assert await metric(metrics, "poolwire_ingest_recycles_total") == 1
+                assert await metric(metrics, "poolwire_ingest_handoff_duplicates_total") >= 0
+                assert assert_contiguous(hashes_by_asset(got), truth, live) >= 60
+                assert sub.stats.gaps == 0
+                assert await asyncio.to_thread(stop, proc) < 10.0
+
+
+async def test_silent_stall_healed_and_garbage_counted(tmp_path: Path) -> None:
+    async with simulator(60, events_per_s=300) as (server, ws_url, _):
+        server.history = []
+        cfg, pub, _pull, metrics = write_config(
+            tmp_path, ws_url, assets=list(server.sim.assets), min_pending=10, silence_timeout="1s"
+        )
+        got: list[tuple[str, Message]] = []
+        async with Subscriber(pub, ["md.", "ingest."]) as sub:
+            with spawn("-m", "services.ingest", "--config", cfg) as proc:
+                await until(lambda: server.connection_sizes() == [60], server.changed, 20, "one connection")
+                await sub.wait_for_publisher("ingest", timeout=20)
+                await collect_until(sub, got, lambda: len(hashes_by_asset(got)) > 20, 20)
+                # garbage: counted, and the stream around it is intact
+                sent = await server.garbage(7)
+                (first_id,) = server.conns
+                await until(
+                    lambda: server.conns[first_id].sent > 50 if first_id in server.conns else False,
+                    None,
+                    10,
+                    "frames after the garbage",
+                )
+                # a silent stall: PING still answered, no data; ingest must reconnect on its own
+                server.stall([first_id])
+                await until(
+                    lambda: first_id not in server.conns and server.connection_sizes() == [60],
+                    server.changed,
+                    20,
+                    "the stalled connection replaced",
+                )
+                await collect_until(sub, got, lambda: server.events > 1500, 30)
+                server.slow(0)
+                await asyncio.sleep(0)
+                truth = sim_hashes(server.history)
+                last = {a: truth[a][-1] for a in server.sim.assets if a in truth}
+                await collect_until(
+                    sub,
+                    got,
+                    lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
+                    20,
+                )
+                decode_errors = await metric(metrics, "poolwire_ingest_decode_errors_total")
+                legacy = await metric(metrics, "poolwire_ingest_legacy_events_total")
+                unknown = await metric(metrics, "poolwire_ingest_unknown_events_total")
+                assert decode_errors + legacy + unknown >= sent - 1  # 7 kinds of garbage, each counted
+                assert await metric(metrics, "poolwire_ingest_silence_resets_total") >= 1
+                # after the stall the new socket's books resynced state; changes on each side are unbroken
+                published = hashes_by_asset(got)
+                for asset, seq in published.items():
+                    assert len(seq) == len(set(seq)), f"duplicate on {asset}"
+                assert await asyncio.to_thread(stop, proc) < 10.0
