@@ -234,7 +234,7 @@ def run() -> dict[str, dict[str, Any]]:
         "heap_s": heap_s,
     }
     try:
-        from bench.registry_service import service_figures
+        from bench._registry_service import service_figures
     except ImportError:
         pass
     else:

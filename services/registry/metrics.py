@@ -1,0 +1,105 @@
+"""Prometheus view of the registry: read from the core's plain counters when scraped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.registry.detectors import Detectors
+from services.registry.registry import Registry
+from services.registry.store import ZoneStore
+
+P = "poolwire_registry"
+
+
+class RegistryCollector(Collector):
+    def __init__(
+        self,
+        registry: Registry,
+        detectors: Detectors | None,
+        store: ZoneStore | None,
+        extra: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.detectors = detectors
+        self.store = store
+        self.extra = extra
+
+    def collect(self) -> Iterable[Metric]:
+        reg = self.registry
+        st = reg.stats
+        by_tf = dict(st.by_tf)
+        created = CounterMetricFamily(f"{P}_zones_created", "Zones created", labels=["timeframe"])
+        touched = CounterMetricFamily(
+            f"{P}_zones_touched", "Zone touches (price entered)", labels=["timeframe"]
+        )
+        expired = CounterMetricFamily(
+            f"{P}_zones_expired", "Zones that left the active set", labels=["timeframe", "reason"]
+        )
+        removed = CounterMetricFamily(f"{P}_zones_removed", "Zones removed after grace", labels=["timeframe"])
+        for tf, s in by_tf.items():
+            created.add_metric([tf], s.created)
+            touched.add_metric([tf], s.touched)
+            expired.add_metric([tf, "ttl"], s.expired_ttl)
+            expired.add_metric([tf, "filled"], s.expired_filled)
+            expired.add_metric([tf, "evicted"], s.expired_evicted)
+            removed.add_metric([tf], s.removed)
+        yield from (created, touched, expired, removed)
+
+        zones = GaugeMetricFamily(
+            f"{P}_zones", "Zones held now, by state (active, touched, grace)", labels=["timeframe", "state"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for tf in by_tf:
+            for state in ("active", "touched", "grace"):
+                counts[(tf, state)] = 0
+        for zone in list(reg.zones()):
+            key = (zone.timeframe, zone.state if zone.state != "expired" else "grace")
+            counts[key] = counts.get(key, 0) + 1
+        for (tf, state), n in counts.items():
+            zones.add_metric([tf, state], n)
+        yield zones
+        yield GaugeMetricFamily(f"{P}_size", "len(registry): every zone held, grace included", value=len(reg))
+
+        rejected = CounterMetricFamily(
+            f"{P}_detector_events_rejected", "Detector events rejected", labels=["reason"]
+        )
+        for reason, n in dict(st.rejected).items():
+            rejected.add_metric([reason], n)
+        if self.extra is not None:
+            for reason, n in self.extra().items():
+                rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily(
+            f"{P}_duplicates", "Repeated detections of a known zone", value=st.duplicates
+        )
+        yield CounterMetricFamily(f"{P}_prices", "Price updates applied", value=st.prices)
+        yield CounterMetricFamily(f"{P}_bad_prices", "Non-finite prices skipped", value=st.bad_prices)
+        yield GaugeMetricFamily(
+            f"{P}_wheel_lag_seconds",
+            "How late the last expiry pass fired its most overdue timer",
+            value=st.last_lag_ns / 1e9,
+        )
+        yield GaugeMetricFamily(
+            f"{P}_wheel_lag_max_seconds", "The largest wheel lag seen", value=st.max_lag_ns / 1e9
+        )
+        if self.detectors is not None:
+            ds = self.detectors.stats
+            candles = CounterMetricFamily(f"{P}_candles", "Candles closed", labels=["timeframe"])
+            for tf, n in dict(ds.candles).items():
+                candles.add_metric([tf], n)
+            yield candles
+            det = CounterMetricFamily(f"{P}_detections", "Zones detected from prices", labels=["kind"])
+            for kind, n in dict(ds.detections).items():
+                det.add_metric([kind], n)
+            yield det
+            yield CounterMetricFamily(
+                f"{P}_late_ticks", "Ticks for a closed candle, dropped", value=ds.late_ticks
+            )
+        if self.store is not None:
+            yield CounterMetricFamily(
+                f"{P}_store_rows_written", "Rows written to the store", value=self.store.writes
+            )
+            yield GaugeMetricFamily(f"{P}_store_pending", "Changes not yet written", value=self.store.pending)

@@ -1,0 +1,642 @@
+"""The zone registry core: pure, synchronous, time passed in as ``now_ns``; no sockets, no clock.
+
+Lifecycle: ACTIVE -(price enters)-> TOUCHED -(ttl | filled | evicted)-> EXPIRED -> GRACE
+-(grace period over)-> removed. Every transition appends a message to :attr:`Registry.events`
+(``ZoneCreated``, ``ZoneTouched``, ``ZoneExpired`` with its reason, ``ZoneRemoved``), each carrying
+a copy of the zone as it was at that moment; the caller drains them with :meth:`Registry.drain`.
+
+Structures (see zones.py for the touch and fill rules):
+
+* ``id -> entry``: O(1) get/update/delete; each (symbol, timeframe) has its own book, so expiring
+  an H1 zone never touches an H4 zone, however their ranges overlap;
+* one :class:`~services.registry.wheel.TimingWheel` holds every TTL and every grace period;
+* a price index per symbol: zones above the last price sit in a min-heap on their lower reach,
+  zones below in a max-heap on their upper reach, zones containing it in two heaps on both edges.
+  A price update pops only the zones it enters or leaves: O(1) when it touches nothing, O(log n)
+  per zone it does touch, however many zones the symbol has. Heap entries are invalidated lazily
+  (a token per move) and compacted when the garbage outweighs the live entries;
+* capacity: at most ``max_per_tf`` active zones per timeframe (all symbols). Creating one more
+  evicts the weakest active zone of that timeframe (lowest strength, then oldest created_ns),
+  which expires with reason ``evicted`` (counted);
+* confluence: a ``ZoneCreated`` lists the ids of the active zones of *other* timeframes of the
+  same symbol whose ``[bottom, top]`` overlaps the new zone's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from services.registry.wheel import TimingWheel
+from services.registry.zones import (
+    FILL_DOWN,
+    FILL_NONE,
+    FILL_SIDE,
+    FILL_UP,
+    Rules,
+    ZoneError,
+    check_range,
+    zone_id,
+)
+from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
+
+_copy: Callable[[Zone], Zone] = Zone.__copy__  # type: ignore[attr-defined]
+_push = heapq.heappush
+_pop = heapq.heappop
+
+# Where a zone sits relative to its symbol's last price.
+PENDING = 0  # no price seen yet for the symbol
+ABOVE = 1
+BELOW = 2
+INSIDE = 3
+OUT = 4  # not in the price index (expired, in grace, removed)
+LOOSE = 5  # active, just popped from a heap, about to be placed again
+
+
+class _Entry:
+    __slots__ = ("fill", "hi", "lo", "side", "tok", "zone")
+
+    def __init__(self, zone: Zone, lo: float, hi: float, fill: int) -> None:
+        self.zone = zone
+        self.lo = lo
+        self.hi = hi
+        self.fill = fill
+        self.side = OUT
+        self.tok = 0
+
+
+class _Book:
+    """The active zones of one (symbol, timeframe), plus a lazily sorted span list for overlaps."""
+
+    __slots__ = ("max_height", "recent", "spans", "zones")
+
+    def __init__(self) -> None:
+        self.zones: dict[str, Zone] = {}
+        self.spans: list[tuple[float, float, str]] = []  # sorted by bottom; may hold dead ids
+        self.recent: list[tuple[float, float, str]] = []  # unsorted, newest
+        self.max_height = 0.0
+
+    def add(self, zone: Zone) -> None:
+        self.zones[zone.id] = zone
+        self.recent.append((zone.bottom, zone.top, zone.id))
+        height = zone.top - zone.bottom
+        if height > self.max_height:
+            self.max_height = height
+        if len(self.recent) > 1024 and len(self.recent) > len(self.zones):
+            self._merge()
+
+    def _merge(self) -> None:
+        zones = self.zones
+        spans = [s for s in self.spans if s[2] in zones]
+        spans.extend(s for s in self.recent if s[2] in zones)
+        spans.sort()
+        self.spans = spans
+        self.recent = []
+
+    def overlapping(self, bottom: float, top: float) -> list[str]:
+        if not self.zones:
+            return []
+        if len(self.recent) > 32:
+            self._merge()
+        zones = self.zones
+        found = [i for b, t, i in self.recent if b <= top and t >= bottom and i in zones]
+        spans = self.spans
+        n = len(spans)
+        j = bisect_left(spans, (bottom - self.max_height,))
+        while j < n:
+            b, t, i = spans[j]
+            if b > top:
+                break
+            if t >= bottom and i in zones:
+                found.append(i)
+            j += 1
+        return found
+
+
+class _SymbolIndex:
+    __slots__ = ("above", "below", "in_hi", "in_lo", "live", "pending", "price", "stale")
+
+    def __init__(self) -> None:
+        self.price = math.nan  # last price; nan until the first one
+        self.above: list[tuple[float, int, _Entry]] = []  # min-heap on lo
+        self.below: list[tuple[float, int, _Entry]] = []  # min-heap on -hi
+        self.in_hi: list[tuple[float, int, _Entry]] = []  # min-heap on hi
+        self.in_lo: list[tuple[float, int, _Entry]] = []  # min-heap on -lo
+        self.pending: dict[str, _Entry] = {}
+        self.live = 0  # heap entries that are valid
+        self.stale = 0  # heap entries invalidated but not yet popped
+
+
+@dataclass(slots=True)
+class TimeframeStats:
+    created: int = 0
+    touched: int = 0
+    expired_ttl: int = 0
+    expired_filled: int = 0
+    expired_evicted: int = 0
+    removed: int = 0
+    active: int = 0  # active + touched, now
+
+
+@dataclass(slots=True)
+class RegistryStats:
+    by_tf: dict[str, TimeframeStats] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    duplicates: int = 0
+    prices: int = 0
+    bad_prices: int = 0
+    last_lag_ns: int = 0  # how late the last advance fired its most overdue timer
+    max_lag_ns: int = 0
+
+    def tf(self, timeframe: str) -> TimeframeStats:
+        st = self.by_tf.get(timeframe)
+        if st is None:
+            st = self.by_tf[timeframe] = TimeframeStats()
+        return st
+
+
+class Registry:
+    """Zones per (symbol, timeframe), their TTLs on a timing wheel, and a price index per symbol."""
+
+    def __init__(self, rules: Rules, now_ns: int = 0) -> None:
+        self.rules = rules
+        self.events: list[Message] = []
+        self.stats = RegistryStats()
+        self._entries: dict[str, _Entry] = {}
+        self._books: dict[str, dict[str, _Book]] = {}  # symbol -> tf -> book
+        self._index: dict[str, _SymbolIndex] = {}
+        self._wheel: TimingWheel[str] = TimingWheel(now_ns)
+        self._evict: dict[str, list[tuple[float, int, str]]] = {}
+        self._tok = 0
+        for tf in rules.timeframes:
+            self.stats.tf(tf)
+
+    # ------------------------------------------------------------------------------------------
+    # Reads
+
+    def __len__(self) -> int:
+        """Every zone held: active, touched and in grace."""
+        return len(self._entries)
+
+    def __contains__(self, zone_id: object) -> bool:
+        return zone_id in self._entries
+
+    def get(self, zone_id: str) -> Zone | None:
+        entry = self._entries.get(zone_id)
+        return None if entry is None else entry.zone
+
+    def query_active(self, symbol: str, timeframe: str) -> list[Zone]:
+        book = self._books.get(symbol, {}).get(timeframe)
+        return [] if book is None else list(book.zones.values())
+
+    def active(self) -> Iterator[Zone]:
+        """Every active (or touched) zone."""
+        for tfs in self._books.values():
+            for book in tfs.values():
+                yield from book.zones.values()
+
+    def zones(self) -> Iterator[Zone]:
+        """Every zone held, grace included."""
+        for entry in self._entries.values():
+            yield entry.zone
+
+    def active_count(self, timeframe: str) -> int:
+        return self.stats.tf(timeframe).active
+
+    def next_deadline_ns(self) -> int | None:
+        return self._wheel.next_deadline_ns()
+
+    def last_price(self, symbol: str) -> float | None:
+        idx = self._index.get(symbol)
+        return None if idx is None or idx.price != idx.price else idx.price
+
+    def drain(self) -> list[Message]:
+        """The events since the last drain, oldest first."""
+        out = self.events
+        self.events = []
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Create / update / delete
+
+    def reject(self, reason: str) -> None:
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+
+    def create(
+        self,
+        symbol: str,
+        timeframe: str,
+        kind: str,
+        top: float,
+        bottom: float,
+        strength: float,
+        created_ns: int,
+        now_ns: int,
+    ) -> Zone | None:
+        """Create a zone; returns it, the existing zone for a repeated detection, or None if too weak.
+
+        Raises ZoneError (counted in ``stats.rejected``) for a bad range or unknown timeframe.
+        ``created_ns`` may lie in the past (out of order): the TTL counts from it, and a zone
+        already past its TTL expires on the next :meth:`advance`.
+        """
+        tf_rules = self.rules.timeframes.get(timeframe)
+        try:
+            if tf_rules is None:
+                raise ZoneError("unknown_timeframe", f"timeframe {timeframe!r} is not configured")
+            if not symbol:
+                raise ZoneError("bad_symbol", "symbol is empty")
+            check_range(top, bottom, strength)
+        except ZoneError as exc:
+            self.reject(exc.reason)
+            raise
+        if strength < self.rules.strength_threshold:
+            self.reject("weak")
+            return None
+        if created_ns <= 0:
+            created_ns = now_ns
+        zid = zone_id(timeframe, created_ns, symbol, kind, top, bottom)
+        entry = self._entries.get(zid)
+        if entry is not None:
+            self.stats.duplicates += 1
+            return entry.zone
+        st = self.stats.by_tf[timeframe]
+        if st.active >= self.rules.max_per_tf:
+            self._evict_one(timeframe, now_ns)
+        zone = Zone(
+            id=zid,
+            symbol=symbol,
+            timeframe=timeframe,
+            kind=kind,
+            top=top,
+            bottom=bottom,
+            strength=strength,
+            created_ns=created_ns,
+            expires_ns=created_ns + tf_rules.ttl_ns,
+        )
+        confluence = self._confluence(zone)
+        self._insert(zone, tf_rules.hit_tolerance)
+        st.created += 1
+        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=now_ns))
+        return zone
+
+    def _confluence(self, zone: Zone) -> list[str]:
+        tfs = self._books.get(zone.symbol)
+        if tfs is None or len(tfs) < 2 - (zone.timeframe not in tfs):
+            return []
+        found: list[str] = []
+        for tf, book in tfs.items():
+            if tf != zone.timeframe:
+                found.extend(book.overlapping(zone.bottom, zone.top))
+        return found
+
+    def _insert(self, zone: Zone, tolerance: float) -> None:
+        """Index an active zone and schedule its TTL (no event)."""
+        tol = tolerance * abs(zone.top)
+        entry = _Entry(zone, zone.bottom - tol, zone.top + tol, FILL_SIDE.get(zone.kind, FILL_NONE))
+        self._entries[zone.id] = entry
+        tfs = self._books.get(zone.symbol)
+        if tfs is None:
+            tfs = self._books[zone.symbol] = {}
+        book = tfs.get(zone.timeframe)
+        if book is None:
+            book = tfs[zone.timeframe] = _Book()
+        book.add(zone)
+        self.stats.by_tf[zone.timeframe].active += 1
+        heap = self._evict.get(zone.timeframe)
+        if heap is not None:
+            _push(heap, (zone.strength, zone.created_ns, zone.id))
+        self._wheel.schedule(zone.id, zone.expires_ns)
+        idx = self._index.get(zone.symbol)
+        if idx is None:
+            idx = self._index[zone.symbol] = _SymbolIndex()
+        self._place(idx, entry)
+
+    def update(
+        self,
+        zone_id: str,
+        *,
+        top: float | None = None,
+        bottom: float | None = None,
+        strength: float | None = None,
+    ) -> Zone:
+        """Change an active zone's range or strength in place (its id stays). KeyError if unknown."""
+        entry = self._entries[zone_id]
+        zone = entry.zone
+        if entry.side == OUT:
+            raise ZoneError("not_active", f"zone {zone_id} is not active")
+        new_top = zone.top if top is None else top
+        new_bottom = zone.bottom if bottom is None else bottom
+        new_strength = zone.strength if strength is None else strength
+        check_range(new_top, new_bottom, new_strength)
+        if new_strength != zone.strength:
+            zone.strength = new_strength
+            heap = self._evict.get(zone.timeframe)
+            if heap is not None:
+                _push(heap, (new_strength, zone.created_ns, zone.id))
+        if new_top != zone.top or new_bottom != zone.bottom:
+            zone.top = new_top
+            zone.bottom = new_bottom
+            book = self._books[zone.symbol][zone.timeframe]
+            book.recent.append((new_bottom, new_top, zone.id))
+            if new_top - new_bottom > book.max_height:
+                book.max_height = new_top - new_bottom
+            tol = self.rules.timeframes[zone.timeframe].hit_tolerance * abs(new_top)
+            entry.lo = new_bottom - tol
+            entry.hi = new_top + tol
+            idx = self._index[zone.symbol]
+            self._unplace(idx, entry)
+            self._place(idx, entry)
+        return zone
+
+    def delete(self, zone_id: str, now_ns: int) -> bool:
+        """Remove a zone now, grace or not (an operator's delete): emits ZoneRemoved only."""
+        entry = self._entries.get(zone_id)
+        if entry is None:
+            return False
+        if entry.side != OUT:
+            self._deactivate(entry)
+        self._wheel.cancel(zone_id)
+        self._remove(entry, now_ns)
+        return True
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def _deactivate(self, entry: _Entry) -> None:
+        zone = entry.zone
+        book = self._books[zone.symbol][zone.timeframe]
+        del book.zones[zone.id]
+        self.stats.by_tf[zone.timeframe].active -= 1
+        self._unplace(self._index[zone.symbol], entry)
+
+    def _expire(self, entry: _Entry, reason: str, now_ns: int) -> None:
+        """Active -> expired (event) -> grace; removal scheduled after the grace period."""
+        self._deactivate(entry)
+        zone = entry.zone
+        zone.state = "expired"
+        zone.ended_ns = now_ns
+        st = self.stats.by_tf[zone.timeframe]
+        if reason == "ttl":
+            st.expired_ttl += 1
+        elif reason == "filled":
+            st.expired_filled += 1
+        else:
+            st.expired_evicted += 1
+        self.events.append(ZoneExpired(zone=_copy(zone), reason=reason, event_ns=now_ns))  # type: ignore[arg-type]
+        zone.state = "grace"
+        if self.rules.grace_ns > 0:
+            self._wheel.schedule(zone.id, now_ns + self.rules.grace_ns)
+        else:
+            self._wheel.cancel(zone.id)
+            self._remove(entry, now_ns)
+
+    def _remove(self, entry: _Entry, now_ns: int) -> None:
+        zone = entry.zone
+        del self._entries[zone.id]
+        self.stats.by_tf[zone.timeframe].removed += 1
+        self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=now_ns))
+
+    def _evict_one(self, timeframe: str, now_ns: int) -> None:
+        heap = self._evict.get(timeframe)
+        active = self.stats.by_tf[timeframe].active
+        if heap is None or len(heap) > 2 * active + 64:
+            heap = [
+                (z.strength, z.created_ns, z.id)
+                for tfs in self._books.values()
+                if (book := tfs.get(timeframe)) is not None
+                for z in book.zones.values()
+            ]
+            heapq.heapify(heap)
+            self._evict[timeframe] = heap
+        entries = self._entries
+        while heap:
+            strength, _, zid = _pop(heap)
+            entry = entries.get(zid)
+            if entry is not None and entry.side != OUT and entry.zone.strength == strength:
+                self._expire(entry, "evicted", now_ns)
+                return
+
+    def advance(self, now_ns: int) -> int:
+        """Fire every TTL and grace period due at ``now_ns``; returns how many fired."""
+        fired = self._wheel.advance(now_ns)
+        entries = self._entries
+        lag = 0
+        grace = self.rules.grace_ns
+        for zid in fired:
+            entry = entries.get(zid)
+            if entry is None:
+                continue
+            zone = entry.zone
+            if entry.side != OUT:
+                late = now_ns - zone.expires_ns
+                self._expire(entry, "ttl", now_ns)
+            else:
+                late = now_ns - zone.ended_ns - grace
+                self._remove(entry, now_ns)
+            if late > lag:
+                lag = late
+        if fired:
+            self.stats.last_lag_ns = lag
+            if lag > self.stats.max_lag_ns:
+                self.stats.max_lag_ns = lag
+        return len(fired)
+
+    def restore(self, zones: Iterable[Zone], now_ns: int) -> int:
+        """Load zones kept across a restart, without events; the next advance expires the overdue.
+
+        Active zones get their TTL back on the wheel (a past deadline fires on the next advance);
+        zones in grace get the rest of their grace period. Returns how many were restored.
+        """
+        count = 0
+        for zone in zones:
+            if zone.id in self._entries:
+                continue
+            tf_rules = self.rules.timeframes.get(zone.timeframe)
+            if zone.state in ("active", "touched"):
+                if tf_rules is None:
+                    self.reject("unknown_timeframe")
+                    continue
+                self._insert(zone, tf_rules.hit_tolerance)
+            else:
+                zone.state = "grace"
+                if zone.ended_ns <= 0:
+                    zone.ended_ns = now_ns
+                entry = _Entry(zone, zone.bottom, zone.top, FILL_NONE)
+                self._entries[zone.id] = entry
+                self.stats.tf(zone.timeframe)
+                self._wheel.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------------------------------
+    # The price index
+
+    def _place(self, idx: _SymbolIndex, entry: _Entry) -> None:
+        """Put an entry in the index by where it lies relative to the last price (no touch)."""
+        price = idx.price
+        if price != price:  # no price yet
+            entry.side = PENDING
+            idx.pending[entry.zone.id] = entry
+            return
+        self._put(idx, entry, ABOVE if entry.lo > price else BELOW if entry.hi < price else INSIDE)
+
+    def _unplace(self, idx: _SymbolIndex, entry: _Entry) -> None:
+        side = entry.side
+        entry.side = OUT
+        entry.tok = 0
+        if side == PENDING:
+            del idx.pending[entry.zone.id]
+            return
+        if side in (LOOSE, OUT):
+            return
+        n = 2 if side == INSIDE else 1
+        idx.live -= n
+        idx.stale += n
+        if idx.stale > 1024 and idx.stale > idx.live:
+            self._compact(idx)
+
+    def _compact(self, idx: _SymbolIndex) -> None:
+        """Drop invalidated heap entries, in place (a move loop may hold a heap)."""
+        live = 0
+        for heap in (idx.above, idx.below, idx.in_hi, idx.in_lo):
+            heap[:] = [item for item in heap if item[2].tok == item[1]]
+            heapq.heapify(heap)
+            live += len(heap)
+        idx.live = live
+        idx.stale = 0
+
+    def on_price(self, symbol: str, price: float, now_ns: int) -> None:
+        """A price of ``symbol``: touch the zones the move enters, fill those it crosses."""
+        idx = self._index.get(symbol)
+        self.stats.prices += 1
+        if idx is None:
+            if not math.isfinite(price):
+                self.stats.bad_prices += 1
+                return
+            idx = self._index[symbol] = _SymbolIndex()
+            idx.price = price
+            return
+        last = idx.price
+        if price > last:
+            if price == math.inf:
+                self.stats.bad_prices += 1
+                return
+            idx.price = price
+            above = idx.above
+            if above and above[0][0] <= price:
+                self._move_up(idx, price, now_ns)
+            else:
+                in_hi = idx.in_hi
+                if in_hi and in_hi[0][0] < price:
+                    self._move_up(idx, price, now_ns)
+        elif price < last:
+            if price == -math.inf:
+                self.stats.bad_prices += 1
+                return
+            idx.price = price
+            below = idx.below
+            if below and -below[0][0] >= price:
+                self._move_down(idx, price, now_ns)
+            else:
+                in_lo = idx.in_lo
+                if in_lo and -in_lo[0][0] > price:
+                    self._move_down(idx, price, now_ns)
+        elif price != price:
+            self.stats.bad_prices += 1
+        elif last != last:  # first price after zones were created
+            idx.price = price
+            pending = idx.pending
+            idx.pending = {}
+            for entry in pending.values():
+                self._place(idx, entry)
+
+    def _touch(self, entry: _Entry, price: float, now_ns: int) -> None:
+        zone = entry.zone
+        zone.touches += 1
+        zone.state = "touched"
+        self.stats.by_tf[zone.timeframe].touched += 1
+        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=now_ns))
+
+    def _put(self, idx: _SymbolIndex, entry: _Entry, side: int) -> None:
+        self._tok += 1
+        tok = entry.tok = self._tok
+        entry.side = side
+        if side == BELOW:
+            _push(idx.below, (-entry.hi, tok, entry))
+            idx.live += 1
+        elif side == ABOVE:
+            _push(idx.above, (entry.lo, tok, entry))
+            idx.live += 1
+        else:
+            _push(idx.in_hi, (entry.hi, tok, entry))
+            _push(idx.in_lo, (-entry.lo, tok, entry))
+            idx.live += 2
+
+    def _move_up(self, idx: _SymbolIndex, price: float, now_ns: int) -> None:
+        above = idx.above
+        while above and above[0][0] <= price:
+            _, tok, entry = _pop(above)
+            if entry.tok != tok:
+                idx.stale -= 1
+                continue
+            idx.live -= 1
+            entry.side = LOOSE
+            entry.tok = 0
+            self._touch(entry, price, now_ns)
+            if entry.hi < price:  # crossed it in one move
+                if entry.fill == FILL_UP:
+                    self._expire(entry, "filled", now_ns)
+                else:
+                    self._put(idx, entry, BELOW)
+            else:
+                self._put(idx, entry, INSIDE)
+        in_hi = idx.in_hi
+        while in_hi and in_hi[0][0] < price:
+            _, tok, entry = _pop(in_hi)
+            if entry.tok != tok:
+                idx.stale -= 1
+                continue
+            idx.live -= 2  # this entry and its in_lo twin, which is now stale
+            idx.stale += 1
+            entry.side = LOOSE
+            entry.tok = 0
+            if entry.fill == FILL_UP:
+                self._expire(entry, "filled", now_ns)
+            else:
+                self._put(idx, entry, BELOW)
+
+    def _move_down(self, idx: _SymbolIndex, price: float, now_ns: int) -> None:
+        below = idx.below
+        while below and -below[0][0] >= price:
+            _, tok, entry = _pop(below)
+            if entry.tok != tok:
+                idx.stale -= 1
+                continue
+            idx.live -= 1
+            entry.side = LOOSE
+            entry.tok = 0
+            self._touch(entry, price, now_ns)
+            if entry.lo > price:
+                if entry.fill == FILL_DOWN:
+                    self._expire(entry, "filled", now_ns)
+                else:
+                    self._put(idx, entry, ABOVE)
+            else:
+                self._put(idx, entry, INSIDE)
+        in_lo = idx.in_lo
+        while in_lo and -in_lo[0][0] > price:
+            _, tok, entry = _pop(in_lo)
+            if entry.tok != tok:
+                idx.stale -= 1
+                continue
+            idx.live -= 2
+            idx.stale += 1
+            entry.side = LOOSE
+            entry.tok = 0
+            if entry.fill == FILL_DOWN:
+                self._expire(entry, "filled", now_ns)
+            else:
+                self._put(idx, entry, ABOVE)

@@ -1,0 +1,269 @@
+"""The registry service: a thin async shell around the core.
+
+SUB ``px.*`` -> detectors (candles, FVGs, pivots) and the price index; PULL ``DetectorEvent`` from
+outside detectors; a timer loop advances the wheel; every event goes out on PUB
+``zone.<event>.<tf>.<symbol>``; a ROUTER answers Clone snapshots of the active zones; SQLite keeps
+the zones across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from prometheus_client import Histogram
+
+from services.registry.config import RegistryConfig
+from services.registry.detectors import Detection, Detectors
+from services.registry.metrics import RegistryCollector
+from services.registry.registry import Registry
+from services.registry.store import ZoneStore
+from services.registry.zones import ZoneError, timeframe_ns
+from shared.bus import Publisher, Puller, Subscriber
+from shared.constants import PX, zone_topic
+from shared.messages import (
+    DetectorEvent,
+    Message,
+    Price,
+    SnapshotRequest,
+    ZoneCreated,
+    ZoneExpired,
+    ZoneRemoved,
+    ZoneSnapshotItem,
+    ZoneTouched,
+)
+from shared.runner import ServiceContext
+from shared.snapshot import SnapshotServer
+
+log = logging.getLogger("poolwire.registry")
+
+EVENT_NAMES: dict[type[Message], str] = {
+    ZoneCreated: "created",
+    ZoneTouched: "touched",
+    ZoneExpired: "expired",
+    ZoneRemoved: "removed",
+}
+ZONE_EVENTS = tuple(EVENT_NAMES.values())
+
+
+class RegistryService:
+    def __init__(self, ctx: ServiceContext[RegistryConfig]) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.clock = ctx.clock
+        self.pools = cfg.parsed_pools()
+        self.registry = Registry(self.pools.rules(), self.clock.time_ns())
+        self.store = ZoneStore(Path(ctx.common.data_dir) / cfg.store) if cfg.store else None
+        self.detectors: Detectors | None = None
+        if cfg.detectors.enabled:
+            tfs = cfg.detectors.timeframes or list(self.pools.timeframes)
+            self.detectors = Detectors(
+                {tf: timeframe_ns(tf) for tf in tfs}, cfg.detectors.swing_bars, cfg.detectors.fvg_min_gap
+            )
+        self.bad_events: dict[str, int] = {}
+        self._logged_bad = 0
+        self._wake = asyncio.Event()
+        self._planned_wake_ns = 0
+        self.processing = Histogram(
+            "poolwire_registry_processing_seconds",
+            "Time to process one batch of input (prices, detector events, an expiry pass)",
+            ["stage"],
+            registry=ctx.metrics,
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+        )
+        self.event_latency = Histogram(
+            "poolwire_registry_price_to_event_seconds",
+            "From a price's publish time to the zone events it caused leaving (same host clocks)",
+            registry=ctx.metrics,
+            buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+        )
+        ctx.metrics.register(
+            RegistryCollector(self.registry, self.detectors, self.store, lambda: self.bad_events)
+        )
+        self.pub = Publisher(
+            cfg.pub, service="registry", clock=self.clock, heartbeat_interval=ctx.common.heartbeat_interval
+        )
+        ctx.bus_stats.add("pub", self.pub.stats)
+        self.sub = Subscriber(cfg.prices, (f"{PX}.",), clock=self.clock)
+        ctx.bus_stats.add("sub", self.sub.stats)
+        self.puller = Puller(cfg.pull, bind=True)
+        ctx.bus_stats.add("pull", self.puller.stats)
+        self.snapshots = SnapshotServer(cfg.snapshot, self.snapshot, publisher_id=self.pub.publisher_id)
+
+    # ------------------------------------------------------------------------------------------
+    def emit(self) -> int:
+        """Publish the core's events and note the changes for the store."""
+        events = self.registry.drain()
+        store = self.store
+        publish = self.pub.publish
+        for event in events:
+            zone = event.zone  # type: ignore[attr-defined]
+            publish(zone_topic(EVENT_NAMES[type(event)], zone.timeframe, zone.symbol), event)
+            if store is not None:
+                if isinstance(event, ZoneRemoved):
+                    store.removed(zone.id)
+                else:
+                    store.changed(zone)
+            if isinstance(event, ZoneCreated) and zone.expires_ns < self._planned_wake_ns:
+                self._wake.set()
+        return len(events)
+
+    def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
+        prefix = request.prefix
+        items: list[Message] = []
+        for zone in self.registry.active():
+            if prefix and not any(
+                zone_topic(e, zone.timeframe, zone.symbol).startswith(prefix) for e in ZONE_EVENTS
+            ):
+                continue
+            items.append(ZoneSnapshotItem(zone=zone))
+        self.pub.flush()
+        return self.pub.seq, items
+
+    def bad(self, reason: str, detail: str) -> None:
+        self.bad_events[reason] = self.bad_events.get(reason, 0) + 1
+        self._logged_bad += 1
+        if self._logged_bad <= 20 or self._logged_bad % 1000 == 0:
+            log.warning("rejected a detector event (%s): %s [%d so far]", reason, detail, self._logged_bad)
+
+    def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
+        try:
+            self.registry.create(
+                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns
+            )
+        except ZoneError as exc:
+            self._logged_bad += 1
+            if self._logged_bad <= 20 or self._logged_bad % 1000 == 0:
+                log.warning("rejected a zone (%s): %s", exc.reason, exc)
+
+    # ------------------------------------------------------------------------------------------
+    async def price_loop(self) -> None:
+        reg = self.registry
+        detectors = self.detectors
+        clock = self.clock
+        while True:
+            batch = await self.sub.recv_batch()
+            t0 = time.perf_counter()
+            now = clock.time_ns()
+            oldest = 0
+            for _, msg in batch:
+                if not isinstance(msg, Price):
+                    continue
+                if detectors is not None:
+                    for d in detectors.on_price(msg.symbol, msg.event_ns or now, msg.price):
+                        self.create(d, now)
+                reg.on_price(msg.symbol, msg.price, now)
+                if oldest == 0 and msg.publish_ns:
+                    oldest = msg.publish_ns
+            if self.emit() and oldest:
+                self.event_latency.observe(max(0, clock.time_ns() - oldest) / 1e9)
+            self.processing.labels("prices").observe(time.perf_counter() - t0)
+
+    async def detector_loop(self) -> None:
+        while True:
+            msgs = await self.puller.recv_batch()
+            t0 = time.perf_counter()
+            now = self.clock.time_ns()
+            for msg in msgs:
+                if not isinstance(msg, DetectorEvent):
+                    self.bad("wrong_type", f"{type(msg).__name__} on the detector PULL socket")
+                    continue
+                if not msg.kind:
+                    self.bad("bad_kind", "empty kind")
+                    continue
+                self.create(msg, now)
+            self.emit()
+            self.processing.labels("detector_events").observe(time.perf_counter() - t0)
+
+    async def expiry_loop(self) -> None:
+        interval = self.pools.auto_expire_interval or 30.0
+        tf_lengths = sorted(self.detectors.timeframes.values()) if self.detectors else []
+        while True:
+            t0 = time.perf_counter()
+            now = self.clock.time_ns()
+            self.registry.advance(now)
+            if self.detectors is not None:
+                for d in self.detectors.on_time(now):
+                    self.create(d, now)
+            self.emit()
+            self.processing.labels("expiry").observe(time.perf_counter() - t0)
+            wake = now + int(interval * 1e9)
+            nxt = self.registry.next_deadline_ns()
+            if nxt is not None and nxt < wake:
+                wake = nxt
+            if tf_lengths:  # close candles on time even when a symbol goes quiet
+                wake = min(wake, now - now % tf_lengths[0] + tf_lengths[0])
+            self._planned_wake_ns = wake
+            self._wake.clear()
+            delay = max(0.0, (wake - self.clock.time_ns()) / 1e9)
+            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (sleeper, waker):
+                    t.cancel()
+                await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stop = asyncio.ensure_future(self.ctx.stopping.wait())
+        await asyncio.wait({sleeper, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (sleeper, stop):
+            t.cancel()
+        await asyncio.gather(sleeper, stop, return_exceptions=True)
+
+    async def flush_loop(self) -> None:
+        assert self.store is not None
+        interval = self.ctx.config.store_flush_interval
+        while True:
+            await self.clock.sleep(interval)
+            self.store.flush()
+
+    # ------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        ctx = self.ctx
+        now = self.clock.time_ns()
+        self.pub.start()
+        self.snapshots.start()
+        if self.store is not None:
+            restored = self.registry.restore(self.store.load(), now)
+            nxt = self.registry.next_deadline_ns()
+            overdue = nxt is not None and nxt <= now
+            log.info("restored %d zone(s) from %s; some overdue: %s", restored, self.store.path, overdue)
+            if overdue:
+                # Give subscribers a moment to (re)connect before the overdue zones expire.
+                await self._sleep_or_stop(ctx.config.restore_expire_delay)
+        self.emit()
+        tasks = [
+            asyncio.create_task(self.price_loop(), name="prices"),
+            asyncio.create_task(self.detector_loop(), name="detector-events"),
+            asyncio.create_task(self.expiry_loop(), name="expiry"),
+        ]
+        if self.store is not None:
+            tasks.append(asyncio.create_task(self.flush_loop(), name="store-flush"))
+        stop = asyncio.create_task(ctx.stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(stop, *tasks, return_exceptions=True)
+            self.emit()
+            await self.snapshots.close()
+            self.sub.close()
+            self.puller.close()
+            await self.pub.close()
+            if self.store is not None:
+                self.store.close()
+            log.info("stopped with %d zone(s) held", len(self.registry))
+
+
+async def main(ctx: ServiceContext[RegistryConfig]) -> None:
+    await RegistryService(ctx).run()

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from services.registry.detectors import Candle, CandleBuilder, Detectors, PatternDetector
+from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
+
+S = 1_000_000_000
+M = 60 * S
+T0 = 1_700_000_000 * S - (1_700_000_000 * S) % (3600 * S)  # an hour boundary
+
+
+def candle(i: int, o: float, h: float, lo: float, c: float) -> Candle:
+    return Candle(T0 + i * M, T0 + (i + 1) * M, o, h, lo, c)
+
+
+def test_candle_buckets_and_late_ticks() -> None:
+    b = CandleBuilder(M)
+    assert b.on_tick(T0 + 5 * S, 1.0) is None
+    assert b.on_tick(T0 + 59 * S, 3.0) is None
+    assert b.on_tick(T0 + 30 * S, 0.5) is None
+    closed = b.on_tick(T0 + M, 2.0)  # first tick of the next bucket closes the first
+    assert closed == Candle(T0, T0 + M, 1.0, 3.0, 0.5, 0.5, ticks=3)
+    assert b.on_tick(T0 + 59 * S, 9.0) is None  # late: its candle is closed
+    assert b.late == 1
+    assert b.current is not None and b.current.high == 2.0
+    assert b.on_time(T0 + 2 * M - 1) is None
+    assert b.on_time(T0 + 2 * M) == Candle(T0 + M, T0 + 2 * M, 2.0, 2.0, 2.0, 2.0)
+    assert b.on_tick(T0 + 90 * S, 1.0) is None and b.late == 2  # closed by time: still late
+    assert b.on_tick(T0 + 10 * M, 1.0) is None  # gap of empty buckets: just a new candle
+    assert b.current is not None and b.current.start_ns == T0 + 10 * M
+
+
+def test_fvg_bullish_and_bearish_on_hand_built_candles() -> None:
+    d = PatternDetector("pm.a", "M1", swing_bars=5)
+    assert d.on_candle(candle(0, 1.0, 1.1, 0.9, 1.05)) == []
+    assert d.on_candle(candle(1, 1.05, 1.5, 1.0, 1.45)) == []
+    (fvg,) = d.on_candle(candle(2, 1.45, 1.6, 1.3, 1.55))  # c3.low 1.3 > c1.high 1.1
+    assert (fvg.kind, fvg.top, fvg.bottom) == (FVG_BULLISH, 1.3, 1.1)
+    assert fvg.created_ns == T0 + 3 * M
+    assert abs(fvg.strength - 0.2 / 0.5) < 1e-12
+    d = PatternDetector("pm.a", "M1", swing_bars=5)
+    d.on_candle(candle(0, 2.0, 2.1, 1.9, 1.95))
+    d.on_candle(candle(1, 1.95, 1.96, 1.5, 1.55))
+    (fvg,) = d.on_candle(candle(2, 1.55, 1.7, 1.4, 1.45))  # c3.high 1.7 < c1.low 1.9
+    assert (fvg.kind, fvg.top, fvg.bottom) == (FVG_BEARISH, 1.9, 1.7)
+    # Overlapping candles: no gap.
+    d = PatternDetector("pm.a", "M1", swing_bars=5)
+    for i, c in enumerate([(1.0, 1.2, 0.9, 1.1), (1.1, 1.3, 1.0, 1.2), (1.2, 1.4, 1.15, 1.3)]):
+        assert d.on_candle(candle(i, *c)) == []
+
+
+def test_fvg_min_gap_filters_small_gaps() -> None:
+    d = PatternDetector("pm.a", "M1", swing_bars=5, fvg_min_gap=0.5)
+    d.on_candle(candle(0, 1.0, 1.1, 0.9, 1.05))
+    d.on_candle(candle(1, 1.05, 1.5, 1.0, 1.45))
+    assert d.on_candle(candle(2, 1.45, 1.6, 1.3, 1.55)) == []
+
+
+def test_swing_pivots_are_confirmed_only_after_n_bars() -> None:
+    d = PatternDetector("pm.a", "M1", swing_bars=2)
+    highs = [1.0, 1.2, 2.0, 1.5, 1.4]  # pivot high at index 2
+    lows = [0.5, 0.4, 0.9, 0.2, 0.3]  # not a pivot low at 2; index 3 could be, needs 2 more bars
+    found = []
+    for i, (h, lo) in enumerate(zip(highs, lows, strict=True)):
+        out = d.on_candle(candle(i, lo + 0.1, h, lo, h - 0.1))
+        found.append([x.kind for x in out if x.kind in (BSL, SSL)])
+    assert found == [[], [], [], [], [BSL]]  # known only when bar 4 closes: no look-ahead
+    bsl = next(x for x in d.on_candle(candle(5, 0.5, 0.6, 0.45, 0.55)) if x.kind == SSL)
+    # Bar 6 closed: bar 3 (low 0.2) is a swing low of bars 1..5.
+    assert (bsl.top, bsl.bottom, bsl.created_ns) == (0.30000000000000004, 0.2, T0 + 6 * M)
+
+
+def test_swing_high_zone_is_the_upper_wick() -> None:
+    d = PatternDetector("pm.a", "M1", swing_bars=1)
+    d.on_candle(candle(0, 1.0, 1.1, 0.9, 1.05))
+    d.on_candle(candle(1, 1.05, 1.5, 1.0, 1.2))
+    (bsl,) = [x for x in d.on_candle(candle(2, 1.2, 1.3, 1.1, 1.15)) if x.kind == BSL]
+    assert (bsl.top, bsl.bottom) == (1.5, 1.2)
+
+
+def test_detectors_over_the_price_stream() -> None:
+    det = Detectors({"M1": M, "M5": 5 * M}, swing_bars=1)
+    found = []
+    # Three one-minute candles with a bullish gap: ticks at 1.0-1.1, 1.2-1.5, 1.3-1.6.
+    ticks = [(0, 1.0), (30, 1.1), (60, 1.2), (90, 1.5), (120, 1.3), (150, 1.6), (180, 1.6)]
+    for sec, price in ticks:
+        found += det.on_price("pm.a", T0 + sec * S, price)
+    kinds = [(d.timeframe, d.kind) for d in found]
+    assert ("M1", FVG_BULLISH) in kinds
+    fvg = next(d for d in found if d.kind == FVG_BULLISH)
+    assert (fvg.top, fvg.bottom, fvg.created_ns) == (1.3, 1.1, T0 + 3 * M)
+    assert det.stats.candles == {"M1": 3, "M5": 0}
+    det.on_price("pm.a", T0 + 10 * S, 1.0)  # late for M1, fine for M5 (its candle is open)
+    assert det.stats.late_ticks == 1
+    det.on_time(T0 + 5 * M)
+    assert det.stats.candles == {"M1": 4, "M5": 1}
