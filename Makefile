@@ -22,11 +22,12 @@ $(NODE_STAMP): package.json
 
 node-deps: $(NODE_STAMP)
 
+# honcho runs each Procfile line in a shell; the venv goes first on PATH so `python` is ours.
 run: install
-	$(BIN)/honcho -f Procfile start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f Procfile start
 
 demo: install node-deps
-	$(BIN)/honcho -f Procfile.demo start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f Procfile.demo start
 
 lint: install
 	$(BIN)/ruff check .
