@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Real contracts and a local EVM node for chain tests and the demo (npm registry only).
-$(NODE_STAMP): package.json
-	@if command -v npm >/dev/null 2>&1; then npm install --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
-	else echo "npm not found: chain tests will be skipped (CI installs it)"; fi
+$(NODE_STAMP): package.json examples/node/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --no-audit --no-fund --loglevel=error && \
+	  npm install --prefix examples/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else echo "npm not found: chain tests and the Node.js consumer test will fail (CI installs npm)"; fi
 
 node-deps: $(NODE_STAMP)
 
