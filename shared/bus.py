@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
+from shared import security
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
 from shared.messages import ENCODER, Heartbeat, Message, decode_payload
@@ -95,7 +96,7 @@ class Publisher:
         self._asock = (ctx or context()).socket(zmq.XPUB)
         self._asock.setsockopt(zmq.SNDHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, 1000)
-        self._asock.bind(endpoint)
+        security.bind(self._asock, endpoint)
         self._sock = _sync_view(self._asock)
         self._closed = False
         self.subscriptions: set[str] = set()
@@ -335,7 +336,7 @@ class Subscriber:
             if not any(topic.startswith(p) for p in self.prefixes):
                 self._asock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
-            self._asock.connect(endpoint)
+            security.connect(self._asock, endpoint)
         self._sock = _sync_view(self._asock)
 
     def _wants(self, topic: str) -> bool:
@@ -551,9 +552,9 @@ class Pusher:
         self._asock.setsockopt(zmq.SNDHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, linger_ms)
         if bind:
-            self._asock.bind(endpoint)
+            security.bind(self._asock, endpoint)
         else:
-            self._asock.connect(endpoint)
+            security.connect(self._asock, endpoint)
         self._sock = _sync_view(self._asock)
 
     def _payload(self, msg: Message) -> bytes:
@@ -598,9 +599,9 @@ class Puller:
         self._asock.setsockopt(zmq.RCVHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, 0)
         if bind:
-            self._asock.bind(endpoint)
+            security.bind(self._asock, endpoint)
         else:
-            self._asock.connect(endpoint)
+            security.connect(self._asock, endpoint)
         self._sock = _sync_view(self._asock)
 
     async def recv_batch(self, timeout: float | None = None) -> list[Message]:

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 
 import msgspec
 
-from shared.bus import Pusher, Subscriber
-from shared.config import check_file
+from shared import security
+from shared.bus import Pusher, Subscriber, context
+from shared.config import CommonConfig, ConfigError, apply_env, check_file, convert, read_file
 from shared.constants import default_pub_endpoints
 from shared.messages import JSON_DECODER, Message, to_json_dict
 from shared.schema import json_schema, markdown
+from shared.security import create_keys
 from shared.snapshot import request_snapshot
 
 _json = msgspec.json.Encoder()
@@ -84,9 +86,19 @@ async def snapshot(endpoint: str, prefix: str, timeout: float) -> int:
     return 0
 
 
+def _common(path: str | None) -> CommonConfig:
+    return convert(apply_env(read_file(path)).get("common"), CommonConfig, "common")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poolwire", description="poolwire: a real-time market pipeline")
+    parser.add_argument(
+        "--config",
+        help="config file whose common.curve keys secure the connection (default: $POOLWIRE_CONFIG)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keys", help="write a CurveZMQ server and client certificate pair into DIR")
+    k.add_argument("dir")
     t = sub.add_parser("tap", help="print every message on the bus whose topic matches a prefix")
     t.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes (default: all)")
     t.add_argument(
@@ -119,7 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "keys":
+        server, client = create_keys(args.dir)
+        print(f"server: {server}\nclient: {client}")
+        return 0
     try:
+        if args.command in {"tap", "push", "snapshot"}:
+            security.enable(_common(args.config).curve, context())
         if args.command == "tap":
             endpoints = args.connect or default_pub_endpoints()
             return asyncio.run(tap(endpoints, args.prefixes, args.json, args.count, args.timeout))
@@ -136,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"poolwire: {exc}", file=sys.stderr)
         return 1
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"poolwire: {exc}", file=sys.stderr)
+        return 2
     if problems:
         for problem in problems:
             print(f"{args.file}: {problem}", file=sys.stderr)

@@ -22,6 +22,8 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import yaml
 
+from shared.security import CurveConfig
+
 T = TypeVar("T")
 
 ENV_PREFIX = "POOLWIRE_"
@@ -79,6 +81,7 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = "data"
     log_level: str = "INFO"
     heartbeat_interval: Duration = Duration(1.0)
+    curve: CurveConfig | None = None  # CurveZMQ across hosts (shared/security.py); off by default
 
 
 def read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar
 import uvloop
 from prometheus_client import CollectorRegistry
 
+from shared import security
+from shared.bus import context
 from shared.clock import Clock, RealClock
 from shared.config import CommonConfig, ConfigError, load_section
 from shared.constants import SHUTDOWN_GRACE_S
@@ -131,6 +133,11 @@ def run(
         log.info("metrics on http://%s:%d/metrics", host, port)
 
     async def _amain() -> int:
+        try:
+            security.enable(common.curve, context())
+        except (OSError, ValueError) as exc:
+            log.error("bad config: common.curve: %s", exc)
+            return 2
         ctx: ServiceContext[C] = ServiceContext(
             name=name,
             common=common,
@@ -140,6 +147,9 @@ def run(
             bus_stats=bus_stats,
             log=log,
         )
-        return await supervise(ctx, main, SHUTDOWN_GRACE_S - STOP_MARGIN_S)
+        try:
+            return await supervise(ctx, main, SHUTDOWN_GRACE_S - STOP_MARGIN_S)
+        finally:
+            security.enable(None, context())
 
     return uvloop.run(_amain())

@@ -80,7 +80,14 @@ def markdown() -> str:
         info = mi.type_info(cls)
         assert isinstance(info, mi.StructType)
         shape = "an array in this field order" if info.array_like else "a map"
-        lines += [f"#### `{name}` (nested, {shape})", "", _doc(cls), "", "| field | type | default |", "|---|---|---|"]
+        lines += [
+            f"#### `{name}` (nested, {shape})",
+            "",
+            _doc(cls),
+            "",
+            "| field | type | default |",
+            "|---|---|---|",
+        ]
         lines += _rows(info, set())
         lines.append("")
     lines.append(END)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import zmq
 import zmq.asyncio
 
+from shared import security
 from shared.bus import context
 from shared.messages import (
     ENCODER,
@@ -48,7 +49,7 @@ class SnapshotServer:
         self.bad_requests = 0
         self._sock = (ctx or context()).socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(endpoint)
+        security.bind(self._sock, endpoint)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> SnapshotServer:
@@ -89,7 +90,7 @@ async def request_snapshot(
     """Ask the owner at ``endpoint`` for its state; raises TimeoutError if it does not answer."""
     sock = (ctx or context()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    security.connect(sock, endpoint)
     try:
         await sock.send(ENCODER.encode(SnapshotRequest(prefix=prefix)))
         try:

@@ -29,6 +29,7 @@ import zmq
 from services.alerts.strategies import execute
 from shared.config import ConfigError, load_section
 from shared.messages import ENCODER, AlertFired, JobResult, StrategyJob, decode_payload
+from shared.security import Curve
 
 log = logging.getLogger("poolwire.alerts.worker")
 
@@ -101,7 +102,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def serve(jobs: str, results: str, name: str, default_timeout_s: float, parent: int = 0) -> int:
+def serve(
+    jobs: str, results: str, name: str, default_timeout_s: float, parent: int = 0, curve: Curve | None = None
+) -> int:
     """Work until SIGTERM/SIGINT (or, with ``parent``, until that process is gone)."""
     stopping = False
     if parent:
@@ -118,9 +121,13 @@ def serve(jobs: str, results: str, name: str, default_timeout_s: float, parent: 
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 4)  # hold few jobs: a slow strategy delays few others
     pull.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.client(pull)
     pull.connect(jobs)
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
+    if curve is not None:
+        curve.client(push)
     push.connect(results)
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         args.name or f"worker-{os.getpid()}",
         timeout,
         args.parent,
+        Curve(common.curve) if common.curve is not None else None,
     )
 
 

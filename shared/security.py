@@ -1,0 +1,112 @@
+"""CurveZMQ for deployments across hosts: encryption and client authentication, off by default.
+
+Every binding socket (publishers, PULL command sockets, snapshot servers) is a CURVE server with
+the deployment's server key; every connecting socket is a CURVE client that knows the server's
+public key and has its own key pair. A ZAP authenticator admits any client with a valid handshake,
+or only those whose public certificates are in ``authorized_clients``.
+
+Keys are ZeroMQ certificate files (``poolwire keys DIR`` writes a server and a client pair).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+log = logging.getLogger("poolwire.security")
+
+
+class CurveConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server_secret: str = ""  # secret certificate of the binding side (needed by services that bind)
+    server_public: str  # public certificate of the server, for every connecting side
+    client_secret: str  # this process's secret certificate, used when it connects
+    authorized_clients: str = ""  # directory of client public certificates; "" admits any client
+
+
+class Curve:
+    """Loaded keys, applied to sockets before they bind or connect."""
+
+    def __init__(self, config: CurveConfig) -> None:
+        self.config = config
+        self.server_public, _ = zmq.auth.load_certificate(config.server_public)
+        self.client_public, client_secret = zmq.auth.load_certificate(config.client_secret)
+        if client_secret is None:
+            raise ValueError(f"{config.client_secret} holds no secret key")
+        self.client_secret: bytes = client_secret
+        self.server_secret: bytes | None = None
+        if config.server_secret:
+            _, self.server_secret = zmq.auth.load_certificate(config.server_secret)
+            if self.server_secret is None:
+                raise ValueError(f"{config.server_secret} holds no secret key")
+        self.authenticator: AsyncioAuthenticator | None = None
+
+    def start_authenticator(self, ctx: zmq.Context[Any]) -> None:
+        if self.authenticator is not None:
+            return
+        self.authenticator = AsyncioAuthenticator(ctx)
+        self.authenticator.start()
+        clients = self.config.authorized_clients
+        if clients and not Path(clients).is_dir():
+            raise ValueError(f"authorized_clients {clients!r} is not a directory")
+        self.authenticator.configure_curve(domain="*", location=clients or zmq.auth.CURVE_ALLOW_ANY)
+
+    def server(self, sock: zmq.Socket[Any]) -> None:
+        if self.server_secret is None:
+            raise ValueError("this process binds a socket but curve.server_secret is not configured")
+        sock.curve_secretkey = self.server_secret
+        sock.curve_publickey = self.server_public
+        sock.curve_server = True
+
+    def client(self, sock: zmq.Socket[Any]) -> None:
+        sock.curve_secretkey = self.client_secret
+        sock.curve_publickey = self.client_public
+        sock.curve_serverkey = self.server_public
+
+    def stop(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+
+
+_active: Curve | None = None
+
+
+def enable(config: CurveConfig | None, ctx: zmq.Context[Any]) -> None:
+    """Secure every socket the bus creates from now on (None turns it off)."""
+    global _active
+    if _active is not None:
+        _active.stop()
+    _active = None
+    if config is not None:
+        curve = Curve(config)
+        if curve.server_secret is not None:
+            curve.start_authenticator(ctx)
+        _active = curve
+        log.info("CurveZMQ on (clients: %s)", config.authorized_clients or "any with a valid handshake")
+
+
+def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+    if _active is not None:
+        _active.server(sock)
+    sock.bind(endpoint)
+
+
+def connect(sock: zmq.Socket[Any], endpoint: str) -> None:
+    if _active is not None:
+        _active.client(sock)
+    sock.connect(endpoint)
+
+
+def create_keys(directory: str) -> tuple[Path, Path]:
+    """Write a server and a client certificate pair into ``directory``; returns the secret files."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    _, server_secret = zmq.auth.create_certificates(path, "server")
+    _, client_secret = zmq.auth.create_certificates(path, "client")
+    return Path(server_secret), Path(client_secret)
