@@ -112,7 +112,15 @@ def run() -> dict[str, dict[str, Any]]:
         v3pool.quote(10**21, zero_for_one=True)
     quote_us = (time.perf_counter() - t0) / n_quotes * 1e6
     assert amm.get_tick_at_sqrt_ratio(amm.get_sqrt_ratio_at_tick(1)) == 1
+    chain_figures: dict[str, dict[str, Any]] = {}
+    try:
+        from bench import _sync_chain
+
+        chain_figures = _sync_chain.run()
+    except FileNotFoundError as exc:  # node_modules not installed: the in-process figures only
+        print(f"sync: no local node for the JSON-RPC figures ({exc}); run npm install", flush=True)
     return {
+        **chain_figures,
         "sync.v2_events_per_s": {"value": v2_rate, "unit": "events/s", "goal": ">= 300000"},
         "sync.v3_events_per_s": {"value": v3_rate, "unit": "events/s", "goal": ">= 100000"},
         "sync.replay_60k_s": {"value": best_replay, "unit": "s", "goal": "<= 0.3"},

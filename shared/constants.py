@@ -41,6 +41,10 @@ def dex_pool_topic(pool_id: str) -> str:
     return f"{DEX}.pool.{pool_id}"
 
 
+def dex_swap_topic(pool_id: str) -> str:
+    return f"{DEX}.swap.{pool_id}"
+
+
 DEX_BLOCK_TOPIC = f"{DEX}.block"
 
 HOST = "127.0.0.1"

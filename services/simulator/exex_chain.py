@@ -12,10 +12,12 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.exex import BeginBlock, EndBlock, PoolUpdate, ScrapedPoolState
 
 Q96 = 1 << 96
+HISTORY_DEPTH = 256  # blocks kept for reverts and reorgs: a long demo must not grow without bound
 
 
 @dataclass
@@ -77,7 +79,14 @@ class SimChain:
     def _event(self, block: int, tx: int, log: int) -> PoolUpdate:
         rng = self.rng
         pool = rng.choice(list(self.pools.values()))
-        base = {"seq": 0, "block": block, "tx": tx, "log": log, "pool": pool.key, "protocol": pool.protocol}
+        base: dict[str, Any] = {
+            "seq": 0,
+            "block": block,
+            "tx": tx,
+            "log": log,
+            "pool": pool.key,
+            "protocol": pool.protocol,
+        }
         if pool.protocol == "v2":
             pool.reserve0 = max(1, pool.reserve0 + rng.randint(-(10**21), 10**21))
             pool.reserve1 = max(1, pool.reserve1 + rng.randint(-(10**18), 10**18))
@@ -122,6 +131,9 @@ class SimChain:
         self.hashes[n] = self._hash(n)
         updates = [self._event(n, i // 2, i) for i in range(self.events_per_block)]
         self.history.append(copy.deepcopy(self.pools))
+        if len(self.history) > HISTORY_DEPTH + 1:
+            del self.history[0]
+            self.hashes.pop(n - HISTORY_DEPTH - 1, None)
         begin = BeginBlock(seq=0, number=n, hash=self.hashes[n], parent_hash=self.hashes[n - 1])
         return begin, updates, EndBlock(seq=0, number=n, num_updates=len(updates))
 

@@ -49,24 +49,25 @@ class Resync:
     reason: str
 
 
-class ExExClient:
+class BlockSource:
+    """What the coordinator and the service read blocks from: buffering / live modes, the buffer,
+    the ``blocks`` queue. Subclasses (the ExEx socket client, the JSON-RPC log follower) feed it
+    complete blocks through :meth:`_on_block` and call :meth:`_request_resync` when the stream
+    can no longer be trusted."""
+
     def __init__(
         self,
-        path: str,
         *,
         capacity: int = 100_000,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
-        max_frame: int = MAX_FRAME,
         clock: Clock | None = None,
     ) -> None:
-        self.path = path
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.clock: Clock = clock or RealClock()
         self.stats = ClientStats()
         self.assembler = BlockAssembler()
-        self.frames = FrameReader(max_frame)
         self.buffer = EventBuffer(capacity)
         self.mode: Mode = "buffering"
         self.buffer_error: str | None = None
@@ -74,7 +75,6 @@ class ExExClient:
         self.connected = asyncio.Event()
         self.last_block = -1  # highest block number seen since buffering started
         self._block_seen = asyncio.Event()
-        self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- modes ----------------------------------------------------------------------------------
@@ -116,16 +116,74 @@ class ExExClient:
                 return self.last_block >= number
         return True
 
-    # -- the connection -------------------------------------------------------------------------
-
-    def start(self) -> ExExClient:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="exex-client")
+    def start(self) -> BlockSource:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=type(self).__name__)
         return self
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _request_resync(self, reason: str) -> None:
+        self.stats.resyncs_requested += 1
+        if self.mode == "live":
+            self.blocks.put_nowait(Resync(reason))
+        elif self.buffer_error is None:
+            self.buffer_error = reason
+
+    def _on_block(self, block: Block) -> None:
+        self.stats.blocks_received += 1
+        if block.is_revert:
+            self.stats.reverts_received += 1
+        if block.number > self.last_block:
+            self.last_block = block.number
+        self._block_seen.set()
+        if self.mode == "live":
+            block.raws = []
+            self.blocks.put_nowait(block)
+            return
+        if self.buffer_error is not None:
+            return  # this buffering round is already void; the coordinator will resync
+        try:
+            if block.is_revert:
+                self.buffer.revert(block.number, block.hash)
+            else:
+                self.buffer.add(block)
+        except BufferOverflow as exc:
+            self.stats.buffer_overflows += 1
+            log.error("%s: resync needed (raise buffer_capacity?)", exc)
+            self.buffer.clear()
+            self.buffer_error = str(exc)
+
+
+class ExExClient(BlockSource):
+    """Blocks from a Reth ExEx (or the simulator) over the Unix socket protocol of shared/exex.py."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        capacity: int = 100_000,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        max_frame: int = MAX_FRAME,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(
+            capacity=capacity, backoff_initial=backoff_initial, backoff_max=backoff_max, clock=clock
+        )
+        self.path = path
+        self.frames = FrameReader(max_frame)
+        self._writer: asyncio.StreamWriter | None = None
+
+    # -- the connection -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        await super().close()
         self._close_writer()
 
     def _close_writer(self) -> None:
@@ -177,34 +235,3 @@ class ExExClient:
                 log.warning("ExEx socket error %r: reconnecting", exc)
             finally:
                 self._close_writer()
-
-    def _request_resync(self, reason: str) -> None:
-        self.stats.resyncs_requested += 1
-        if self.mode == "live":
-            self.blocks.put_nowait(Resync(reason))
-        elif self.buffer_error is None:
-            self.buffer_error = reason
-
-    def _on_block(self, block: Block) -> None:
-        self.stats.blocks_received += 1
-        if block.is_revert:
-            self.stats.reverts_received += 1
-        if block.number > self.last_block:
-            self.last_block = block.number
-        self._block_seen.set()
-        if self.mode == "live":
-            block.raws = []
-            self.blocks.put_nowait(block)
-            return
-        if self.buffer_error is not None:
-            return  # this buffering round is already void; the coordinator will resync
-        try:
-            if block.is_revert:
-                self.buffer.revert(block.number, block.hash)
-            else:
-                self.buffer.add(block)
-        except BufferOverflow as exc:
-            self.stats.buffer_overflows += 1
-            log.error("%s: resync needed (raise buffer_capacity?)", exc)
-            self.buffer.clear()
-            self.buffer_error = str(exc)

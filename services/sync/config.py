@@ -18,9 +18,28 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pull: Endpoint = tcp("sync", "pull")  # WhitelistAdd commands
     snapshot: Endpoint = tcp("sync", "snapshot")  # Clone snapshots of every pool state
     metrics_port: Port = PORTS["sync"]["metrics"]
-    exex_socket: str = "/tmp/reth_exex.sock"
-    scraper: Literal["simulator"] = "simulator"  # issue 6 adds "rpc"
+    # where blocks come from: "exex" (the socket), "rpc" (the log follower), "auto": rpc when
+    # rpc_urls is set, else exex when exex_socket is set; neither is a config error (exit 2)
+    source: Literal["auto", "exex", "rpc"] = "auto"
+    exex_socket: str = ""  # e.g. /tmp/reth_exex.sock
+    # where pool state is scraped: "auto" = "rpc" when rpc_urls is set, else "simulator"
+    scraper: Literal["auto", "simulator", "rpc"] = "auto"
     scrape_socket: str = "/tmp/poolwire_exex_scrape.sock"
+    rpc_urls: list[str] = []  # JSON-RPC over HTTP, tried in turn on failures
+    rpc_ws_url: str = ""  # optional: newHeads subscription as the follower's trigger
+    chain_id: int = 0  # checked against eth_chainId at start when not 0
+    v4_state_view: str = ""  # StateView contract (V4 scrapes)
+    v4_pool_manager: str = ""  # PoolManager contract (V4 logs)
+    rpc_timeout: Duration = Duration(10.0)
+    rpc_retries: int = 3  # per request, with backoff (timeouts, transport errors, garbage)
+    rpc_batch_size: Positive = 500  # JSON-RPC calls per batch request
+    scraping_concurrency: Positive = 4  # batches of pools scraped at once (seed)
+    v3_word_radius: int = 0  # tick bitmap words scraped either side of the price; 0 = every word
+    poll_interval: Duration = Duration(1.0)  # follower: polls the tip this often (and on newHeads)
+    logs_range: Positive = 1000  # follower: blocks per eth_getLogs while catching up
+    reorg_keep: Positive = 256  # follower: block hashes kept to find a common ancestor
+    checkpoint: bool = True  # rpc source: write pool states to <data_dir>/sync/ and resume from them
+    checkpoint_interval: Duration = Duration(30.0)
     pools: list[PoolSpec] = []
     buffer_capacity: Positive = 100_000  # events held during a cold start
     incremental_buffer_capacity: Positive = 10_000  # events held for pools being added live
@@ -31,3 +50,26 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_initial: Duration = Duration(0.05)
     backoff_max: Duration = Duration(5.0)
     replay_wait: Duration = Duration(30.0)  # how long to wait for the stream to reach the scrape block
+
+    def __post_init__(self) -> None:
+        if self.source == "auto":
+            self.source = "rpc" if self.rpc_urls else "exex" if self.exex_socket else "auto"
+        if self.source == "auto":
+            raise ValueError(
+                "no block source: set sync.rpc_urls (a JSON-RPC node) or sync.exex_socket (a Reth ExEx)"
+            )
+        if self.source == "rpc" and not self.rpc_urls:
+            raise ValueError("sync.source is rpc but sync.rpc_urls is empty")
+        if self.source == "exex" and not self.exex_socket:
+            raise ValueError("sync.source is exex but sync.exex_socket is empty")
+        if self.scraper == "auto":
+            self.scraper = "rpc" if self.rpc_urls else "simulator"
+        if self.scraper == "rpc" and not self.rpc_urls:
+            raise ValueError("sync.scraper is rpc but sync.rpc_urls is empty")
+        v4 = any(p.protocol == "v4" for p in self.pools)
+        if v4 and self.scraper == "rpc" and not self.v4_state_view:
+            raise ValueError("V4 pools scraped over JSON-RPC need sync.v4_state_view (StateView address)")
+        if v4 and self.source == "rpc" and not self.v4_pool_manager:
+            raise ValueError(
+                "V4 pools followed over JSON-RPC need sync.v4_pool_manager (PoolManager address)"
+            )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.sync.arena import EventProcessor, Pool
-from services.sync.client import ExExClient
+from services.sync.client import BlockSource
 from services.sync.scraper import Scraper, ScrapeResult, pool_key
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
@@ -50,7 +50,7 @@ class StartupMetrics:
 class StartupCoordinator:
     def __init__(
         self,
-        client: ExExClient,
+        client: BlockSource,
         scraper: Scraper,
         *,
         journal_depth: int = 64,
@@ -97,7 +97,7 @@ class StartupCoordinator:
         self.metrics.v3_v4_scraping_duration_ms += (time.perf_counter() - t0) * 1000
         self.metrics.pools_failed += len(result.failed)
         for spec, reason in result.failed:
-            log.warning("pool %s skipped: %s", spec.address or spec.pool_id, reason)
+            log.warning("pool 0x%s skipped: %s", pool_key(spec).hex(), reason)
         return result
 
     async def cold_start(self, specs: Sequence[PoolSpec], attempts: int = 3) -> None:
@@ -134,6 +134,20 @@ class StartupCoordinator:
                 return
             self.metrics.rescrapes += 1
         raise StartupError(f"cold start failed after {attempts} attempts")
+
+    def resume(self, pools: Sequence[Pool], specs: Sequence[PoolSpec], block: int, block_hash: bytes) -> None:
+        """Go live from a checkpoint: ``pools`` valid at ``block``; the source delivers its children."""
+        if self.live:
+            raise StartupError("AlreadyLive: use add_pools while live")
+        self.processor = self._new_processor()
+        for spec in specs:
+            self.specs[pool_key(spec)] = spec
+        for pool in pools:
+            self.processor.add_pool(pool)
+        self.processor.head = (block, block_hash)
+        self.client.go_live()
+        self.live = True
+        log.info("resumed from the checkpoint at block %d with %d pool(s)", block, len(pools))
 
     def _replay(self, result: ScrapeResult) -> bool:
         """Install scraped pools, replay the buffer; False if the buffer does not cover the scrape."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -13,8 +14,63 @@ P = "poolwire_sync"
 
 
 class SyncCollector(Collector):
-    def __init__(self, coordinator: Callable[[], StartupCoordinator]) -> None:
+    def __init__(self, coordinator: Callable[[], StartupCoordinator], service: Any = None) -> None:
         self._coordinator = coordinator
+        self._service = service  # SyncService: JSON-RPC, follower, scraper and checkpoint figures
+
+    def _rpc(self) -> Iterable[Metric]:
+        svc = self._service
+        if svc is None:
+            return
+        if svc.rpc is not None:
+            rpc = CounterMetricFamily(f"{P}_rpc_events", "JSON-RPC client events", labels=["event"])
+            for name in (
+                "requests",
+                "calls",
+                "retries",
+                "timeouts",
+                "transport_errors",
+                "garbage",
+                "rpc_errors",
+                "failures",
+            ):
+                rpc.add_metric([name], getattr(svc.rpc.stats, name))
+            yield rpc
+        if svc.follower is not None:
+            fol = CounterMetricFamily(f"{P}_follower_events", "Log follower events", labels=["event"])
+            fs = svc.follower.fstats
+            for name in (
+                "blocks",
+                "logs",
+                "reorgs",
+                "blocks_reverted",
+                "rpc_failures",
+                "bad_logs",
+                "chain_breaks",
+                "range_splits",
+            ):
+                fol.add_metric([name], getattr(fs, name))
+            yield fol
+            yield GaugeMetricFamily(
+                f"{P}_deepest_reorg_blocks", "Deepest reorg followed", value=fs.deepest_reorg
+            )
+        if svc.rpc_scraper is not None:
+            ss = svc.rpc_scraper.stats
+            sc = CounterMetricFamily(f"{P}_scrape_events", "JSON-RPC scraper", labels=["event"])
+            for name in (
+                "pools_done",
+                "pools_failed",
+                "pools_retried",
+                "calls",
+                "call_retries",
+                "round_trips",
+                "ticks",
+            ):
+                sc.add_metric([name], getattr(ss, name))
+            yield sc
+        yield CounterMetricFamily(
+            f"{P}_checkpoints_written", "Checkpoints written", value=svc.checkpoints_written
+        )
 
     def collect(self) -> Iterable[Metric]:
         coord = self._coordinator()
@@ -98,3 +154,4 @@ class SyncCollector(Collector):
         ):
             yield CounterMetricFamily(f"{P}_{name}", doc, value=value)
         yield GaugeMetricFamily(f"{P}_startup_reference_block", "Reference block", value=m.reference_block)
+        yield from self._rpc()

@@ -5,19 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
+from services.sync import amm, checkpoint
 from services.sync.arena import BlockResult, Pool, ResyncNeeded
 from services.sync.buffer import Block
-from services.sync.client import ExExClient, Resync
+from services.sync.client import BlockSource, ExExClient, Resync
 from services.sync.config import SyncConfig
 from services.sync.coordinator import StartupCoordinator
+from services.sync.follower import LogFollower
 from services.sync.metrics import SyncCollector
-from services.sync.scraper import SimulatorScraper
+from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_int
+from services.sync.rpc_scraper import RpcScraper
+from services.sync.scraper import Scraper, SimulatorScraper, pool_key
 from shared.bus import Publisher, Puller
-from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, px_topic
-from shared.messages import BlockUpdate, Message, PoolSpec, PoolState, Price, SnapshotRequest, WhitelistAdd
+from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, px_topic
+from shared.exex import PoolUpdate
+from shared.messages import (
+    BlockUpdate,
+    Message,
+    PoolSpec,
+    PoolState,
+    Price,
+    SnapshotRequest,
+    Swap,
+    WhitelistAdd,
+)
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
 
@@ -48,16 +64,62 @@ class SyncService:
         cfg = ctx.config
         self.ctx = ctx
         self.cfg = cfg
-        self.client = ExExClient(
-            cfg.exex_socket,
-            capacity=cfg.buffer_capacity,
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            clock=ctx.clock,
-        )
+        self.rpc: RpcClient | None = None
+        if cfg.rpc_urls:
+            self.rpc = RpcClient(
+                cfg.rpc_urls,
+                timeout=cfg.rpc_timeout,
+                retries=cfg.rpc_retries,
+                backoff_initial=cfg.backoff_initial,
+                backoff_max=cfg.backoff_max,
+                max_batch=cfg.rpc_batch_size,
+            )
+        self.client: BlockSource
+        self.follower: LogFollower | None = None
+        if cfg.source == "rpc":
+            assert self.rpc is not None
+            self.follower = LogFollower(
+                self.rpc,
+                addresses=self.log_addresses,
+                capacity=cfg.buffer_capacity,
+                poll_interval=cfg.poll_interval,
+                ws_url=cfg.rpc_ws_url,
+                logs_range=cfg.logs_range,
+                header_batch=cfg.rpc_batch_size,
+                keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
+                backoff_initial=cfg.backoff_initial,
+                backoff_max=cfg.backoff_max,
+                clock=ctx.clock,
+            )
+            self.client = self.follower
+        else:
+            self.client = ExExClient(
+                cfg.exex_socket,
+                capacity=cfg.buffer_capacity,
+                backoff_initial=cfg.backoff_initial,
+                backoff_max=cfg.backoff_max,
+                clock=ctx.clock,
+            )
+        scraper: Scraper
+        self.rpc_scraper: RpcScraper | None = None
+        if cfg.scraper == "rpc":
+            assert self.rpc is not None
+            self.rpc_scraper = scraper = RpcScraper(
+                self.rpc,
+                state_view=cfg.v4_state_view,
+                concurrency=cfg.scraping_concurrency,
+                retries=cfg.scrape_retries,
+                word_radius=cfg.v3_word_radius,
+            )
+        else:
+            scraper = SimulatorScraper(cfg.scrape_socket, retries=cfg.scrape_retries)
+        self.checkpoint_path = Path(ctx.common.data_dir) / "sync" / "checkpoint.msgpack"
+        self.use_checkpoint = cfg.checkpoint and cfg.source == "rpc"
+        self.checkpoints_written = 0
+        self.chain_id = cfg.chain_id
         self.coord = StartupCoordinator(
             self.client,
-            SimulatorScraper(cfg.scrape_socket, retries=cfg.scrape_retries),
+            scraper,
             journal_depth=cfg.journal_depth,
             buffer_capacity=cfg.buffer_capacity,
             incremental_capacity=cfg.incremental_buffer_capacity,
@@ -74,7 +136,14 @@ class SyncService:
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)
         ctx.bus_stats.add("pull", self.pull.stats)
-        ctx.metrics.register(SyncCollector(lambda: self.coord))
+        ctx.metrics.register(SyncCollector(lambda: self.coord, self))
+
+    def log_addresses(self) -> list[str]:
+        """What the follower asks eth_getLogs for: V2/V3 pools, and the PoolManager for V4."""
+        out = [s.address for s in self.coord.specs.values() if s.protocol != "v4" and s.address]
+        if self.cfg.v4_pool_manager and any(s.protocol == "v4" for s in self.coord.specs.values()):
+            out.append(self.cfg.v4_pool_manager)
+        return out
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -112,6 +181,31 @@ class SyncService:
                 ),
             )
 
+    def publish_swaps(self, updates: Sequence[PoolUpdate]) -> None:
+        """``dex.swap.<id>`` for order flow: amounts are the pool's signed deltas (V4's negated)."""
+        pools = self.coord.processor.pools
+        now = self.ctx.clock.time_ns()
+        for ev in updates:
+            if ev.kind != "Swap":
+                continue
+            pool = pools.get(ev.pool)
+            if pool is None:
+                continue
+            sign = -1 if ev.protocol == "v4" else 1
+            price = pool.price() if ev.protocol == "v2" else amm.price_from_sqrt(ev.sqrt_price_x96)
+            self.pub.publish(
+                dex_swap_topic(pool.hex),
+                Swap(
+                    pool=pool.hex,
+                    protocol=ev.protocol,
+                    block=ev.block,
+                    amount0=str(sign * ev.amount0),
+                    amount1=str(sign * ev.amount1),
+                    price=price,
+                    event_ns=now,
+                ),
+            )
+
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
         number, bhash = self._head()
         self.pub.flush()
@@ -125,8 +219,93 @@ class SyncService:
 
     async def cold_start(self) -> None:
         self.coord.live = False
-        await self.coord.cold_start(self.cfg.pools)
+        if self.follower is not None:
+            await self.follower.connected.wait()  # anchored at the tip before the scrape pins a block
+        await self.coord.cold_start(list(self.coord.specs.values()) or self.cfg.pools)
         self.publish_pools(list(self.coord.processor.pools.values()))
+
+    async def check_chain(self) -> None:
+        """eth_chainId against sync.chain_id (retried until the node answers)."""
+        assert self.rpc is not None
+        while True:
+            try:
+                chain_id = hex_int(await self.rpc.call("eth_chainId"))
+                break
+            except (RpcUnavailable, RpcError, ValueError) as exc:
+                log.warning("eth_chainId: %r; retrying", exc)
+                await self.ctx.clock.sleep(self.cfg.backoff_max)
+        if self.cfg.chain_id and chain_id != self.cfg.chain_id:
+            raise RuntimeError(
+                f"the node at {self.cfg.rpc_urls} is chain {chain_id}, sync.chain_id is {self.cfg.chain_id}"
+            )
+        self.chain_id = chain_id
+
+    async def try_resume(self) -> bool:
+        """Resume from the checkpoint if its block is still canonical; False: cold start instead."""
+        assert self.rpc is not None and self.follower is not None
+        try:
+            cp = checkpoint.load(self.checkpoint_path)
+        except Exception as exc:  # unreadable for any reason: scrape instead
+            log.warning("checkpoint %s unreadable (%r): scraping", self.checkpoint_path, exc)
+            return False
+        if cp is None:
+            return False
+        if cp.chain_id and cp.chain_id != self.chain_id:
+            log.warning(
+                "checkpoint is of chain %d, the node is chain %d: scraping", cp.chain_id, self.chain_id
+            )
+            return False
+        raw = await self.rpc.call("eth_getBlockByNumber", [hex(cp.block), False])
+        header = Header.parse(raw) if raw is not None else None
+        if header is None or header.hash != cp.hash:
+            log.warning("checkpoint block %d is no longer canonical (reorged away): scraping", cp.block)
+            return False
+        pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]
+        self.follower.anchor(header)
+        self.coord.resume(pools, cp.specs, cp.block, cp.hash)
+        self.follower.connected.set()
+        return True
+
+    async def start_up(self) -> None:
+        if self.rpc is not None:
+            await self.check_chain()
+        resumed = self.use_checkpoint and await self.try_resume()
+        self.client.start()
+        if not resumed:
+            await self.cold_start()
+            return
+        self.publish_pools(list(self.coord.processor.pools.values()))
+        known = set(self.coord.processor.pools)
+        missing = [spec for spec in self.cfg.pools if pool_key(spec) not in known]
+        if missing:
+            log.info("%d configured pool(s) not in the checkpoint: adding them", len(missing))
+            self._spawn(self._add(missing))
+
+    def write_checkpoint(self) -> bytes | None:
+        head = self.coord.processor.head
+        if not self.coord.live or head is None:
+            return None
+        return checkpoint.encode(
+            head[0], head[1], self.coord.processor.pools.values(), self.coord.specs.values(), self.chain_id
+        )
+
+    async def checkpoint_loop(self) -> None:
+        while True:
+            await self.ctx.clock.sleep(self.cfg.checkpoint_interval)
+            await self.save_checkpoint()
+
+    async def save_checkpoint(self) -> None:
+        data = self.write_checkpoint()
+        if data is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(checkpoint.write, self.checkpoint_path, data)
+        except OSError as exc:
+            log.error("checkpoint %s not written: %r", self.checkpoint_path, exc)
+            return
+        self.checkpoints_written += 1
+        log.debug("checkpoint: %d bytes in %.1f ms", len(data), (time.perf_counter() - t0) * 1000)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -155,6 +334,7 @@ class SyncService:
                 else:
                     result = proc.apply_block(item.number, item.hash, item.parent_hash, item.updates)
                     self.publish_result(result, item)
+                    self.publish_swaps(item.updates)
                 if result.stale:
                     keys = [p.key for p in result.stale]
                     log.warning("%d pool(s) reverted below their scrape: scraping them again", len(keys))
@@ -174,9 +354,8 @@ class SyncService:
     async def run(self) -> None:
         self.pub.start()
         self.snap.start()
-        self.client.start()
         try:
-            starting = asyncio.ensure_future(self.cold_start())
+            starting = asyncio.ensure_future(self.start_up())
             stop = asyncio.ensure_future(self.ctx.stopping.wait())
             await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():
@@ -186,6 +365,8 @@ class SyncService:
             stop.cancel()
             starting.result()
             loops = [asyncio.ensure_future(self.live_loop()), asyncio.ensure_future(self.whitelist_loop())]
+            if self.use_checkpoint:
+                loops.append(asyncio.ensure_future(self.checkpoint_loop()))
             stop = asyncio.ensure_future(self.ctx.stopping.wait())
             done, _ = await asyncio.wait({*loops, stop}, return_when=asyncio.FIRST_COMPLETED)
             for task in [*loops, stop, *self._tasks]:
@@ -197,6 +378,16 @@ class SyncService:
                     raise exc
         finally:
             await self.client.close()
+            if self.use_checkpoint:
+                data = self.write_checkpoint()
+                if data is not None:
+                    try:
+                        checkpoint.write(self.checkpoint_path, data)
+                        log.info("checkpoint written at block %d", self.coord.processor.head[0])  # type: ignore[index]
+                    except OSError as exc:
+                        log.error("checkpoint %s not written: %r", self.checkpoint_path, exc)
+            if self.rpc is not None:
+                await self.rpc.close()
             await self.snap.close()
             self.pull.close()
             with contextlib.suppress(Exception):

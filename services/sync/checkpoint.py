@@ -1,0 +1,124 @@
+"""Checkpoints: every pool's state with the block (number and hash) it is valid at.
+
+Written atomically (temporary file + rename) under ``<data_dir>/sync/checkpoint.msgpack``,
+periodically and on shutdown. On restart the service loads it, checks that the block hash is
+still canonical (else it scrapes again), and catches up from there with eth_getLogs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from services.sync.arena import Pool
+from shared.messages import PoolSpec
+
+VERSION = 1
+
+
+class PoolRecord(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
+    key: bytes
+    protocol: str
+    fee: int = 0
+    tick_spacing: int = 0
+    token0: str = ""
+    token1: str = ""
+    reserve0: str = "0"
+    reserve1: str = "0"
+    sqrt_price_x96: str = "0"
+    tick: int = 0
+    liquidity: str = "0"
+    ticks: list[tuple[int, str, str]] = []  # (tick, gross, net)
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    version: int = VERSION
+    chain_id: int = 0
+    block: int
+    hash: bytes
+    written_ns: int = 0
+    specs: list[PoolSpec] = []
+    pools: list[PoolRecord] = []
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC = msgspec.msgpack.Decoder(Checkpoint)
+
+
+def record(pool: Pool) -> PoolRecord:
+    return PoolRecord(
+        key=pool.key,
+        protocol=pool.protocol,
+        fee=pool.fee,
+        tick_spacing=pool.tick_spacing,
+        token0=pool.token0,
+        token1=pool.token1,
+        reserve0=str(pool.reserve0),
+        reserve1=str(pool.reserve1),
+        sqrt_price_x96=str(pool.sqrt_price_x96),
+        tick=pool.tick,
+        liquidity=str(pool.liquidity),
+        ticks=[(t, str(g), str(n)) for t, (g, n) in sorted(pool.ticks.items())],
+    )
+
+
+def restore(rec: PoolRecord, block: int) -> Pool:
+    if rec.protocol not in ("v2", "v3", "v4"):
+        raise ValueError(f"unknown protocol {rec.protocol!r} in checkpoint")
+    pool = Pool(
+        rec.key,
+        rec.protocol,  # type: ignore[arg-type]
+        snapshot_block=block,
+        fee=rec.fee,
+        tick_spacing=rec.tick_spacing,
+        token0=rec.token0,
+        token1=rec.token1,
+    )
+    pool.reserve0, pool.reserve1 = int(rec.reserve0), int(rec.reserve1)
+    pool.sqrt_price_x96, pool.tick, pool.liquidity = int(rec.sqrt_price_x96), rec.tick, int(rec.liquidity)
+    if pool.tick_spacing > 0:
+        pool.set_ticks((t, int(g), int(n)) for t, g, n in rec.ticks)
+    return pool
+
+
+def encode(
+    block: int, block_hash: bytes, pools: Iterable[Pool], specs: Iterable[PoolSpec], chain_id: int = 0
+) -> bytes:
+    """A consistent snapshot (call it between blocks, without awaiting in between)."""
+    return _ENC.encode(
+        Checkpoint(
+            chain_id=chain_id,
+            block=block,
+            hash=block_hash,
+            written_ns=time.time_ns(),
+            specs=list(specs),
+            pools=[record(p) for p in pools if not p.stale],
+        )
+    )
+
+
+def write(path: Path, data: bytes) -> None:
+    """Atomic replace: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Checkpoint | None:
+    """The checkpoint, or None if there is none or it cannot be read (the service scrapes)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    cp = _DEC.decode(data)
+    if cp.version != VERSION:
+        raise ValueError(f"checkpoint version {cp.version}, expected {VERSION}")
+    return cp

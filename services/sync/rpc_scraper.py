@@ -1,0 +1,373 @@
+"""The JSON-RPC scraper: pool state pinned to one block, in batched eth_calls.
+
+One ``scrape()`` pins the node's latest block (number + hash) and reads every pool at that block
+(EIP-1898 ``{"blockHash": ...}``, so a reorg cannot mix two chains into one snapshot):
+
+- V2: ``getReserves()``.
+- V3: ``slot0()``, ``liquidity()``, ``tickSpacing()``, ``fee()``, ``token0()``, ``token1()``; then
+  the tick bitmap words (word = (tick // spacing) >> 8), every word of the usable range or, with
+  ``word_radius``, the words around the price plus the two extreme words (full-range positions);
+  then ``ticks(i)`` for every initialized tick.
+- V4: through StateView: ``getSlot0``, ``getLiquidity``, ``getTickBitmap``, ``getTickLiquidity``
+  (tick spacing and fee from the pool's spec, the PoolKey).
+
+Pools go in batches of ``batch_size`` (the seed's 500 V2 / 50 V3-V4), ``concurrency`` batches at a
+time; each batch is three rounds at most (state, bitmap words, ticks), each round one JSON-RPC
+batch request (split by the client at its ``max_batch``). A pool whose calls fail is retried in a
+later attempt, then skipped and reported in ``failed``; progress is logged with done/total, rate
+and ETA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_hash.auto import keccak
+
+from services.sync import amm
+from services.sync.arena import Pool
+from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable
+from services.sync.scraper import ScrapeResult, pool_key
+from shared.messages import PoolSpec
+
+log = logging.getLogger("poolwire.sync.scrape")
+
+
+def _sel(signature: str) -> str:
+    return bytes(keccak(signature.encode()))[:4].hex()
+
+
+SEL = {
+    name: _sel(name)
+    for name in (
+        "getReserves()",
+        "token0()",
+        "token1()",
+        "slot0()",
+        "liquidity()",
+        "tickSpacing()",
+        "fee()",
+        "tickBitmap(int16)",
+        "ticks(int24)",
+        "getSlot0(bytes32)",
+        "getLiquidity(bytes32)",
+        "getTickBitmap(bytes32,int16)",
+        "getTickLiquidity(bytes32,int24)",
+    )
+}
+
+
+def _arg(value: int) -> str:
+    """One ABI word of a (possibly negative) integer, as hex."""
+    return (value % (1 << 256)).to_bytes(32, "big").hex()
+
+
+def _words(data: Any, n: int) -> list[int]:
+    if isinstance(data, Exception):
+        raise data
+    if not isinstance(data, str) or not data.startswith("0x") or len(data) < 2 + 64 * n:
+        raise ValueError(f"short or empty eth_call result {str(data)[:80]!r} (no contract?)")
+    return [int(data[2 + 64 * i : 66 + 64 * i], 16) for i in range(n)]
+
+
+def _signed(value: int, bits: int) -> int:
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def _address(word: int) -> str:
+    return "0x" + (word & ((1 << 160) - 1)).to_bytes(20, "big").hex()
+
+
+def word_range(spacing: int) -> tuple[int, int]:
+    """The bitmap words that hold the usable ticks of a pool with this spacing."""
+    return (-(amm.MAX_TICK // spacing)) >> 8, (amm.MAX_TICK // spacing) >> 8
+
+
+@dataclass(slots=True)
+class ScrapeStats:
+    pools_done: int = 0
+    pools_failed: int = 0
+    pools_retried: int = 0
+    calls: int = 0
+    call_retries: int = 0
+    round_trips: int = 0
+    ticks: int = 0
+
+
+@dataclass
+class _Job:
+    spec: PoolSpec
+    key: bytes
+    pool: Pool | None = None
+    error: str = ""
+    words: list[int] = field(default_factory=list)
+
+
+class RpcScraper:
+    def __init__(
+        self,
+        rpc: RpcClient,
+        *,
+        state_view: str = "",
+        concurrency: int = 4,
+        retries: int = 2,
+        word_radius: int = 0,
+        progress_interval: float = 5.0,
+        pin_by_hash: bool = False,
+    ) -> None:
+        self.rpc = rpc
+        self.state_view = state_view
+        self.concurrency = max(1, concurrency)
+        self.retries = retries
+        self.word_radius = word_radius
+        self.progress_interval = progress_interval
+        self.pin_by_hash = pin_by_hash
+        self.repins = 0
+        self.stats = ScrapeStats()
+        self.pinned: Header | None = None
+
+    async def pin(self) -> Header:
+        return Header.parse(await self.rpc.call("eth_getBlockByNumber", ["latest", False], retry_errors=True))
+
+    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+        """Every pool at one block. Calls name the block by number (by hash with ``pin_by_hash``:
+        EIP-1898, exact but ~10x slower on anvil); the block's hash is checked again at the end,
+        and a scrape that a reorg crossed is done again at the new tip."""
+        for attempt in range(self.retries + 2):
+            result = await self._scrape_pinned(specs, batch_size)
+            if self.pin_by_hash or not result.pools:
+                return result
+            raw = await self.rpc.call("eth_getBlockByNumber", [hex(result.block), False], retry_errors=True)
+            result.round_trips += 1
+            if raw is not None and Header.parse(raw).hash == result.hash:
+                return result
+            self.repins += 1
+            log.warning(
+                "block %d was reorged during the scrape (attempt %d): scraping again",
+                result.block,
+                attempt + 1,
+            )
+        return result
+
+    async def _scrape_pinned(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+        header = await self.pin()
+        self.pinned = header
+        result = ScrapeResult(block=header.number, hash=header.hash)
+        requests0 = self.rpc.stats.requests
+        tag: Any = {"blockHash": "0x" + header.hash.hex()} if self.pin_by_hash else hex(header.number)
+        jobs = [_Job(spec, pool_key(spec)) for spec in specs]
+        total = len(jobs)
+        done = 0
+        t0 = time.perf_counter()
+        last_log = t0
+        sem = asyncio.Semaphore(self.concurrency)
+        kind = "/".join(sorted({s.protocol for s in specs}))
+
+        async def run(batch: list[_Job]) -> None:
+            nonlocal done, last_log
+            async with sem:
+                try:
+                    await self._batch(batch, header.number, tag)
+                except (RpcUnavailable, RpcError) as exc:
+                    for job in batch:
+                        job.error = f"batch failed: {exc}"
+            done += sum(1 for j in batch if j.pool is not None)
+            now = time.perf_counter()
+            if now - last_log >= self.progress_interval:
+                last_log = now
+                rate = done / (now - t0)
+                eta = (total - done) / rate if rate else float("inf")
+                log.info(
+                    "scrape %s at block %d: %d/%d pools, %.1f pools/s, ETA %.0f s",
+                    kind, header.number, done, total, rate, eta,
+                )  # fmt: skip
+
+        todo = jobs
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.pools_retried += len(todo)
+                log.info("scrape: retrying %d pool(s) (attempt %d)", len(todo), attempt + 1)
+            for job in todo:
+                job.error = ""
+                job.pool = None
+            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+            await asyncio.gather(*(run(b) for b in batches))
+            todo = [j for j in todo if j.pool is None]
+            if not todo:
+                break
+        for job in jobs:
+            if job.pool is not None:
+                result.pools.append(job.pool)
+            else:
+                result.failed.append((job.spec, job.error or "failed"))
+        self.stats.pools_done += len(result.pools)
+        self.stats.pools_failed += len(result.failed)
+        result.round_trips = self.rpc.stats.requests - requests0 + 1
+        self.stats.round_trips += result.round_trips
+        elapsed = time.perf_counter() - t0
+        if total:
+            log.info(
+                "scraped %d/%d %s pool(s) at block %d in %.2f s (%.1f pools/s, %d round trips, %d failed)",
+                len(result.pools), total, kind, header.number, elapsed, len(result.pools) / max(elapsed, 1e-9),
+                result.round_trips, len(result.failed),
+            )  # fmt: skip
+        return result
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    async def _calls(self, calls: list[tuple[str, str]], tag: Any) -> list[Any]:
+        """eth_calls in batch requests; calls answered with an error are sent again (``retries``
+        times), so one transient error among a pool's hundreds of calls does not fail the pool."""
+        self.stats.calls += len(calls)
+        payload = [("eth_call", [{"to": to, "data": data}, tag]) for to, data in calls]
+        replies = await self.rpc.batch(payload)
+        for _ in range(self.retries):
+            again = [i for i, r in enumerate(replies) if isinstance(r, RpcError)]
+            if not again:
+                break
+            self.stats.calls += len(again)
+            self.stats.call_retries += len(again)
+            for i, reply in zip(again, await self.rpc.batch([payload[i] for i in again]), strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _batch(self, jobs: list[_Job], block: int, tag: Any) -> None:
+        # round 1: the pool's own state
+        calls: list[tuple[str, str]] = []
+        spans: list[tuple[_Job, int, int]] = []
+        for job in jobs:
+            start = len(calls)
+            try:
+                calls += self._state_calls(job)
+            except ValueError as exc:
+                job.error = str(exc)
+                continue
+            spans.append((job, start, len(calls)))
+        replies = await self._calls(calls, tag)
+        deep: list[_Job] = []
+        for job, a, b in spans:
+            try:
+                job.pool = self._parse_state(job, replies[a:b], block)
+            except (RpcError, ValueError) as exc:
+                job.error = str(exc)
+                continue
+            if job.pool.protocol != "v2":
+                deep.append(job)
+        if not deep:
+            return
+        # round 2: bitmap words; round 3: the initialized ticks
+        calls, spans = [], []
+        for job in deep:
+            pool = job.pool
+            assert pool is not None
+            job.words = self._word_list(pool)
+            start = len(calls)
+            calls += [self._bitmap_call(job, w) for w in job.words]
+            spans.append((job, start, len(calls)))
+        replies = await self._calls(calls, tag)
+        tick_calls: list[tuple[str, str]] = []
+        tick_spans: list[tuple[_Job, list[int], int]] = []
+        for job, a, b in spans:
+            pool = job.pool
+            assert pool is not None
+            try:
+                bitmaps = [_words(r, 1)[0] for r in replies[a:b]]
+            except (RpcError, ValueError) as exc:
+                job.pool, job.error = None, f"tick bitmap: {exc}"
+                continue
+            ticks = []
+            for word, bits in zip(job.words, bitmaps, strict=True):
+                while bits:
+                    low = bits & -bits
+                    ticks.append(((word << 8) + low.bit_length() - 1) * pool.tick_spacing)
+                    bits ^= low
+            tick_spans.append((job, ticks, len(tick_calls)))
+            tick_calls += [self._tick_call(job, t) for t in ticks]
+        replies = await self._calls(tick_calls, tag) if tick_calls else []
+        for job, ticks, a in tick_spans:
+            pool = job.pool
+            assert pool is not None
+            try:
+                loaded = []
+                for i, t in enumerate(ticks):
+                    gross, net = _words(replies[a + i], 2)
+                    loaded.append((t, gross, _signed(net, 128)))
+                pool.set_ticks(loaded)
+                self.stats.ticks += len(loaded)
+            except (RpcError, ValueError) as exc:
+                job.pool, job.error = None, f"ticks: {exc}"
+
+    def _state_calls(self, job: _Job) -> list[tuple[str, str]]:
+        spec = job.spec
+        if spec.protocol == "v2":
+            return [(spec.address, "0x" + SEL["getReserves()"])]
+        if spec.protocol == "v3":
+            return [
+                (spec.address, "0x" + SEL[name])
+                for name in ("slot0()", "liquidity()", "tickSpacing()", "fee()", "token0()", "token1()")
+            ]
+        if not self.state_view:
+            raise ValueError("V4 pool but no sync.v4_state_view configured")
+        pid = job.key.hex()
+        return [
+            (self.state_view, "0x" + SEL["getSlot0(bytes32)"] + pid),
+            (self.state_view, "0x" + SEL["getLiquidity(bytes32)"] + pid),
+        ]
+
+    def _parse_state(self, job: _Job, replies: list[Any], block: int) -> Pool:
+        spec = job.spec
+        if spec.protocol == "v2":
+            r0, r1 = _words(replies[0], 2)
+            pool = Pool(job.key, "v2", snapshot_block=block, token0=spec.currency0, token1=spec.currency1)
+            pool.reserve0, pool.reserve1 = r0, r1
+            return pool
+        if spec.protocol == "v3":
+            sqrt, tick = _words(replies[0], 2)
+            (liquidity,) = _words(replies[1], 1)
+            (spacing,) = _words(replies[2], 1)
+            (fee,) = _words(replies[3], 1)
+            (t0,) = _words(replies[4], 1)
+            (t1,) = _words(replies[5], 1)
+            pool = Pool(
+                job.key, "v3", snapshot_block=block, fee=fee, tick_spacing=_signed(spacing, 24),
+                token0=_address(t0), token1=_address(t1),
+            )  # fmt: skip
+        else:
+            sqrt, tick, _protocol_fee, lp_fee = _words(replies[0], 4)
+            (liquidity,) = _words(replies[1], 1)
+            if sqrt == 0:
+                raise ValueError("V4 pool not initialized (unknown pool id?)")
+            if spec.tick_spacing <= 0:
+                raise ValueError("V4 pool spec without tick_spacing")
+            pool = Pool(
+                job.key, "v4", snapshot_block=block, fee=lp_fee or spec.fee, tick_spacing=spec.tick_spacing,
+                token0=spec.currency0, token1=spec.currency1,
+            )  # fmt: skip
+        if pool.tick_spacing <= 0:
+            raise ValueError(f"tick spacing {pool.tick_spacing}")
+        pool.sqrt_price_x96, pool.tick, pool.liquidity = sqrt, _signed(tick, 24), liquidity
+        return pool
+
+    def _word_list(self, pool: Pool) -> list[int]:
+        lo, hi = word_range(pool.tick_spacing)
+        if self.word_radius <= 0:
+            return list(range(lo, hi + 1))
+        center = (pool.tick // pool.tick_spacing) >> 8
+        words = set(range(max(lo, center - self.word_radius), min(hi, center + self.word_radius) + 1))
+        return sorted(words | {lo, hi})
+
+    def _bitmap_call(self, job: _Job, word: int) -> tuple[str, str]:
+        if job.spec.protocol == "v3":
+            return job.spec.address, "0x" + SEL["tickBitmap(int16)"] + _arg(word)
+        return self.state_view, "0x" + SEL["getTickBitmap(bytes32,int16)"] + job.key.hex() + _arg(word)
+
+    def _tick_call(self, job: _Job, tick: int) -> tuple[str, str]:
+        if job.spec.protocol == "v3":
+            return job.spec.address, "0x" + SEL["ticks(int24)"] + _arg(tick)
+        return self.state_view, "0x" + SEL["getTickLiquidity(bytes32,int24)"] + job.key.hex() + _arg(tick)
