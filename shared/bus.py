@@ -480,25 +480,36 @@ class Subscriber:
             await self.clock.sleep(min(intervals, default=HEARTBEAT_INTERVAL_S) / 2)
             self.check_liveness()
 
-    async def wait_for_publisher(self, service: str | None = None, timeout: float = 10.0) -> PublisherInfo:
-        """Wait until a heartbeat (of ``service``, or any) arrived: the cure for the slow joiner.
+    async def wait_for_publisher(
+        self, service: str | None = None, timeout: float = 10.0, *, publisher: str | None = None
+    ) -> PublisherInfo:
+        """Wait until a heartbeat (of ``service`` or ``publisher``, or any) arrived.
 
-        Messages that arrive meanwhile are kept and delivered by the next ``recv_batch``.
+        The cure for the slow joiner. Messages that arrive meanwhile are kept and delivered by the
+        next receive.
         """
+
+        def found() -> PublisherInfo | None:
+            for info in self.publishers.values():
+                if (service is None or info.service == service) and (
+                    publisher is None or info.publisher == publisher
+                ):
+                    return info
+            return None
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            for info in self.publishers.values():
-                if service is None or info.service == service:
-                    return info
+        self._ensure_watchdog()
+        while (info := found()) is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"no heartbeat from {service or 'any publisher'} in {timeout} s")
-            self._ensure_watchdog()
+                raise TimeoutError(
+                    f"no heartbeat from {publisher or service or 'any publisher'} in {timeout} s"
+                )
             self._backlog.extend(self._drain())
-            if any(service is None or i.service == service for i in self.publishers.values()):
-                continue
-            await self._asock.poll(int(remaining * 1000) + 1)
+            if found() is None:
+                await self._asock.poll(int(remaining * 1000) + 1)
+        return info
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, Message]]:
         while True:

@@ -10,11 +10,14 @@ updates, use :func:`follow`, which starts from a Clone snapshot.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 
 from shared.bus import Subscriber
 from shared.messages import Message
 from shared.snapshot import request_snapshot
+
+log = logging.getLogger("poolwire.client")
 
 
 async def subscribe(
@@ -38,13 +41,46 @@ async def subscribe(
 async def follow(
     pub_endpoint: str, snapshot_endpoint: str, *prefixes: str, timeout: float = 10.0
 ) -> AsyncIterator[tuple[str, Message]]:
-    """Clone pattern: yield the owner's state (topic ``"snapshot"``), then every later update."""
+    """Clone pattern: the owner's state, then every later update, across owner restarts.
+
+    Yields ``("snapshot", SnapshotReply)`` (reset your state), ``("snapshot", item)`` for each item
+    of the state, then ``(topic, update)``. When the owner restarts (a new ``started_ns`` under the
+    same publisher id, or a new id of the same service once the old one is dead) it fetches the
+    state again and starts over with a new SnapshotReply.
+    """
+    prefix = prefixes[0] if prefixes else ""
     async with Subscriber(pub_endpoint, prefixes or ("",)) as sub:
         await sub.wait_for_publisher(None, timeout)
-        header, items = await request_snapshot(snapshot_endpoint, prefixes[0] if prefixes else "", timeout)
-        for item in items:
-            yield "snapshot", item
-        async for topic, msg in sub:
-            if msg.publisher == header.publisher and msg.seq <= header.snapshot_seq:
-                continue  # already reflected in the snapshot
-            yield topic, msg
+        held: list[tuple[str, Message]] = []
+        while True:
+            header, items = await request_snapshot(snapshot_endpoint, prefix, timeout)
+            owner = await sub.wait_for_publisher(publisher=header.publisher, timeout=timeout)
+            incarnation = owner.started_ns
+            yield "snapshot", header
+            for item in items:
+                yield "snapshot", item
+            pending, held = held, []
+            for topic, msg in pending:
+                if msg.publisher != header.publisher or msg.seq > header.snapshot_seq:
+                    yield topic, msg
+            while True:
+                frames = await sub.recv_frames(timeout=owner.interval_s)
+                restarted = owner.started_ns != incarnation or (
+                    not owner.alive
+                    and any(i.alive and i.service == owner.service for i in sub.publishers.values())
+                )
+                if restarted:
+                    # What the new incarnation sent is either in its snapshot or comes after it.
+                    held = [
+                        (t, m)
+                        for t, msgs in frames
+                        for m in msgs
+                        if m.publisher != owner.publisher or owner.started_ns != incarnation
+                    ]
+                    log.warning("%s restarted: fetching its state again", owner.publisher)
+                    break
+                for topic, msgs in frames:
+                    for msg in msgs:
+                        if msg.publisher == header.publisher and msg.seq <= header.snapshot_seq:
+                            continue  # already reflected in the snapshot
+                        yield topic, msg

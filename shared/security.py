@@ -10,7 +10,9 @@ Keys are ZeroMQ certificate files (``poolwire keys DIR`` writes a server and a c
 
 from __future__ import annotations
 
+import errno
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +93,26 @@ def enable(config: CurveConfig | None, ctx: zmq.Context[Any]) -> None:
         log.info("CurveZMQ on (clients: %s)", config.authorized_clients or "any with a valid handshake")
 
 
+BIND_RETRY_S = 1.0
+
+
 def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """Bind, as a CURVE server when enabled.
+
+    A port released by a socket closed a moment ago in this process is freed by ZeroMQ's I/O
+    thread asynchronously, so "address in use" is retried briefly before it is an error.
+    """
     if _active is not None:
         _active.server(sock)
-    sock.bind(endpoint)
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def connect(sock: zmq.Socket[Any], endpoint: str) -> None:

@@ -108,6 +108,10 @@ class RegistryService:
                     store.changed(zone)
             if isinstance(event, ZoneCreated) and zone.expires_ns < self._planned_wake_ns:
                 self._wake.set()
+        if store is not None and events:
+            # Persist before the publisher's flush (it runs when the loop turns): a consumer never
+            # sees a zone that a registry killed right after would forget.
+            store.flush()
         return len(events)
 
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:

@@ -1,8 +1,10 @@
 """Zones kept across restarts: one SQLite file (WAL), written in batches.
 
-The service marks zones dirty as events happen and calls :meth:`ZoneStore.flush` every
-``store_flush_interval`` and on shutdown: one transaction upserts the changed zones and deletes
-the removed ones. A crash loses at most the last interval's changes. The publisher's sequence is
+The service marks zones dirty as events happen and calls :meth:`ZoneStore.flush` after each batch
+of events, before they are published (and every ``store_flush_interval`` and on shutdown as a
+backstop): one transaction upserts the changed zones and deletes the removed ones. WAL with
+synchronous=NORMAL makes a commit a write without fsync, so a killed process loses nothing it
+published (a power loss may lose the last commits). The publisher's sequence is
 not kept: a restarted registry is a new incarnation (new ``started_ns``), which subscribers see.
 """
 

@@ -1,10 +1,11 @@
 """The consumer API: subscribe() and follow() (Clone: snapshot, then only newer updates)."""
 
 import asyncio
+from collections.abc import Callable
 
 from shared.bus import Publisher
 from shared.client import follow, subscribe
-from shared.messages import Message, Price
+from shared.messages import Message, Price, SnapshotReply
 from shared.snapshot import SnapshotServer
 from tests.helpers import tcp_endpoint
 
@@ -50,10 +51,54 @@ async def test_follow_starts_from_the_snapshot_and_skips_what_it_already_holds()
             while len(got) < n:
                 got.append(await anext(stream))
 
-        await asyncio.wait_for(read(2), 10)  # the snapshot: a and b
+        await asyncio.wait_for(read(3), 10)  # the snapshot: its header, a and b
         update("c", 3.0)  # after the snapshot: must arrive as an update
-        await asyncio.wait_for(read(3), 10)
+        await asyncio.wait_for(read(4), 10)
         await stream.aclose()
         await server.close()
-    seen = [(topic, msg.symbol, msg.price) for topic, msg in got]  # type: ignore[attr-defined]
+    assert isinstance(got[0][1], SnapshotReply) and got[0][1].count == 2
+    seen = [(topic, msg.symbol, msg.price) for topic, msg in got[1:]]  # type: ignore[attr-defined]
     assert seen == [("snapshot", "a", 1.0), ("snapshot", "b", 2.5), ("px.c", "c", 3.0)]
+
+
+async def test_follow_fetches_the_state_again_when_the_owner_restarts() -> None:
+    pub_ep, snap_ep = tcp_endpoint(), tcp_endpoint()
+    got: list[tuple[str, Message]] = []
+    arrived = asyncio.Event()
+
+    async def consume() -> None:
+        async for item in follow(pub_ep, snap_ep, "px."):
+            got.append(item)
+            arrived.set()
+
+    async def until(cond: Callable[[], bool]) -> None:
+        while not cond():
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 10)
+
+    def headers() -> int:
+        return sum(isinstance(m, SnapshotReply) for _, m in got)
+
+    async def owner(state: list[Price]) -> tuple[Publisher, SnapshotServer]:
+        pub = Publisher(pub_ep, service="registry", publisher_id="registry@host", heartbeat_interval=0.05)
+        server = SnapshotServer(snap_ep, lambda req: (pub.seq, state), publisher_id="registry@host")
+        return pub.start(), server.start()
+
+    pub, server = await owner([Price(symbol="a", price=1.0)])
+    task = asyncio.create_task(consume())
+    await until(lambda: headers() == 1 and len(got) == 2)
+    await pub.close()
+    await server.close()
+    # Same id, new incarnation: its numbering starts over, below the old snapshot's seq.
+    pub, server = await owner([Price(symbol="a", price=2.0)])
+    await until(lambda: headers() == 2)
+    await until(lambda: len(got) >= 4)
+    await pub.wait_for_subscriber("px.", timeout=5)
+    pub.publish("px.b", Price(symbol="b", price=3.0))
+    await until(lambda: any(t == "px.b" for t, _ in got))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await pub.close()
+    await server.close()
+    prices = [(t, m.symbol, m.price) for t, m in got if isinstance(m, Price)]
+    assert prices == [("snapshot", "a", 1.0), ("snapshot", "a", 2.0), ("px.b", "b", 3.0)]
