@@ -49,6 +49,8 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scrape_retries: int = 2  # a pool that failed is retried this many times, then skipped
     backoff_initial: Duration = Duration(0.05)
     backoff_max: Duration = Duration(5.0)
+    failed_pool_retry: Duration = Duration(5.0)  # a pool whose scrape failed is tried again after this,
+    failed_pool_retry_max: Duration = Duration(300.0)  # doubling up to this while it keeps failing
     replay_wait: Duration = Duration(30.0)  # how long to wait for the stream to reach the scrape block
 
     def __post_init__(self) -> None:

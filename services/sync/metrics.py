@@ -71,6 +71,15 @@ class SyncCollector(Collector):
         yield CounterMetricFamily(
             f"{P}_checkpoints_written", "Checkpoints written", value=svc.checkpoints_written
         )
+        yield CounterMetricFamily(
+            f"{P}_pools_retried", "Scrapes of failed pools tried again while live", value=svc.pools_retried
+        )
+        if svc.coord.live:
+            yield GaugeMetricFamily(
+                f"{P}_pools_missing",
+                "Configured pools not in the arena (scrape failed)",
+                value=len(svc.missing_pools()),
+            )
 
     def collect(self) -> Iterable[Metric]:
         coord = self._coordinator()

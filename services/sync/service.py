@@ -116,6 +116,8 @@ class SyncService:
         self.checkpoint_path = Path(ctx.common.data_dir) / "sync" / "checkpoint.msgpack"
         self.use_checkpoint = cfg.checkpoint and cfg.source == "rpc"
         self.checkpoints_written = 0
+        self.pools_retried = 0
+        self.clock = ctx.clock
         self.chain_id = cfg.chain_id
         self.coord = StartupCoordinator(
             self.client,
@@ -343,6 +345,30 @@ class SyncService:
                 log.warning("resync: %s", exc)
                 await self.cold_start()
 
+    def missing_pools(self) -> list[PoolSpec]:
+        """Configured or whitelisted pools that are not in the arena (their scrape failed)."""
+        pools = self.coord.processor.pools
+        return [spec for key, spec in self.coord.specs.items() if key not in pools or pools[key].stale]
+
+    async def retry_loop(self) -> None:
+        """Scrape pools that failed again, with backoff: a node or socket that was down comes back."""
+        delay: float = self.cfg.failed_pool_retry
+        while True:
+            await self.clock.sleep(delay)
+            missing = self.missing_pools()
+            if not missing:
+                delay: float = self.cfg.failed_pool_retry
+                continue
+            log.info("retrying %d pool(s) whose scrape failed", len(missing))
+            self.pools_retried += len(missing)
+            await self._add(missing)
+            still_missing = bool(self.missing_pools())
+            delay = (
+                min(delay * 2, self.cfg.failed_pool_retry_max)
+                if still_missing
+                else self.cfg.failed_pool_retry
+            )
+
     async def whitelist_loop(self) -> None:
         async for msg in self.pull:
             if isinstance(msg, WhitelistAdd):
@@ -364,7 +390,11 @@ class SyncService:
                 return
             stop.cancel()
             starting.result()
-            loops = [asyncio.ensure_future(self.live_loop()), asyncio.ensure_future(self.whitelist_loop())]
+            loops = [
+                asyncio.ensure_future(self.live_loop()),
+                asyncio.ensure_future(self.whitelist_loop()),
+                asyncio.ensure_future(self.retry_loop()),
+            ]
             if self.use_checkpoint:
                 loops.append(asyncio.ensure_future(self.checkpoint_loop()))
             stop = asyncio.ensure_future(self.ctx.stopping.wait())
