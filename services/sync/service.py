@@ -357,7 +357,7 @@ class SyncService:
             await self.clock.sleep(delay)
             missing = self.missing_pools()
             if not missing:
-                delay: float = self.cfg.failed_pool_retry
+                delay = self.cfg.failed_pool_retry
                 continue
             log.info("retrying %d pool(s) whose scrape failed", len(missing))
             self.pools_retried += len(missing)
