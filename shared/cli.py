@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -123,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a config file")
     check.add_argument("file")
+    check.add_argument(
+        "--env", action="store_true", help="apply POOLWIRE_<SECTION>__<KEY> overrides from the environment"
+    )
     return parser
 
 
@@ -148,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schema":
             print(json_schema() if args.json else markdown())
             return 0
-        problems = check_file(args.file)
+        problems = check_file(args.file, os.environ if args.env else None)
     except KeyboardInterrupt:
         return 130
     except TimeoutError as exc:

@@ -132,6 +132,7 @@ class ForceSubscribe(Message, kw_only=True):
     """Command to ingest (PULL): subscribe these assets now, ahead of the pending queue."""
 
     asset_ids: list[str]
+    shard: int = -1  # -1: every ingest shard takes its own share; i >= 0: shard i takes them all
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,11 +6,15 @@ from typing import Any, Literal
 
 import msgspec
 
+from services.alerts.events import check_params
 from shared.config import Duration, Endpoint, Port
 from shared.constants import PORTS, tcp
 
 Frequency = Literal["once", "once_per_bar", "once_per_bar_close", "every"]
 Kind = Literal["price_cross", "percent_move", "zone_event", "order_flow", "python"]
+# "bucket": run by the workers at bucket boundaries, if the universe moved (seed 004);
+# "event": price_cross and zone_event checked by the service on each message, alerts sent at once
+Trigger = Literal["bucket", "event"]
 
 
 class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -18,6 +22,7 @@ class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     id: str
     kind: Kind
+    trigger: Trigger = "bucket"
     bucket: Duration = Duration(60.0)
     # Tickers ("pm.123", "dex.0xabc"), glob patterns ("pm.*"), or the single word "discover":
     # start with every ticker, then narrow to the used_symbols its results report.
@@ -38,6 +43,13 @@ class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"strategy {self.id}: bucket must be > 0")
         if self.kind == "python" and ":" not in self.function:
             raise ValueError(f"strategy {self.id}: kind python needs function: 'module:function'")
+        if self.trigger == "event":
+            if self.frequency == "once_per_bar_close":
+                raise ValueError(f"strategy {self.id}: once_per_bar_close needs bar closes (trigger: bucket)")
+            try:
+                check_params(self.kind, self.params)
+            except ValueError as exc:
+                raise ValueError(f"strategy {self.id} (trigger: event): {exc}") from None
 
 
 class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

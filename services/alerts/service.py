@@ -24,15 +24,18 @@ from prometheus_client.registry import Collector
 from services.alerts.bars import Bars
 from services.alerts.config import AlertsConfig, StrategyConfig
 from services.alerts.dispatch import Dispatcher
+from services.alerts.events import EventEvaluator, EventStrategy
 from services.alerts.frequency import Policy
 from services.alerts.orderflow import FlowBook, swap_flow
 from services.alerts.sink import AlertSink
 from services.alerts.store import RedisStore, SqliteStore, ThrottleStore
+from services.alerts.strategies import Signal
 from services.alerts.supervisor import WorkerPool
 from services.alerts.throttle import Due, StrategySpec, Throttle, size_class
 from shared.bus import Publisher, Puller, Pusher, Subscriber
 from shared.constants import alert_topic
 from shared.messages import (
+    AlertFired,
     AlertZoneEvent,
     JobResult,
     Message,
@@ -66,6 +69,10 @@ def spec_of(s: StrategyConfig) -> StrategySpec:
     return StrategySpec.from_universe(s.id, int(s.bucket * NS), s.universe)
 
 
+def event_strategy_of(s: StrategyConfig) -> EventStrategy:
+    return EventStrategy(s.id, s.kind, spec_of(s), s.params)
+
+
 def policy_of(s: StrategyConfig) -> Policy:
     bar = s.bar if s.bar > 0 else s.bucket
     return Policy(s.frequency, int(bar * NS), int(s.repeat_interval * NS))
@@ -78,8 +85,11 @@ class Alerts:
         self.cfg = cfg
         self.store = store
         self.strategies = {s.id: s for s in cfg.strategies}
-        self.throttle = Throttle(store, [spec_of(s) for s in cfg.strategies])
-        self.bars = Bars(int(s.bucket * NS) for s in cfg.strategies)
+        bucketed = [s for s in cfg.strategies if s.trigger == "bucket"]
+        self.throttle = Throttle(store, [spec_of(s) for s in bucketed])
+        self.bars = Bars(int(s.bucket * NS) for s in bucketed)
+        self.events = EventEvaluator(event_strategy_of(s) for s in cfg.strategies if s.trigger == "event")
+        self._eval_ns = 0  # event evaluations' ids: strictly increasing
         self.flow = FlowBook(
             ttl_ns=int(cfg.flow_cache_ttl * NS),
             max_entries=cfg.flow_cache_size,
@@ -101,10 +111,14 @@ class Alerts:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def on_message(self, msg: Message, now_ns: int) -> None:
+    def on_message(self, msg: Message, now_ns: int) -> list[AlertFired]:
+        """Note one input; returns the alerts its event-triggered strategies fired (to publish now)."""
         if isinstance(msg, Price):
+            fired = self.events.on_price(msg.symbol, msg.price) if self.events else None
             self.throttle.note_update(msg.symbol, now_ns)
             self.bars.price(msg.symbol, msg.price, now_ns)
+            if fired:
+                return self._fire(fired, msg.event_ns or now_ns, now_ns)
         elif isinstance(msg, Trade):
             symbol = f"pm.{msg.asset}"
             self.throttle.note_update(symbol, now_ns)
@@ -114,7 +128,7 @@ class Alerts:
             flow = swap_flow(msg.amount0, msg.amount1)
             if flow is None:
                 self.skipped_messages += 1
-                return
+                return []
             self.throttle.note_update(symbol, now_ns)
             self.flow.add(symbol, msg.event_ns or now_ns, msg.price, flow[0], flow[1])
         elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
@@ -122,21 +136,39 @@ class Alerts:
             event = type(msg).__name__.removeprefix("Zone").lower()
             price = msg.price if isinstance(msg, ZoneTouched) else 0.0
             self.throttle.note_update(z.symbol, now_ns)
-            self.bars.zone(
-                z.symbol,
-                AlertZoneEvent(
-                    event=event,
-                    zone_id=z.id,
-                    timeframe=z.timeframe,
-                    kind=z.kind,
-                    top=z.top,
-                    bottom=z.bottom,
-                    price=price,
-                    event_ns=msg.event_ns or now_ns,
-                ),
+            zone_event = AlertZoneEvent(
+                event=event,
+                zone_id=z.id,
+                timeframe=z.timeframe,
+                kind=z.kind,
+                top=z.top,
+                bottom=z.bottom,
+                price=price,
+                event_ns=msg.event_ns or now_ns,
             )
+            self.bars.zone(z.symbol, zone_event)
+            if self.events:
+                fired = self.events.on_zone(z.symbol, zone_event)
+                if fired:
+                    return self._fire(fired, zone_event.event_ns, now_ns)
         else:
             self.skipped_messages += 1
+        return []
+
+    def _fire(self, fired: list[tuple[str, Signal]], event_ns: int, now_ns: int) -> list[AlertFired]:
+        """Frequency control for what one message fired (its own evaluation); states persisted."""
+        self._eval_ns = max(now_ns, self._eval_ns + 1)
+        out: list[AlertFired] = []
+        for strategy, sig in fired:
+            alert = AlertFired(
+                strategy=strategy,
+                symbol=sig.symbol,
+                message=sig.message,
+                value=float(sig.value),
+                event_ns=event_ns,
+            )
+            out += self.sink.accept_evaluation(strategy, self._eval_ns, [], [alert], now_ns)
+        return out
 
     # -- boundaries ----------------------------------------------------------------------------
 
@@ -251,6 +283,11 @@ class AlertsCollector(Collector):
             return c
 
         yield counter("strategy_runs", "Strategy jobs dispatched (their universe moved)", st.runs)
+        es = a.events.stats
+        yield counter(
+            "event_evaluations", "Messages checked against event-triggered strategies", es.evaluations
+        )
+        yield counter("event_signals", "Event-triggered strategies that fired (before frequency)", es.signals)
         skipped = CounterMetricFamily(
             f"{p}_strategy_skips", "Strategy evaluations skipped", labels=["reason"]
         )
@@ -371,10 +408,15 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             now = clock.time_ns()
             for _topic, msg in batch:
                 try:
-                    alerts.on_message(msg, now)
+                    fired = alerts.on_message(msg, now)
                 except Exception:
                     alerts.skipped_messages += 1
                     log.exception("skipped a %s that could not be applied", type(msg).__name__)
+                    continue
+                if fired:  # event-triggered: out now, not when the loop next turns
+                    for alert in fired:
+                        pub.publish(alert_topic(alert.strategy, alert.symbol), alert)
+                    pub.flush()
 
     async def ticker() -> None:
         while True:
@@ -444,8 +486,9 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
         )
     ]
     log.info(
-        "alerts: %d strategies, store %s, %d worker(s); jobs on %s, results on %s",
+        "alerts: %d strategies (%d event-triggered), store %s, %d worker(s); jobs on %s, results on %s",
         len(cfg.strategies),
+        len(alerts.events.strategies),
         store.name,
         cfg.workers,
         cfg.jobs,

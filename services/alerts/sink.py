@@ -24,32 +24,43 @@ class AlertSink:
 
     def accept(self, job: StrategyJob, alerts: list[AlertFired], now_ns: int) -> list[AlertFired]:
         """The alerts to publish; their new states are persisted before this returns."""
-        policy = self.policies.get(job.strategy, Policy())
+        return self.accept_evaluation(job.strategy, job.bucket_ns, job.tickers, alerts, now_ns)
+
+    def accept_evaluation(
+        self, strategy: str, bucket_ns: int, tickers: list[str], alerts: list[AlertFired], now_ns: int
+    ) -> list[AlertFired]:
+        """One evaluation (``bucket_ns`` identifies it) of ``strategy`` over ``tickers``.
+
+        With ``every`` and a repeat interval, the evaluated tickers that did not fire are resolved.
+        Event-triggered strategies pass no tickers: each crossing or zone event is an occurrence,
+        so a repeat interval is a plain rate limit per symbol.
+        """
+        policy = self.policies.get(strategy, Policy())
         fired = {a.symbol for a in alerts}
         track_resolved = policy.frequency == "every" and policy.repeat_interval_ns > 0
-        keys = [(job.strategy, s) for s in fired]
+        keys = [(strategy, s) for s in fired]
         if track_resolved:
-            keys += [(job.strategy, t) for t in job.tickers if t not in fired]
+            keys += [(strategy, t) for t in tickers if t not in fired]
         states: dict[tuple[str, str], AlertState] = self.store.get_alert_states(keys) if keys else {}
         changed: dict[tuple[str, str], AlertState] = {}
         out: list[AlertFired] = []
         for alert in alerts:
-            key = (job.strategy, alert.symbol)
-            ok, new = decide(policy, states.get(key), job.bucket_ns, now_ns)
+            key = (strategy, alert.symbol)
+            ok, new = decide(policy, states.get(key), bucket_ns, now_ns)
             if new is not states.get(key):
                 states[key] = changed[key] = new
             if ok:
-                alert.bucket_ns = job.bucket_ns
+                alert.bucket_ns = bucket_ns
                 out.append(alert)
             else:
                 self.stats.suppressed += 1
         if track_resolved:
-            for t in job.tickers:
+            for t in tickers:
                 if t in fired:
                     continue
-                new_state = resolve(states.get((job.strategy, t)))
+                new_state = resolve(states.get((strategy, t)))
                 if new_state is not None:
-                    changed[(job.strategy, t)] = new_state
+                    changed[(strategy, t)] = new_state
                     self.stats.resolved += 1
         self.store.put_alert_states(changed)
         self.stats.published += len(out)

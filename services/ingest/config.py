@@ -16,7 +16,11 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pub: Endpoint = tcp("ingest", "pub")
     pull: Endpoint = tcp("ingest", "pull")  # ForceSubscribe commands
     metrics_port: Port = PORTS["ingest"]["metrics"]
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so that Prometheus can scrape it
     publisher_id: str = ""  # default: ingest@host:pid
+    # scale-out: this instance takes the assets whose blake2b(asset id) mod shard_count == shard_index
+    shard_index: Annotated[int, msgspec.Meta(ge=0)] = 0
+    shard_count: Count = 1
     ws_url: str = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
     # discovery (Gamma); "" turns it off
     gamma_url: str = "https://gamma-api.polymarket.com"
@@ -51,5 +55,9 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stop_timeout: Duration = Duration(8.0)
 
     def __post_init__(self) -> None:
+        if self.shard_index >= self.shard_count:
+            raise ValueError(
+                f"shard_index ({self.shard_index}) must be below shard_count ({self.shard_count})"
+            )
         if self.per_connection > self.hard_limit:
             raise ValueError(f"per_connection ({self.per_connection}) exceeds hard_limit ({self.hard_limit})")

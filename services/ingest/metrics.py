@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.ingest.shard import Shard
+
 if TYPE_CHECKING:
     from services.ingest.pool import ConnectionPool
     from services.ingest.registry import MarketRegistry
@@ -17,16 +19,27 @@ P = "poolwire_ingest"
 
 
 class IngestCollector(Collector):
-    def __init__(self, pool: ConnectionPool, router: Router, registry: MarketRegistry) -> None:
+    def __init__(
+        self, pool: ConnectionPool, router: Router, registry: MarketRegistry, shard: Shard | None = None
+    ) -> None:
         self.pool = pool
         self.router = router
         self.registry = registry
+        self.shard = shard or Shard()
+        self.foreign_static = 0  # assets of the static list that belong to other shards
+        self.foreign_discovered = 0  # open assets of other shards at the last discovery poll
+        self.forced_ignored = 0  # ForceSubscribe assets left to other shards
         self.discovery_polls = 0
         self.discovery_errors = 0
         self.discovery_cursor_stuck = 0
         self.force_requests = 0
 
     def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            f"{P}_shard_info", "This instance's shard (index of count)", labels=["index", "count"]
+        )
+        info.add_metric([str(self.shard.index), str(self.shard.count)], 1)
+        yield info
         stats = self.pool.get_connection_stats()
         conns = GaugeMetricFamily(f"{P}_connections", "WebSocket connections by state", labels=["state"])
         live = sum(1 for s in stats if s["is_live"])
@@ -95,6 +108,14 @@ class IngestCollector(Collector):
         yield counter("connections_opened", "Connections opened", p.opened)
         yield counter("dynamic_subscribes", "Assets placed on spare capacity", p.dynamic_subscribes)
         yield counter("forced_assets", "Assets requested with force_subscribe", p.forced)
+        yield counter(
+            "forced_ignored_assets", "ForceSubscribe assets left to other shards", self.forced_ignored
+        )
+        yield GaugeMetricFamily(
+            f"{P}_foreign_assets",
+            "Assets of other shards (static list + open at the last discovery poll)",
+            value=self.foreign_static + self.foreign_discovered,
+        )
         yield counter("discovery_polls", "Gamma discovery polls", self.discovery_polls)
         yield counter("discovery_errors", "Gamma discovery polls that failed", self.discovery_errors)
         yield counter(

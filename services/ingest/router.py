@@ -144,8 +144,23 @@ class Router:
         resync_interval: float = 30.0,
         on_resync: ResyncRequest | None = None,
         on_lifecycle: LifecycleHandler | None = None,
+        owns: Callable[[str], bool] | None = None,
+        defer_checks: Callable[[Callable[[], object]], object] | None = None,
+        before_checks: Callable[[], None] | None = None,
     ) -> None:
         self.publish = publish
+        # With ``defer_checks`` (the event loop's call_soon), book hashes are checked once the frames
+        # at hand are routed, after ``before_checks`` (the publisher's flush): SHA-1 over a book is
+        # most of a change's cost, and checked inline it delays every message behind it in a burst.
+        # An asset changed several times meanwhile is checked once, in its latest state, against
+        # the latest hash; a book, trade or tick size change in between (they change the hashed
+        # document) cancels the pending check. Without it, each change is checked as it is applied.
+        self.defer_checks = defer_checks
+        self.before_checks = before_checks
+        self._pending_checks: dict[str, tuple[AssetState, str, str]] = {}
+        # sharded: broadcasts (new_market, market_resolved) name every market's assets; this
+        # instance publishes and reports only those of its own share
+        self.owns = owns
         self.clock: Clock = clock or RealClock()
         self.verify_hashes = verify_hashes
         self.hash_check_every = max(1, hash_check_every)
@@ -377,8 +392,18 @@ class Router:
             st.hash = key
             if self.verify_hashes:
                 st.checks += 1
-                if st.checks % self.hash_check_every == 0:
-                    self._check_hash(st, str(ts), key)
+                pending = self._pending_checks
+                if st.asset in pending:
+                    pending[st.asset] = (st, str(ts), key)  # its latest state, checked once
+                elif st.checks % self.hash_check_every == 0:
+                    if self.defer_checks is None:
+                        self._check_hash(st, str(ts), key)
+                    else:
+                        if not pending:
+                            self.defer_checks(self.run_checks)
+                        pending[st.asset] = (st, str(ts), key)
+        elif self._pending_checks:
+            self._pending_checks.pop(st.asset, None)
         try:
             bid = float(e.best_bid) if e.best_bid else book.best_bid()
             ask = float(e.best_ask) if e.best_ask else book.best_ask()
@@ -399,6 +424,19 @@ class Router:
             ),
         )
         self._mid(st, bid, ask, ts_ns)
+
+    def run_checks(self) -> int:
+        """Check the deferred hashes (after ``before_checks``); returns how many were checked."""
+        pending, self._pending_checks = self._pending_checks, {}
+        if self.before_checks is not None:
+            self.before_checks()
+        n = 0
+        assets = self.assets
+        for asset, (st, ts, key) in pending.items():
+            if assets.get(asset) is st and st.hash == key:  # still followed, nothing else since
+                self._check_hash(st, ts, key)
+                n += 1
+        return n
 
     def _check_hash(self, st: AssetState, ts: str, expected: str) -> None:
         self.stats.hash_checks += 1
@@ -428,6 +466,8 @@ class Router:
             self._route(st, conn, ev.hash or f"k:{ev.timestamp}", self._apply_book, (st, ev), True)
 
     def _apply_book(self, st: AssetState, ev: BookEvent) -> None:
+        if self._pending_checks:
+            self._pending_checks.pop(st.asset, None)
         if ev.market:
             st.market = ev.market
         book = st.book
@@ -504,7 +544,9 @@ class Router:
         except ValueError:
             self.stats.decode_errors += 1
             return
-        st.book.last_trade_price = ev.price
+        st.book.last_trade_price = ev.price  # part of the hashed document
+        if self._pending_checks:
+            self._pending_checks.pop(st.asset, None)
         self._emit(
             f"md.trade.{st.asset}",
             Trade(
@@ -537,6 +579,8 @@ class Router:
             self.stats.decode_errors += 1
             return
         st.book.tick_size = ev.new_tick_size
+        if self._pending_checks:
+            self._pending_checks.pop(st.asset, None)
         self._emit(
             f"md.tick_size.{st.asset}",
             TickSizeChange(
@@ -577,6 +621,11 @@ class Router:
         self, kind: LifecycleKind, market: str, assets: list[str], winner: str, question: str, ts: object
     ) -> None:
         # Broadcast to every connection with custom features: publish once per market and kind.
+        if self.owns is not None:
+            owns = self.owns
+            assets = [a for a in assets if owns(a)]
+            if not assets:
+                return
         seen_key = (kind, market or ",".join(assets))
         seen = self._seen_lifecycle
         if seen_key in seen:

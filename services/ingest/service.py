@@ -21,14 +21,18 @@ from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
 from services.ingest.registry import MarketRegistry
 from services.ingest.router import Router
+from services.ingest.shard import ANY_SHARD, Shard
 from shared.bus import Publisher, Puller
 from shared.messages import ForceSubscribe, MarketLifecycle
 from shared.runner import ServiceContext
+
+SUBSCRIBER_GRACE_S = 0.5  # from binding the PUB to the first subscription (see main)
 
 
 async def main(ctx: ServiceContext[IngestConfig]) -> None:
     cfg = ctx.config
     log = ctx.log
+    shard = Shard(cfg.shard_index, cfg.shard_count)
     pub = Publisher(
         cfg.pub,
         service="ingest",
@@ -63,6 +67,9 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         resync_interval=cfg.resync_interval,
         on_resync=on_resync,
         on_lifecycle=on_lifecycle,
+        owns=shard.owns if shard.enabled else None,
+        defer_checks=asyncio.get_running_loop().call_soon,
+        before_checks=pub.flush,
     )
     latency = Histogram(
         "poolwire_ingest_publish_latency_seconds",
@@ -118,19 +125,33 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         stop_timeout=min(cfg.stop_timeout, 5.0),
     )
     pool_ref.append(pool)
-    collector = IngestCollector(pool, router, registry)
+    collector = IngestCollector(pool, router, registry, shard)
     ctx.metrics.register(collector)
 
-    if cfg.assets:
-        registry.add(cfg.assets, source="static")
+    static = shard.mine(cfg.assets)
+    collector.foreign_static = len(cfg.assets) - len(static)
+    if static:
+        registry.add(static, source="static")
 
     async def pull_loop() -> None:
         while True:
             for msg in await puller.recv_batch():
                 if isinstance(msg, ForceSubscribe):
                     collector.force_requests += 1
-                    cid = await pool.force_subscribe(list(msg.asset_ids))
-                    log.info("force_subscribe of %d assets -> %s", len(msg.asset_ids), cid or "nowhere")
+                    # a command may name a shard (a field newer messages carry; -1: each takes its own)
+                    target = int(getattr(msg, "shard", ANY_SHARD))
+                    assets, others = shard.forced(msg.asset_ids, target)
+                    collector.forced_ignored += others
+                    if not assets:
+                        log.info("force_subscribe of %d assets: none for shard %s", len(msg.asset_ids), shard)
+                        continue
+                    cid = await pool.force_subscribe(assets)
+                    log.info(
+                        "force_subscribe of %d assets (%d for other shards) -> %s",
+                        len(assets),
+                        others,
+                        cid or "nowhere",
+                    )
                 else:
                     log.warning("ignored a %s on PULL", type(msg).__name__)
 
@@ -148,13 +169,19 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                 if res.cursor_stuck:
                     collector.discovery_cursor_stuck += 1
                 added = 0
-                for market, ids in res.open:
+                opened = [(market, shard.mine(ids)) for market, ids in res.open]
+                if shard.enabled:
+                    collector.foreign_discovered = sum(len(ids) for _, ids in res.open) - sum(
+                        len(ids) for _, ids in opened
+                    )
+                for market, ids in opened:
                     if cfg.max_assets and len(registry.records) >= cfg.max_assets:
                         break
-                    added += registry.add(ids, market=market, source="gamma")
-                over = [a for _, ids in res.closed for a in ids]
+                    if ids:
+                        added += registry.add(ids, market=market, source="gamma")
+                over = shard.mine(a for _, ids in res.closed for a in ids)
                 if res.complete:  # gamma assets no longer listed as open are over
-                    listed = {a for _, ids in res.open for a in ids}
+                    listed = {a for _, ids in opened for a in ids}
                     over += [
                         r.asset
                         for r in registry.records.values()
@@ -178,8 +205,19 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     tasks = [asyncio.get_running_loop().create_task(pull_loop(), name="ingest-pull")]
     if cfg.gamma_url:
         tasks.append(asyncio.get_running_loop().create_task(discovery_loop(), name="ingest-discovery"))
+    # The books sent on subscribe are the state consumers rebuild from, and a PUB drops what it
+    # sends before a subscriber has (re)connected (the slow joiner). After a restart, consumers
+    # reconnect within ZeroMQ's reconnect interval (100 ms): give them that before subscribing.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.stopping.wait(), SUBSCRIBER_GRACE_S)
     await pool.start()
-    log.info("ingest: publishing on %s, commands on %s, %d static assets", cfg.pub, cfg.pull, len(cfg.assets))
+    log.info(
+        "ingest%s: publishing on %s, commands on %s, %d static assets",
+        f" shard {shard}" if shard.enabled else "",
+        cfg.pub,
+        cfg.pull,
+        len(static),
+    )
     try:
         await ctx.stopping.wait()
     finally:

@@ -54,6 +54,7 @@ class ExExServer:
         self.conns: list[_Conn] = []
         self.connected = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
+        self._handlers: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
         self.scrapes = 0
 
     async def start(self) -> ExExServer:
@@ -65,7 +66,14 @@ class ExExServer:
             self._servers.append(await asyncio.start_unix_server(self._on_scrape, path=self.scrape_path))
         return self
 
+    def _track(self, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers[task] = writer
+            task.add_done_callback(lambda t: self._handlers.pop(t, None))
+
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(writer)
         conn = _Conn(writer)
         self.conns.append(conn)
         self.connected.set()
@@ -80,6 +88,7 @@ class ExExServer:
             writer.close()
 
     async def _on_scrape(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(writer)
         frames = FrameReader()
         try:
             while data := await reader.read(65536):
@@ -141,6 +150,12 @@ class ExExServer:
         for server in self._servers:
             server.close()
             await server.wait_closed()
+        # Let the connection handlers see their sockets close and return: a handler still pending
+        # when the loop ends is cancelled, which Python 3.11's streams log as an error.
+        for writer in self._handlers.values():
+            writer.close()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=2.0)
         for path in (self.socket_path, self.scrape_path):
             if path and os.path.exists(path):
                 os.unlink(path)

@@ -18,6 +18,7 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pull: Endpoint = tcp("sync", "pull")  # WhitelistAdd commands
     snapshot: Endpoint = tcp("sync", "snapshot")  # Clone snapshots of every pool state
     metrics_port: Port = PORTS["sync"]["metrics"]
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so that Prometheus can scrape it
     # where blocks come from: "exex" (the socket), "rpc" (the log follower), "auto": rpc when
     # rpc_urls is set, else exex when exex_socket is set; neither is a config error (exit 2)
     source: Literal["auto", "exex", "rpc"] = "auto"

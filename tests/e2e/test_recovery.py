@@ -1,0 +1,312 @@
+"""Recovery: kill -9 each service in turn under load, restart it, and check what consumers see.
+
+The demo pipeline runs as separate processes (the lines of Procfile.demo, each started by itself:
+honcho would stop everything when one process dies). One consumer watches every PUB for the whole
+module, so the alert checks cover every restart. Each service gets a stable publisher id (as a
+container restarted on the same host has), so consumers see a restart as a numbering that starts
+over (``Subscriber.stats.restarts``), after the old incarnation was presumed dead (``stats.dead``).
+
+- registry keeps its zones (snapshots before and after are compared) and a consumer following it
+  (Clone: snapshot + updates) re-syncs after the restart and holds exactly the registry's state;
+- sync's pool states equal the chain simulator's after the restart, for the service and for a
+  consumer following it;
+- ingest subscribes every asset again (the simulator's view) and republishes every book;
+- alerts sends no duplicate and loses no alert: every evaluation while it was up is there once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from shared.messages import Heartbeat, ZoneExpired, ZoneTouched
+from shared.snapshot import request_snapshot
+from tests.e2e.pipeline import (
+    BUS_SERVICES,
+    Collector,
+    Endpoints,
+    Mirror,
+    Pipeline,
+    S,
+    apply_pool,
+    apply_zone,
+    chain_state,
+    children,
+    demo_pool_keys,
+    load_pools,
+    load_zones,
+    sim_assets,
+    sim_stats,
+    wait_gone,
+    zone_key,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+FLUSH = 0.5  # deploy/demo.yaml: registry.store_flush_interval
+BAR = 5 * S  # zone_touch's bucket
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    ep = Endpoints.allocate(tmp_path_factory.mktemp("recovery"))
+    pipe = Pipeline(
+        ep,
+        {
+            "POOLWIRE_COMMON__HEARTBEAT_INTERVAL": "200ms",
+            # more load than the demo: 1000 book events/s, a block every 0.5 s
+            "POOLWIRE_SIMULATOR__EVENTS_PER_S": "1000",
+        },
+    )
+    try:
+        pipe.start()
+        yield pipe
+    finally:
+        codes = pipe.close()
+        # Every service still stops cleanly after all this.
+        bad = {n: rc for n, rc in codes.items() if rc[0] != 0 or rc[1] >= 10}
+        assert not bad, f"{bad}\n{pipe.logs()}"
+
+
+@dataclass
+class Watch:
+    c: Collector
+    zones: Mirror
+    pools: Mirror
+    started_ns: int
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def watch(pipeline: Pipeline) -> AsyncIterator[Watch]:
+    ep = pipeline.endpoints
+    async with (
+        Collector(ep.pubs) as c,
+        Mirror("registry", ep.registry_pub, ep.registry_snapshot, "zone.", load_zones, apply_zone) as zones,
+        Mirror("sync", ep.sync_pub, ep.sync_snapshot, "dex.pool.", load_pools, apply_pool) as pools,
+    ):
+        await c.until(lambda: set(BUS_SERVICES) <= set(c.heartbeats), 30, lambda: pipeline.logs())
+        yield Watch(c, zones, pools, time.time_ns())
+        # No consumer lost a message silently at any time (restarts are not gaps).
+        assert c.sub.stats.gaps == 0, c.sub.stats
+
+
+async def restart(pipeline: Pipeline, w: Watch, name: str) -> tuple[int, int]:
+    """kill -9 ``name``, start it again; returns (kill time, first heartbeat of the new one) in ns.
+
+    Consumers must have seen the old publisher die and the new one number from 1 again.
+    """
+    c = w.c
+    restarts, dead = c.sub.stats.restarts, c.sub.stats.dead
+    runs = len(c.incarnations(name))
+    killed_ns = time.time_ns()
+    pipeline[name].kill9()
+    await c.until(
+        lambda: any(when >= killed_ns and svc == name for when, svc, _ in c.dead), 10, f"{name} seen dead"
+    )
+    pipeline[name].start()
+    await c.until(lambda: len(c.incarnations(name)) > runs, 30, lambda: f"{name} back\n{pipeline.logs(name)}")
+    back_ns = min(
+        s.recv_ns
+        for s in c.heartbeats[name]
+        if isinstance(s.msg, Heartbeat) and s.msg.started_ns == c.incarnations(name)[-1]
+    )
+    assert c.sub.stats.restarts > restarts  # the numbering started over
+    assert c.sub.stats.dead > dead
+    return killed_ns, back_ns
+
+
+async def test_registry_keeps_its_zones(pipeline: Pipeline, watch: Watch) -> None:
+    c, mirror = watch.c, watch.zones
+    ep = pipeline.endpoints
+    await c.until(
+        lambda: len(mirror.state) >= 10 and mirror.resyncs >= 1, 60, lambda: f"10 zones\n{pipeline.logs()}"
+    )
+    _, items = await request_snapshot(ep.registry_snapshot, "zone.")
+    before = load_zones(items)
+    # The snapshot's zones reach the store within a few flush intervals...
+    db_path = ep.data_dir / "registry.sqlite"
+
+    def stored() -> set[str]:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in db.execute("SELECT id FROM zones")}
+        finally:
+            db.close()
+
+    t0 = time.monotonic()
+    while not set(before) <= stored():
+        assert time.monotonic() - t0 < 10 * FLUSH, "zones not stored within 10 flush intervals"
+        await c.next_heartbeat("registry")
+    # ... then the registry dies with prices still flowing, and comes back.
+    resyncs = mirror.resyncs
+    killed_ns, back_ns = await restart(pipeline, watch, "registry")
+    await mirror.until(lambda: mirror.resyncs > resyncs, 15, "the consumer re-synced")
+
+    _, items = await request_snapshot(ep.registry_snapshot, "zone.")
+    after = load_zones(items)
+    ended = {
+        s.msg.zone.id: s.recv_ns for s in c.zones if isinstance(s.msg, ZoneExpired) and s.recv_ns < killed_ns
+    }
+    lost = [z for zid, z in before.items() if zid not in after and zid not in ended]
+    assert not lost, f"{len(lost)} of {len(before)} zones lost: {lost[:3]}"
+    for zid, zone in before.items():
+        if zid in after:
+            assert zone_key(after[zid]) == zone_key(zone)
+            assert after[zid].touches >= zone.touches
+    # A zone that ended well before the crash (its end was stored) does not come back.
+    margin = int(3 * FLUSH * S)
+    back = [zid for zid, t in ended.items() if zid in after and t < killed_ns - margin]
+    assert not back, f"zones that had expired are active again: {back[:3]}"
+
+    # The consumer that followed the registry through the crash holds exactly its state, later on.
+    await c.until(lambda: any(s.recv_ns > back_ns for s in c.zones), 30, "zone events after the restart")
+    snapshot, mine = await mirror.state_matching_snapshot()
+    assert mine == snapshot
+    print(
+        f"\nregistry: {len(before)} zones before kill -9, {len(after)} after; "
+        f"back {(back_ns - killed_ns) / 1e9:.2f} s after the kill"
+    )
+
+
+async def test_sync_pool_states_equal_the_chain(pipeline: Pipeline, watch: Watch) -> None:
+    c, mirror = watch.c, watch.pools
+    ep = pipeline.endpoints
+    keys = demo_pool_keys()
+    pools = {"0x" + k.hex() for k in keys}
+
+    async def equal_to_chain() -> int:
+        """Sync's snapshot, and the consumer's state, equal the chain at one block; returns it."""
+        for _ in range(40):
+            reply = await chain_state(ep, keys)
+            snapshot, mine = await mirror.state_matching_snapshot()
+            if set(snapshot) == pools and {s[2] for s in snapshot.values()} == {reply.block}:
+                for state in reply.pools:
+                    key = "0x" + state.pool.hex()
+                    head: tuple[object, ...] = (key, state.protocol, reply.block)
+                    if state.protocol == "v2":
+                        chain = (*head, state.reserve0, state.reserve1)
+                        assert snapshot[key][:5] == chain, (snapshot[key], chain)
+                    else:
+                        chain = (*head, state.sqrt_price_x96, state.tick, state.liquidity)
+                        got = snapshot[key][:3] + snapshot[key][5:]
+                        assert got == chain, (snapshot[key], chain)
+                # an update carries the block the pool last changed in, a snapshot the head block
+                assert {k: v[:2] + v[3:] for k, v in mine.items()} == {
+                    k: v[:2] + v[3:] for k, v in snapshot.items()
+                }
+                return reply.block
+            # the chain moved on between the two questions: ask again after the next block
+            blocks = len(c.blocks)
+            await c.until(lambda n=blocks: len(c.blocks) > n, 10, "a block")  # type: ignore[misc]
+        raise AssertionError("sync never at the chain's head block")
+
+    await c.until(lambda: mirror.resyncs >= 1 and set(mirror.state) == pools, 30, "sync live")
+    head = await equal_to_chain()
+    resyncs = mirror.resyncs
+    killed_ns, back_ns = await restart(pipeline, watch, "sync")
+    await mirror.until(lambda: mirror.resyncs > resyncs and set(mirror.state) == pools, 30, "pools again")
+    head_after = await equal_to_chain()
+    assert head_after > head
+    print(
+        f"\nsync: equal to the chain at block {head} and, after kill -9 and a cold start, at block "
+        f"{head_after}; back {(back_ns - killed_ns) / 1e9:.2f} s after the kill"
+    )
+
+
+async def test_ingest_resubscribes_every_asset(pipeline: Pipeline, watch: Watch) -> None:
+    c = watch.c
+    ep = pipeline.endpoints
+    assets = await sim_assets(ep)
+    before = await sim_stats(ep)
+    assert sum(conn["assets"] for conn in before["connections"]) == len(assets)
+    old_ids = {conn["id"] for conn in before["connections"]}
+
+    killed_ns, back_ns = await restart(pipeline, watch, "ingest")
+    # The simulator sees new connections holding every asset once, none asked twice.
+    stats = before
+    t0 = time.monotonic()
+    while True:
+        stats = await sim_stats(ep)
+        conns = stats["connections"]
+        ids = {conn["id"] for conn in conns}
+        if not ids & old_ids and sum(conn["assets"] for conn in conns) == len(assets):
+            break
+        assert time.monotonic() - t0 < 30, f"simulator connections {conns}\n{pipeline.logs('ingest')}"
+        await c.next_heartbeat("ingest")
+    assert all(conn["rejected"] == 0 for conn in stats["connections"])
+    # Consumers get every book again, then prices.
+    await c.until(
+        lambda: {s.msg.asset for s in c.books if s.recv_ns > back_ns} == assets,  # type: ignore[attr-defined]
+        30,
+        lambda: (
+            f"every book again: {len({s.msg.asset for s in c.books if s.recv_ns > back_ns})} of "  # type: ignore[attr-defined]
+            f"{len(assets)}; {len(c.books)} books in all, {len({s.msg.asset for s in c.books})} assets"  # type: ignore[attr-defined]
+            f"\n{pipeline.logs('ingest')}"
+        ),
+    )
+    await c.until(
+        lambda: sum(1 for a in assets if c.price_seen_ns.get(f"pm.{a}", 0) > back_ns) >= len(assets) // 2,
+        30,
+        "prices again",
+    )
+    print(f"\ningest: {len(assets)} assets subscribed again, back {(back_ns - killed_ns) / 1e9:.2f} s after")
+
+
+async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> None:
+    c = watch.c
+
+    # Kill away from an evaluation instant (1.0-1.8 s after a 10 s boundary: off every bucket of
+    # the demo's strategies), paced by alerts' own heartbeats.
+    def off_boundary() -> bool:
+        beats = c.heartbeats.get("alerts", [])
+        return bool(beats) and S <= beats[-1].recv_ns % (10 * S) < 18 * S // 10
+
+    await c.until(lambda: len(c.alerts_of("zone_touch")) >= 2, 60, "zone_touch alerts")
+    await c.until(off_boundary, 15, "a moment away from evaluations")
+    workers = children(pipeline["alerts"].pid)
+    assert len(workers) == 2, workers
+    killed_ns, back_ns = await restart(pipeline, watch, "alerts")
+    await wait_gone(workers, 10)  # the workers of the dead service exit by themselves
+
+    # Run on for four more bars after the restart.
+    end_ns = back_ns + 4 * BAR + 2 * S
+    await c.until(lambda: c.heartbeat_after("alerts", end_ns), 40, "four bars after the restart")
+
+    # No duplicate: no evaluation published twice; "once" once per symbol across every restart.
+    alerts = [s.msg for s in c.alerts]
+    evaluations = Counter((a.strategy, a.symbol, a.bucket_ns) for a in alerts)  # type: ignore[attr-defined]
+    assert max(evaluations.values()) == 1, evaluations.most_common(3)
+    firsts = Counter(a.symbol for a in c.alerts_of("first_zone"))
+    assert max(firsts.values()) == 1, firsts.most_common(3)
+
+    # No loss: every touch while alerts was up has its zone_touch alert in that bar (or the next,
+    # when the touch came at the very end of a bar).
+    got = {(a.symbol, a.bucket_ns) for a in c.alerts_of("zone_touch")}
+    up = [
+        (watch.started_ns + BAR, killed_ns - S),  # bars wholly before the kill
+        (back_ns + S, end_ns - 2 * S),  # bars wholly after the new incarnation subscribed
+    ]
+    expected = 0
+    missing = []
+    for s in c.zones:
+        if not isinstance(s.msg, ZoneTouched):
+            continue
+        t = s.msg.publish_ns
+        bar = t - t % BAR + BAR
+        if not any(lo <= bar - BAR and bar <= hi for lo, hi in up):
+            continue
+        expected += 1
+        if (s.msg.zone.symbol, bar) not in got and (s.msg.zone.symbol, bar + BAR) not in got:
+            missing.append((s.msg.zone.symbol, bar))
+    assert expected > 0
+    assert not missing, f"{len(missing)} of {expected} touches without their alert: {missing[:5]}"
+    print(
+        f"\nalerts: {len(alerts)} alerts, {expected} touches each with its alert; "
+        f"back {(back_ns - killed_ns) / 1e9:.2f} s after the kill"
+    )
