@@ -51,7 +51,7 @@ HOST = "127.0.0.1"
 
 # Default ports, per service. Every publisher binds; every subscriber connects.
 PORTS: dict[str, dict[str, int]] = {
-    "ingest": {"pub": 5550, "pull": 5551, "metrics": 9101},
+    "ingest": {"pub": 5550, "pull": 5551, "snapshot": 5552, "metrics": 9101},
     "sync": {"pub": 5560, "pull": 5561, "snapshot": 5562, "metrics": 9102},
     "registry": {"pub": 5570, "pull": 5571, "snapshot": 5572, "metrics": 9103},
     "alerts": {"pub": 5580, "jobs": 5581, "results": 5582, "metrics": 9104},

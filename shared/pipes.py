@@ -1,0 +1,136 @@
+"""PUSH/PULL: work and commands, one frame per message (the payload alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from shared import security
+from shared.bus import NOBLOCK, context, default_publisher_id, sync_view
+from shared.messages import ENCODER, Message, decode_payload
+
+log = logging.getLogger("poolwire.bus")
+
+
+@dataclass(slots=True)
+class PipeStats:
+    sent: int = 0
+    received: int = 0
+    decode_errors: int = 0
+    would_block: int = 0
+
+
+class Pusher:
+    """PUSH socket: work or commands to a PULL peer. ``send`` waits for room; ``try_send`` doesn't."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        sender: str = "",
+        hwm: int = 10_000,
+        linger_ms: int = 2000,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.sender = sender or default_publisher_id("push")
+        self.stats = PipeStats()
+        self.seq = 0
+        self._asock = (ctx or context()).socket(zmq.PUSH)
+        self._asock.setsockopt(zmq.SNDHWM, hwm)
+        self._asock.setsockopt(zmq.LINGER, linger_ms)
+        if bind:
+            security.bind(self._asock, endpoint)
+        else:
+            security.connect(self._asock, endpoint)
+        self._sock = sync_view(self._asock)
+
+    def _payload(self, msg: Message) -> bytes:
+        self.seq += 1
+        msg.publisher = self.sender
+        msg.seq = msg.topic_seq = self.seq
+        return ENCODER.encode(msg)
+
+    async def send(self, msg: Message, timeout: float | None = None) -> None:
+        payload = self._payload(msg)
+        await asyncio.wait_for(self._asock.send(payload), timeout)
+        self.stats.sent += 1
+
+    def try_send(self, msg: Message) -> bool:
+        try:
+            self._sock.send(self._payload(msg), NOBLOCK)
+        except zmq.Again:
+            self.stats.would_block += 1
+            return False
+        self.stats.sent += 1
+        return True
+
+    def close(self, linger_ms: int | None = None) -> None:
+        self._asock.close(linger=linger_ms)
+
+
+class Puller:
+    """PULL socket: decodes one-frame payloads, counts and skips what does not decode."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = True,
+        hwm: int = 10_000,
+        max_drain: int = 1000,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.stats = PipeStats()
+        self.max_drain = max_drain
+        self._asock = (ctx or context()).socket(zmq.PULL)
+        self._asock.setsockopt(zmq.RCVHWM, hwm)
+        self._asock.setsockopt(zmq.LINGER, 0)
+        if bind:
+            security.bind(self._asock, endpoint)
+        else:
+            security.connect(self._asock, endpoint)
+        self._sock = sync_view(self._asock)
+
+    async def recv_batch(self, timeout: float | None = None) -> list[Message]:
+        """Wait for messages and drain them; empty list after ``timeout`` seconds of nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            out: list[Message] = []
+            for _ in range(self.max_drain):
+                try:
+                    frames = self._sock.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                msgs, bad = decode_payload(frames[-1]) if len(frames) == 1 else ([], 1)
+                if bad:
+                    self.stats.decode_errors += bad
+                    log.warning("skipped %d undecodable message(s) on PULL", bad)
+                out.extend(msgs)
+            if out:
+                self.stats.received += len(out)
+                return out
+            wait_ms = None if deadline is None else max(0, int((deadline - loop.time()) * 1000))
+            events = await self._asock.poll(wait_ms)
+            if not events and deadline is not None and loop.time() >= deadline:
+                return []
+
+    def __enter__(self) -> Puller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        while True:
+            for msg in await self.recv_batch():
+                yield msg
+
+    def close(self) -> None:
+        self._asock.close()

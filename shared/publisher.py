@@ -1,0 +1,225 @@
+"""PUB side of the bus: numbers, timestamps, batches adaptively and heartbeats what it sends.
+
+``publish`` queues; the queue is flushed when the event loop next turns (one message when idle,
+so latency stays low; many per frame in a burst) or when ``max_batch`` is reached. The socket is
+an XPUB, so the sender can wait for its first subscriber. It never blocks: a slow subscriber loses
+messages at its high-water mark and sees them as gaps in ``topic_seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from shared import security
+from shared.bus import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
+from shared.clock import Clock, RealClock
+from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
+from shared.messages import ENCODER, Heartbeat, Message
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    sent: int = 0  # messages
+    frames: int = 0  # payload frames (a batch is one frame)
+    bytes: int = 0
+    heartbeats: int = 0
+
+
+class Publisher:
+    """PUB socket that numbers, timestamps, batches and heartbeats what it sends."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        service: str,
+        publisher_id: str | None = None,
+        clock: Clock | None = None,
+        batching: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        hwm: int = DEFAULT_HWM,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.service = service
+        self.publisher_id = publisher_id or default_publisher_id(service)
+        self.endpoint = endpoint
+        self.clock: Clock = clock or RealClock()
+        self.batching = batching
+        self.max_batch = max_batch
+        self.heartbeat_interval = heartbeat_interval
+        self.stats = PublisherStats()
+        self.seq = 0
+        self.started_ns = self.clock.time_ns()
+        self._topic_seqs: dict[str, int] = {}
+        self._groups: dict[str, list[Message]] = {}
+        self._pending = 0
+        self._flush_scheduled = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._health_topic = health_topic(service)
+        # XPUB: a PUB that also reports subscriptions, so a sender can wait for its first reader.
+        self._asock = (ctx or context()).socket(zmq.XPUB)
+        self._asock.setsockopt(zmq.SNDHWM, hwm)
+        self._asock.setsockopt(zmq.LINGER, 1000)
+        security.bind(self._asock, endpoint)
+        self._sock = sync_view(self._asock)
+        self._closed = False
+        self.subscriptions: set[str] = set()
+        self._subscribed = asyncio.Event()
+        self._subscription_task: asyncio.Task[None] | None = None
+
+    def _stamp(self, topic: str, msg: Message) -> None:
+        self.seq += 1
+        tseq = self._topic_seqs.get(topic, 0) + 1
+        self._topic_seqs[topic] = tseq
+        msg.publisher = self.publisher_id
+        msg.seq = self.seq
+        msg.topic_seq = tseq
+
+    def publish(self, topic: str, msg: Message) -> None:
+        """Queue (batching) or send one message. Never blocks.
+
+        Numbers and timestamps are stamped when the message goes out, so ``seq`` follows the
+        order on the wire.
+        """
+        if not self.batching:
+            self._stamp(topic, msg)
+            msg.publish_ns = self.clock.time_ns()
+            self._send(topic.encode(), ENCODER.encode(msg), 1)
+            return
+        group = self._groups.get(topic)
+        if group is None:
+            self._groups[topic] = [msg]
+        else:
+            group.append(msg)
+        self._pending += 1
+        if self._pending >= self.max_batch:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def publish_many(self, topic: str, msgs: Sequence[Message]) -> None:
+        """Queue several messages of one topic at once (a burst the caller already has)."""
+        group = self._groups.get(topic)
+        if group is None:
+            self._groups[topic] = list(msgs)
+        else:
+            group.extend(msgs)
+        self._pending += len(msgs)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send everything queued now: one frame per topic, topics in order of first appearance."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        groups = self._groups
+        self._groups = {}
+        self._pending = 0
+        now = self.clock.time_ns()
+        publisher = self.publisher_id
+        seq = self.seq
+        topic_seqs = self._topic_seqs
+        encode = ENCODER.encode
+        for topic, msgs in groups.items():
+            tseq = topic_seqs.get(topic, 0)
+            for msg in msgs:
+                seq += 1
+                tseq += 1
+                msg.publisher = publisher
+                msg.seq = seq
+                msg.topic_seq = tseq
+                msg.publish_ns = now
+            topic_seqs[topic] = tseq
+            self.seq = seq
+            self._send(topic.encode(), encode(msgs[0]) if len(msgs) == 1 else encode(msgs), len(msgs))
+
+    def _send(self, topic: bytes, payload: bytes, count: int) -> None:
+        if self._closed:
+            return
+        # PUB never blocks: past the HWM ZeroMQ drops, and subscribers count the gap.
+        self._sock.send_multipart((topic, payload), NOBLOCK)
+        stats = self.stats
+        stats.sent += count
+        stats.frames += 1
+        stats.bytes += len(payload)
+
+    def heartbeat(self) -> None:
+        hb = Heartbeat(
+            service=self.service,
+            interval_ms=int(self.heartbeat_interval * 1000),
+            started_ns=self.started_ns,
+        )
+        self.flush()  # queued data first, then the heartbeat that counts it
+        self._stamp(self._health_topic, hb)
+        hb.sent = self.seq
+        hb.publish_ns = hb.event_ns = self.clock.time_ns()
+        self._send(self._health_topic.encode(), ENCODER.encode(hb), 1)
+        self.stats.heartbeats += 1
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self.heartbeat()
+            await self.clock.sleep(self.heartbeat_interval)
+
+    async def _watch_subscriptions(self) -> None:
+        while True:
+            frame = await self._asock.recv()
+            if not frame:
+                continue
+            prefix = frame[1:].decode(errors="replace")
+            if frame[0] == 1:
+                self.subscriptions.add(prefix)
+                self._subscribed.set()
+            elif frame[0] == 0:
+                self.subscriptions.discard(prefix)
+
+    def has_subscriber(self, topic: str = "") -> bool:
+        """Whether some subscriber's prefix filter matches ``topic``."""
+        return any(topic.startswith(prefix) for prefix in self.subscriptions)
+
+    async def wait_for_subscriber(self, topic: str = "", timeout: float = 10.0) -> None:
+        """Wait until a subscriber whose filter matches ``topic`` has joined (no slow-joiner loss)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.has_subscriber(topic):
+            self._subscribed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no subscriber for {topic!r} on {self.endpoint} in {timeout} s")
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def start(self) -> Publisher:
+        """Start heartbeats (the first one goes out now) and subscription tracking."""
+        loop = asyncio.get_running_loop()
+        if self._subscription_task is None:
+            self._subscription_task = loop.create_task(self._watch_subscriptions())
+        if self._heartbeat_task is None and self.heartbeat_interval > 0:
+            self._heartbeat_task = loop.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.service}")
+        return self
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        tasks = [t for t in (self._heartbeat_task, self._subscription_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.flush()
+        self._closed = True
+        self._asock.close()
+
+    async def __aenter__(self) -> Publisher:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

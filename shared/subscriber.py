@@ -1,0 +1,305 @@
+"""SUB side of the bus: prefix filters, NOBLOCK drains, gap and dead-publisher detection.
+
+Receivers wait for the socket to be readable, then drain it with NOBLOCK reads (one await per
+message is 3x slower). Gaps are jumps in ``topic_seq`` per (publisher, topic); a publisher silent
+for ``liveness`` heartbeat intervals is presumed dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from shared import security
+from shared.bus import DEFAULT_HWM, NOBLOCK, context, sync_view
+from shared.clock import Clock, RealClock
+from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
+from shared.messages import Heartbeat, Message, decode_payload
+
+log = logging.getLogger("poolwire.bus")
+
+
+@dataclass(slots=True)
+class SubscriberStats:
+    received: int = 0  # messages delivered (heartbeats included)
+    frames: int = 0
+    gaps: int = 0  # gap events
+    missed: int = 0  # messages known lost (sum of gap sizes)
+    decode_errors: int = 0
+    restarts: int = 0  # a publisher's numbering started over
+    dead: int = 0  # publishers presumed dead after missed heartbeats
+    revived: int = 0
+
+
+@dataclass(slots=True)
+class PublisherInfo:
+    publisher: str
+    service: str
+    interval_s: float
+    started_ns: int
+    last_seen: float  # clock.monotonic() of its last heartbeat
+    alive: bool = True
+    heartbeats: int = 0
+    sent: int = 0  # messages it had published at its last heartbeat
+
+
+GapHandler = Callable[[str, str, int], None]  # publisher, topic, missed
+PublisherHandler = Callable[[PublisherInfo], None]
+
+
+@dataclass
+class _Handlers:
+    on_gap: GapHandler | None = None
+    on_dead: PublisherHandler | None = None
+    on_alive: PublisherHandler | None = None
+    on_heartbeat: PublisherHandler | None = None
+    extra: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Subscriber:
+    """SUB socket with prefix filters, batch decoding, gap and dead-publisher detection.
+
+    ``async for topic, msg in sub`` yields every message whose topic matches a prefix. Heartbeats
+    of ``health_services`` are always read (for liveness) and yielded only if a prefix matches.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        prefixes: Iterable[str] = ("",),
+        *,
+        clock: Clock | None = None,
+        health_services: Iterable[str] = SERVICES,
+        liveness: int = HEARTBEAT_LIVENESS,
+        hwm: int = DEFAULT_HWM,
+        max_drain: int = 1000,
+        on_gap: GapHandler | None = None,
+        on_dead: PublisherHandler | None = None,
+        on_alive: PublisherHandler | None = None,
+        on_heartbeat: PublisherHandler | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.clock: Clock = clock or RealClock()
+        self.prefixes = tuple(prefixes)
+        self.liveness = liveness
+        self.max_drain = max_drain
+        self.stats = SubscriberStats()
+        self.publishers: dict[str, PublisherInfo] = {}
+        self.handlers = _Handlers(on_gap, on_dead, on_alive, on_heartbeat)
+        self._seqs: dict[str, dict[str, int]] = {}
+        self._backlog: deque[tuple[str, list[Message]]] = deque()
+        self._heartbeat_seen = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._health_topics = {health_topic(s) for s in health_services}
+        self._asock = (ctx or context()).socket(zmq.SUB)
+        self._asock.setsockopt(zmq.RCVHWM, hwm)
+        self._asock.setsockopt(zmq.LINGER, 0)
+        for prefix in self.prefixes:
+            self._asock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        for topic in self._health_topics:
+            if not any(topic.startswith(p) for p in self.prefixes):
+                self._asock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+            security.connect(self._asock, endpoint)
+        self._sock = sync_view(self._asock)
+
+    def _wants(self, topic: str) -> bool:
+        return any(topic.startswith(p) for p in self.prefixes)
+
+    async def recv_frames(self, timeout: float | None = None) -> list[tuple[str, list[Message]]]:
+        """Wait for messages, then drain what is queued (up to ``max_drain`` frames).
+
+        Returns ``(topic, messages)`` per frame (a batch keeps its messages together: the fastest
+        way to consume), or an empty list if ``timeout`` seconds pass with nothing to deliver.
+        """
+        self._ensure_watchdog()
+        if self._backlog:
+            out = list(self._backlog)
+            self._backlog.clear()
+            return out
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            out = self._drain()
+            if out:
+                return out
+            wait_ms = None if deadline is None else max(0, int((deadline - loop.time()) * 1000))
+            events = await self._asock.poll(wait_ms)
+            if not events and deadline is not None and loop.time() >= deadline:
+                return []
+
+    async def recv_batch(self, timeout: float | None = None) -> list[tuple[str, Message]]:
+        """Like :meth:`recv_frames`, one ``(topic, message)`` pair per message."""
+        return [(topic, msg) for topic, msgs in await self.recv_frames(timeout) for msg in msgs]
+
+    def _drain(self) -> list[tuple[str, list[Message]]]:
+        out: list[tuple[str, list[Message]]] = []
+        recv = self._sock.recv_multipart
+        for _ in range(self.max_drain):
+            try:
+                frames = recv(NOBLOCK)
+            except zmq.Again:
+                break
+            self._accept(frames, out)
+        return out
+
+    def _accept(self, frames: list[bytes], out: list[tuple[str, list[Message]]]) -> None:
+        stats = self.stats
+        stats.frames += 1
+        if len(frames) != 2:
+            stats.decode_errors += 1
+            log.warning("skipped a message of %d frames (expected topic + payload)", len(frames))
+            return
+        try:
+            topic = frames[0].decode()
+        except UnicodeDecodeError:
+            stats.decode_errors += 1
+            return
+        msgs, bad = decode_payload(frames[1])
+        if bad:
+            stats.decode_errors += bad
+            log.warning("skipped %d undecodable message(s) on %r", bad, topic)
+        if not msgs:
+            return
+        stats.received += len(msgs)
+        self._check_sequence(topic, msgs[0], msgs[-1])
+        if topic in self._health_topics:
+            for msg in msgs:
+                if isinstance(msg, Heartbeat):
+                    self._on_heartbeat(msg)
+            if not self._wants(topic):
+                return
+        out.append((topic, msgs))
+
+    def _check_sequence(self, topic: str, first: Message, last: Message) -> None:
+        seqs = self._seqs.get(first.publisher)
+        if seqs is None:
+            seqs = self._seqs[first.publisher] = {}
+        prev = seqs.get(topic)
+        if prev is not None:
+            step = first.topic_seq - prev
+            if step > 1:
+                self.stats.gaps += 1
+                self.stats.missed += step - 1
+                if self.handlers.on_gap is not None:
+                    self.handlers.on_gap(first.publisher, topic, step - 1)
+                else:
+                    log.warning("gap on %s from %s: %d message(s) lost", topic, first.publisher, step - 1)
+            elif step <= 0:
+                self.stats.restarts += 1
+        seqs[topic] = last.topic_seq
+
+    def _on_heartbeat(self, hb: Heartbeat) -> None:
+        now = self.clock.monotonic()
+        info = self.publishers.get(hb.publisher)
+        if info is None:
+            info = PublisherInfo(hb.publisher, hb.service, hb.interval_ms / 1000, hb.started_ns, now)
+            self.publishers[hb.publisher] = info
+            log.info("publisher %s (%s) seen", hb.publisher, hb.service)
+        elif info.started_ns != hb.started_ns:
+            log.warning("publisher %s restarted: its sequence numbers start over", hb.publisher)
+            self._seqs.pop(hb.publisher, None)
+            self._seqs[hb.publisher] = {health_topic(hb.service): hb.topic_seq}
+            info.started_ns = hb.started_ns
+        info.last_seen = now
+        info.sent = hb.sent
+        info.interval_s = hb.interval_ms / 1000
+        info.heartbeats += 1
+        if not info.alive:
+            info.alive = True
+            self.stats.revived += 1
+            log.warning("publisher %s (%s) is back", info.publisher, info.service)
+            if self.handlers.on_alive is not None:
+                self.handlers.on_alive(info)
+        if self.handlers.on_heartbeat is not None:
+            self.handlers.on_heartbeat(info)
+        self._heartbeat_seen.set()
+
+    def check_liveness(self) -> list[PublisherInfo]:
+        """Mark publishers silent for ``liveness`` heartbeat intervals as dead; returns them."""
+        now = self.clock.monotonic()
+        newly_dead = []
+        for info in self.publishers.values():
+            if info.alive and now - info.last_seen > self.liveness * info.interval_s:
+                info.alive = False
+                self.stats.dead += 1
+                newly_dead.append(info)
+                log.warning(
+                    "publisher %s (%s) silent for %.1f s: presumed dead",
+                    info.publisher,
+                    info.service,
+                    now - info.last_seen,
+                )
+                if self.handlers.on_dead is not None:
+                    self.handlers.on_dead(info)
+        return newly_dead
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            intervals = [p.interval_s for p in self.publishers.values() if p.alive]
+            await self.clock.sleep(min(intervals, default=HEARTBEAT_INTERVAL_S) / 2)
+            self.check_liveness()
+
+    async def wait_for_publisher(
+        self, service: str | None = None, timeout: float = 10.0, *, publisher: str | None = None
+    ) -> PublisherInfo:
+        """Wait until a heartbeat (of ``service`` or ``publisher``, or any) arrived.
+
+        The cure for the slow joiner. Messages that arrive meanwhile are kept and delivered by the
+        next receive.
+        """
+
+        def found() -> PublisherInfo | None:
+            for info in self.publishers.values():
+                if (service is None or info.service == service) and (
+                    publisher is None or info.publisher == publisher
+                ):
+                    return info
+            return None
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._ensure_watchdog()
+        while (info := found()) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no heartbeat from {publisher or service or 'any publisher'} in {timeout} s"
+                )
+            self._backlog.extend(self._drain())
+            if found() is None:
+                await self._asock.poll(int(remaining * 1000) + 1)
+        return info
+
+    async def __aiter__(self) -> AsyncIterator[tuple[str, Message]]:
+        while True:
+            for topic, msgs in await self.recv_frames():
+                for msg in msgs:
+                    yield topic, msg
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._asock.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
