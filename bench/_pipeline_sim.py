@@ -16,7 +16,6 @@ process of their own, with a rate knob and timed probe ticks.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -28,42 +27,11 @@ import msgspec
 import uvloop
 from aiohttp import web
 
-from services.simulator import market
 from services.simulator.gamma import GammaServer
 from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer
 
 _JSON = msgspec.json.Encoder()
-
-
-def _server_hash(doc: dict[str, Any]) -> str:
-    """``market.server_hash`` with msgspec's encoder: the same bytes as stdlib's compact JSON for
-    these ASCII documents (checked at start), 1.5x cheaper per step. The exchange is not on the
-    machine under test: the less CPU its stand-in takes, the less it disturbs the measurement."""
-    ordered = {
-        "market": doc["market"],
-        "asset_id": doc["asset_id"],
-        "timestamp": doc["timestamp"],
-        "hash": "",
-        "bids": doc["bids"],
-        "asks": doc["asks"],
-        "min_order_size": doc.get("min_order_size", ""),
-        "tick_size": doc.get("tick_size", ""),
-        "neg_risk": doc.get("neg_risk", False),
-        "last_trade_price": doc.get("last_trade_price", ""),
-    }
-    return hashlib.sha1(_JSON.encode(ordered)).hexdigest()
-
-
-def _use_fast_hash() -> None:
-    probe = MarketSim(20, seed=99)
-    for _ in range(50):
-        probe.step(1_700_000_000_000)
-    for a in probe.assets.values():
-        doc = a.book_doc()
-        if _server_hash(doc) != market.server_hash(doc):
-            return  # keep the simulator's own
-    market.server_hash = _server_hash
 
 
 UPDATES_PER_STEP = 2.15  # one MarketSim step makes ~2.15 updates (two entries per change, trades)
@@ -158,7 +126,6 @@ class Probes:
 
 
 async def main(ws_port: int, http_port: int, n_assets: int, n_probes: int, seed: int) -> None:
-    _use_fast_hash()
     sim = MarketSim(n_assets, seed=seed)
     probe_sim = MarketSim(2 * n_probes, seed=seed + 1, depth=2)
     for m in probe_sim.markets:  # one level a side, mid 0.20; nothing but the probes moves them
