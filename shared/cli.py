@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help='send one message (JSON with its "type") to a PULL socket')
     p.add_argument("endpoint")
     p.add_argument("json")
-    s = sub.add_parser("snapshot", help="ask a state owner (registry, sync) for its state")
+    s = sub.add_parser("snapshot", help="ask a state owner (ingest, sync, registry) for its state")
     s.add_argument("endpoint")
     s.add_argument("prefix", nargs="?", default="")
     s.add_argument("--timeout", type=float, default=5.0)

@@ -15,6 +15,7 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pub: Endpoint = tcp("ingest", "pub")
     pull: Endpoint = tcp("ingest", "pull")  # ForceSubscribe commands
+    snapshot: Endpoint = tcp("ingest", "snapshot")  # Clone snapshots of the books and mids
     metrics_port: Port = PORTS["ingest"]["metrics"]
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so that Prometheus can scrape it
     publisher_id: str = ""  # default: ingest@host:pid

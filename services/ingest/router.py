@@ -87,6 +87,8 @@ class AssetState:
         "asset",
         "bid",
         "book",
+        "book_ns",
+        "booked",
         "candidate",
         "checks",
         "hash",
@@ -94,6 +96,7 @@ class AssetState:
         "last_resync",
         "market",
         "mid",
+        "mid_ns",
         "owner",
         "recent",
     )
@@ -106,10 +109,13 @@ class AssetState:
         self.recent: set[str] | None = None
         self.held: list[tuple[str, Callable[..., None], tuple[Any, ...]]] | None = None
         self.book = LocalBook()
+        self.booked = False  # a book was applied (and published): the local book is the state
+        self.book_ns = 0  # exchange time of the last book or change applied
         self.hash = ""
         self.bid = 0.0
         self.ask = 0.0
         self.mid = 0.0
+        self.mid_ns = 0  # exchange time of the last mid published
         self.checks = 0
         self.last_resync = -1e18
 
@@ -118,6 +124,23 @@ def _levels_best_first(levels: list[Level], descending: bool) -> list[BookLevel]
     out = [BookLevel(float(lv.price), float(lv.size)) for lv in levels]
     out.sort(key=lambda lv: lv.price, reverse=descending)
     return [lv for lv in out if lv.size > 0.0]
+
+
+def _tick_size(book: LocalBook) -> float:
+    try:
+        return float(book.tick_size) if book.tick_size else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _topic_filter(root: str, prefix: str) -> Callable[[str], bool] | None:
+    """Which assets' topics ``root + asset`` start with ``prefix``; None when no topic can."""
+    if len(prefix) <= len(root):
+        return (lambda _asset: True) if root.startswith(prefix) else None
+    if not prefix.startswith(root):
+        return None
+    rest = prefix[len(root) :]
+    return lambda asset: asset.startswith(rest)
 
 
 def _is_notice(text: bytes | str) -> bool:
@@ -283,6 +306,58 @@ class Router:
         for _, apply, args in replay:
             apply(*args)
 
+    # -- state (Clone snapshots) -------------------------------------------------------------------
+
+    def book_snapshot(self, asset: str) -> BookSnapshot | None:
+        """The asset's book now, as ``md.book.<asset>`` carries it; None before its first book."""
+        st = self.assets.get(asset)
+        if st is None or not st.booked:
+            return None
+        book = st.book
+        bids = [BookLevel(float(p), float(s)) for p, s in book.bids.items()]
+        asks = [BookLevel(float(p), float(s)) for p, s in book.asks.items()]
+        bids.sort(key=lambda lv: lv.price, reverse=True)
+        asks.sort(key=lambda lv: lv.price)
+        return BookSnapshot(
+            asset=asset,
+            market=st.market,
+            bids=bids,
+            asks=asks,
+            hash=st.hash,
+            tick_size=_tick_size(book),
+            event_ns=st.book_ns,
+        )
+
+    def snapshot(self, prefix: str = "") -> list[Message]:
+        """What a consumer rebuilds from the stream, now: for each asset followed, its book
+        (``md.book.<asset>``, once one was published) and its mid (``px.pm.<asset>``, once known).
+
+        ``prefix`` keeps the items whose topic starts with it (``md.book.``, ``px.pm.<asset>``...).
+        Held events of a handoff are not in it: they were not published either.
+        """
+        books = _topic_filter("md.book.", prefix)
+        prices = _topic_filter("px.pm.", prefix)
+        items: list[Message] = []
+        if books is None and prices is None:
+            return items
+        for asset, st in self.assets.items():
+            if books is not None and st.booked and books(asset):
+                book = self.book_snapshot(asset)
+                assert book is not None
+                items.append(book)
+            if prices is not None and st.mid > 0.0 and prices(asset):
+                items.append(
+                    Price(
+                        symbol=f"pm.{asset}",
+                        price=st.mid,
+                        bid=st.bid,
+                        ask=st.ask,
+                        source="book",
+                        event_ns=st.mid_ns,
+                    )
+                )
+        return items
+
     # -- frames ----------------------------------------------------------------------------------
 
     def handle_frame(self, conn_id: str, data: bytes | str) -> int:
@@ -348,6 +423,7 @@ class Router:
                 st.mid = mid
                 st.bid = bid
                 st.ask = ask
+                st.mid_ns = ts_ns
                 self._emit(
                     f"px.pm.{st.asset}",
                     Price(
@@ -387,6 +463,7 @@ class Router:
             self.stats.decode_errors += 1
             return
         book.apply(is_buy, e.price, e.size)
+        st.book_ns = ts_ns
         key = e.hash
         if key:
             st.hash = key
@@ -497,12 +574,8 @@ class Router:
             if book.hash(st.market, st.asset, str(ev.timestamp)) != ev.hash:
                 self.stats.hash_mismatches += 1  # a resync would bring the same book: count only
         ts_ns = ms_to_ns(ev.timestamp)
-        tick = 0.0
-        if book.tick_size:
-            try:
-                tick = float(book.tick_size)
-            except ValueError:
-                tick = 0.0
+        st.booked = True
+        st.book_ns = ts_ns
         self._emit(
             f"md.book.{st.asset}",
             BookSnapshot(
@@ -511,7 +584,7 @@ class Router:
                 bids=snap_bids,
                 asks=snap_asks,
                 hash=ev.hash,
-                tick_size=tick,
+                tick_size=_tick_size(book),
                 event_ns=ts_ns,
             ),
         )

@@ -1,6 +1,8 @@
 """The ingest service: discovery -> registry -> pool of connections -> router -> PUB.
 
 Thin async shell; the logic lives in the pure cores (protocol, book, router, registry, planner).
+A ROUTER answers Clone snapshots of the books (and mids) the router holds, so a consumer that
+joins late, recovers from a gap or sees ingest restart gets the current books.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from services.ingest.registry import MarketRegistry
 from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
 from shared.bus import Publisher, Puller
-from shared.messages import ForceSubscribe, MarketLifecycle
+from shared.messages import ForceSubscribe, MarketLifecycle, Message, SnapshotRequest
 from shared.runner import ServiceContext
-
-SUBSCRIBER_GRACE_S = 0.5  # from binding the PUB to the first subscription (see main)
+from shared.snapshot import SnapshotServer
 
 
 async def main(ctx: ServiceContext[IngestConfig]) -> None:
@@ -71,6 +72,14 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         defer_checks=asyncio.get_running_loop().call_soon,
         before_checks=pub.flush,
     )
+
+    def snapshot(request: SnapshotRequest) -> tuple[int, list[Message]]:
+        # The router applies and publishes in one synchronous step: after the flush, its state is
+        # exactly what the messages numbered up to pub.seq built.
+        pub.flush()
+        return pub.seq, router.snapshot(request.prefix)
+
+    snapshots = SnapshotServer(cfg.snapshot, snapshot, publisher_id=pub.publisher_id)
     latency = Histogram(
         "poolwire_ingest_publish_latency_seconds",
         "From a frame's arrival to its messages queued for publishing",
@@ -205,17 +214,17 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     tasks = [asyncio.get_running_loop().create_task(pull_loop(), name="ingest-pull")]
     if cfg.gamma_url:
         tasks.append(asyncio.get_running_loop().create_task(discovery_loop(), name="ingest-discovery"))
-    # The books sent on subscribe are the state consumers rebuild from, and a PUB drops what it
-    # sends before a subscriber has (re)connected (the slow joiner). After a restart, consumers
-    # reconnect within ZeroMQ's reconnect interval (100 ms): give them that before subscribing.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(ctx.stopping.wait(), SUBSCRIBER_GRACE_S)
+    # No wait for subscribers before subscribing: a PUB drops what it sends before a subscriber
+    # has (re)connected (the slow joiner), and the books sent on subscribe are sent once; a
+    # consumer that needs them (late, after a gap, after a restart) asks for the snapshot.
+    snapshots.start()
     await pool.start()
     log.info(
-        "ingest%s: publishing on %s, commands on %s, %d static assets",
+        "ingest%s: publishing on %s, commands on %s, snapshots on %s, %d static assets",
         f" shard {shard}" if shard.enabled else "",
         cfg.pub,
         cfg.pull,
+        cfg.snapshot,
         len(static),
     )
     try:
@@ -227,5 +236,6 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pool.stop(), cfg.stop_timeout)
         await session.close()
+        await snapshots.close()
         puller.close()
         await pub.close()

@@ -28,7 +28,7 @@ from tests.deploy.deployfiles import (
 
 RPC = {"POOLWIRE_SYNC__RPC_URLS": '["http://127.0.0.1:8545"]'}
 BINDS = {
-    "ingest": ("pub", "pull"),
+    "ingest": ("pub", "pull", "snapshot"),
     "sync": ("pub", "pull", "snapshot"),
     "registry": ("pub", "pull", "snapshot"),
     "alerts": ("pub", "jobs", "results"),

@@ -58,6 +58,7 @@ def service_env(data: Path) -> dict[str, str]:
         "POOLWIRE_COMMON__HEARTBEAT_INTERVAL": "200ms",
         "POOLWIRE_INGEST__PUB": ingest_pub,
         "POOLWIRE_INGEST__PULL": tcp_endpoint(),
+        "POOLWIRE_INGEST__SNAPSHOT": tcp_endpoint(),
         "POOLWIRE_INGEST__METRICS_PORT": str(free_port()),
         "POOLWIRE_SYNC__PUB": sync_pub,
         "POOLWIRE_SYNC__PULL": tcp_endpoint(),

@@ -94,6 +94,7 @@ class Endpoints:
     sim_metrics: int
     ingest_pub: str
     ingest_pull: str
+    ingest_snapshot: str
     ingest_metrics: int
     sync_pub: str
     sync_pull: str
@@ -122,6 +123,7 @@ class Endpoints:
             sim_metrics=next(p),
             ingest_pub=tcp(),
             ingest_pull=tcp(),
+            ingest_snapshot=tcp(),
             ingest_metrics=next(p),
             sync_pub=tcp(),
             sync_pull=tcp(),
@@ -168,6 +170,7 @@ class Endpoints:
             "INGEST__GAMMA_URL": self.gamma_url,
             "INGEST__PUB": self.ingest_pub,
             "INGEST__PULL": self.ingest_pull,
+            "INGEST__SNAPSHOT": self.ingest_snapshot,
             "INGEST__METRICS_PORT": self.ingest_metrics,
             "SYNC__PUB": self.sync_pub,
             "SYNC__PULL": self.sync_pull,

@@ -10,7 +10,9 @@ over (``Subscriber.stats.restarts``), after the old incarnation was presumed dea
   (Clone: snapshot + updates) re-syncs after the restart and holds exactly the registry's state;
 - sync's pool states equal the chain simulator's after the restart, for the service and for a
   consumer following it;
-- ingest subscribes every asset again (the simulator's view) and republishes every book;
+- ingest subscribes every asset again (the simulator's view), and a consumer following it (Clone:
+  snapshot + updates) holds every book again, the new incarnation's: the books ingest sends as it
+  subscribes can reach the bus before subscribers have reconnected, and the snapshot has them;
 - alerts sends no duplicate and loses no alert: every evaluation while it was up is there once.
 """
 
@@ -21,11 +23,20 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from shared.messages import Heartbeat, ZoneExpired, ZoneTouched
+from shared.messages import (
+    BookChange,
+    BookSnapshot,
+    Heartbeat,
+    Message,
+    TickSizeChange,
+    ZoneExpired,
+    ZoneTouched,
+)
 from shared.snapshot import request_snapshot
 from tests.e2e.pipeline import (
     BUS_SERVICES,
@@ -46,6 +57,7 @@ from tests.e2e.pipeline import (
     wait_gone,
     zone_key,
 )
+from tests.helpers import tcp_endpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,12 +66,18 @@ BAR = 5 * S  # zone_touch's bucket
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def ingest_snapshot() -> str:
+    return tcp_endpoint()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, ingest_snapshot: str) -> Iterator[Pipeline]:
     ep = Endpoints.allocate(tmp_path_factory.mktemp("recovery"))
     pipe = Pipeline(
         ep,
         {
             "POOLWIRE_COMMON__HEARTBEAT_INTERVAL": "200ms",
+            "POOLWIRE_INGEST__SNAPSHOT": ingest_snapshot,
             # more load than the demo: 1000 book events/s, a block every 0.5 s
             "POOLWIRE_SIMULATOR__EVENTS_PER_S": "1000",
         },
@@ -219,7 +237,42 @@ async def test_sync_pool_states_equal_the_chain(pipeline: Pipeline, watch: Watch
     )
 
 
-async def test_ingest_resubscribes_every_asset(pipeline: Pipeline, watch: Watch) -> None:
+def load_books(items: list[Message]) -> dict[str, Any]:
+    return {
+        i.asset: (
+            i.market,
+            {lv.price: lv.size for lv in i.bids},
+            {lv.price: lv.size for lv in i.asks},
+            i.hash,
+            i.tick_size,
+            i.event_ns,
+        )
+        for i in items
+        if isinstance(i, BookSnapshot)
+    }
+
+
+def apply_book(state: dict[str, Any], msg: Message) -> None:
+    """What md.book / md.change / md.tick_size do to the books (entries are replaced, not changed)."""
+    if isinstance(msg, BookSnapshot):
+        state.update(load_books([msg]))
+    elif isinstance(msg, BookChange) and msg.asset in state:
+        market, bids, asks, book_hash, tick, _ = state[msg.asset]
+        side = dict(bids if msg.side == "buy" else asks)
+        if msg.size > 0.0:
+            side[msg.price] = msg.size
+        else:
+            side.pop(msg.price, None)
+        bids, asks = (side, asks) if msg.side == "buy" else (bids, side)
+        state[msg.asset] = (msg.market or market, bids, asks, msg.hash or book_hash, tick, msg.event_ns)
+    elif isinstance(msg, TickSizeChange) and msg.asset in state:
+        market, bids, asks, book_hash, _, event_ns = state[msg.asset]
+        state[msg.asset] = (market, bids, asks, book_hash, msg.new_tick_size, event_ns)
+
+
+async def test_ingest_resubscribes_every_asset(
+    pipeline: Pipeline, watch: Watch, ingest_snapshot: str
+) -> None:
     c = watch.c
     ep = pipeline.endpoints
     assets = await sim_assets(ep)
@@ -227,35 +280,54 @@ async def test_ingest_resubscribes_every_asset(pipeline: Pipeline, watch: Watch)
     assert sum(conn["assets"] for conn in before["connections"]) == len(assets)
     old_ids = {conn["id"] for conn in before["connections"]}
 
-    killed_ns, back_ns = await restart(pipeline, watch, "ingest")
-    # The simulator sees new connections holding every asset once, none asked twice.
-    stats = before
-    t0 = time.monotonic()
-    while True:
-        stats = await sim_stats(ep)
-        conns = stats["connections"]
-        ids = {conn["id"] for conn in conns}
-        if not ids & old_ids and sum(conn["assets"] for conn in conns) == len(assets):
-            break
-        assert time.monotonic() - t0 < 30, f"simulator connections {conns}\n{pipeline.logs('ingest')}"
-        await c.next_heartbeat("ingest")
-    assert all(conn["rejected"] == 0 for conn in stats["connections"])
-    # Consumers get every book again, then prices.
-    await c.until(
-        lambda: {s.msg.asset for s in c.books if s.recv_ns > back_ns} == assets,  # type: ignore[attr-defined]
-        30,
-        lambda: (
-            f"every book again: {len({s.msg.asset for s in c.books if s.recv_ns > back_ns})} of "  # type: ignore[attr-defined]
-            f"{len(assets)}; {len(c.books)} books in all, {len({s.msg.asset for s in c.books})} assets"  # type: ignore[attr-defined]
-            f"\n{pipeline.logs('ingest')}"
-        ),
-    )
+    async with Mirror("ingest", ep.ingest_pub, ingest_snapshot, "md.", load_books, apply_book) as books:
+
+        async def every_book(what: str) -> None:
+            """The consumer holds a book of every asset, equal to ingest's snapshot at its seq."""
+            t0 = time.monotonic()
+            while books.resyncs == 0 or set(books.state) != assets:
+                assert time.monotonic() - t0 < 30, f"{what}: {len(books.state)} of {len(assets)} books"
+                await c.next_heartbeat("ingest")
+            snapshot, mine = await books.state_matching_snapshot()
+            assert set(snapshot) == assets
+            assert mine == snapshot
+
+        await every_book("the consumer's books")
+        resyncs = books.resyncs
+        killed_ns, back_ns = await restart(pipeline, watch, "ingest")
+        # The simulator sees new connections holding every asset once, none asked twice.
+        stats = before
+        t0 = time.monotonic()
+        while True:
+            stats = await sim_stats(ep)
+            conns = stats["connections"]
+            ids = {conn["id"] for conn in conns}
+            if not ids & old_ids and sum(conn["assets"] for conn in conns) == len(assets):
+                break
+            assert time.monotonic() - t0 < 30, f"simulator connections {conns}\n{pipeline.logs('ingest')}"
+            await c.next_heartbeat("ingest")
+        assert all(conn["rejected"] == 0 for conn in stats["connections"])
+        # The consumer fetched the state again from the new incarnation (it does not wait for the
+        # consumers to reconnect before it subscribes) and holds every book again...
+        await books.until(lambda: books.resyncs > resyncs, 15, "the consumer re-synced")
+        await every_book("every book again")
+        # ... as anyone asking ingest for its books gets them: one per asset.
+        header, items = await request_snapshot(ingest_snapshot, "md.book.")
+        assert header.publisher == "ingest@e2e" and header.count == len(items)
+        assert sorted(i.asset for i in items if isinstance(i, BookSnapshot)) == sorted(assets)
+        assert len(items) == len(assets)
+        recovered = len(books.base)  # the books in the snapshot the consumer re-synced from
+    # Prices flow again.
     await c.until(
         lambda: sum(1 for a in assets if c.price_seen_ns.get(f"pm.{a}", 0) > back_ns) >= len(assets) // 2,
         30,
         "prices again",
     )
-    print(f"\ningest: {len(assets)} assets subscribed again, back {(back_ns - killed_ns) / 1e9:.2f} s after")
+    live = sum(1 for s in c.books if s.recv_ns > killed_ns)
+    print(
+        f"\ningest: {len(assets)} assets subscribed again, back {(back_ns - killed_ns) / 1e9:.2f} s after; "
+        f"the consumer's new snapshot held {recovered} books (a plain subscriber saw {live} on the bus)"
+    )
 
 
 async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> None:

@@ -70,6 +70,7 @@ def write_config(tmp: Path, ws_url: str, **ingest: Any) -> tuple[str, str, str, 
     section = {
         "pub": pub,
         "pull": pull,
+        "snapshot": tcp_endpoint(),  # never the default port: shards and other tests run side by side
         "metrics_port": metrics,
         "ws_url": ws_url,
         "gamma_url": "",
