@@ -72,6 +72,9 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int = msgspec.field(default=2)  # worker processes to spawn and supervise (0: run them yourself)
     job_timeout: Duration = Duration(10.0)  # a job without a result after this long is retried once
     max_in_flight: int = 1000  # jobs pushed and not answered; more wait in the ventilator's queue
+    # Redis: an instance's pending jobs are adopted by another (or its restart) when it has not renewed
+    # its lease for this long (it renews every fifth of it); longer than any stall of its event loop.
+    job_lease: Duration = Duration(10.0)
 
     retention: Duration = Duration(90 * 86400.0)  # ticker updates older than this are cleaned up
     cleanup_first: Duration = Duration(3600.0)
@@ -92,6 +95,8 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("workers must be >= 0")
         if self.job_timeout <= 0:
             raise ValueError("job_timeout must be > 0")
+        if self.job_lease <= 0:
+            raise ValueError("job_lease must be > 0")
         seen: set[str] = set()
         for s in self.strategies:
             if s.id in seen:

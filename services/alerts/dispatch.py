@@ -27,6 +27,7 @@ class DispatchStats:
     timeouts: int = 0
     errors: int = 0  # results with ok=False
     late: int = 0
+    recovered: int = 0  # of submitted: pending jobs of a previous run (or a dead instance) again
 
 
 @dataclass(slots=True)
@@ -46,8 +47,10 @@ class Dispatcher:
         self.queue: deque[tuple[StrategyJob, int | None]] = deque()  # (job, first sent ns)
         self.in_flight: dict[str, InFlight] = {}
 
-    def submit(self, job: StrategyJob) -> None:
+    def submit(self, job: StrategyJob, *, recovered: bool = False) -> None:
         self.stats.submitted += 1
+        if recovered:
+            self.stats.recovered += 1
         self.queue.append((job, None))
 
     def ready(self, now_ns: int) -> list[StrategyJob]:

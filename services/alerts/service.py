@@ -4,6 +4,10 @@ SUB ``px.`` ``md.trade.`` ``dex.swap.`` ``zone.`` -> ticker updates, bars, order
 at each bucket boundary the throttle says which strategies run; their jobs are PUSHed to the
 workers (ventilator) and results PULLed back (sink); alerts that pass frequency control are
 PUBlished on ``alert.<strategy>.<symbol>``.
+
+Jobs are persisted with their bucket's claim and forgotten with their result's alert states, so a
+job whose result was not handled when the service died (kill -9, or a clean stop with jobs in
+flight) is dispatched again at the next start, before any new bucket.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.alerts.bars import Bars
 from services.alerts.config import AlertsConfig, StrategyConfig
-from services.alerts.dispatch import Dispatcher
+from services.alerts.dispatch import Dispatcher, Status
 from services.alerts.events import EventEvaluator, EventStrategy
 from services.alerts.frequency import Policy
 from services.alerts.orderflow import FlowBook, swap_flow
@@ -56,11 +61,17 @@ log = logging.getLogger("poolwire.alerts")
 NS = 1_000_000_000
 PREFIXES = ("px.", "md.trade.", "dex.swap.", "zone.")
 UNIVERSE_BUCKETS = (10.0, 100.0, 1000.0, float("inf"))
+JOB_STATUSES = ("submitted", "sent", "done", "retried", "failed", "timeouts", "errors", "late", "recovered")
 
 
 def open_store(cfg: AlertsConfig, data_dir: str) -> ThrottleStore:
     if cfg.store == "redis":
-        return RedisStore(cfg.redis_url, prefix=cfg.redis_prefix, large_universe=cfg.large_universe)
+        return RedisStore(
+            cfg.redis_url,
+            prefix=cfg.redis_prefix,
+            large_universe=cfg.large_universe,
+            lease_ns=int(cfg.job_lease * NS),
+        )
     path = cfg.sqlite_path or os.path.join(data_dir, "alerts.sqlite3")
     return SqliteStore(path, large_universe=cfg.large_universe)
 
@@ -99,8 +110,12 @@ class Alerts:
         )
         self.dispatcher = Dispatcher(int(cfg.job_timeout * NS), max_in_flight=cfg.max_in_flight)
         self.sink = AlertSink(store, {s.id: policy_of(s) for s in cfg.strategies})
-        self.run_id = uuid.uuid4().hex[:8]
+        self.run_id = uuid.uuid4().hex[:12]
         self._job_n = 0
+        # Pending jobs left by a previous run (or a dead instance on Redis) are adopted at the first
+        # recover(), then looked for again (renewing this instance's lease) this often.
+        self._adopt_every_ns = max(int(cfg.job_lease * NS) // 5, 1)
+        self._next_adopt_ns = 0
         self.skipped_messages = 0
         self.universe_sizes: dict[str, int] = {}
         self._rolled: dict[int, int] = {}  # bucket size -> boundary its bars were last rolled at
@@ -172,12 +187,43 @@ class Alerts:
 
     # -- boundaries ----------------------------------------------------------------------------
 
+    def recover(self, now_ns: int) -> int:
+        """Queue the pending jobs that no live instance is handling; returns how many.
+
+        The first call (at start, before any boundary) takes every job a previous run left, so
+        they go out ahead of new buckets; later calls (at most every ``job_lease / 5``) renew
+        this instance's lease on Redis and take the jobs of instances whose lease ran out.
+        """
+        if now_ns < self._next_adopt_ns:
+            return 0
+        self._next_adopt_ns = now_ns + self._adopt_every_ns
+        n = 0
+        for job in self.store.adopt_jobs(now_ns):
+            if job.strategy not in self.throttle.strategies:
+                log.warning(
+                    "pending job %s of strategy %s dropped: no such bucketed strategy now",
+                    job.job_id,
+                    job.strategy,
+                )
+                self.store.finish_job(job.job_id, {})
+                continue
+            self.dispatcher.submit(job, recovered=True)
+            n += 1
+        if n:
+            log.info("recovered %d pending job(s) whose results were never handled: dispatched again", n)
+        return n
+
     def boundary(self, now_ns: int) -> list[Due]:
-        """Evaluate due buckets, turn what runs into queued jobs, roll the closed bars."""
-        due = self.throttle.run_due(now_ns)
-        if not due:
-            self._roll(now_ns)
-            return due
+        """Evaluate due buckets (their jobs persisted with the claims), queue the jobs, roll the bars."""
+        due = self.throttle.run_due(now_ns, lambda ds: self._jobs(ds, now_ns))
+        for d in due:
+            if d.job is not None:
+                self.dispatcher.submit(d.job)
+        self._roll(now_ns)
+        return due
+
+    def _jobs(self, due: list[Due], now_ns: int) -> list[StrategyJob]:
+        """One job per due strategy: its changed tickers and their inputs (closed bars, flow)."""
         wanted: dict[str, set[float]] = {}
         for d in due:
             s = self.strategies[d.strategy]
@@ -185,6 +231,7 @@ class Alerts:
                 for t in d.tickers:
                     wanted.setdefault(t, set()).add(float(s.flow_window))
         flows = self.flow.metrics_for(wanted, now_ns) if wanted else {}
+        jobs: list[StrategyJob] = []
         for d in due:
             s = self.strategies[d.strategy]
             size = int(s.bucket * NS)
@@ -195,11 +242,12 @@ class Alerts:
                     m = flows.get((t, w))
                     if m is not None:
                         bar = inputs.get(t)
-                        if bar is None:
-                            bar = inputs[t] = TickerInput()
-                        bar.flow = m
+                        # A copy: the bar is every job's of this bucket, the window this strategy's.
+                        inputs[t] = (
+                            TickerInput(flow=m) if bar is None else msgspec.structs.replace(bar, flow=m)
+                        )
             self._job_n += 1
-            self.dispatcher.submit(
+            jobs.append(
                 StrategyJob(
                     job_id=f"{self.run_id}-{self._job_n}",
                     strategy=s.id,
@@ -212,8 +260,7 @@ class Alerts:
                     event_ns=d.bucket_ns,
                 )
             )
-        self._roll(now_ns)
-        return due
+        return jobs
 
     def _roll(self, now_ns: int) -> None:
         for size in self.bars.sizes:
@@ -225,18 +272,28 @@ class Alerts:
     # -- results -------------------------------------------------------------------------------
 
     def on_result(self, result: JobResult, now_ns: int) -> tuple[str, list[Any], int]:
+        """A job's result: the alerts to publish now (states persisted, job finished in the store)."""
         status, job, latency = self.dispatcher.complete(result, now_ns)
         if status != "done" or job is None:
-            if status == "failed":
+            if status == "failed" and job is not None:
                 log.warning("job %s (%s) failed twice: %s", result.job_id, result.strategy, result.error)
+                self.store.finish_job(job.job_id, {})
             return status, [], latency
         if result.used_symbols and self.throttle.discover(job.strategy, result.used_symbols):
             self.universe_sizes[job.strategy] = len(set(result.used_symbols))
         return status, self.sink.accept(job, list(result.alerts), now_ns), latency
 
+    def expire(self, now_ns: int) -> list[tuple[Status, StrategyJob]]:
+        """Jobs past their deadline: retried once, then failed (and finished in the store)."""
+        out = self.dispatcher.expire(now_ns)
+        for status, job in out:
+            if status == "failed":
+                self.store.finish_job(job.job_id, {})
+        return out
+
     def next_wakeup(self, now_ns: int) -> int:
         flush = now_ns + int(self.cfg.flush_every * NS)
-        candidates = [flush]
+        candidates = [flush, self._next_adopt_ns]
         b = self.throttle.next_boundary(now_ns)
         if b is not None:
             candidates.append(b)
@@ -312,9 +369,14 @@ class AlertsCollector(Collector):
         h.add_metric([], buckets, float(sum(sizes)))
         yield h
         jobs = CounterMetricFamily(f"{p}_jobs", "Strategy jobs by outcome", labels=["status"])
-        for name in ("submitted", "sent", "done", "retried", "failed", "timeouts", "errors", "late"):
+        for name in JOB_STATUSES:
             jobs.add_metric([name], getattr(ds, name))
         yield jobs
+        pending = GaugeMetricFamily(
+            f"{p}_jobs_pending", "Jobs persisted and not finished (on Redis: of every instance)"
+        )
+        pending.add_metric([], a.store.pending_jobs())
+        yield pending
         wf = CounterMetricFamily(f"{p}_worker_failures", "Worker failures", labels=["kind"])
         wf.add_metric(["job_timeout"], ds.timeouts)
         wf.add_metric(["job_error"], ds.errors)
@@ -421,13 +483,14 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
     async def ticker() -> None:
         while True:
             now = clock.time_ns()
+            alerts.recover(now)  # at start: the jobs a previous run left, ahead of any new bucket
             t0 = time.perf_counter()
             due = alerts.boundary(now)
             if due:
                 eval_latency.observe(time.perf_counter() - t0)
             else:
                 alerts.throttle.flush()
-            for status, job in alerts.dispatcher.expire(now):
+            for status, job in alerts.expire(now):
                 log.warning(
                     "job %s (%s) attempt %d timed out: %s", job.job_id, job.strategy, job.attempt, status
                 )
@@ -443,18 +506,23 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
 
     async def results() -> None:
         while True:
-            for msg in await puller.recv_batch():
-                if not isinstance(msg, JobResult):
-                    alerts.skipped_messages += 1
-                    continue
-                now = clock.time_ns()
-                status, out, latency = alerts.on_result(msg, now)
-                if status == "done":
-                    job_latency.observe(latency / NS)
-                for alert in out:
-                    pub.publish(alert_topic(alert.strategy, alert.symbol), alert)
-                if status == "retry":
-                    wake.set()
+            batch = await puller.recv_batch()
+            fired: list[AlertFired] = []
+            with store.transaction():  # one commit for the batch's states and finished jobs ...
+                for msg in batch:
+                    if not isinstance(msg, JobResult):
+                        alerts.skipped_messages += 1
+                        continue
+                    status, out, latency = alerts.on_result(msg, clock.time_ns())
+                    if status == "done":
+                        job_latency.observe(latency / NS)
+                    fired += out
+                    if status == "retry":
+                        wake.set()
+            for alert in fired:  # ... then its alerts, out at once: the window before the socket kept short
+                pub.publish(alert_topic(alert.strategy, alert.symbol), alert)
+            if fired:
+                pub.flush()
             push_ready()
 
     async def cleanup() -> None:
@@ -506,6 +574,13 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             t.cancel()
         await asyncio.gather(stop, *tasks, return_exceptions=True)
         alerts.throttle.flush()
+        unfinished = len(alerts.dispatcher.in_flight) + len(alerts.dispatcher.queue)
+        if unfinished:
+            log.info(
+                "alerts: %d job(s) without a result stay pending in the %s store, to be dispatched again",
+                unfinished,
+                store.name,
+            )
         if pool is not None:
             await pool.stop()
         await pub.close()

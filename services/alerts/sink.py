@@ -1,4 +1,9 @@
-"""What happens to a job's result: frequency control against persisted state. Pure (plus the store)."""
+"""What happens to a job's result: frequency control against persisted state. Pure (plus the store).
+
+A job's result is handled in one store transaction: the alert states it changed are written and
+the pending job is forgotten together. A crash before that commit re-runs the job after the
+restart (nothing of it was persisted); after it, the job is gone and its alerts were decided once.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +28,25 @@ class AlertSink:
         self.stats = SinkStats()
 
     def accept(self, job: StrategyJob, alerts: list[AlertFired], now_ns: int) -> list[AlertFired]:
-        """The alerts to publish; their new states are persisted before this returns."""
-        return self.accept_evaluation(job.strategy, job.bucket_ns, job.tickers, alerts, now_ns)
+        """The alerts to publish; their new states are persisted, and the job finished in the store
+        (no longer pending), in one transaction before this returns."""
+        return self.accept_evaluation(job.strategy, job.bucket_ns, job.tickers, alerts, now_ns, job.job_id)
 
     def accept_evaluation(
-        self, strategy: str, bucket_ns: int, tickers: list[str], alerts: list[AlertFired], now_ns: int
+        self,
+        strategy: str,
+        bucket_ns: int,
+        tickers: list[str],
+        alerts: list[AlertFired],
+        now_ns: int,
+        job_id: str = "",
     ) -> list[AlertFired]:
         """One evaluation (``bucket_ns`` identifies it) of ``strategy`` over ``tickers``.
 
         With ``every`` and a repeat interval, the evaluated tickers that did not fire are resolved.
         Event-triggered strategies pass no tickers: each crossing or zone event is an occurrence,
-        so a repeat interval is a plain rate limit per symbol.
+        so a repeat interval is a plain rate limit per symbol. With ``job_id`` (a bucketed job),
+        that pending job is finished in the same transaction as the states.
         """
         policy = self.policies.get(strategy, Policy())
         fired = {a.symbol for a in alerts}
@@ -62,6 +75,9 @@ class AlertSink:
                 if new_state is not None:
                     changed[(strategy, t)] = new_state
                     self.stats.resolved += 1
-        self.store.put_alert_states(changed)
+        if job_id:
+            self.store.finish_job(job_id, changed)
+        else:
+            self.store.put_alert_states(changed)
         self.stats.published += len(out)
         return out

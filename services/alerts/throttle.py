@@ -11,17 +11,21 @@ At boundary ``B`` of a strategy with bucket ``S``:
 - changed = tickers updated since its previous run (or ``B - S`` for a first run), intersected
   with its universe (the store iterates the smaller side; Redis does large ones server-side);
 - empty: *skipped, no update*; else one job is due with the changed tickers.
+
+Given a job maker, the jobs of what is due are built during the claim and persisted with it, in
+one transaction: a claimed bucket always has its jobs in the store until their results are handled.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import gc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from services.alerts.store import ThrottleStore
+from shared.messages import StrategyJob
 
 UniverseMode = Literal["list", "glob", "discover"]
 
@@ -60,6 +64,11 @@ class Due:
     bucket_ns: int
     since_ns: int
     tickers: set[str]
+    job: StrategyJob | None = None  # built by the job maker, persisted with the claim
+
+
+# The jobs of what is due (one per Due, in order); they are persisted with the claim.
+JobMaker = Callable[[list[Due]], Sequence[StrategyJob]]
 
 
 @dataclass(slots=True)
@@ -146,7 +155,7 @@ class Throttle:
             return None
         return min(now_ns - now_ns % s + s for s in self._groups)
 
-    def run_due(self, now_ns: int) -> list[Due]:
+    def run_due(self, now_ns: int, make_jobs: JobMaker | None = None) -> list[Due]:
         """Evaluate every bucket group whose boundary passed since it was last evaluated here."""
         due: list[Due] = []
         flushed = False
@@ -158,11 +167,14 @@ class Throttle:
                 self.flush()
                 flushed = True
             self._group_last[size] = boundary
-            due.extend(self.evaluate(boundary, ids, size))
+            due.extend(self.evaluate(boundary, ids, size, make_jobs))
         return due
 
-    def evaluate(self, bucket_ns: int, ids: Sequence[str], size_ns: int) -> list[Due]:
-        """One boundary for strategies of one bucket size: claim, intersect, classify.
+    def evaluate(
+        self, bucket_ns: int, ids: Sequence[str], size_ns: int, make_jobs: JobMaker | None = None
+    ) -> list[Due]:
+        """One boundary for strategies of one bucket size: claim, intersect, classify (and with
+        ``make_jobs``, build the jobs of what is due: persisted with the claim, set on each Due).
 
         It allocates a set per strategy and no reference cycles, so the cycle collector is paused
         meanwhile: otherwise it traverses those young sets (every member) again and again, which
@@ -171,27 +183,45 @@ class Throttle:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._evaluate(bucket_ns, ids, size_ns)
+            return self._evaluate(bucket_ns, ids, size_ns, make_jobs)
         finally:
             if enabled:
                 gc.enable()
 
-    def _evaluate(self, bucket_ns: int, ids: Sequence[str], size_ns: int) -> list[Due]:
+    def _evaluate(
+        self, bucket_ns: int, ids: Sequence[str], size_ns: int, make_jobs: JobMaker | None
+    ) -> list[Due]:
         stats = self.stats
         stats.evaluations += len(ids)
-        claimed = self.store.claim(bucket_ns, ids)
-        stats.skipped_duplicate += len(ids) - len(claimed)
         first = bucket_ns - size_ns
-        requests = [(sid, prev if prev > 0 else first) for sid, prev in claimed.items()]
-        changed, large = self.store.changed(requests)
-        stats.large_intersections += large
-        due = [
-            Due(sid, bucket_ns, since, tickers)
-            for (sid, since), tickers in zip(requests, changed, strict=True)
-            if tickers
-        ]
+        planned: list[Due] = []
+        asked = 0
+
+        def plan(prevs: dict[str, int]) -> Sequence[StrategyJob]:
+            """What the strategies the store may claim would run (called inside the claim)."""
+            nonlocal planned, asked
+            requests = [(sid, prev if prev > 0 else first) for sid, prev in prevs.items()]
+            changed, large = self.store.changed(requests)
+            stats.large_intersections += large
+            asked = len(requests)
+            planned = [
+                Due(sid, bucket_ns, since, tickers)
+                for (sid, since), tickers in zip(requests, changed, strict=True)
+                if tickers
+            ]
+            if make_jobs is None or not planned:
+                return ()
+            jobs = make_jobs(planned)
+            for d, job in zip(planned, jobs, strict=True):
+                d.job = job
+            return jobs
+
+        claimed = self.store.claim(bucket_ns, ids, plan)
+        stats.skipped_duplicate += len(ids) - len(claimed)
+        # Claimed fewer than planned: another instance took some in between (Redis).
+        due = planned if len(claimed) == asked else [d for d in planned if d.strategy in claimed]
         stats.runs += len(due)
-        stats.skipped_no_update += len(requests) - len(due)
+        stats.skipped_no_update += len(claimed) - len(due)
         return due
 
     # -- results -------------------------------------------------------------------------------
