@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from services.alerts.orderflow import FlowBook
-from services.alerts.store import RedisStore, SqliteStore, ThrottleStore
+from services.alerts.store import ThrottleStore
+from services.alerts.store_redis import RedisStore
+from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec, Throttle
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,9 @@ from services.alerts.events import EventEvaluator, EventStrategy
 from services.alerts.frequency import Policy
 from services.alerts.orderflow import FlowBook, swap_flow
 from services.alerts.sink import AlertSink
-from services.alerts.store import RedisStore, SqliteStore, ThrottleStore
+from services.alerts.store import ThrottleStore
+from services.alerts.store_redis import RedisStore
+from services.alerts.store_sqlite import SqliteStore
 from services.alerts.strategies import Signal
 from services.alerts.supervisor import WorkerPool
 from services.alerts.throttle import Due, StrategySpec, Throttle, size_class

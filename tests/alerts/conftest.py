@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.alerts.store import RedisStore, SqliteStore
+from services.alerts.store_redis import RedisStore
+from services.alerts.store_sqlite import SqliteStore
 from tests.helpers import free_port, require_binary
 
 

@@ -11,7 +11,7 @@ import pytest
 from services.alerts.config import AlertsConfig
 from services.alerts.events import EventEvaluator, EventStrategy
 from services.alerts.service import Alerts, event_strategy_of
-from services.alerts.store import SqliteStore
+from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec
 from shared.bus import Publisher, Subscriber
 from shared.config import ConfigError, convert

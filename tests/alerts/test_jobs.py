@@ -15,7 +15,7 @@ import pytest
 from services.alerts.config import AlertsConfig
 from services.alerts.frequency import AlertState
 from services.alerts.service import Alerts
-from services.alerts.store import RedisStore
+from services.alerts.store_redis import RedisStore
 from services.alerts.strategies import execute
 from services.alerts.throttle import Due, StrategySpec, Throttle
 from shared.config import convert

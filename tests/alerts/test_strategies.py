@@ -8,7 +8,7 @@ import pytest
 
 from services.alerts.config import AlertsConfig
 from services.alerts.service import Alerts
-from services.alerts.store import SqliteStore
+from services.alerts.store_sqlite import SqliteStore
 from services.alerts.strategies import execute
 from shared.clock import FakeClock
 from shared.config import ConfigError, convert
