@@ -260,15 +260,23 @@ class EventProcessor:
     def add_pool(self, pool: Pool) -> None:
         """Install a scraped pool; events for it at or below ``snapshot_block`` will be skipped."""
         self.pools[pool.key] = pool
-        self.pending.pop(pool.key, None)
+        self._drop_held(pool.key)
 
     def remove_pool(self, key: bytes) -> None:
         self.pools.pop(key, None)
-        self.pending.pop(key, None)
+        self._drop_held(key)
+
+    def _drop_held(self, key: bytes) -> None:
+        self._pending_count -= len(self.pending.pop(key, ()))
 
     def hold(self, key: bytes) -> None:
         """Start keeping events of a pool that is being scraped (incremental add)."""
         self.pending.setdefault(key, [])
+
+    @property
+    def held_events(self) -> int:
+        """Events held for pools being added (bounded by ``pending_capacity``)."""
+        return self._pending_count
 
     def release(self, key: bytes) -> list[PoolUpdate]:
         """Stop holding; the held events, in chain order, for replay after the pool's scrape."""

@@ -180,8 +180,12 @@ class StartupCoordinator:
             raise StartupError("NotLive: complete the cold start first")
         self.metrics.incremental_adds += 1
         proc = self.processor
+        # a pool whose events are held is being added by another call (the retry loop, a repeated
+        # WhitelistAdd): a second add would drop what the first holds and install its own scrape over it
         todo = {
-            pool_key(s): s for s in specs if pool_key(s) not in proc.pools or proc.pools[pool_key(s)].stale
+            key: s
+            for s in specs
+            if (key := pool_key(s)) not in proc.pending and (key not in proc.pools or proc.pools[key].stale)
         }
         added: list[Pool] = []
         for _ in range(attempts):
@@ -192,7 +196,12 @@ class StartupCoordinator:
                 proc.remove_pool(key)
                 proc.hold(key)
                 self.specs[key] = todo[key]
-            result = await self._scrape(list(todo.values()))
+            try:
+                result = await self._scrape(list(todo.values()))
+            except BaseException:  # held no longer (else no later add would take them)
+                for key in todo:
+                    proc.release(key)
+                raise
             for pool in result.pools:
                 if pool.snapshot_block < head_at_hold:
                     continue  # the scraper lags our stream: events in between were not held

@@ -346,9 +346,14 @@ class SyncService:
                 await self.cold_start()
 
     def missing_pools(self) -> list[PoolSpec]:
-        """Configured or whitelisted pools that are not in the arena (their scrape failed)."""
-        pools = self.coord.processor.pools
-        return [spec for key, spec in self.coord.specs.items() if key not in pools or pools[key].stale]
+        """Configured or whitelisted pools that are not in the arena (their scrape failed); not the
+        ones being added right now (their events are held)."""
+        pools, adding = self.coord.processor.pools, self.coord.processor.pending
+        return [
+            spec
+            for key, spec in self.coord.specs.items()
+            if key not in adding and (key not in pools or pools[key].stale)
+        ]
 
     async def retry_loop(self) -> None:
         """Scrape pools that failed again, with backoff: a node or socket that was down comes back."""

@@ -219,6 +219,25 @@ def test_held_events_for_a_pool_being_added_are_kept_and_dropped_on_revert() -> 
     assert len(proc.release(V2_POOL)) == 1
 
 
+def test_held_event_count_returns_to_zero_however_the_hold_ends() -> None:
+    proc = EventProcessor()
+    sync = PoolUpdate(seq=0, block=1, tx=0, log=0, pool=V2_POOL, protocol="v2", kind="Sync", reserve0=1)
+    proc.hold(V2_POOL)
+    proc.apply_block(1, block_hash(1), b"", [sync])
+    assert proc.held_events == 1
+    proc.remove_pool(V2_POOL)  # an add that is retried drops what it held
+    assert proc.held_events == 0
+    proc.hold(V2_POOL)
+    proc.apply_block(2, block_hash(2), block_hash(1), [sync])
+    proc.add_pool(processor().pools[V2_POOL])  # installed without a release
+    assert proc.held_events == 0
+    proc.remove_pool(V2_POOL)
+    proc.hold(V2_POOL)
+    proc.apply_block(3, block_hash(3), block_hash(2), [sync])
+    assert len(proc.release(V2_POOL)) == 1
+    assert proc.held_events == 0
+
+
 def test_quote_matches_the_price_for_a_small_trade_and_crosses_ticks() -> None:
     proc = processor()
     pool = proc.pools[V3_POOL]

@@ -7,7 +7,8 @@ import asyncio
 import itertools
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Self
 
 import aiohttp
 import pytest
@@ -26,11 +27,11 @@ FAULTS = ["ok", "http500", "ok", "garbage", "ok", "hang", "ok", "error", "ok", "
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, faults: Sequence[str] = FAULTS) -> None:
         self.upstream = upstream
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.faults = itertools.cycle(FAULTS)
+        self.faults = itertools.cycle(faults)
         self.seen: dict[str, int] = {}
         self.never = asyncio.Event()
         self.rng = random.Random(5)
@@ -62,7 +63,7 @@ class FaultyProxy:
             reply = reply[1:]
         return web.json_response(reply)
 
-    async def __aenter__(self) -> FaultyProxy:
+    async def __aenter__(self) -> Self:
         self.session = aiohttp.ClientSession()
         app = web.Application()
         app.router.add_post("/", self.handle)

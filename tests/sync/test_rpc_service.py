@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
-from shared.bus import Subscriber
-from shared.messages import BlockUpdate, PoolState, Swap
+from services.sync import checkpoint
+from services.sync.scraper import pool_key
+from shared.bus import Pusher, Subscriber
+from shared.messages import BlockUpdate, Message, PoolSpec, PoolState, Swap, WhitelistAdd
 from shared.snapshot import request_snapshot
 from tests.helpers import spawn, tcp_endpoint
-from tests.sync.chain import Chain, Trader
+from tests.sync.chain import Chain, Trader, arena_view
+from tests.sync.test_bad_rpc import FaultyProxy
 
 
 def config(chain: Chain, tmp: str, **extra: Any) -> tuple[Path, dict[str, str]]:
@@ -38,6 +42,8 @@ class Watch:
         self.sub = Subscriber(pub, ["dex."])
         self.swaps: list[Swap] = []
         self.head: tuple[int, str] = (0, "")
+        self.states: dict[str, list[PoolState]] = {}  # every dex.pool.<id> received, by pool
+        self.committed: list[int] = []
 
     async def until_head(
         self, chain: Chain, proc: subprocess.Popen[str], timeout: float = 30, nudge: bool = False
@@ -55,16 +61,46 @@ class Watch:
             while self.head != want:
                 assert proc.poll() is None, proc.communicate()[1][-3000:]
                 batch = await self.sub.recv_batch(timeout=0.5)
-                for _topic, msg in batch:
-                    if isinstance(msg, BlockUpdate) and msg.status == "committed":
-                        self.head = (msg.number, msg.hash)
-                    elif isinstance(msg, Swap):
-                        self.swaps.append(msg)
+                self.take(batch)
                 if not batch and nudge:
                     chain.mine()
                     want = target()
 
         await asyncio.wait_for(run(), timeout)
+
+    def take(self, batch: list[tuple[str, Message]]) -> None:
+        for _topic, msg in batch:
+            if isinstance(msg, BlockUpdate) and msg.status == "committed":
+                self.head = (msg.number, msg.hash)
+                self.committed.append(msg.number)
+            elif isinstance(msg, Swap):
+                self.swaps.append(msg)
+            elif isinstance(msg, PoolState):
+                self.states.setdefault(msg.pool, []).append(msg)
+
+    async def until_published(
+        self, pools: set[str], proc: subprocess.Popen[str], timeout: float = 30
+    ) -> None:
+        """Read the bus until every pool of ``pools`` has a dex.pool.<id> state."""
+
+        async def run() -> None:
+            while not pools <= set(self.states):
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                self.take(await self.sub.recv_batch(timeout=0.5))
+
+        await asyncio.wait_for(run(), timeout)
+
+    def state_at(self, pool: str, number: int) -> PoolState | None:
+        """The pool's state after block ``number`` as published: the last one labelled at or below
+        it (the publisher batches by topic, so a state may arrive before an earlier block's dex.block)."""
+        return next((s for s in reversed(self.states.get(pool, [])) if s.block <= number), None)
+
+
+def observed(state: PoolState) -> tuple[int, ...]:
+    """A dex.pool.<id> state in the shape of Chain.truth()'s values without the ticks (``want[:3]``)."""
+    if state.protocol == "v2":
+        return int(state.reserve0), int(state.reserve1)
+    return int(state.sqrt_price_x96), state.tick, int(state.liquidity)
 
 
 async def assert_state(chain: Chain, snap: str) -> None:
@@ -76,10 +112,7 @@ async def assert_state(chain: Chain, snap: str) -> None:
     for key, want in truth.items():
         state = states["0x" + key.hex()]
         assert state.block == number
-        if state.protocol == "v2":
-            assert (int(state.reserve0), int(state.reserve1)) == want
-        else:
-            assert (int(state.sqrt_price_x96), state.tick, int(state.liquidity)) == want[:3]
+        assert observed(state) == want[:3]
 
 
 async def test_live_state_swaps_and_kill_9_then_resume_from_the_checkpoint(chain: Chain) -> None:
@@ -200,3 +233,111 @@ async def test_the_exex_socket_path_on_real_chain_data_through_the_bridge(chain:
                 assert watch.swaps
         finally:
             watch.sub.close()
+
+
+class ScrapeGate(FaultyProxy):
+    """A clean proxy in front of anvil that, while ``closed``, holds every request carrying an
+    eth_call (the scraper's; the follower makes none) until ``release()``. The test mines blocks while
+    a scrape round waits here, so the scrape straddles blocks with trades, yet no block is mined while
+    anvil answers a scrape call: anvil serves calls at its head block from the live state, which a
+    block being mined changes under them (a call pinned to block N may see N+1's writes)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, faults=["ok"])
+        self.closed = False
+        self.held: list[asyncio.Future[None]] = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.closed and b'"eth_call"' in await request.read():
+            held = asyncio.get_running_loop().create_future()
+            self.held.append(held)
+            self.arrived.set()
+            await held
+        return await super().handle(request)
+
+    def release(self) -> None:
+        self.arrived.clear()
+        for held in self.held:
+            if not held.done():  # not given up by its client
+                held.set_result(None)
+        self.held.clear()
+
+
+async def test_whitelist_add_over_pull_while_live_on_the_rpc_source(chain: Chain) -> None:
+    """Pools added over PULL while blocks with trades keep coming (one between every round of their
+    scrape): published, then equal to the contracts at every block, every initialized tick too (the
+    shutdown checkpoint); the pools configured from the start go on without a gap."""
+    trader = Trader(chain, seed=41)
+    trader.block(8)
+    specs = chain.specs()  # V2 x2, V3 x3, V4 x2
+    first = [specs[0], specs[2], specs[5]]  # one pool of each protocol from the start
+    later = [s for s in specs if s not in first]  # the others, V2, V3 and V4, while live
+    first_ids = {"0x" + pool_key(PoolSpec(**s)).hex() for s in first}
+    later_ids = {"0x" + pool_key(PoolSpec(**s)).hex() for s in later}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with ScrapeGate(chain.a.url) as gate:
+            # the retry loop of failed pools runs during the add, as it does in production when an add
+            # over JSON-RPC of many pools outlasts failed_pool_retry (5 s): it must leave the add alone
+            path, eps = config(chain, tmp, pools=first, rpc_urls=[gate.url], failed_pool_retry="100ms")
+            watch = Watch(eps["pub"])
+            pusher = Pusher(eps["pull"], sender="test")
+            try:
+                with spawn("-m", "services.sync", "--config", str(path)) as proc:
+                    await watch.sub.wait_for_publisher("sync", timeout=20)
+                    await watch.until_head(chain, proc, nudge=True)
+                    _header, items = await request_snapshot(eps["snapshot"], timeout=5)
+                    start = watch.head[0]  # no block mined since: the snapshot is of this block
+                    watch.states = {s.pool: [s] for s in items if isinstance(s, PoolState)}
+                    assert set(watch.states) == first_ids
+                    assert {s[0].block for s in watch.states.values()} == {start}
+                    trader.block(8)
+                    await watch.until_head(chain, proc)
+                    gate.closed = True
+                    await pusher.send(WhitelistAdd(pools=[PoolSpec(**s) for s in later]), timeout=5)
+                    rounds = 0
+                    try:
+                        for _ in range(20):  # a block with trades before each round of the scrape
+                            published = asyncio.ensure_future(watch.until_published(later_ids, proc))
+                            arrived = asyncio.ensure_future(gate.arrived.wait())
+                            await asyncio.wait({published, arrived}, return_when=asyncio.FIRST_COMPLETED)
+                            for task in (published, arrived):  # cancelling a reader loses nothing
+                                task.cancel()
+                            await asyncio.gather(published, arrived, return_exceptions=True)
+                            if not published.cancelled():
+                                published.result()  # raises what went wrong (the timeout, a dead service)
+                                break
+                            trader.block(8)
+                            await watch.until_head(chain, proc)  # the service holds the new pools' events
+                            gate.release()
+                            rounds += 1
+                    finally:
+                        gate.closed = False
+                        gate.release()
+                    assert later_ids <= set(watch.states) and rounds >= 3, rounds
+                    for _ in range(3):
+                        trader.block(8)
+                        await watch.until_head(chain, proc)
+                    await assert_state(chain, eps["snapshot"])
+                    proc.send_signal(signal.SIGTERM)
+                    _, err = proc.communicate(timeout=15)
+                    assert proc.returncode == 0, err[-3000:]
+            finally:
+                pusher.close()
+                watch.sub.close()
+        head = watch.head[0]
+        blocks = [n for n in watch.committed if n > start]
+        assert blocks == list(range(start + 1, head + 1))  # every block once, in order
+        assert watch.sub.stats.gaps == 0
+        assert err.count("live at block") == 1 and "resync" not in err  # no cold start again
+        assert "added 4 pool(s) while live" in err
+        added_at = min(s.block for pid in later_ids for s in watch.states[pid])
+        for number in blocks:  # what a consumer of dex.pool.* knows of each block
+            truth = {"0x" + key.hex(): want for key, want in chain.truth(number).items()}
+            for pid in first_ids | (later_ids if number >= added_at else set()):
+                state = watch.state_at(pid, number)
+                assert state is not None and observed(state) == truth[pid][:3], (number, pid)
+        cp = checkpoint.load(Path(tmp) / "data" / "sync" / "checkpoint.msgpack")
+        assert cp is not None and cp.block == head
+        pools = {rec.key: checkpoint.restore(rec, cp.block) for rec in cp.pools}
+        assert arena_view(pools) == chain.truth(head)  # reserves, slot0, liquidity, every tick's net
