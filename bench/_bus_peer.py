@@ -1,6 +1,6 @@
-"""The receiving process of the bus benchmark: ``python -m bench._bus_peer MODE ENDPOINT COUNT``.
+"""The receiving process of the bus benchmark: ``python -m bench._bus_peer MODE ENDPOINT COUNT OUT``.
 
-Prints one JSON line: messages received, seconds from the first to the last, and for the
+Writes one JSON document to the file OUT: messages received, seconds from the first to the last, and for the
 latency modes the per-message latency (receive time minus the sender's ``event_ns``) in us.
 """
 
@@ -58,13 +58,14 @@ async def poolwire(endpoint: str, count: int, latency: bool) -> dict[str, object
 
 
 def main() -> None:
-    mode, endpoint, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, endpoint, count, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     latency = mode.endswith("-latency")
     if mode.startswith("raw"):
         result = raw(endpoint, count, 100 if "batched" in mode else 1, latency)
     else:
         result = uvloop.run(poolwire(endpoint, count, latency))
-    print(json.dumps(result), flush=True)
+    with open(out, "w") as f:
+        json.dump(result, f)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@
 - poolwire single / batched: pre-built messages through Publisher.publish (numbering, stamping,
   encoding) to a Subscriber (draining, decoding, gap checks). Batched: the adaptive batching,
   100 messages per frame; publish_many: the producer hands over bursts of 100 itself.
-- latency: 10 k msgs/s paced, receive time minus the sender's event_ns, p50/p99.
+- latency: 10 k msgs/s paced, receive time minus the sender's event_ns, p50/p99 (the median of
+  three rounds: the host preempts this VM's vCPUs, and one round's p99 swings tenfold).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ TOPIC = b"px.bench"
 SINGLE_N = 300_000
 BATCHED_N = 3_000_000
 LATENCY_N = 20_000
+LATENCY_ROUNDS = 3
 RATE = 10_000
 
 
@@ -41,17 +45,21 @@ def _port() -> int:
 
 
 def _peer(mode: str, endpoint: str, count: int) -> subprocess.Popen[str]:
+    fd, path = tempfile.mkstemp(prefix="poolwire-bus-", suffix=".json")
+    os.close(fd)
     return subprocess.Popen(
-        [sys.executable, "-m", "bench._bus_peer", mode, endpoint, str(count)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "bench._bus_peer", mode, endpoint, str(count), path], cwd=ROOT, text=True
     )
 
 
 def _finish(peer: subprocess.Popen[str]) -> dict[str, Any]:
-    out, _ = peer.communicate(timeout=120)
-    return json.loads(out)  # type: ignore[no-any-return]
+    """The peer's result: a file, not stdout (a stray write there would corrupt a 400 kB line)."""
+    peer.wait(timeout=120)
+    path = Path(str(peer.args[-1]))  # type: ignore[index]
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _sample(i: int = 0) -> Price:
@@ -62,11 +70,13 @@ SPIN_S = 150e-6  # pace by sleeping, spin only the last stretch: a spinning send
 
 
 def _wait_until(deadline: float) -> None:
+    """Pace the sender. At 10 k msgs/s the gap (100 us) is below sleep's resolution, so it mostly
+    spins; yielding in the spin gives the core to the I/O threads and the receiver when they need it."""
     remaining = deadline - time.perf_counter()
     if remaining > SPIN_S:
         time.sleep(remaining - SPIN_S)
     while time.perf_counter() < deadline:
-        pass
+        os.sched_yield()
 
 
 def _raw_pub(endpoint: str) -> zmq.Socket[bytes]:
@@ -157,8 +167,15 @@ def run() -> dict[str, dict[str, Any]]:
     pw_single = poolwire_run("pw-single", SINGLE_N, batching=False)
     pw_batched = poolwire_run("pw-batched", BATCHED_N, batching=True)
     pw_many = poolwire_run("pw-batched", BATCHED_N, batching=True, many=True)
-    raw_lat = raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"]
-    pw_lat = poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)["latency_us"]
+    # This machine is a VM whose vCPUs the host preempts: one 2 s sample's p99 swings 10x. Rounds
+    # of raw and poolwire alternate, and the median round is reported for each.
+    raw_rounds, pw_rounds = [], []
+    for _ in range(LATENCY_ROUNDS):
+        raw_rounds.append(raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"])
+        pw_rounds.append(poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)["latency_us"])
+
+    def median_round(rounds: list[list[float]], q: float) -> float:
+        return sorted(_pct(r, q) for r in rounds)[len(rounds) // 2]
 
     def rate(r: dict[str, Any]) -> float:
         return float(r["received"]) / float(r["seconds"])
@@ -172,10 +189,10 @@ def run() -> dict[str, dict[str, Any]]:
         "bus.batched_ratio": (rate(pw_batched) / rate(raw_batched), "ratio", ">= 0.6"),
         "bus.publish_many_msgs_per_s": (rate(pw_many), "msg/s", None),
         "bus.publish_many_ratio": (rate(pw_many) / rate(raw_batched), "ratio", ">= 0.6"),
-        "bus.raw_p50_us": (_pct(raw_lat, 0.50), "us", None),
-        "bus.raw_p99_us": (_pct(raw_lat, 0.99), "us", None),
-        "bus.p50_us": (_pct(pw_lat, 0.50), "us", None),
-        "bus.p99_us": (_pct(pw_lat, 0.99), "us", "<= 1000"),
+        "bus.raw_p50_us": (median_round(raw_rounds, 0.50), "us", None),
+        "bus.raw_p99_us": (median_round(raw_rounds, 0.99), "us", None),
+        "bus.p50_us": (median_round(pw_rounds, 0.50), "us", None),
+        "bus.p99_us": (median_round(pw_rounds, 0.99), "us", "<= 1000"),
     }
     return {k: {"value": v, "unit": u, "goal": g} for k, (v, u, g) in figures.items()}
 

@@ -18,6 +18,7 @@ This module holds what the sockets share; :mod:`shared.publisher`, :mod:`shared.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket as _socket
 
@@ -26,6 +27,7 @@ import zmq.asyncio
 
 DEFAULT_HWM = 100_000
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq re-wraps enum flags on every call (5 % of a drain)
+POLLIN = int(zmq.POLLIN)
 DEFAULT_MAX_BATCH = 256
 
 
@@ -37,6 +39,42 @@ def context() -> zmq.asyncio.Context:
 def sync_view(sock: zmq.asyncio.Socket) -> zmq.Socket[bytes]:
     """A plain socket over the same underlying handle: NOBLOCK sends and drains without futures."""
     return zmq.Socket.shadow(sock.underlying)
+
+
+async def wait_readable(sock: zmq.Socket[bytes], timeout: float | None = None) -> bool:
+    """Wait until ``sock`` has a message to read; False if ``timeout`` seconds pass first.
+
+    ZeroMQ's FD is edge-triggered: it signals that the socket's state may have changed, and
+    reading ZMQ_EVENTS both answers and re-arms it. So check the events, register the reader,
+    check again (an edge before registration is not signalled twice), then wait. This costs one
+    loop callback per wake, where pyzmq's asyncio poll builds futures and timers on every call and
+    was measured stalling 3-5 ms at the 99th percentile.
+    """
+
+    def readable() -> bool:
+        return bool(sock.getsockopt(zmq.EVENTS) & POLLIN)  # type: ignore[operator]
+
+    if readable():
+        return True
+    loop = asyncio.get_running_loop()
+    fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
+    woken = asyncio.Event()
+    loop.add_reader(fd, woken.set)
+    try:
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if readable():
+                return True
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            woken.clear()
+            try:
+                await asyncio.wait_for(woken.wait(), remaining)
+            except TimeoutError:
+                return readable()
+    finally:
+        loop.remove_reader(fd)
 
 
 def default_publisher_id(service: str) -> str:
@@ -63,4 +101,5 @@ __all__ = [
     "context",
     "default_publisher_id",
     "sync_view",
+    "wait_readable",
 ]

@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import NOBLOCK, context, default_publisher_id, sync_view
+from shared.bus import NOBLOCK, context, default_publisher_id, sync_view, wait_readable
 from shared.messages import ENCODER, Message, decode_payload
 
 log = logging.getLogger("poolwire.bus")
@@ -116,9 +116,8 @@ class Puller:
             if out:
                 self.stats.received += len(out)
                 return out
-            wait_ms = None if deadline is None else max(0, int((deadline - loop.time()) * 1000))
-            events = await self._asock.poll(wait_ms)
-            if not events and deadline is not None and loop.time() >= deadline:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await wait_readable(self._sock, remaining) and deadline is not None:
                 return []
 
     def __enter__(self) -> Puller:

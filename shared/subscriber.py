@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import DEFAULT_HWM, NOBLOCK, context, sync_view
+from shared.bus import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
 from shared.messages import Heartbeat, Message, decode_payload
@@ -129,9 +129,8 @@ class Subscriber:
             out = self._drain()
             if out:
                 return out
-            wait_ms = None if deadline is None else max(0, int((deadline - loop.time()) * 1000))
-            events = await self._asock.poll(wait_ms)
-            if not events and deadline is not None and loop.time() >= deadline:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await wait_readable(self._sock, remaining) and deadline is not None:
                 return []
 
     async def recv_batch(self, timeout: float | None = None) -> list[tuple[str, Message]]:
@@ -278,7 +277,7 @@ class Subscriber:
                 )
             self._backlog.extend(self._drain())
             if found() is None:
-                await self._asock.poll(int(remaining * 1000) + 1)
+                await wait_readable(self._sock, remaining)
         return info
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, Message]]:
