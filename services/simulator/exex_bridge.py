@@ -26,7 +26,8 @@ from typing import Any
 import aiohttp
 from eth_hash.auto import keccak
 
-from shared.exex import AnyExEx, BeginBlock, EndBlock, PoolUpdate, encode_frame
+from services.simulator.exex_server import ExExConnection, hold_connection
+from shared.exex import AnyExEx, BeginBlock, EndBlock, PoolUpdate
 
 log = logging.getLogger("poolwire.simulator.bridge")
 
@@ -118,23 +119,12 @@ def to_update(entry: dict[str, Any]) -> PoolUpdate | None:
     )
 
 
-class _Conn:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.seq = 0
-
-    def send(self, msg: AnyExEx) -> None:
-        self.seq += 1
-        msg.seq = self.seq
-        self.writer.write(encode_frame(msg))
-
-
 class Bridge:
     def __init__(self, rpc_url: str, socket_path: str, poll: float = 0.2) -> None:
         self.rpc_url = rpc_url
         self.socket_path = socket_path
         self.poll = poll
-        self.conns: list[_Conn] = []
+        self.conns: list[ExExConnection] = []
         self.sent: dict[int, tuple[bytes, bytes]] = {}  # number -> (hash, parent) of blocks sent
         self.head = -1
         self.blocks_sent = 0
@@ -163,17 +153,7 @@ class Bridge:
             os.unlink(self.socket_path)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(writer)
-        self.conns.append(conn)
-        try:
-            while await reader.read(4096):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            if conn in self.conns:
-                self.conns.remove(conn)
-            writer.close()
+        await hold_connection(self.conns, reader, writer)
 
     async def rpc(self, method: str, *params: Any) -> Any:
         assert self._session is not None

@@ -35,7 +35,9 @@ from shared.exex import (
 log = logging.getLogger("poolwire.simulator.exex")
 
 
-class _Conn:
+class ExExConnection:
+    """One connected ExEx client: numbers the frames it is sent (the stream sequence)."""
+
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.seq = 0
@@ -46,12 +48,29 @@ class _Conn:
         self.writer.write(encode_frame(msg))
 
 
+async def hold_connection(
+    conns: list[ExExConnection], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Keep a client in ``conns`` (it is sent frames from there) until it goes away."""
+    conn = ExExConnection(writer)
+    conns.append(conn)
+    try:
+        while await reader.read(4096):  # clients send nothing; this notices them leave
+            pass
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        if conn in conns:
+            conns.remove(conn)
+        writer.close()
+
+
 class ExExServer:
     def __init__(self, chain: SimChain, socket_path: str, scrape_path: str | None = None) -> None:
         self.chain = chain
         self.socket_path = socket_path
         self.scrape_path = scrape_path
-        self.conns: list[_Conn] = []
+        self.conns: list[ExExConnection] = []
         self.connected = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
         self._handlers: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
@@ -74,18 +93,8 @@ class ExExServer:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(writer)
-        conn = _Conn(writer)
-        self.conns.append(conn)
-        self.connected.set()
-        try:
-            while await reader.read(4096):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            if conn in self.conns:
-                self.conns.remove(conn)
-            writer.close()
+        self.connected.set()  # waiters run after this task yields, when the client is in conns
+        await hold_connection(self.conns, reader, writer)
 
     async def _on_scrape(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(writer)
