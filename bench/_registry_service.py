@@ -14,18 +14,11 @@ import yaml
 
 from shared.bus import Publisher, Pusher, Subscriber
 from shared.messages import DetectorEvent, Price, ZoneCreated, ZoneTouched
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PRICES = 200_000
 N_ZONES = 1_000
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
@@ -104,10 +97,10 @@ async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
 def service_figures() -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {
-            "pub": f"tcp://127.0.0.1:{_port()}",
-            "pull": f"tcp://127.0.0.1:{_port()}",
-            "snapshot": f"tcp://127.0.0.1:{_port()}",
-            "prices": [f"tcp://127.0.0.1:{_port()}"],
+            "pub": f"tcp://127.0.0.1:{free_port()}",
+            "pull": f"tcp://127.0.0.1:{free_port()}",
+            "snapshot": f"tcp://127.0.0.1:{free_port()}",
+            "prices": [f"tcp://127.0.0.1:{free_port()}"],
             "metrics_port": 0,
         }
         path = Path(tmp) / "poolwire.yaml"

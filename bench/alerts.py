@@ -29,6 +29,7 @@ from services.alerts.store import ThrottleStore
 from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec, Throttle
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 M = 60_000_000_000
@@ -69,11 +70,7 @@ def _bucket(store: ThrottleStore, specs: list[StrategySpec], updated: list[str],
 
 
 def _redis(binary: str) -> tuple[subprocess.Popen[str], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.PIPE,

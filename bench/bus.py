@@ -26,6 +26,7 @@ import zmq
 
 from shared.bus import Publisher
 from shared.messages import ENCODER, Price
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = b"px.bench"
@@ -34,14 +35,6 @@ BATCHED_N = 3_000_000
 LATENCY_N = 20_000
 LATENCY_ROUNDS = 3
 RATE = 10_000
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _peer(mode: str, endpoint: str, count: int) -> subprocess.Popen[str]:
@@ -88,7 +81,7 @@ def _raw_pub(endpoint: str) -> zmq.Socket[bytes]:
 
 
 def raw_run(mode: str, count: int, latency: bool = False) -> dict[str, Any]:
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     peer = _peer(mode, endpoint, count)
     sock = _raw_pub(endpoint)
     msg = _sample()
@@ -150,7 +143,7 @@ async def _poolwire_send(
 def poolwire_run(
     mode: str, count: int, batching: bool, latency: bool = False, many: bool = False
 ) -> dict[str, Any]:
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     peer = _peer(mode, endpoint, count)
     uvloop.run(_poolwire_send(endpoint, count, batching, latency, many))
     return _finish(peer)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import yaml
 
 from shared.bus import Pusher, Subscriber
 from shared.messages import AlertFired, DetectorEvent, Price, ZoneCreated, ZoneTouched
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 10_000  # market updates/s into ingest
@@ -62,14 +62,8 @@ SUSTAINED_P99_MS = 100.0
 SERVICES = ("ingest", "registry", "alerts")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ep() -> str:
-    return f"tcp://127.0.0.1:{_port()}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -126,9 +120,9 @@ class Window:
 class Pipeline:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.ws_port, self.http_port = _port(), _port()
+        self.ws_port, self.http_port = free_port(), free_port()
         self.http = f"http://127.0.0.1:{self.http_port}"
-        self.metrics = {name: _port() for name in SERVICES}
+        self.metrics = {name: free_port() for name in SERVICES}
         self.ingest = {"pub": _ep(), "pull": _ep()}
         self.registry = {"pub": _ep(), "pull": _ep(), "snapshot": _ep()}
         self.alerts = {"pub": _ep(), "jobs": _ep(), "results": _ep()}

@@ -143,7 +143,7 @@ def bytes_per_zone() -> tuple[float, float]:
     base = tracemalloc.get_traced_memory()[0]
     zones = [
         Zone(
-            id=f"H1_2023-11-14T22:13:20Z_{i:012x}",
+            id=f"H1_20231114T221320Z_{i:012x}",
             symbol="pm.x",
             timeframe="H1",
             kind="fvg_bullish",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -14,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port as free_port
+from tests.ports import tcp_endpoint as tcp_endpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tcp_endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def require_binary(name: str) -> str:
@@ -63,7 +55,23 @@ def spawn(
     )
     try:
         yield proc
+    except BaseException as exc:
+        # a failing test shows what the process said: a service that died or hung explains itself
+        _reap(proc)
+        exc.add_note(f"--- {' '.join(args)}: rc={proc.returncode}, stderr tail:\n{_tail(proc)}")
+        raise
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
+        _reap(proc)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    if not hasattr(proc, "reaped_stderr"):
+        _, err = proc.communicate(timeout=10)
+        proc.reaped_stderr = err or ""  # type: ignore[attr-defined]
+
+
+def _tail(proc: subprocess.Popen[str], chars: int = 4000) -> str:
+    err: str = getattr(proc, "reaped_stderr", "")
+    return err[-chars:] if err else "(empty, or read by the test)"

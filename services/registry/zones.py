@@ -76,13 +76,13 @@ _tag_cache: dict[tuple[str, str], bytes] = {}
 
 
 def iso_second(ns: int) -> str:
-    """``2023-11-14T22:13:20Z`` for a time in nanoseconds (cached per second)."""
+    """``20231114T221320Z`` (ISO 8601 basic format) for a time in nanoseconds (cached per second)."""
     sec = ns // NS
     iso = _iso_cache.get(sec)
     if iso is None:
         if len(_iso_cache) > 4096:
             _iso_cache.clear()
-        iso = _iso_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+        iso = _iso_cache[sec] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(sec))
     return iso
 
 

@@ -109,7 +109,7 @@ def test_out_of_order_created_at_still_scheduled() -> None:
 def test_ids_are_deterministic() -> None:
     a = zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.5)
     assert a == zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.5)
-    assert a.startswith("H1_2023-11-14T22:13:20Z_") and len(a.split("_")[-1]) == 12
+    assert a.startswith("H1_20231114T221320Z_") and len(a.split("_")[-1]) == 12
     assert a != zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.50001)
     reg = Registry(rules(), T0)
     z1 = reg.create("pm.a", "H1", FVG_BULLISH, 1.0, 0.5, 1.0, T0, T0)
