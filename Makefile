@@ -20,7 +20,7 @@ $(NODE_STAMP): package.json examples/node/package.json
 	@if command -v npm >/dev/null 2>&1; then \
 	  npm install --no-audit --no-fund --loglevel=error && \
 	  npm install --prefix examples/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
-	else echo "npm not found: chain tests and the Node.js consumer test will fail (CI installs npm)"; fi
+	else echo "npm not found: chain tests and the Node.js consumer test will fail (.ci/run installs it)"; fi
 
 node-deps: $(NODE_STAMP)
 

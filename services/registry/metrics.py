@@ -49,8 +49,11 @@ class RegistryCollector(Collector):
         yield from (created, touched, expired, removed)
 
         zones = GaugeMetricFamily(
-            f"{P}_zones", "Zones held now, by state (active, touched, grace)", labels=["timeframe", "state"]
+            f"{P}_zones",
+            "Zones held now, by state: active, touched, grace (expired, kept for the grace period)",
+            labels=["timeframe", "state"],
         )
+        held = GaugeMetricFamily(f"{P}_zones_held", "Zones held now, every state", labels=["timeframe"])
         counts: dict[tuple[str, str], int] = {}
         for tf in by_tf:
             for state in ("active", "touched", "grace"):
@@ -58,9 +61,14 @@ class RegistryCollector(Collector):
         for zone in list(reg.zones()):
             key = (zone.timeframe, zone.state if zone.state != "expired" else "grace")
             counts[key] = counts.get(key, 0) + 1
+        totals: dict[str, int] = {}
         for (tf, state), n in counts.items():
             zones.add_metric([tf, state], n)
+            totals[tf] = totals.get(tf, 0) + n
+        for tf, n in totals.items():
+            held.add_metric([tf], n)
         yield zones
+        yield held
         yield GaugeMetricFamily(f"{P}_size", "len(registry): every zone held, grace included", value=len(reg))
 
         rejected = CounterMetricFamily(
