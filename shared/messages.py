@@ -247,6 +247,7 @@ class DetectorEvent(Message, kw_only=True):
     bottom: float
     strength: float = 1.0
     created_ns: int = 0  # default: now
+    ttl_ns: int = 0  # 0: the timeframe's configured TTL; at most 7 days
 
 
 class ZoneCreated(Message, kw_only=True):

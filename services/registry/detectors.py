@@ -13,12 +13,19 @@
   (causal: no look-ahead), so it is created then. It gives buy-side liquidity (``bsl``) over its
   upper wick ``[max(open, close), high]``; a swing low gives sell-side liquidity (``ssl``) over
   ``[low, min(open, close)]``. Strength 1.
+* State: :meth:`Detectors.state` / :meth:`Detectors.changed` export, per (symbol, timeframe), what
+  the detectors need to continue exactly after a restart (:class:`PairState`: the open candle, the
+  last closed bucket, the closed-candle window FVG and pivots look at); :meth:`Detectors.restore`
+  imports it. A pair changes only when a tick lands in its open candle or a candle closes.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+import msgspec
 
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 
@@ -45,16 +52,66 @@ class Detection:
     created_ns: int
 
 
+class CandleState(msgspec.Struct, array_like=True, gc=False):
+    """A candle as stored (a msgspec Struct is slower than a slots dataclass on the tick path)."""
+
+    start_ns: int
+    end_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    ticks: int = 1
+
+    @classmethod
+    def of(cls, c: Candle) -> CandleState:
+        return cls(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)
+
+    def candle(self) -> Candle:
+        return Candle(self.start_ns, self.end_ns, self.open, self.high, self.low, self.close, self.ticks)
+
+
+class PairState(msgspec.Struct, kw_only=True):
+    """What the detectors of one (symbol, timeframe) need to continue exactly where they stopped.
+
+    The pivot state is the closed-candle window itself: a pivot is found from the last 2N+1 closed
+    candles, an FVG from the last 3.
+    """
+
+    symbol: str
+    timeframe: str
+    tf_ns: int
+    swing_bars: int  # the N the window was kept for
+    last_closed_start: int = -1  # ticks of this bucket or earlier are late
+    current: CandleState | None = None  # the open candle
+    closed: list[CandleState] = []  # oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedState:
+    symbol: str
+    timeframe: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    restored: int = 0
+    resized: int = 0  # restored with a window kept for another swing_bars
+    dropped: list[DroppedState] = field(default_factory=list)
+
+
 class CandleBuilder:
     """Candles of one (symbol, timeframe)."""
 
-    __slots__ = ("current", "last_closed_start", "late", "tf_ns")
+    __slots__ = ("changed", "current", "last_closed_start", "late", "tf_ns")
 
     def __init__(self, tf_ns: int) -> None:
         self.tf_ns = tf_ns
         self.current: Candle | None = None
         self.last_closed_start = -1
         self.late = 0
+        self.changed = False  # since the state was last exported
 
     def on_tick(self, ts_ns: int, price: float) -> Candle | None:
         """Add a tick; returns the candle it closed, if any."""
@@ -68,6 +125,7 @@ class CandleBuilder:
                     cur.low = price
                 cur.close = price
                 cur.ticks += 1
+                self.changed = True
                 return None
             if start < cur.start_ns:
                 self.late += 1
@@ -77,6 +135,7 @@ class CandleBuilder:
             self.late += 1
             return None
         self.current = Candle(start, start + self.tf_ns, price, price, price, price)
+        self.changed = True
         return cur
 
     def on_time(self, now_ns: int) -> Candle | None:
@@ -85,8 +144,14 @@ class CandleBuilder:
         if cur is not None and now_ns >= cur.end_ns:
             self.current = None
             self.last_closed_start = cur.start_ns
+            self.changed = True
             return cur
         return None
+
+
+def window_size(swing_bars: int) -> int:
+    """Closed candles the detectors look at: 3 for an FVG, 2N+1 for a pivot."""
+    return max(3, 2 * swing_bars + 1)
 
 
 class PatternDetector:
@@ -99,7 +164,7 @@ class PatternDetector:
         self.timeframe = timeframe
         self.n = swing_bars
         self.fvg_min_gap = fvg_min_gap
-        self.candles: deque[Candle] = deque(maxlen=max(3, 2 * swing_bars + 1))
+        self.candles: deque[Candle] = deque(maxlen=window_size(swing_bars))
 
     def on_candle(self, c: Candle) -> list[Detection]:
         self.candles.append(c)
@@ -139,6 +204,9 @@ class DetectorStats:
     late_ticks: int = 0
 
 
+_Pair = tuple[CandleBuilder, PatternDetector]
+
+
 class Detectors:
     """Every (symbol, timeframe) pair's candle builder and pattern detector."""
 
@@ -147,9 +215,10 @@ class Detectors:
         self.swing_bars = swing_bars
         self.fvg_min_gap = fvg_min_gap
         self.stats = DetectorStats(candles=dict.fromkeys(timeframes, 0))
-        self._pairs: dict[str, list[tuple[CandleBuilder, PatternDetector]]] = {}
+        self._pairs: dict[str, list[_Pair]] = {}
+        self._changed: set[str] = set()  # symbols with a builder whose state changed
 
-    def _for(self, symbol: str) -> list[tuple[CandleBuilder, PatternDetector]]:
+    def _for(self, symbol: str) -> list[_Pair]:
         pairs = self._pairs.get(symbol)
         if pairs is None:
             pairs = self._pairs[symbol] = [
@@ -160,21 +229,23 @@ class Detectors:
 
     def on_price(self, symbol: str, ts_ns: int, price: float) -> list[Detection]:
         out: list[Detection] = []
+        self._changed.add(symbol)
         for builder, detector in self._for(symbol):
             late = builder.late
             closed = builder.on_tick(ts_ns, price)
             if builder.late != late:
                 self.stats.late_ticks += 1
-            if closed is not None:
+            elif closed is not None:
                 out.extend(self._closed(detector, closed))
         return out
 
     def on_time(self, now_ns: int) -> list[Detection]:
         out: list[Detection] = []
-        for pairs in self._pairs.values():
+        for symbol, pairs in self._pairs.items():
             for builder, detector in pairs:
                 closed = builder.on_time(now_ns)
                 if closed is not None:
+                    self._changed.add(symbol)
                     out.extend(self._closed(detector, closed))
         return out
 
@@ -185,3 +256,72 @@ class Detectors:
         for d in found:
             stats.detections[d.kind] = stats.detections.get(d.kind, 0) + 1
         return found
+
+    # -- state across restarts -----------------------------------------------------------------
+    def state(self) -> list[PairState]:
+        """Every pair's state (a copy: later ticks do not change it)."""
+        return [self._state(pair) for pairs in self._pairs.values() for pair in pairs]
+
+    def changed(self) -> list[PairState]:
+        """The state of the pairs changed since the last call."""
+        out = []
+        for symbol in self._changed:
+            for pair in self._pairs[symbol]:
+                if pair[0].changed:
+                    pair[0].changed = False
+                    out.append(self._state(pair))
+        self._changed.clear()
+        return out
+
+    def _state(self, pair: _Pair) -> PairState:
+        builder, detector = pair
+        cur = builder.current
+        return PairState(
+            symbol=detector.symbol,
+            timeframe=detector.timeframe,
+            tf_ns=builder.tf_ns,
+            swing_bars=detector.n,
+            last_closed_start=builder.last_closed_start,
+            current=None if cur is None else CandleState.of(cur),
+            closed=[CandleState.of(c) for c in detector.candles],
+        )
+
+    def restore(self, states: Iterable[PairState]) -> RestoreReport:
+        """Continue from stored states. States that do not fit this config are dropped (reported).
+
+        A state kept for another ``swing_bars`` keeps its candles: the window is cut to (or grows
+        towards) the new size, so detections continue as soon as enough candles have closed.
+        """
+        report = RestoreReport()
+        for st in states:
+            reason = self._unfit(st)
+            if reason is not None:
+                report.dropped.append(DroppedState(st.symbol, st.timeframe, reason))
+                continue
+            builder, detector = next(p for p in self._for(st.symbol) if p[1].timeframe == st.timeframe)
+            builder.current = None if st.current is None else st.current.candle()
+            builder.last_closed_start = st.last_closed_start
+            detector.candles.clear()
+            detector.candles.extend(c.candle() for c in st.closed)
+            report.restored += 1
+            report.resized += st.swing_bars != self.swing_bars
+        return report
+
+    def _unfit(self, st: PairState) -> str | None:
+        tf_ns = self.timeframes.get(st.timeframe)
+        if tf_ns is None:
+            return "timeframe not configured for detectors"
+        if tf_ns != st.tf_ns:
+            return f"timeframe length changed ({st.tf_ns} ns stored, {tf_ns} ns now)"
+        if not st.symbol:
+            return "empty symbol"
+        last = st.last_closed_start
+        starts = [c.start_ns for c in st.closed]
+        if starts != sorted(set(starts)) or (starts and starts[-1] > last):
+            return "closed candles out of order"
+        cur = st.current
+        if cur is not None and (
+            cur.start_ns % tf_ns or cur.end_ns != cur.start_ns + tf_ns or cur.start_ns <= last
+        ):
+            return "open candle inconsistent"
+        return None

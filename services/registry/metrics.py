@@ -111,3 +111,9 @@ class RegistryCollector(Collector):
                 f"{P}_store_rows_written", "Rows written to the store", value=self.store.writes
             )
             yield GaugeMetricFamily(f"{P}_store_pending", "Changes not yet written", value=self.store.pending)
+            corrupt = CounterMetricFamily(
+                f"{P}_store_corrupt_rows", "Stored rows that did not decode, skipped", labels=["table"]
+            )
+            corrupt.add_metric(["zones"], self.store.corrupt)
+            corrupt.add_metric(["detector_state"], self.store.corrupt_states)
+            yield corrupt

@@ -43,6 +43,8 @@ from services.registry.zones import (
 )
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 
+MAX_TTL_NS = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
+
 _copy: Callable[[Zone], Zone] = Zone.__copy__  # type: ignore[attr-defined]
 _push = heapq.heappush
 _pop = heapq.heappop
@@ -235,10 +237,13 @@ class Registry:
         strength: float,
         created_ns: int,
         now_ns: int,
+        *,
+        ttl_ns: int = 0,
     ) -> Zone | None:
         """Create a zone; returns it, the existing zone for a repeated detection, or None if too weak.
 
-        Raises ZoneError (counted in ``stats.rejected``) for a bad range or unknown timeframe.
+        Raises ZoneError (counted in ``stats.rejected``) for a bad range, unknown timeframe or a
+        ``ttl_ns`` outside ``[0, MAX_TTL_NS]`` (0: the timeframe's configured TTL).
         ``created_ns`` may lie in the past (out of order): the TTL counts from it, and a zone
         already past its TTL expires on the next :meth:`advance`.
         """
@@ -248,6 +253,8 @@ class Registry:
                 raise ZoneError("unknown_timeframe", f"timeframe {timeframe!r} is not configured")
             if not symbol:
                 raise ZoneError("bad_symbol", "symbol is empty")
+            if not 0 <= ttl_ns <= MAX_TTL_NS:
+                raise ZoneError("bad_ttl", f"ttl_ns {ttl_ns} is outside [0, {MAX_TTL_NS}] (0: configured)")
             check_range(top, bottom, strength)
         except ZoneError as exc:
             self.reject(exc.reason)
@@ -274,7 +281,7 @@ class Registry:
             bottom=bottom,
             strength=strength,
             created_ns=created_ns,
-            expires_ns=created_ns + tf_rules.ttl_ns,
+            expires_ns=created_ns + (ttl_ns or tf_rules.ttl_ns),
         )
         confluence = self._confluence(zone)
         self._insert(zone, tf_rules.hit_tolerance)

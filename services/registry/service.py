@@ -3,7 +3,7 @@
 SUB ``px.*`` -> detectors (candles, FVGs, pivots) and the price index; PULL ``DetectorEvent`` from
 outside detectors; a timer loop advances the wheel; every event goes out on PUB
 ``zone.<event>.<tf>.<symbol>``; a ROUTER answers Clone snapshots of the active zones; SQLite keeps
-the zones across restarts.
+the zones and the detectors' candles across restarts.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class RegistryService:
             self.detectors = Detectors(
                 {tf: timeframe_ns(tf) for tf in tfs}, cfg.detectors.swing_bars, cfg.detectors.fvg_min_gap
             )
+            if self.store is not None:  # before the SUB below connects: no tick meets empty candles
+                restore_detectors(self.detectors, self.store)
         self.bad_events: dict[str, int] = {}
         self._logged_bad = 0
         self._wake = asyncio.Event()
@@ -111,8 +113,15 @@ class RegistryService:
         if store is not None and events:
             # Persist before the publisher's flush (it runs when the loop turns): a consumer never
             # sees a zone that a registry killed right after would forget.
-            store.flush()
+            self.flush_store()
         return len(events)
+
+    def flush_store(self) -> None:
+        """One transaction: the zones' changes and the detector state that goes with them."""
+        assert self.store is not None
+        if self.detectors is not None:
+            self.store.states_changed(self.detectors.changed())
+        self.store.flush()
 
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
         prefix = request.prefix
@@ -133,9 +142,10 @@ class RegistryService:
             log.warning("rejected a detector event (%s): %s [%d so far]", reason, detail, self._logged_bad)
 
     def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
+        ttl = d.ttl_ns if isinstance(d, DetectorEvent) else 0
         try:
             self.registry.create(
-                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns
+                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns, ttl_ns=ttl
             )
         except ZoneError as exc:
             self._logged_bad += 1
@@ -224,7 +234,7 @@ class RegistryService:
         interval = self.ctx.config.store_flush_interval
         while True:
             await self.clock.sleep(interval)
-            self.store.flush()
+            self.flush_store()
 
     # ------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -265,8 +275,30 @@ class RegistryService:
             self.puller.close()
             await self.pub.close()
             if self.store is not None:
+                self.flush_store()
                 self.store.close()
             log.info("stopped with %d zone(s) held", len(self.registry))
+
+
+def restore_detectors(detectors: Detectors, store: ZoneStore) -> None:
+    """Continue the candles stored by the last run; states that do not fit the config are deleted."""
+    report = detectors.restore(store.load_detector_state())
+    for d in report.dropped[:20]:
+        log.warning("stored detector state of %s %s dropped: %s", d.symbol, d.timeframe, d.reason)
+    store.states_removed((d.symbol, d.timeframe) for d in report.dropped)
+    if report.resized:
+        log.info(
+            "detectors.swing_bars is now %d: %d restored window(s) kept for another value were resized",
+            detectors.swing_bars,
+            report.resized,
+        )
+    log.info(
+        "restored the candles of %d (symbol, timeframe) pair(s) from %s; %d dropped, %d corrupt",
+        report.restored,
+        store.path,
+        len(report.dropped),
+        store.corrupt_states,
+    )
 
 
 async def main(ctx: ServiceContext[RegistryConfig]) -> None:

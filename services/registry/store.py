@@ -6,6 +6,11 @@ backstop): one transaction upserts the changed zones and deletes the removed one
 synchronous=NORMAL makes a commit a write without fsync, so a killed process loses nothing it
 published (a power loss may lose the last commits). The publisher's sequence is
 not kept: a restarted registry is a new incarnation (new ``started_ns``), which subscribers see.
+
+A second table, ``detector_state``, keeps one row per (symbol, timeframe): the detectors'
+:class:`~services.registry.detectors.PairState` (open candle, closed-candle window, last closed
+bucket), written in the same transaction as the zones, so the zones a candle close created and
+the state that says it closed are committed together.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from pathlib import Path
 
 import msgspec
 
+from services.registry.detectors import PairState
 from shared.messages import Zone
 
 log = logging.getLogger("poolwire.registry.store")
 
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(Zone).decode
+_DECODE_STATE = msgspec.msgpack.Decoder(PairState).decode
+
+StateKey = tuple[str, str]  # (symbol, timeframe)
 
 
 class ZoneStore:
@@ -33,9 +42,16 @@ class ZoneStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
+            " body BLOB NOT NULL, PRIMARY KEY (symbol, timeframe))"
+        )
         self._dirty: dict[str, Zone] = {}
         self._removed: set[str] = set()
+        self._states: dict[StateKey, PairState] = {}
+        self._states_removed: set[StateKey] = set()
         self.corrupt = 0
+        self.corrupt_states = 0
         self.writes = 0
 
     def load(self) -> list[Zone]:
@@ -48,6 +64,28 @@ class ZoneStore:
                 self.corrupt += 1
                 log.warning("stored zone %s does not decode: skipped", zid)
         return zones
+
+    def load_detector_state(self) -> list[PairState]:
+        """Every stored detector state; rows that do not decode are counted, logged and skipped."""
+        states = []
+        for symbol, tf, body in self._db.execute("SELECT symbol, timeframe, body FROM detector_state"):
+            try:
+                states.append(_DECODE_STATE(body))
+            except msgspec.DecodeError as exc:
+                self.corrupt_states += 1
+                log.warning("stored detector state of %s %s does not decode (%s): skipped", symbol, tf, exc)
+        return states
+
+    def states_changed(self, states: Iterable[PairState]) -> None:
+        for st in states:
+            key = (st.symbol, st.timeframe)
+            self._states_removed.discard(key)
+            self._states[key] = st
+
+    def states_removed(self, keys: Iterable[StateKey]) -> None:
+        for key in keys:
+            self._states.pop(key, None)
+            self._states_removed.add(key)
 
     def changed(self, zone: Zone) -> None:
         self._removed.discard(zone.id)
@@ -63,14 +101,16 @@ class ZoneStore:
 
     @property
     def pending(self) -> int:
-        return len(self._dirty) + len(self._removed)
+        return len(self._dirty) + len(self._removed) + len(self._states) + len(self._states_removed)
 
     def flush(self) -> int:
         """Write what changed since the last flush in one transaction; returns rows written."""
-        if not self._dirty and not self._removed:
+        rows = self.pending
+        if not rows:
             return 0
         dirty, removed = self._dirty, self._removed
-        self._dirty, self._removed = {}, set()
+        states, states_removed = self._states, self._states_removed
+        self._dirty, self._removed, self._states, self._states_removed = {}, set(), {}, set()
         db = self._db
         db.execute("BEGIN")
         try:
@@ -79,12 +119,17 @@ class ZoneStore:
                 [(zid, _ENCODE(z)) for zid, z in dirty.items()],
             )
             db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in removed])
+            db.executemany(
+                "INSERT OR REPLACE INTO detector_state (symbol, timeframe, body) VALUES (?, ?, ?)",
+                [(sym, tf, _ENCODE(st)) for (sym, tf), st in states.items()],
+            )
+            db.executemany("DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", states_removed)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.writes += len(dirty) + len(removed)
-        return len(dirty) + len(removed)
+        self.writes += rows
+        return rows
 
     def close(self) -> None:
         self.flush()
