@@ -209,6 +209,10 @@ async def test_zones_touches_detectors_snapshot_restart(tmp_path: Path) -> None:
             assert metric(text, "poolwire_registry_zones_expired_total", timeframe="H4", reason="ttl") == 1
             assert metric(text, "poolwire_registry_zones", timeframe="H1", state="touched") == 1
             assert metric(text, "poolwire_registry_zones", timeframe="H4", state="grace") == 1
+            held = {
+                tf: metric(text, "poolwire_registry_zones_held", timeframe=tf) for tf in ("H1", "H4", "S1")
+            }
+            assert held == {"H1": 1, "H4": 1, "S1": 1}  # touched; in grace; the FVG
             assert metric(text, "poolwire_registry_size") == 3
         rc, took = stop(proc)
         assert rc == 0 and took < 10
