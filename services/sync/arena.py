@@ -12,6 +12,7 @@ pool becomes *stale* and needs a new scrape.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from eth_hash.auto import keccak
 
 from services.sync import amm
 from services.sync.amm import MathError
+from services.sync.ratelog import RateLimitedLog
 from shared.exex import PoolUpdate
+
+log = logging.getLogger("poolwire.sync.arena")
 
 ProtocolName = Literal["v2", "v3", "v4"]
 TickInfo = tuple[int, int]  # (liquidity_gross, liquidity_net)
@@ -228,6 +232,7 @@ class BlockJournal:
     hash: bytes
     parent_hash: bytes
     undo: list[tuple[Any, ...]]
+    timestamp: int = 0
 
 
 @dataclass(slots=True)
@@ -250,10 +255,12 @@ class EventProcessor:
         self.stats = EventProcessorStats()
         self.journal: deque[BlockJournal] = deque()
         self.head: tuple[int, bytes] | None = None  # (number, hash) of the last applied block
+        self.head_timestamp = 0  # its block time in seconds (0: unknown)
         self.pending: dict[bytes, list[tuple[bytes, PoolUpdate]]] = {}  # pools being added
         self.pending_capacity = 10_000
         self._pending_count = 0
         self.last_error = ""
+        self.skip_log = RateLimitedLog(log)  # "Log and skip" (seed), at most a burst per minute
 
     # -- pools ----------------------------------------------------------------------------------
 
@@ -287,7 +294,12 @@ class EventProcessor:
     # -- blocks ---------------------------------------------------------------------------------
 
     def apply_block(
-        self, number: int, block_hash: bytes, parent_hash: bytes, events: Sequence[PoolUpdate]
+        self,
+        number: int,
+        block_hash: bytes,
+        parent_hash: bytes,
+        events: Sequence[PoolUpdate],
+        timestamp: int = 0,
     ) -> BlockResult:
         """Apply one committed block; unwinds first if it does not extend our head."""
         result = BlockResult()
@@ -304,10 +316,11 @@ class EventProcessor:
             pool = self._apply(ev, undo, block_hash)
             if pool is not None:
                 changed.add(pool)
-        self.journal.append(BlockJournal(number, block_hash, parent_hash, undo))
+        self.journal.append(BlockJournal(number, block_hash, parent_hash, undo, timestamp))
         if len(self.journal) > self.depth:
             self.journal.popleft()
         self.head = (number, block_hash)
+        self.head_timestamp = timestamp
         self.stats.blocks_committed += 1
         return result
 
@@ -341,6 +354,7 @@ class EventProcessor:
             assert self.head is not None
             number = self.head[0]
             self.head = None
+            self.head_timestamp = 0
             self._mark_stale(number, result)
             raise ResyncNeeded(f"revert below the journal ({self.depth} blocks deep) at block {number}")
         entry = self.journal.pop()
@@ -366,6 +380,7 @@ class EventProcessor:
             held[:] = kept
         result.reverted.append((entry.number, entry.hash))
         self.head = (entry.number - 1, entry.parent_hash) if entry.parent_hash else None
+        self.head_timestamp = self.journal[-1].timestamp if self.journal else 0
         self.stats.reverts_processed += 1
         self._mark_stale(entry.number, result)
 
@@ -385,6 +400,7 @@ class EventProcessor:
         else:
             stats.invalid_events += 1
         self.last_error = f"block {ev.block} tx {ev.tx} log {ev.log} pool 0x{ev.pool.hex()}: {why}"
+        self.skip_log(kind, "skipped %s event (%s): %s", ev.kind, kind, self.last_error)
 
     def apply_event(self, ev: PoolUpdate, undo: list[tuple[Any, ...]], block_hash: bytes) -> Pool | None:
         """Apply one event outside apply_block (replay of held events), recording undo into ``undo``."""

@@ -5,10 +5,14 @@ Both pure and synchronous: the socket client feeds them payloads.
 
 from __future__ import annotations
 
+import logging
 from array import array
 from dataclasses import dataclass, field
 
+from services.sync.ratelog import RateLimitedLog
 from shared.exex import UPDATE_DECODER, BeginBlock, CorruptFrame, EndBlock, PoolUpdate, decode_payload
+
+log = logging.getLogger("poolwire.sync.exex")
 
 
 class SequenceGap(Exception):
@@ -29,6 +33,7 @@ class Block:
     is_revert: bool
     updates: list[PoolUpdate]
     raws: list[bytes] = field(default_factory=list)  # the updates' payloads, for compact buffering
+    timestamp: int = 0  # block time, seconds (0: unknown)
 
 
 @dataclass(slots=True)
@@ -51,6 +56,7 @@ class BlockAssembler:
         self._updates: list[PoolUpdate] = []
         self._raws: list[bytes] = []
         self._block_ok = True
+        self.skip_log = RateLimitedLog(log)
 
     def reset(self) -> None:
         """A new connection: sequence numbering starts over, any open block is dropped."""
@@ -62,6 +68,7 @@ class BlockAssembler:
     def _mismatch(self, why: str) -> None:
         self.stats.mismatched_blocks += 1
         self.last_error = why
+        self.skip_log("block_mismatch", "Begin/End block mismatch, block skipped: %s", why)
 
     def feed(self, payload: bytes) -> Block | None:
         msg = decode_payload(payload)
@@ -77,6 +84,7 @@ class BlockAssembler:
             if begin is None:
                 self.stats.orphan_updates += 1
                 self.last_error = f"update for block {msg.block} outside any block"
+                self.skip_log("orphan_update", "skipped an %s", self.last_error)
                 return None
             if msg.block != begin.number:
                 self._block_ok = False
@@ -107,7 +115,9 @@ class BlockAssembler:
             return None
         self.stats.blocks += 1
         self.stats.updates += len(updates)
-        return Block(begin.number, begin.hash, begin.parent_hash, begin.is_revert, updates, raws)
+        return Block(
+            begin.number, begin.hash, begin.parent_hash, begin.is_revert, updates, raws, begin.timestamp
+        )
 
 
 @dataclass(slots=True)
@@ -116,6 +126,7 @@ class _BufferedBlock:
     hash: bytes
     parent_hash: bytes
     first: int  # index of its first event in the buffer
+    timestamp: int = 0
 
 
 class EventBuffer:
@@ -149,6 +160,10 @@ class EventBuffer:
     def last_block(self) -> int | None:
         return self._blocks[-1].number if self._blocks else None
 
+    def timestamps(self) -> dict[int, int]:
+        """Block number -> block time of the buffered blocks (read before :meth:`take_blocks`)."""
+        return {b.number: b.timestamp for b in self._blocks}
+
     def _floor(self, number: int) -> None:
         self.reorg_floor = number if self.reorg_floor is None else min(self.reorg_floor, number)
 
@@ -181,7 +196,9 @@ class EventBuffer:
             raise BufferOverflow(
                 f"buffer full: {len(self._offsets)} + {len(block.raws)} events > capacity {self.capacity}"
             )
-        blocks.append(_BufferedBlock(block.number, block.hash, block.parent_hash, len(self._offsets)))
+        blocks.append(
+            _BufferedBlock(block.number, block.hash, block.parent_hash, len(self._offsets), block.timestamp)
+        )
         data, offsets = self._data, self._offsets
         for raw in block.raws:
             offsets.append(len(data))

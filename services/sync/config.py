@@ -47,6 +47,9 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     journal_depth: Positive = 64  # blocks that can be reverted
     v2_scrape_batch_size: Positive = 500
     v3_v4_scrape_batch_size: Positive = 50
+    v2_add_batch_size: Positive = 100  # pools added while live are scraped in smaller batches (seed)
+    v3_v4_add_batch_size: Positive = 10
+    pin_by_hash: bool = False  # rpc scraper: name the block by hash in eth_call (EIP-1898)
     scrape_retries: int = 2  # a pool that failed is retried this many times, then skipped
     backoff_initial: Duration = Duration(0.05)
     backoff_max: Duration = Duration(5.0)

@@ -4,8 +4,9 @@ Cold start: connect the socket (buffering) -> scrape V2 pools -> set the referen
 scrape V3/V4 pools -> wait until the stream reached the scrape blocks -> replay the buffered
 blocks (each pool skips events at or below its own snapshot block) -> live.
 
-Incremental add (live): hold the new pools' events, scrape them, install each pool at its snapshot
-block and replay its held events after it. Other pools are not interrupted.
+Incremental add (live): hold the new pools' events, scrape them (in the seed's smaller live batches,
+``add_v2_batch`` / ``add_v3_v4_batch``), install each pool at its snapshot block and replay its held
+events after it. Other pools are not interrupted.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class StartupMetrics:
     v2_pools_scraped: int = 0
     v3_v4_pools_scraped: int = 0
     pools_failed: int = 0
-    events_buffered: int = 0
+    events_buffered: int = 0  # in the buffer when the last cold start replayed it
     events_replayed: int = 0
     blocks_replayed: int = 0
     reference_block: int = 0
@@ -42,7 +43,7 @@ class StartupMetrics:
     replay_duration_ms: float = 0.0
     total_startup_duration_ms: float = 0.0
     cold_starts: int = 0
-    incremental_adds: int = 0
+    incremental_adds: int = 0  # add_pools calls (live additions)
     pools_added_live: int = 0
     rescrapes: int = 0  # scrapes repeated because the buffer did not cover a pool's snapshot
 
@@ -58,6 +59,8 @@ class StartupCoordinator:
         incremental_capacity: int = 10_000,
         v2_batch: int = 500,
         v3_v4_batch: int = 50,
+        add_v2_batch: int = 100,
+        add_v3_v4_batch: int = 10,
         replay_wait: float = 30.0,
     ) -> None:
         self.client = client
@@ -67,6 +70,8 @@ class StartupCoordinator:
         self.incremental_capacity = incremental_capacity
         self.v2_batch = v2_batch
         self.v3_v4_batch = v3_v4_batch
+        self.add_v2_batch = add_v2_batch
+        self.add_v3_v4_batch = add_v3_v4_batch
         self.replay_wait = replay_wait
         self.metrics = StartupMetrics()
         self.processor = self._new_processor()
@@ -78,22 +83,25 @@ class StartupCoordinator:
         proc.pending_capacity = self.incremental_capacity
         return proc
 
-    async def _scrape(self, specs: Sequence[PoolSpec]) -> ScrapeResult:
+    async def _scrape(self, specs: Sequence[PoolSpec], live: bool = False) -> ScrapeResult:
         v2 = [s for s in specs if s.protocol == "v2"]
         rest = [s for s in specs if s.protocol != "v2"]
+        v2_batch, v3_v4_batch = (
+            (self.add_v2_batch, self.add_v3_v4_batch) if live else (self.v2_batch, self.v3_v4_batch)
+        )
         t0 = time.perf_counter()
-        result = await self.scraper.scrape(v2, self.v2_batch) if v2 else ScrapeResult(0, b"")
+        result = await self.scraper.scrape(v2, v2_batch) if v2 else ScrapeResult(0, b"")
         self.metrics.v2_scraping_duration_ms += (time.perf_counter() - t0) * 1000
         self.metrics.v2_pools_scraped += len(result.pools)
         self.metrics.reference_block = result.block
         t0 = time.perf_counter()
         if rest:
-            more = await self.scraper.scrape(rest, self.v3_v4_batch)
+            more = await self.scraper.scrape(rest, v3_v4_batch)
             self.metrics.v3_v4_pools_scraped += len(more.pools)
             result.pools += more.pools
             result.failed += more.failed
             if more.block >= result.block:
-                result.block, result.hash = more.block, more.hash
+                result.block, result.hash, result.timestamp = more.block, more.hash, more.timestamp
         self.metrics.v3_v4_scraping_duration_ms += (time.perf_counter() - t0) * 1000
         self.metrics.pools_failed += len(result.failed)
         for spec, reason in result.failed:
@@ -135,7 +143,14 @@ class StartupCoordinator:
             self.metrics.rescrapes += 1
         raise StartupError(f"cold start failed after {attempts} attempts")
 
-    def resume(self, pools: Sequence[Pool], specs: Sequence[PoolSpec], block: int, block_hash: bytes) -> None:
+    def resume(
+        self,
+        pools: Sequence[Pool],
+        specs: Sequence[PoolSpec],
+        block: int,
+        block_hash: bytes,
+        timestamp: int = 0,
+    ) -> None:
         """Go live from a checkpoint: ``pools`` valid at ``block``; the source delivers its children."""
         if self.live:
             raise StartupError("AlreadyLive: use add_pools while live")
@@ -145,6 +160,7 @@ class StartupCoordinator:
         for pool in pools:
             self.processor.add_pool(pool)
         self.processor.head = (block, block_hash)
+        self.processor.head_timestamp = timestamp
         self.client.go_live()
         self.live = True
         log.info("resumed from the checkpoint at block %d with %d pool(s)", block, len(pools))
@@ -162,13 +178,15 @@ class StartupCoordinator:
             return False
         self.metrics.events_buffered = len(buffer)
         t0 = time.perf_counter()
+        stamps = buffer.timestamps()
         blocks = self.client.take_buffered_blocks()
         for pool in result.pools:
             self.processor.add_pool(pool)
         if not blocks and result.hash:
             self.processor.head = (result.block, result.hash)
+            self.processor.head_timestamp = result.timestamp
         for number, bhash, parent, events in blocks:
-            self.processor.apply_block(number, bhash, parent, events)
+            self.processor.apply_block(number, bhash, parent, events, stamps.get(number, 0))
             self.metrics.events_replayed += len(events)
             self.metrics.blocks_replayed += 1
         self.metrics.replay_duration_ms = (time.perf_counter() - t0) * 1000
@@ -197,7 +215,7 @@ class StartupCoordinator:
                 proc.hold(key)
                 self.specs[key] = todo[key]
             try:
-                result = await self._scrape(list(todo.values()))
+                result = await self._scrape(list(todo.values()), live=True)
             except BaseException:  # held no longer (else no later add would take them)
                 for key in todo:
                     proc.release(key)

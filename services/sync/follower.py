@@ -182,8 +182,10 @@ class LogFollower(BlockSource):
         self.keep = max(2, keep)
         self.fstats = FollowerStats()
         self.head: Header | None = None
+        self.tip: Header | None = None  # the node's latest block, as of the last trigger
         self.hashes: OrderedDict[int, Header] = OrderedDict()  # our recent canonical blocks
         self._trigger = asyncio.Event()
+        self.ws_subscribed = asyncio.Event()  # the node answered our eth_subscribe (newHeads)
         self._ws_task: asyncio.Task[None] | None = None
 
     # -- anchoring ------------------------------------------------------------------------------
@@ -239,9 +241,11 @@ class LogFollower(BlockSource):
                     )
                     delay = self.backoff_initial
                     async for _msg in ws:
+                        self.ws_subscribed.set()
                         self._trigger.set()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("newHeads subscription %s: %r", self.ws_url, exc)
+            self.ws_subscribed.clear()
             await self.clock.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
@@ -255,6 +259,7 @@ class LogFollower(BlockSource):
         tip = await self._header("latest")
         if tip is None:
             raise ValueError("the node has no latest block")
+        self.tip = tip
         if self.head is None:
             self.anchor(tip)
             self.stats.connects += 1
@@ -347,7 +352,7 @@ class LogFollower(BlockSource):
                 self.hashes.popitem(last=False)
             self.head = h
             self.fstats.blocks += 1
-            self._on_block(Block(h.number, h.hash, h.parent_hash, False, updates, raws))
+            self._on_block(Block(h.number, h.hash, h.parent_hash, False, updates, raws, h.timestamp))
         return "ok" if len(good) == last - first + 1 else "moved"
 
     async def _logs(self, headers: list[Header]) -> dict[int, list[PoolUpdate]] | None:

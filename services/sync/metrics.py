@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.sync.arena import EventProcessor
 from services.sync.coordinator import StartupCoordinator
+from services.sync.follower import LogFollower
+from services.sync.scraper import ScrapeProgress
 
 P = "poolwire_sync"
+
+
+def lag_metrics(proc: EventProcessor, follower: LogFollower | None, now: float) -> Iterable[Metric]:
+    """Always exported (NaN until known), so that dashboards find the families from the start."""
+    stamp = proc.head_timestamp if proc.head is not None else 0
+    yield GaugeMetricFamily(
+        f"{P}_lag_seconds",
+        "Now minus the block time of the last applied block (NaN before the first block)",
+        value=now - stamp if stamp else math.nan,
+    )
+    if follower is not None:
+        tip = follower.tip
+        yield GaugeMetricFamily(
+            f"{P}_lag_blocks",
+            "The node's latest block minus the last applied block (JSON-RPC source)",
+            value=max(0, tip.number - proc.head[0]) if tip is not None and proc.head else math.nan,
+        )
 
 
 class SyncCollector(Collector):
     def __init__(self, coordinator: Callable[[], StartupCoordinator], service: Any = None) -> None:
         self._coordinator = coordinator
         self._service = service  # SyncService: JSON-RPC, follower, scraper and checkpoint figures
+
+    def _now(self) -> float:
+        svc = self._service
+        return svc.clock.time_ns() / 1e9 if svc is not None else time.time()
 
     def _rpc(self) -> Iterable[Metric]:
         svc = self._service
@@ -138,6 +164,11 @@ class SyncCollector(Collector):
         yield GaugeMetricFamily(
             f"{P}_buffered_events", "Events in the ExEx buffer", value=len(coord.client.buffer)
         )
+        yield GaugeMetricFamily(
+            f"{P}_held_events",
+            "Events held for pools being added while live",
+            value=coord.processor.held_events,
+        )
         m = coord.metrics
         dur = GaugeMetricFamily(
             f"{P}_startup_duration_seconds", "Last cold start, by phase", labels=["phase"]
@@ -162,5 +193,28 @@ class SyncCollector(Collector):
             ("pools_added_live", "Pools added while live", m.pools_added_live),
         ):
             yield CounterMetricFamily(f"{P}_{name}", doc, value=value)
+        yield CounterMetricFamily(
+            f"{P}_startup_blocks_replayed", "Buffered blocks replayed at cold starts", value=m.blocks_replayed
+        )
+        yield CounterMetricFamily(
+            f"{P}_incremental_adds", "Live pool additions (WhitelistAdd, retries)", value=m.incremental_adds
+        )
+        yield GaugeMetricFamily(
+            f"{P}_startup_events_buffered",
+            "Events buffered during the last cold start's scrape",
+            value=m.events_buffered,
+        )
         yield GaugeMetricFamily(f"{P}_startup_reference_block", "Reference block", value=m.reference_block)
+        progress = getattr(coord.scraper, "progress", None)
+        if isinstance(progress, ScrapeProgress):
+            yield GaugeMetricFamily(
+                f"{P}_scrape_pools_done",
+                "Pools scraped so far by the current (or last) scrape",
+                value=progress.done,
+            )
+            yield GaugeMetricFamily(
+                f"{P}_scrape_pools_total", "Pools in the current (or last) scrape", value=progress.total
+            )
+        follower = self._service.follower if self._service is not None else None
+        yield from lag_metrics(coord.processor, follower, self._now())
         yield from self._rpc()

@@ -31,6 +31,16 @@ class ScrapeResult:
     pools: list[Pool] = field(default_factory=list)  # each with its own snapshot_block
     failed: list[tuple[PoolSpec, str]] = field(default_factory=list)
     round_trips: int = 0
+    timestamp: int = 0  # block time of ``block``, seconds (0: unknown)
+
+
+@dataclass(slots=True)
+class ScrapeProgress:
+    """The scrape under way (or the last one): pools done of total, moved after every batch."""
+
+    done: int = 0
+    total: int = 0
+    block: int = 0
 
 
 class Scraper(Protocol):
@@ -66,6 +76,7 @@ class SimulatorScraper:
         self.path = path
         self.retries = retries
         self.timeout = timeout
+        self.progress = ScrapeProgress()
 
     async def _request(self, keys: list[bytes]) -> tuple[int, bytes, list[ScrapedPoolState]]:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.path), self.timeout)
@@ -87,6 +98,8 @@ class SimulatorScraper:
         result = ScrapeResult(block=0, hash=b"")
         by_key = {pool_key(spec): spec for spec in specs}
         todo = list(by_key)
+        progress = self.progress
+        progress.done, progress.total = 0, len(todo)
         for attempt in range(self.retries + 1):
             missing: list[bytes] = []
             for i in range(0, len(todo), batch_size):
@@ -110,6 +123,8 @@ class SimulatorScraper:
                             result.failed.append((spec, "pool not found at the scrape block"))
                         continue
                     result.pools.append(pool_from_state(state, block, spec))
+                    progress.done += 1
+                progress.block = block
             todo = missing
             if not todo:
                 break

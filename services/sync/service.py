@@ -110,6 +110,7 @@ class SyncService:
                 concurrency=cfg.scraping_concurrency,
                 retries=cfg.scrape_retries,
                 word_radius=cfg.v3_word_radius,
+                pin_by_hash=cfg.pin_by_hash,
             )
         else:
             scraper = SimulatorScraper(cfg.scrape_socket, retries=cfg.scrape_retries)
@@ -127,6 +128,8 @@ class SyncService:
             incremental_capacity=cfg.incremental_buffer_capacity,
             v2_batch=cfg.v2_scrape_batch_size,
             v3_v4_batch=cfg.v3_v4_scrape_batch_size,
+            add_v2_batch=cfg.v2_add_batch_size,
+            add_v3_v4_batch=cfg.v3_v4_add_batch_size,
             replay_wait=cfg.replay_wait,
         )
         self.pub = Publisher(
@@ -264,11 +267,17 @@ class SyncService:
             return False
         pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]
         self.follower.anchor(header)
-        self.coord.resume(pools, cp.specs, cp.block, cp.hash)
+        self.coord.resume(pools, cp.specs, cp.block, cp.hash, header.timestamp)
         self.follower.connected.set()
         return True
 
     async def start_up(self) -> None:
+        if self.cfg.checkpoint and not self.use_checkpoint:
+            log.info(
+                "checkpoint not used with the ExEx source: the socket starts at the node's head and cannot "
+                "replay the blocks since a checkpoint (catching up over JSON-RPC first is not implemented), "
+                "so every start scrapes every pool"
+            )
         if self.rpc is not None:
             await self.check_chain()
         resumed = self.use_checkpoint and await self.try_resume()
@@ -334,9 +343,13 @@ class SyncService:
                     result = proc.revert_block(item.number, item.hash)
                     self.publish_result(result, None)
                 else:
-                    result = proc.apply_block(item.number, item.hash, item.parent_hash, item.updates)
+                    result = proc.apply_block(
+                        item.number, item.hash, item.parent_hash, item.updates, item.timestamp
+                    )
                     self.publish_result(result, item)
                     self.publish_swaps(item.updates)
+                proc.skip_log.flush()
+                self.client.assembler.skip_log.flush()
                 if result.stale:
                     keys = [p.key for p in result.stale]
                     log.warning("%d pool(s) reverted below their scrape: scraping them again", len(keys))

@@ -252,3 +252,34 @@ def test_quote_matches_the_price_for_a_small_trade_and_crosses_ticks() -> None:
     v2 = proc.pools[V2_POOL]
     assert v2.quote(10**18, zero_for_one=True) == amm.v2_amount_out(10**18, v2.reserve0, v2.reserve1)
     assert proc.pools[V4_POOL].quote(10**18, zero_for_one=True) == 0  # no liquidity
+
+
+def test_skipped_events_are_logged_rate_limited_and_still_counted_exactly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    proc = processor()
+    proc.skip_log.clock = lambda: now[0]
+    bad_sync = [
+        PoolUpdate(seq=0, block=1, tx=0, log=i, pool=V2_POOL, protocol="v2", kind="Sync", reserve0=1 << 112)
+        for i in range(50)
+    ]
+    with caplog.at_level("WARNING", logger="poolwire.sync.arena"):
+        proc.apply_block(1, block_hash(1), b"", [*bad_sync, mint(1, 105, 300, 5, log=60)])
+        lines = [r.getMessage() for r in caplog.records]
+        burst = proc.skip_log.burst
+        overflow = [m for m in lines if "(overflow)" in m]
+        assert len(overflow) == burst  # the flood is cut to a burst
+        assert f"pool 0x{V2_POOL.hex()}" in overflow[0] and "block 1 " in overflow[0]
+        assert "reserves out of uint112" in overflow[0]
+        invalid = [m for m in lines if "(invalid)" in m]
+        assert len(invalid) == 1 and "multiples of the spacing" in invalid[0]  # its own budget
+        caplog.clear()
+        proc.skip_log.flush()  # the interval is not over: no summary yet
+        assert caplog.records == []
+        now[0] = proc.skip_log.interval
+        proc.skip_log.flush()
+        (summary,) = [r.getMessage() for r in caplog.records]
+        assert summary.startswith(f"{50 - burst} more overflow message(s) suppressed")
+    s = proc.stats
+    assert (s.overflows, s.invalid_events, s.errors) == (50, 1, 51)

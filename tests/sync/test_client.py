@@ -11,9 +11,9 @@ import pytest
 
 from services.simulator.exex_chain import SimChain
 from services.simulator.exex_server import ExExServer
-from services.sync.buffer import Block
+from services.sync.buffer import Block, BlockAssembler
 from services.sync.client import ExExClient, Resync
-from shared.exex import PoolUpdate
+from shared.exex import BeginBlock, EndBlock, PoolUpdate, encode_payload
 
 
 async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -161,3 +161,37 @@ async def test_connects_with_backoff_when_the_server_comes_up_late(sock_path: st
             await server.close()
     finally:
         await client.close()
+
+
+def test_begin_end_mismatch_is_logged_rate_limited_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    asm = BlockAssembler()
+    asm.skip_log.clock = lambda: now[0]
+    seq = iter(range(1_000_000))
+    with caplog.at_level("WARNING", logger="poolwire.sync.exex"):
+        for n in range(1, 31):  # every block announces one update more than it has
+            begin = BeginBlock(seq=next(seq), number=n, hash=bytes([n]) * 32, parent_hash=b"\0" * 32)
+            assert asm.feed(encode_payload(begin)) is None
+            assert asm.feed(encode_payload(EndBlock(seq=next(seq), number=n, num_updates=1))) is None
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == asm.skip_log.burst
+        assert lines[0] == (
+            "Begin/End block mismatch, block skipped: block 1: EndBlock 1 with num_updates 1, 0 update(s) received"
+        )
+        caplog.clear()
+        now[0] = 61.0
+        begin = BeginBlock(seq=next(seq), number=31, hash=b"\1" * 32, parent_hash=b"\0" * 32)
+        asm.feed(encode_payload(begin))
+        asm.feed(encode_payload(EndBlock(seq=next(seq), number=32, num_updates=0)))
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0].startswith(f"{30 - asm.skip_log.burst} more block_mismatch message(s) suppressed")
+        assert "EndBlock 32" in lines[1]
+    assert asm.stats.mismatched_blocks == 31 and asm.stats.blocks == 0
+
+
+def test_the_block_time_of_begin_block_reaches_the_block() -> None:
+    asm = BlockAssembler()
+    begin = BeginBlock(seq=1, number=7, hash=b"\7" * 32, parent_hash=b"\6" * 32, timestamp=1_700_000_123)
+    assert asm.feed(encode_payload(begin)) is None
+    block = asm.feed(encode_payload(EndBlock(seq=2, number=7, num_updates=0)))
+    assert block is not None and block.timestamp == 1_700_000_123

@@ -8,11 +8,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from services.sync.arena import ResyncNeeded
 from services.sync.client import Resync
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower, decode_log
+from services.sync.metrics import lag_metrics
 from services.sync.rpc import RpcClient
 from services.sync.rpc_scraper import RpcScraper
 from shared.messages import PoolSpec
@@ -39,7 +41,7 @@ class Synced:
                 if item.is_revert:
                     proc.revert_block(item.number, item.hash)
                 else:
-                    proc.apply_block(item.number, item.hash, item.parent_hash, item.updates)
+                    proc.apply_block(item.number, item.hash, item.parent_hash, item.updates, item.timestamp)
 
         await asyncio.wait_for(run(), timeout)
 
@@ -56,7 +58,8 @@ def addresses(chain: Chain) -> list[str]:
 @asynccontextmanager
 async def synced(chain: Chain, **follower_kw: object) -> AsyncIterator[Synced]:
     rpc = RpcClient([chain.a.url], max_batch=200)
-    follower = LogFollower(rpc, addresses=lambda: addresses(chain), poll_interval=0.02, **follower_kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"poll_interval": 0.02, **follower_kw}
+    follower = LogFollower(rpc, addresses=lambda: addresses(chain), **kw)
     scraper = RpcScraper(rpc, state_view=chain.state_view)
     coord = StartupCoordinator(follower, scraper, v3_v4_batch=4, replay_wait=20)
     follower.start()
@@ -147,15 +150,47 @@ async def test_cold_start_while_blocks_keep_coming_misses_nothing_and_doubles_no
         assert s.coord.processor.stats.errors == 0
 
 
-async def test_catch_up_over_many_blocks_fetches_logs_by_ranges(chain: Chain) -> None:
+def lag(s: Synced, now: float) -> dict[str, float]:
+    return {fam.name: fam.samples[0].value for fam in lag_metrics(s.coord.processor, s.follower, now)}
+
+
+async def test_catch_up_over_many_blocks_fetches_logs_by_ranges_and_the_lag_shows_it(chain: Chain) -> None:
     trader = Trader(chain, seed=8)
     async with synced(chain, logs_range=50) as s:
         await s.coord.cold_start(specs(chain))
         for _ in range(12):
             trader.block(4)
         chain.mine(40)  # empty blocks too
+        number, _ = chain.head()
+        assert await s.follower.wait_for_block(number, 20)  # delivered, not applied yet
+        applied = s.coord.processor.head
+        assert applied is not None
+        assert lag(s, 0)["poolwire_sync_lag_blocks"] == number - applied[0] >= 52
         await s.catch_up()
         s.check()
+        stamp = int(chain.a.rpc("eth_getBlockByNumber", hex(number), False)["timestamp"], 16)
+        assert lag(s, stamp + 7.5) == {"poolwire_sync_lag_seconds": 7.5, "poolwire_sync_lag_blocks": 0}
+
+
+async def test_newheads_over_websocket_triggers_the_follower(chain: Chain) -> None:
+    trader = Trader(chain, seed=9)
+    trader.block(8)
+    # polling every 10 minutes: only newHeads can bring the blocks within catch_up's timeout
+    ws_url = f"ws://127.0.0.1:{chain.a.port}"
+    async with synced(chain, ws_url=ws_url, poll_interval=600.0) as s:
+        await s.coord.cold_start(specs(chain))
+        await asyncio.wait_for(s.follower.ws_subscribed.wait(), 10)
+        s.check()
+        triggers = s.follower.fstats.triggers
+        for _ in range(5):
+            trader.block(8)
+            await s.catch_up(timeout=20)
+            s.check()
+        chain.mine(3)  # empty blocks too
+        await s.catch_up(timeout=20)
+        s.check()
+        assert s.follower.fstats.triggers > triggers
+        assert s.follower.fstats.rpc_failures == 0 and s.coord.processor.stats.errors == 0
 
 
 def test_decode_log_rejects_garbage() -> None:

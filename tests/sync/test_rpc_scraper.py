@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from services.sync.rpc import RpcClient
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from services.sync.client import BlockSource
+from services.sync.coordinator import StartupCoordinator
+from services.sync.metrics import SyncCollector
+from services.sync.rpc import Call, RpcClient
 from services.sync.rpc_scraper import RpcScraper
+from services.sync.scraper import ScrapeProgress
 from shared.messages import PoolSpec
 from tests.sync.chain import Chain, Trader, arena_view
 
@@ -48,3 +56,67 @@ async def test_missing_pools_are_retried_then_skipped_and_counted(chain: Chain) 
     assert [p.hex for p in result.pools] == [chain.v2_pairs[0].lower()]
     assert len(result.failed) == 3
     assert scraper.stats.pools_failed == 3 and scraper.stats.pools_retried == 3
+
+
+class RecordingRpc(RpcClient):
+    """Notes the block every eth_call names."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.blocks: set[str] = set()
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        self.blocks |= {json.dumps(params[1]) for method, params in calls if method == "eth_call"}
+        return await super().batch(calls)
+
+
+async def test_scrape_progress_moves_after_every_batch_and_is_exported(chain: Chain) -> None:
+    trader = Trader(chain, seed=12)
+    for _ in range(3):
+        trader.block(8)
+    specs = [PoolSpec(**s) for s in chain.specs()]
+    rpc = RpcClient([chain.a.url])
+    seen: list[tuple[int, int, float, float]] = []
+    try:
+        scraper = RpcScraper(rpc, state_view=chain.state_view, concurrency=1)
+        coord = StartupCoordinator(BlockSource(), scraper)
+        collector = SyncCollector(lambda: coord)
+
+        def on_progress(p: ScrapeProgress) -> None:
+            gauges = {s.name: s.value for fam in collector.collect() for s in fam.samples}
+            seen.append(
+                (
+                    p.done,
+                    p.total,
+                    gauges["poolwire_sync_scrape_pools_done"],
+                    gauges["poolwire_sync_scrape_pools_total"],
+                )
+            )
+
+        scraper.on_progress = on_progress
+        result = await scraper.scrape(specs, 2)
+    finally:
+        await rpc.close()
+    n = len(specs)
+    assert len(result.pools) == n == 7
+    # one call a batch of 2 (the last one holds 1), the gauges equal to the figures at that moment
+    assert seen == [(d, n, d, n) for d in (2, 4, 6, 7)]
+    assert scraper.progress.block == result.block
+
+
+async def test_pin_by_hash_names_the_block_by_hash_and_equals_the_contracts(chain: Chain) -> None:
+    trader = Trader(chain, seed=13)
+    for _ in range(5):
+        trader.block(8)
+    specs = [PoolSpec(**s) for s in chain.specs()]
+    rpc = RecordingRpc([chain.a.url])
+    try:
+        scraper = RpcScraper(rpc, state_view=chain.state_view, pin_by_hash=True)
+        result = await scraper.scrape(specs, 50)
+    finally:
+        await rpc.close()
+    number, bhash = chain.head()
+    assert (result.block, result.hash) == (number, bhash)
+    assert rpc.blocks == {json.dumps({"blockHash": "0x" + bhash.hex()})}  # EIP-1898, never a number
+    assert not result.failed
+    assert arena_view({p.key: p for p in result.pools}) == chain.truth(number)
