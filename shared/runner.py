@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from shared import security
 from shared.bus import context
 from shared.clock import Clock, RealClock
-from shared.config import CommonConfig, ConfigError, load_section
+from shared.config import CONFIG_ENV, CommonConfig, ConfigError, load_section
 from shared.constants import SHUTDOWN_GRACE_S
 from shared.metrics import StatsCollector, new_registry, serve
 
@@ -117,6 +118,8 @@ def run(
         logging.getLogger(f"poolwire.{name}").error("bad config: %s", exc)
         print(f"poolwire {name}: bad config: {exc}", file=sys.stderr)
         return 2
+    if args.config:  # processes the service starts (alerts' workers) read the same file
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     setup_logging(common.log_level)
     log = logging.getLogger(f"poolwire.{name}")
     registry = new_registry()

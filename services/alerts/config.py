@@ -69,7 +69,11 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis_prefix: str = ""  # key prefix, to share one Redis between deployments
     large_universe: int = 1000  # Redis: universes above this many tickers intersect server-side (Lua)
 
-    workers: int = msgspec.field(default=2)  # worker processes to spawn and supervise (0: run them yourself)
+    # Worker processes to run and keep running: by this service (spawn_workers), or by
+    # `python -m services.alerts.worker` (a Procfile line) when spawn_workers is false.
+    # 0: nobody supervises any; single workers (`--name`, e.g. containers) connect on their own.
+    workers: int = msgspec.field(default=2)
+    spawn_workers: bool = True
     job_timeout: Duration = Duration(10.0)  # a job without a result after this long is retried once
     max_in_flight: int = 1000  # jobs pushed and not answered; more wait in the ventilator's queue
     # Redis: an instance's pending jobs are adopted by another (or its restart) when it has not renewed

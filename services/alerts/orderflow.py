@@ -20,13 +20,28 @@ Definitions (aggressor side decides buy or sell):
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.messages import OrderFlowMetrics
 
 NS = 1_000_000_000
+# Upper bounds of the computation-latency histogram, 10 us to 25 ms (a full 1 000-trade buffer
+# measures ~100 us); one more count holds what is slower.
+COMPUTE_BUCKETS_NS = (
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    25_000_000,
+)
 
 
 class FlowEngine:
@@ -147,6 +162,14 @@ class CacheStats:
     computations: int = 0
     compute_ns_total: int = 0
     last_compute_ns: int = 0
+    # computations per COMPUTE_BUCKETS_NS bucket (not cumulative), the last one above every bound
+    compute_counts: list[int] = field(default_factory=lambda: [0] * (len(COMPUTE_BUCKETS_NS) + 1))
+
+    def observe_compute(self, took_ns: int) -> None:
+        self.computations += 1
+        self.compute_ns_total += took_ns
+        self.last_compute_ns = took_ns
+        self.compute_counts[bisect_left(COMPUTE_BUCKETS_NS, took_ns)] += 1
 
     @property
     def hit_rate(self) -> float:
@@ -180,10 +203,7 @@ class MetricsCache:
         stats.misses += 1
         t0 = time.perf_counter_ns()
         value = compute()
-        took = time.perf_counter_ns() - t0
-        stats.computations += 1
-        stats.compute_ns_total += took
-        stats.last_compute_ns = took
+        stats.observe_compute(time.perf_counter_ns() - t0)
         entries = self._entries
         if entry is not None:
             del entries[key]

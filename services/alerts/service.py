@@ -31,7 +31,7 @@ from services.alerts.config import AlertsConfig, StrategyConfig
 from services.alerts.dispatch import Dispatcher, Status
 from services.alerts.events import EventEvaluator, EventStrategy
 from services.alerts.frequency import Policy
-from services.alerts.orderflow import FlowBook, swap_flow
+from services.alerts.orderflow import COMPUTE_BUCKETS_NS, CacheStats, FlowBook, swap_flow
 from services.alerts.sink import AlertSink
 from services.alerts.store import ThrottleStore
 from services.alerts.store_redis import RedisStore
@@ -89,6 +89,18 @@ def event_strategy_of(s: StrategyConfig) -> EventStrategy:
 def policy_of(s: StrategyConfig) -> Policy:
     bar = s.bar if s.bar > 0 else s.bucket
     return Policy(s.frequency, int(bar * NS), int(s.repeat_interval * NS))
+
+
+def workers_origin(cfg: AlertsConfig) -> str:
+    """Where the workers come from, for the start-up log."""
+    if cfg.workers == 0:
+        return f"expecting external workers on {cfg.jobs} (alerts.workers 0: any number, none spawned)"
+    if not cfg.spawn_workers:
+        return (
+            f"expecting {cfg.workers} external workers on {cfg.jobs} "
+            "(alerts.spawn_workers false: `python -m services.alerts.worker` runs them)"
+        )
+    return f"spawned {cfg.workers} workers on {cfg.jobs}, restarted when they exit"
 
 
 class Alerts:
@@ -323,6 +335,18 @@ class Alerts:
         )
 
 
+def flow_compute_histogram(name: str, cs: CacheStats) -> Metric:
+    """Order-flow computation latency: the cache's per-bucket counts, made cumulative."""
+    buckets = []
+    cumulative = 0
+    for bound_ns, n in zip((*COMPUTE_BUCKETS_NS, None), cs.compute_counts, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound_ns is None else str(bound_ns / NS), cumulative))
+    h = HistogramMetricFamily(name, "Order-flow metrics computations (cache misses), seconds each")
+    h.add_metric([], buckets, cs.compute_ns_total / NS)
+    return h
+
+
 class AlertsCollector(Collector):
     """Reads the cores' plain counters at scrape time."""
 
@@ -400,8 +424,7 @@ class AlertsCollector(Collector):
         ratio = GaugeMetricFamily(f"{p}_flow_cache_hit_ratio", "Order-flow cache hits / lookups")
         ratio.add_metric([], cs.hit_rate)
         yield ratio
-        yield counter("flow_compute_seconds", "Time computing order-flow metrics", cs.compute_ns_total / 1e9)
-        yield counter("flow_computations", "Order-flow metrics computations", cs.computations)
+        yield flow_compute_histogram(f"{p}_flow_compute_seconds", cs)
         engines = GaugeMetricFamily(f"{p}_flow_symbols", "Symbols with an order-flow engine")
         engines.add_metric([], len(a.flow.engines))
         yield engines
@@ -430,7 +453,7 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
     ctx.bus_stats.add("jobs", pusher.stats)
     ctx.bus_stats.add("results", puller.stats)
     pool: WorkerPool | None = None
-    if cfg.workers > 0:
+    if cfg.spawn_workers and cfg.workers > 0:
         pool = WorkerPool(
             cfg.workers,
             [
@@ -556,14 +579,14 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
         )
     ]
     log.info(
-        "alerts: %d strategies (%d event-triggered), store %s, %d worker(s); jobs on %s, results on %s",
+        "alerts: %d strategies (%d event-triggered), store %s; jobs on %s, results on %s",
         len(cfg.strategies),
         len(alerts.events.strategies),
         store.name,
-        cfg.workers,
         cfg.jobs,
         cfg.results,
     )
+    log.info("alerts: %s", workers_origin(cfg))
     stop = asyncio.create_task(ctx.stopping.wait())
     try:
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)

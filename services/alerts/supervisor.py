@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -50,10 +51,17 @@ class WorkerPool:
             if self._stopping:
                 return
             self.exits += 1
-            log.warning("worker %d (pid %d) exited with %s: starting another", index, proc.pid, code)
+            self.restarts += 1
+            log.warning(
+                "worker %d (pid %d) exited with %s: starting another in %.1f s (restart %d)",
+                index,
+                proc.pid,
+                code,
+                delay,
+                self.restarts,
+            )
             await self.clock.sleep(delay)
             delay = min(delay * 2, RESTART_DELAY_MAX_S)
-            self.restarts += 1
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -72,13 +80,16 @@ class WorkerPool:
         await self._end_all(grace)  # one spawned while we were stopping
 
     async def _end_all(self, grace: float) -> None:
-        procs = list(self.procs.values())
+        """SIGTERM every worker, SIGKILL those still running ``grace`` s later (one deadline for all)."""
+        procs = [p for p in self.procs.values() if p.returncode is None]
+        if not procs:
+            return
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=grace)
         for proc in procs:
             if proc.returncode is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        await asyncio.gather(*(p.wait() for p in procs))

@@ -1,10 +1,14 @@
-"""An alert worker: PULL strategy jobs from the ventilator, run them, PUSH results to the sink.
+"""Alert workers: PULL strategy jobs from the ventilator, run them, PUSH results to the sink.
 
-    python -m services.alerts.worker [--config FILE] [--jobs EP] [--results EP] [--name NAME]
+    python -m services.alerts.worker [--config FILE] [--jobs EP] [--results EP]   # alerts.workers of them
+    python -m services.alerts.worker --name NAME [--config FILE] [...]            # this one worker
 
-Endpoints default to the ``alerts`` section of the config (the service binds both; workers
-connect, so any number can join). The alerts service spawns ``alerts.workers`` of these itself;
-with ``workers: 0`` run them from the Procfile or containers instead.
+Without ``--name`` the process runs ``alerts.workers`` worker processes and keeps them running
+(one that exits is started again, counted and logged) until SIGTERM/SIGINT, then stops them all
+and exits 0: a Procfile line (with ``alerts.spawn_workers: false``) that one crash cannot end.
+With ``--name`` (a worker's id in its results) it is one worker: what the supervisors start, and
+what a container runs (deploy/compose.yaml). Endpoints default to the ``alerts`` section of the
+config (the service binds both; workers connect, so any number can join).
 
 A strategy that raises is reported as a failed result. One that runs past the job's time limit is
 interrupted (SIGALRM raises inside it) and reported as timed out; one stuck where Python cannot
@@ -15,6 +19,7 @@ service retries the job elsewhere and its supervisor starts a new worker.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import logging
 import os
@@ -27,6 +32,8 @@ from types import FrameType
 import zmq
 
 from services.alerts.strategies import execute
+from services.alerts.supervisor import WorkerPool
+from shared.clock import RealClock
 from shared.config import ConfigError, load_section
 from shared.messages import ENCODER, AlertFired, JobResult, StrategyJob, decode_payload
 from shared.security import Curve
@@ -165,6 +172,30 @@ def serve(
     return 0
 
 
+def supervise(count: int, jobs: str, results: str, worker_args: list[str]) -> int:
+    """Run ``count`` workers, each started again when it exits, until SIGTERM/SIGINT; then stop them."""
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        pool = WorkerPool(count, ["--jobs", jobs, "--results", results, *worker_args], RealClock())
+        pool.start()
+        log.info(
+            "running %d alert worker(s), each started again when it exits; jobs from %s, results to %s",
+            count,
+            jobs,
+            results,
+        )
+        await stopping.wait()
+        await pool.stop()
+        log.info("stopped %d alert worker(s); %d restart(s) in this run", count, pool.restarts)
+        return 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     from services.alerts.config import AlertsConfig
 
@@ -172,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config file (default: $POOLWIRE_CONFIG)")
     parser.add_argument("--jobs", help="ventilator endpoint (default: alerts.jobs)")
     parser.add_argument("--results", help="sink endpoint (default: alerts.results)")
-    parser.add_argument("--name", default="", help="worker name in results (default: worker-<pid>)")
+    parser.add_argument(
+        "--name", default="", help="run one worker with this name (default: alerts.workers of them)"
+    )
     parser.add_argument("--timeout", type=float, help="job time limit in s (default: alerts.job_timeout)")
     parser.add_argument("--parent", type=int, default=0, help="stop when this process (the service) is gone")
     args = parser.parse_args(argv)
@@ -186,11 +219,21 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, common.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    jobs, results = args.jobs or cfg.jobs, args.results or cfg.results
     # The service's limit is the backstop; the worker interrupts a little before it.
     timeout = args.timeout if args.timeout is not None else max(cfg.job_timeout * 0.8, 0.05)
+    if not args.name and not args.parent:
+        if cfg.workers == 0:
+            print(
+                "poolwire alerts worker: alerts.workers is 0: no workers to run (--name NAME runs one)",
+                file=sys.stderr,
+            )
+            return 2
+        config = ["--config", args.config] if args.config else []
+        return supervise(cfg.workers, jobs, results, [*config, "--timeout", str(timeout)])
     return serve(
-        args.jobs or cfg.jobs,
-        args.results or cfg.results,
+        jobs,
+        results,
         args.name or f"worker-{os.getpid()}",
         timeout,
         args.parent,

@@ -274,6 +274,7 @@ class Router:
                 apply(*args)
                 held = st.held
                 if held and held[0][0] == key:  # caught up with the candidate's book: switch
+                    stats.handoff_duplicates += 1  # that book, already out from the old owner
                     self._switch(st, held[1:])
             elif key in recent:  # new owner still replaying what the old one published
                 stats.handoff_duplicates += 1

@@ -122,6 +122,7 @@ class MarketSim:
         self.markets: list[SimMarket] = []
         self.assets: dict[str, SimAsset] = {}
         self._next_index = 0
+        self._open: list[SimMarket] | None = None  # open markets, rebuilt after one opens or closes
         for _ in range(max(1, (n_assets + 1) // 2)):
             self.add_market("0")
 
@@ -143,10 +144,13 @@ class MarketSim:
             self.assets[asset_id] = a
             a.rehash(timestamp)
         self.markets.append(m)
+        self._open = None
         return m
 
     def open_markets(self) -> list[SimMarket]:
-        return [m for m in self.markets if not m.closed]
+        if self._open is None:
+            self._open = [m for m in self.markets if not m.closed]
+        return list(self._open)
 
     def _change(self, m: SimMarket, yes_bid_side: bool, tick: int, size: str, ts: str) -> dict[str, Any]:
         book = m.bids if yes_bid_side else m.asks
@@ -183,7 +187,9 @@ class MarketSim:
         """One market event: a level change, or a trade followed by the change it caused."""
         rng = self.rng
         ts = str(now_ms)
-        live = [m for m in self.markets if not m.closed]
+        live = self._open
+        if live is None:
+            live = self._open = [m for m in self.markets if not m.closed]
         if not live:
             return []
         m = live[rng.randrange(len(live))]
@@ -237,6 +243,7 @@ class MarketSim:
 
     def resolve(self, m: SimMarket, ts: str) -> dict[str, Any]:
         m.closed = True
+        self._open = None
         winner = m.assets[0] if self.rng.random() < 0.5 else m.assets[1]
         return {
             "id": str(m.index),

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from services.alerts.orderflow import FlowBook, FlowEngine, MetricsCache, swap_flow
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.alerts.config import AlertsConfig
+from services.alerts.orderflow import (
+    COMPUTE_BUCKETS_NS,
+    CacheStats,
+    FlowBook,
+    FlowEngine,
+    MetricsCache,
+    swap_flow,
+)
+from services.alerts.service import Alerts, AlertsCollector
+from services.alerts.store_sqlite import SqliteStore
 from shared.clock import FakeClock
 from shared.messages import OrderFlowMetrics
 
@@ -109,3 +122,46 @@ def test_swap_flow() -> None:
     assert swap_flow("500", "-7") == (500.0, False)
     assert swap_flow("0", "1") is None
     assert swap_flow("nope", "1") is None
+
+
+def test_compute_latency_histogram_through_the_collector(tmp_path: Path) -> None:
+    core = Alerts(AlertsConfig(), SqliteStore(str(tmp_path / "a.sqlite3")))
+    registry = CollectorRegistry()
+    registry.register(AlertsCollector(core, None))
+
+    def sample(suffix: str, le: str | None = None) -> float | None:
+        labels = {} if le is None else {"le": le}
+        return registry.get_sample_value(f"poolwire_alerts_flow_compute_seconds{suffix}", labels)
+
+    try:
+        for i in range(1000):
+            core.flow.add("pm.a", T0 + i * S // 100, 0.5, 1.0, i % 3 == 0)
+        core.flow.metrics_for({"pm.a": {5.0, 60.0}}, T0 + 10 * S)
+        core.flow.metrics_for({"pm.a": {5.0, 60.0}}, T0 + 10 * S)  # cached: not computed again
+        stats = core.flow.cache.stats
+        assert sample("_count") == sample("_bucket", "+Inf") == stats.computations == 2
+        assert sample("_sum") == pytest.approx(stats.compute_ns_total / 1e9) and stats.compute_ns_total > 0
+
+        core.flow.cache.stats = stats = CacheStats()
+        for ns in (10_000, 10_001, 999_999, 30_000_000):  # on a bound, just above, ~1 ms, above all
+            stats.observe_compute(ns)
+        les = [str(b / 1e9) for b in COMPUTE_BUCKETS_NS] + ["+Inf"]
+        assert les[:3] == ["1e-05", "2.5e-05", "5e-05"] and les[-2] == "0.025"
+        buckets = {le: sample("_bucket", le) for le in les}
+        assert buckets == {
+            "1e-05": 1,
+            "2.5e-05": 2,
+            "5e-05": 2,
+            "0.0001": 2,
+            "0.00025": 2,
+            "0.0005": 2,
+            "0.001": 3,
+            "0.0025": 3,
+            "0.005": 3,
+            "0.025": 3,
+            "+Inf": 4,
+        }
+        assert sample("_count") == 4
+        assert sample("_sum") == pytest.approx((10_000 + 10_001 + 999_999 + 30_000_000) / 1e9)
+    finally:
+        core.store.close()

@@ -63,9 +63,10 @@ def test_every_procfile_line_runs_a_real_module() -> None:
 
 def test_make_run_starts_every_service_on_the_real_config() -> None:
     lines = procfile_lines(ROOT / "Procfile")
-    assert set(lines) == {"ingest", "sync", "registry", "alerts"}
+    assert set(lines) == {"ingest", "sync", "registry", "alerts", "worker"}
     for name, command in lines.items():
-        assert python_modules(command)[0] == f"services.{name}"
+        module = "services.alerts.worker" if name == "worker" else f"services.{name}"
+        assert python_modules(command)[0] == module
         assert "deploy/poolwire.yaml" in command
 
 

@@ -148,7 +148,7 @@ async def test_make_run_without_a_chain_runs_polymarkets_half(tmp_path: Path) ->
                     await honcho.wait()
                 await asyncio.wait_for(reader, 10)
         text = "".join(lines)
-        for name in ("ingest", "registry", "alerts"):
+        for name in ("ingest", "registry", "alerts", "worker"):  # worker: alerts' supervised workers
             assert re.search(rf"{name}\.1 stopped \(rc=0\)", text), text[-3000:]
 
 

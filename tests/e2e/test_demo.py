@@ -38,7 +38,7 @@ FIRST_ZONE_BUCKET = 2 * S
 
 def test_demo_config_is_valid() -> None:
     assert check_file(DEMO_CONFIG) == []
-    assert set(procfile()) == {"simulator", "exex", "ingest", "sync", "registry", "alerts"}
+    assert set(procfile()) == {"simulator", "exex", "ingest", "sync", "registry", "alerts", "worker"}
 
 
 def test_demo_pools_are_the_chain_simulators() -> None:

@@ -18,20 +18,41 @@ from aiohttp import web
 
 from services.simulator.gamma import GammaServer
 from services.simulator.market import MarketSim
-from services.simulator.polymarket import PolymarketServer
+from services.simulator.polymarket import PolymarketServer, SimConn
 from shared.bus import Pusher, Subscriber
-from shared.messages import BookChange, ForceSubscribe, Message
+from shared.messages import BookChange, BookSnapshot, ForceSubscribe, Message
 from tests.helpers import free_port, spawn, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 
 
+class CopyCountingServer(PolymarketServer):
+    """Counts the copies of an update (a price_change entry, a trade) sent beyond the first: while
+    two connections hold an asset (a recycling handoff), ingest receives each update twice and must
+    publish it once and drop the other copy, counted."""
+
+    extra_copies = 0
+
+    def _route(self, ev: dict[str, Any], outbox: dict[SimConn, list[str]]) -> None:
+        if ev["event_type"] == "price_change":
+            assets = [e["asset_id"] for e in ev["price_changes"]]
+        else:
+            assets = [ev["asset_id"]]
+        for asset in assets:
+            n = sum(1 for c in self.subscribers.get(asset, ()) if not c.stalled)
+            self.extra_copies += max(0, n - 1)
+        super()._route(ev, outbox)
+
+
 @asynccontextmanager
 async def simulator(
-    n_assets: int, events_per_s: float = 200.0, **kw: Any
+    n_assets: int,
+    events_per_s: float = 200.0,
+    server_cls: type[PolymarketServer] = PolymarketServer,
+    **kw: Any,
 ) -> AsyncIterator[tuple[PolymarketServer, str, str]]:
     sim = MarketSim(n_assets, seed=21)
-    server = PolymarketServer(sim, events_per_s=events_per_s, tick=0.02, **kw)
+    server = server_cls(sim, events_per_s=events_per_s, tick=0.02, **kw)
     gamma = GammaServer(server)
     runners = [web.AppRunner(server.app), web.AppRunner(gamma.app)]
     urls = []
@@ -190,7 +211,17 @@ async def collect_until(
 
 
 async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> None:
-    async with simulator(100, events_per_s=300) as (server, ws_url, _):
+    """A recycle with both sockets carrying the market: every update is published once, and every
+    copy the second socket brings is dropped and counted (``handoff_duplicates`` while the
+    replacement is a candidate, ``not_owner_drops`` once it owns the asset), exactly.
+
+    The simulator pauses while the replacement subscribes, so its 70 books all repeat a state
+    already published (exactly 70 duplicates, none republished); then it runs for a while during
+    the handoff grace, both sockets live, and pauses again before the old socket closes, so that
+    every copy it counts reached ingest.
+    """
+    async with simulator(100, events_per_s=300, server_cls=CopyCountingServer) as (server, ws_url, _):
+        assert isinstance(server, CopyCountingServer)
         server.history = []
         cfg, pub, _pull, metrics = write_config(
             tmp_path,
@@ -198,28 +229,72 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
             assets=list(server.sim.assets),
             min_pending=10,
             recycle_age="500ms",
-            handoff_grace="300ms",
+            handoff_grace="3s",
         )
         got: list[tuple[str, Message]] = []
+
+        async def routed_everything() -> bool:
+            """ingest routed every frame the simulator sent (PONGs aside: they are not routed)."""
+            sent = sum(c.sent for c in server.conns.values())
+            return await metric(metrics, "poolwire_ingest_frames_total") == sent
+
+        async def dropped() -> float:
+            return await metric(metrics, "poolwire_ingest_handoff_duplicates_total") + await metric(
+                metrics, "poolwire_ingest_not_owner_drops_total"
+            )
+
         async with Subscriber(pub, ["md.", "ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
                 await sub.wait_for_publisher("ingest", timeout=20)
                 await until(lambda: server.connection_sizes() == [100], server.changed, 20, "one connection")
                 (first_id,) = server.conns
                 await collect_until(sub, got, lambda: len(hashes_by_asset(got)) > 20, 20)
+
+                # quiet market: ingest's state is the simulator's before the handoff starts
+                server.slow(0)
+                for _ in range(100):
+                    if await routed_everything():
+                        break
+                    await asyncio.sleep(0.05)
+                assert await routed_everything(), "ingest did not route what the simulator sent"
+                assert server.extra_copies == 0
+                mark = len(got)
                 resolved = await server.resolve(server.sim.open_markets()[:15])  # 30 of 100 assets
                 gone = {a.asset_id for m in resolved for a in m.assets}
+                live = set(server.sim.assets) - gone
+                await until(
+                    lambda: len(server.conns) == 2 and all(c.sent for c in server.conns.values()),
+                    server.changed,
+                    20,
+                    "the replacement subscribed and sent its books",
+                )
+                assert server.connection_sizes() == [100, 70]
+                for _ in range(100):
+                    if await dropped() >= 70:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await metric(metrics, "poolwire_ingest_handoff_duplicates_total") == 70
+
+                # both sockets carry the market for a while, within the handoff grace
+                server.slow(1.0)
+                await asyncio.sleep(0.8)
+                server.slow(0)
+                assert first_id in server.conns, "the old socket closed before the end of the overlap"
+                copies = server.extra_copies
+                assert copies > 50  # the overlap carried traffic
                 await until(
                     lambda: server.connection_sizes() == [70] and first_id not in server.conns,
                     server.changed,
                     30,
                     "the recycled connection",
                 )
+
+                # the new connection carries on alone
+                server.slow(1.0)
                 await collect_until(sub, got, lambda: not server.events < 2000, 30)
                 server.slow(0)
                 await asyncio.sleep(0)
                 truth = sim_hashes(server.history)
-                live = set(server.sim.assets) - gone
                 last = {a: truth[a][-1] for a in live if a in truth}
                 await collect_until(
                     sub,
@@ -227,8 +302,12 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
                     lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
                     20,
                 )
+                assert server.extra_copies == copies  # one connection since
                 assert await metric(metrics, "poolwire_ingest_recycles_total") == 1
-                assert await metric(metrics, "poolwire_ingest_handoff_duplicates_total") >= 0
+                # each copy dropped, counted once; none published (contiguity below: nothing published twice)
+                assert await dropped() == 70 + copies
+                republished = [m for _, m in got[mark:] if isinstance(m, BookSnapshot) and m.asset in live]
+                assert republished == []
                 assert assert_contiguous(hashes_by_asset(got), truth, live) >= 60
                 assert sub.stats.gaps == 0
                 assert await asyncio.to_thread(stop, proc) < 10.0

@@ -213,3 +213,15 @@ def test_handoff_no_gap_no_duplicate() -> None:
         )
         if new_lag > old_lag:
             assert router.stats.handoff_duplicates > 0
+
+
+def test_held_book_the_old_owner_then_delivers_is_one_counted_duplicate() -> None:
+    router, out = make(verify_hashes=False)
+    router.assign([frames.ASSET], "old")
+    router.begin_handoff([frames.ASSET], "new")
+    router.handle_frame("new", frames.BOOK_DUMP)  # the new connection is ahead: its book is held
+    assert out == [] and router.assets[frames.ASSET].held is not None
+    router.handle_frame("old", frames.BOOK_DUMP)  # the old one catches up: published once, switched
+    assert [t for t, _ in out].count(f"md.book.{frames.ASSET}") == 1
+    assert router.assets[frames.ASSET].owner == "new"
+    assert router.stats.handoff_duplicates == 1 and router.stats.handoff_switches == 1
