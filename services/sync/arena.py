@@ -293,6 +293,23 @@ class EventProcessor:
 
     # -- blocks ---------------------------------------------------------------------------------
 
+    def hash_at(self, number: int) -> bytes | None:
+        """Our chain's hash at ``number``: the head's or a journaled block's; None if not known."""
+        head = self.head
+        if head is None or number > head[0]:
+            return None
+        if number == head[0]:
+            return head[1]
+        journal = self.journal
+        i = len(journal) - 1 - (head[0] - number)
+        if 0 <= i < len(journal) and journal[i].number == number:
+            return journal[i].hash
+        return None
+
+    def applied(self, number: int, block_hash: bytes) -> bool:
+        """Whether this very block (number and hash) is in our chain, within the journal's reach."""
+        return self.hash_at(number) == block_hash
+
     def apply_block(
         self,
         number: int,

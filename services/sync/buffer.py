@@ -143,6 +143,7 @@ class EventBuffer:
         self._offsets = array("I")  # start of each payload; the end is the next start
         self._blocks: list[_BufferedBlock] = []
         self.reorg_floor: int | None = None
+        self.reverts: list[tuple[int, bytes]] = []  # every explicit revert (number, hash), in order
         self.dropped_blocks = 0
 
     def __len__(self) -> int:
@@ -206,6 +207,7 @@ class EventBuffer:
 
     def revert(self, number: int, block_hash: bytes) -> None:
         """An explicit revert of block ``number``: drop it (and anything above) if buffered."""
+        self.reverts.append((number, block_hash))
         blocks = self._blocks
         while blocks and blocks[-1].number > number:
             self._pop()
@@ -246,3 +248,4 @@ class EventBuffer:
         self._data = bytearray()
         self._offsets = array("I")
         self._blocks = []
+        self.reverts = []

@@ -2,7 +2,8 @@
 
 Written atomically (temporary file + rename) under ``<data_dir>/sync/checkpoint.msgpack``,
 periodically and on shutdown. On restart the service loads it, checks that the block hash is
-still canonical (else it scrapes again), and catches up from there with eth_getLogs.
+still canonical (else it scrapes again), and catches up from there with eth_getLogs (with the ExEx
+source too: the socket buffers meanwhile, and its buffer is replayed over the caught-up chain).
 """
 
 from __future__ import annotations

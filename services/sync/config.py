@@ -39,7 +39,8 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     poll_interval: Duration = Duration(1.0)  # follower: polls the tip this often (and on newHeads)
     logs_range: Positive = 1000  # follower: blocks per eth_getLogs while catching up
     reorg_keep: Positive = 256  # follower: block hashes kept to find a common ancestor
-    checkpoint: bool = True  # rpc source: write pool states to <data_dir>/sync/ and resume from them
+    # write pool states to <data_dir>/sync/ and resume from them (needs rpc_urls: the catch-up is eth_getLogs)
+    checkpoint: bool = True
     checkpoint_interval: Duration = Duration(30.0)
     pools: list[PoolSpec] = []
     buffer_capacity: Positive = 100_000  # events held during a cold start

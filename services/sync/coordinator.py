@@ -4,9 +4,16 @@ Cold start: connect the socket (buffering) -> scrape V2 pools -> set the referen
 scrape V3/V4 pools -> wait until the stream reached the scrape blocks -> replay the buffered
 blocks (each pool skips events at or below its own snapshot block) -> live.
 
-Incremental add (live): hold the new pools' events, scrape them (in the seed's smaller live batches,
-``add_v2_batch`` / ``add_v3_v4_batch``), install each pool at its snapshot block and replay its held
-events after it. Other pools are not interrupted.
+Incremental add (live): hold the new pools' events, scrape them at our head block (pinned, when the
+scraper can: the JSON-RPC one) in the seed's smaller live batches (``add_v2_batch`` /
+``add_v3_v4_batch``), install each pool at its snapshot block and replay its held events after it.
+Other pools are not interrupted.
+
+Resume from a checkpoint: install its pools at its block; a source that can replay the past (the
+log follower) goes live from there. The ExEx socket cannot: it buffers while the log follower,
+stepped here, catches up from the checkpoint to the node's tip (ranged eth_getLogs), then its buffer
+is replayed over the caught-up chain (reverts of blocks applied from JSON-RPC unwound, blocks
+already applied skipped) -> live.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.sync.arena import EventProcessor, Pool
-from services.sync.client import BlockSource
-from services.sync.scraper import Scraper, ScrapeResult, pool_key
+from services.sync.arena import EventProcessor, Pool, ResyncNeeded
+from services.sync.client import BlockSource, Resync
+from services.sync.follower import LogFollower
+from services.sync.rpc import Header, RpcError, RpcUnavailable
+from services.sync.scraper import PinUnavailable, Scraper, ScrapeResult, pool_key
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
 
@@ -83,20 +92,49 @@ class StartupCoordinator:
         proc.pending_capacity = self.incremental_capacity
         return proc
 
-    async def _scrape(self, specs: Sequence[PoolSpec], live: bool = False) -> ScrapeResult:
+    async def _scrape_at(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None
+    ) -> ScrapeResult:
+        """One scraper call, pinned to ``at`` when the scraper can pin. Pools the node does not serve
+        at ``at`` (the block is gone, or its state pruned: eth_call errors) are scraped at the latest
+        block instead: installed at that later snapshot, the blocks in between are skipped for them."""
+        if at is None or not getattr(self.scraper, "can_pin", False):
+            return await self.scraper.scrape(specs, batch_size)
+        try:
+            result = await self.scraper.scrape(specs, batch_size, at=at)
+        except PinUnavailable as exc:
+            log.warning("%s: scraping %d pool(s) at the latest block instead", exc, len(specs))
+            return await self.scraper.scrape(specs, batch_size)
+        if result.failed:
+            log.warning(
+                "%d pool(s) could not be scraped at block %d (state not served?): "
+                "scraping them at the latest block",
+                len(result.failed),
+                at[0],
+            )
+            more = await self.scraper.scrape([spec for spec, _ in result.failed], batch_size)
+            result.pools += more.pools
+            result.failed = more.failed
+            if more.pools and more.block > result.block:
+                result.block, result.hash, result.timestamp = more.block, more.hash, more.timestamp
+        return result
+
+    async def _scrape(
+        self, specs: Sequence[PoolSpec], live: bool = False, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
         v2 = [s for s in specs if s.protocol == "v2"]
         rest = [s for s in specs if s.protocol != "v2"]
         v2_batch, v3_v4_batch = (
             (self.add_v2_batch, self.add_v3_v4_batch) if live else (self.v2_batch, self.v3_v4_batch)
         )
         t0 = time.perf_counter()
-        result = await self.scraper.scrape(v2, v2_batch) if v2 else ScrapeResult(0, b"")
+        result = await self._scrape_at(v2, v2_batch, at) if v2 else ScrapeResult(0, b"")
         self.metrics.v2_scraping_duration_ms += (time.perf_counter() - t0) * 1000
         self.metrics.v2_pools_scraped += len(result.pools)
         self.metrics.reference_block = result.block
         t0 = time.perf_counter()
         if rest:
-            more = await self.scraper.scrape(rest, v3_v4_batch)
+            more = await self._scrape_at(rest, v3_v4_batch, at)
             self.metrics.v3_v4_pools_scraped += len(more.pools)
             result.pools += more.pools
             result.failed += more.failed
@@ -152,6 +190,14 @@ class StartupCoordinator:
         timestamp: int = 0,
     ) -> None:
         """Go live from a checkpoint: ``pools`` valid at ``block``; the source delivers its children."""
+        self._install(pools, specs, block, block_hash, timestamp)
+        self.client.go_live()
+        self.live = True
+        log.info("resumed from the checkpoint at block %d with %d pool(s)", block, len(pools))
+
+    def _install(
+        self, pools: Sequence[Pool], specs: Sequence[PoolSpec], block: int, block_hash: bytes, timestamp: int
+    ) -> None:
         if self.live:
             raise StartupError("AlreadyLive: use add_pools while live")
         self.processor = self._new_processor()
@@ -161,9 +207,126 @@ class StartupCoordinator:
             self.processor.add_pool(pool)
         self.processor.head = (block, block_hash)
         self.processor.head_timestamp = timestamp
-        self.client.go_live()
-        self.live = True
-        log.info("resumed from the checkpoint at block %d with %d pool(s)", block, len(pools))
+
+    async def resume_with_catch_up(
+        self,
+        pools: Sequence[Pool],
+        specs: Sequence[PoolSpec],
+        header: Header,
+        follower: LogFollower,
+        attempts: int = 3,
+    ) -> bool:
+        """Resume from a checkpoint with a source that cannot replay the past (the ExEx socket,
+        buffering since before this call): catch up from ``header`` (the checkpoint's block,
+        canonical) with ``follower`` (stepped here, not started: its ranged eth_getLogs) to the node's
+        tip, then replay the socket's buffer on top: its reverts of blocks we applied are unwound from
+        the journal, its blocks already applied (same number and hash) skipped, the others applied
+        (a block of another branch unwinds ours first, as live), and go live. False: the buffer
+        overflowed or was damaged every time, or the blocks do not join up: scrape instead."""
+        t0 = time.perf_counter()
+        self._install(pools, specs, header.number, header.hash, header.timestamp)
+        follower.anchor(header)
+        follower.go_live()  # its blocks on its queue, applied by _catch_up
+        caught_up = 0
+        for attempt in range(1, attempts + 1):
+            try:
+                caught_up += await self._catch_up(follower)
+            except ResyncNeeded as exc:
+                log.warning("catch-up from the checkpoint failed (%s): scraping", exc)
+                return False
+            client = self.client
+            head = self.processor.head
+            assert head is not None
+            if client.buffer_error is not None:
+                log.warning("catch-up attempt %d: %s; buffering again", attempt, client.buffer_error)
+                client.start_buffering(self.buffer_capacity)
+                continue
+            first = client.buffer.first_block
+            if first is not None and first > head[0] + 1:
+                log.info(
+                    "the stream starts at block %d, after our head %d: catching up further", first, head[0]
+                )
+                await follower.clock.sleep(follower.poll_interval)
+                continue
+            try:
+                skipped, replayed = self._replay_over_head()  # no await from here to go_live
+            except ResyncNeeded as exc:
+                log.warning("the stream does not join the caught-up chain (%s): scraping", exc)
+                return False
+            client.go_live()
+            self.live = True
+            head = self.processor.head
+            assert head is not None
+            self.metrics.total_startup_duration_ms = (time.perf_counter() - t0) * 1000
+            log.info(
+                "resumed from the checkpoint at block %d with %d pool(s): %d block(s) caught up over "
+                "JSON-RPC, %d buffered block(s) already applied, %d replayed; live at block %d in %.0f ms",
+                header.number, len(pools), caught_up, skipped, replayed, head[0],
+                self.metrics.total_startup_duration_ms,
+            )  # fmt: skip
+            return True
+        log.warning("could not join the stream to the catch-up in %d attempts: scraping", attempts)
+        return False
+
+    async def _catch_up(self, follower: LogFollower) -> int:
+        """Step the follower to the node's tip, applying its blocks; the number of blocks applied."""
+        proc = self.processor
+        applied = 0
+        delay = follower.backoff_initial
+        while True:
+            try:
+                await follower.step()
+            except (RpcUnavailable, RpcError, ValueError, KeyError, TypeError) as exc:
+                follower.fstats.rpc_failures += 1
+                log.warning("catch-up: %r; retrying in %.2f s", exc, delay)
+                await follower.clock.sleep(delay)
+                delay = min(delay * 2, follower.backoff_max)
+                continue
+            delay = follower.backoff_initial
+            moved = False
+            while not follower.blocks.empty():
+                item = follower.blocks.get_nowait()
+                moved = True
+                if isinstance(item, Resync):
+                    raise ResyncNeeded(item.reason)
+                if item.is_revert:
+                    proc.revert_block(item.number, item.hash)
+                else:
+                    proc.apply_block(item.number, item.hash, item.parent_hash, item.updates, item.timestamp)
+                    applied += 1
+            tip, head = follower.tip, follower.head
+            if tip is not None and head is not None and tip.hash == head.hash:
+                return applied
+            if not moved:  # the chain moved under the step: again, as the follower's next trigger would
+                await follower.clock.sleep(follower.backoff_initial)
+
+    def _replay_over_head(self) -> tuple[int, int]:
+        """The buffer on top of the caught-up chain: (blocks skipped as applied, blocks applied)."""
+        proc = self.processor
+        buffer = self.client.buffer
+        reverts = list(buffer.reverts)
+        stamps = buffer.timestamps()
+        blocks = self.client.take_buffered_blocks()
+        for number, bhash in reverts:  # each came before every block still buffered
+            head = proc.head
+            assert head is not None
+            if proc.applied(number, bhash):
+                proc.revert_block(number, bhash)
+            elif number <= head[0] and proc.hash_at(number) is None:
+                raise ResyncNeeded(f"revert of block {number}, below the journal")
+        skipped = replayed = 0
+        for number, bhash, parent, events in blocks:
+            head = proc.head
+            assert head is not None
+            oldest = proc.journal[0].number if proc.journal else head[0]
+            if proc.applied(number, bhash) or number < oldest:
+                skipped += 1  # applied from JSON-RPC (below the journal: the next ones are checked)
+                continue
+            proc.apply_block(number, bhash, parent, events, stamps.get(number, 0))
+            self.metrics.events_replayed += len(events)
+            self.metrics.blocks_replayed += 1
+            replayed += 1
+        return skipped, replayed
 
     def _replay(self, result: ScrapeResult) -> bool:
         """Install scraped pools, replay the buffer; False if the buffer does not cover the scrape."""
@@ -209,13 +372,16 @@ class StartupCoordinator:
         for _ in range(attempts):
             if not todo:
                 break
-            head_at_hold = proc.head[0] if proc.head else 0
+            # scraped at the block our state is at (pinned: the pools' first state is exact at the head
+            # it is published with, however far the node is ahead); events after it are held
+            pin = proc.head
+            head_at_hold = pin[0] if pin else 0
             for key in todo:
                 proc.remove_pool(key)
                 proc.hold(key)
                 self.specs[key] = todo[key]
             try:
-                result = await self._scrape(list(todo.values()), live=True)
+                result = await self._scrape(list(todo.values()), live=True, at=pin)
             except BaseException:  # held no longer (else no later add would take them)
                 for key in todo:
                     proc.release(key)
@@ -223,6 +389,8 @@ class StartupCoordinator:
             for pool in result.pools:
                 if pool.snapshot_block < head_at_hold:
                     continue  # the scraper lags our stream: events in between were not held
+                if pin and pool.snapshot_block == pin[0] and self._pin_lost(pin):
+                    continue  # the pinned block was reorged away meanwhile: scraped again at the new head
                 held = proc.release(pool.key)
                 proc.add_pool(pool)
                 self._replay_held(pool, held)
@@ -236,6 +404,14 @@ class StartupCoordinator:
             proc.release(key)
         self.metrics.pools_added_live += len(added)
         return added
+
+    def _pin_lost(self, pin: tuple[int, bytes]) -> bool:
+        """The block a scrape was pinned to is no longer in our chain (a reorg during the scrape)."""
+        head = self.processor.head
+        if head is None or head[0] < pin[0]:
+            return True
+        known = self.processor.hash_at(pin[0])
+        return known is not None and known != pin[1]  # None: below the journal, too deep to be reorged
 
     def _replay_held(self, pool: Pool, held: Sequence[PoolUpdate]) -> None:
         """Apply held events after the pool's snapshot, journaled into their own blocks' undo."""

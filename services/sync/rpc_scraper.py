@@ -1,7 +1,8 @@
 """The JSON-RPC scraper: pool state pinned to one block, in batched eth_calls.
 
-One ``scrape()`` pins the node's latest block (number + hash) and reads every pool at that block.
-Calls name the block by number and the block's hash is checked again at the end (a scrape that a
+One ``scrape()`` pins the node's latest block (number + hash), or the block it is given (``at``:
+pools added while live are read at the block our state is at; ``PinUnavailable`` if the node no
+longer has it), and reads every pool at that block. Calls name the block by number and the block's hash is checked again at the end (a scrape that a
 reorg crossed is done again); with ``pin_by_hash`` (config ``sync.pin_by_hash``) they name it by
 hash (EIP-1898 ``{"blockHash": ...}``), so a reorg cannot mix two chains into one snapshot even
 in between (exact on any node, but ~10x slower on anvil):
@@ -35,7 +36,7 @@ from eth_hash.auto import keccak
 from services.sync import amm
 from services.sync.arena import Pool
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable
-from services.sync.scraper import ScrapeProgress, ScrapeResult, pool_key
+from services.sync.scraper import PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
 from shared.messages import PoolSpec
 
 log = logging.getLogger("poolwire.sync.scrape")
@@ -113,6 +114,8 @@ class _Job:
 
 
 class RpcScraper:
+    can_pin = True  # scrape(at=(number, hash)): pools added while live, at the block our state is at
+
     def __init__(
         self,
         rpc: RpcClient,
@@ -138,21 +141,34 @@ class RpcScraper:
         self.on_progress = on_progress  # called after every batch
         self.pinned: Header | None = None
 
-    async def pin(self) -> Header:
-        return Header.parse(await self.rpc.call("eth_getBlockByNumber", ["latest", False], retry_errors=True))
+    async def pin(self, at: tuple[int, bytes] | None = None) -> Header:
+        """The latest block, or ``at`` (number, hash) if it is still canonical (else PinUnavailable)."""
+        tag = "latest" if at is None else hex(at[0])
+        raw = await self.rpc.call("eth_getBlockByNumber", [tag, False], retry_errors=True)
+        if at is None:
+            return Header.parse(raw)
+        header = Header.parse(raw) if raw is not None else None
+        if header is None or header.hash != at[1]:
+            raise PinUnavailable(f"block {at[0]} 0x{at[1].hex()[:10]} is not canonical on the node")
+        return header
 
-    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
-        """Every pool at one block. Calls name the block by number (by hash with ``pin_by_hash``:
+    async def scrape(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
+        """Every pool at one block: the latest, or ``at`` (number, hash: the block our state is at,
+        for pools added while live). Calls name the block by number (by hash with ``pin_by_hash``:
         EIP-1898, exact but ~10x slower on anvil); the block's hash is checked again at the end,
-        and a scrape that a reorg crossed is done again at the new tip."""
+        and a scrape that a reorg crossed is done again at the new tip (``at``: PinUnavailable)."""
         for attempt in range(self.retries + 2):
-            result = await self._scrape_pinned(specs, batch_size)
+            result = await self._scrape_pinned(specs, batch_size, at)
             if self.pin_by_hash or not result.pools:
                 return result
             raw = await self.rpc.call("eth_getBlockByNumber", [hex(result.block), False], retry_errors=True)
             result.round_trips += 1
             if raw is not None and Header.parse(raw).hash == result.hash:
                 return result
+            if at is not None:
+                raise PinUnavailable(f"block {at[0]} was reorged away during the scrape")
             self.repins += 1
             log.warning(
                 "block %d was reorged during the scrape (attempt %d): scraping again",
@@ -161,8 +177,10 @@ class RpcScraper:
             )
         return result
 
-    async def _scrape_pinned(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
-        header = await self.pin()
+    async def _scrape_pinned(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None
+    ) -> ScrapeResult:
+        header = await self.pin(at)
         self.pinned = header
         result = ScrapeResult(block=header.number, hash=header.hash, timestamp=header.timestamp)
         requests0 = self.rpc.stats.requests

@@ -43,9 +43,17 @@ class ScrapeProgress:
     block: int = 0
 
 
+class PinUnavailable(Exception):
+    """The block a scrape was asked to pin (``at``) is not canonical on the node (any more)."""
+
+
 class Scraper(Protocol):
-    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
-        """State of ``specs`` at one block per batch; pools that fail after retries go in ``failed``."""
+    async def scrape(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
+        """State of ``specs`` at one block per batch; pools that fail after retries go in ``failed``.
+        ``at`` (number, hash): that block instead of the latest, if the scraper can (``can_pin``);
+        raises :class:`PinUnavailable` if the node does not have it."""
         ...
 
 
@@ -70,7 +78,10 @@ def pool_from_state(state: ScrapedPoolState, block: int, spec: PoolSpec | None =
 
 
 class SimulatorScraper:
-    """Scrapes the simulator's chain through its scrape socket (``exex_server --scrape-socket``)."""
+    """Scrapes the simulator's chain through its scrape socket (``exex_server --scrape-socket``).
+    The socket serves the simulator's head only: ``at`` is ignored (``can_pin`` is False)."""
+
+    can_pin = False
 
     def __init__(self, path: str, retries: int = 2, timeout: float = 10.0) -> None:
         self.path = path
@@ -94,7 +105,9 @@ class SimulatorScraper:
         finally:
             writer.close()
 
-    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+    async def scrape(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
         result = ScrapeResult(block=0, hash=b"")
         by_key = {pool_key(spec): spec for spec in specs}
         todo = list(by_key)

@@ -115,7 +115,8 @@ class SyncService:
         else:
             scraper = SimulatorScraper(cfg.scrape_socket, retries=cfg.scrape_retries)
         self.checkpoint_path = Path(ctx.common.data_dir) / "sync" / "checkpoint.msgpack"
-        self.use_checkpoint = cfg.checkpoint and cfg.source == "rpc"
+        # the ExEx source resumes too when there is a node to catch up from (eth_getLogs)
+        self.use_checkpoint = cfg.checkpoint and self.rpc is not None
         self.checkpoints_written = 0
         self.pools_retried = 0
         self.clock = ctx.clock
@@ -247,7 +248,7 @@ class SyncService:
 
     async def try_resume(self) -> bool:
         """Resume from the checkpoint if its block is still canonical; False: cold start instead."""
-        assert self.rpc is not None and self.follower is not None
+        assert self.rpc is not None
         try:
             cp = checkpoint.load(self.checkpoint_path)
         except Exception as exc:  # unreadable for any reason: scrape instead
@@ -266,22 +267,54 @@ class SyncService:
             log.warning("checkpoint block %d is no longer canonical (reorged away): scraping", cp.block)
             return False
         pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]
-        self.follower.anchor(header)
-        self.coord.resume(pools, cp.specs, cp.block, cp.hash, header.timestamp)
-        self.follower.connected.set()
-        return True
+        if self.follower is not None:
+            self.follower.anchor(header)
+            self.coord.resume(pools, cp.specs, cp.block, cp.hash, header.timestamp)
+            self.follower.connected.set()
+            return True
+        return await self.resume_exex(pools, cp.specs, header)
+
+    async def resume_exex(self, pools: list[Pool], specs: list[PoolSpec], header: Header) -> bool:
+        """ExEx source: the socket is buffering (started first); catch up from the checkpoint over
+        JSON-RPC (the log follower's ranged eth_getLogs), replay the buffer over it, go live."""
+        assert self.rpc is not None
+        if any(s.protocol == "v4" for s in specs) and not self.cfg.v4_pool_manager:
+            log.warning(
+                "checkpoint has V4 pools, and no sync.v4_pool_manager to catch up their logs: scraping"
+            )
+            return False
+        try:
+            await asyncio.wait_for(self.client.connected.wait(), self.cfg.replay_wait)
+        except TimeoutError:
+            log.warning("ExEx socket not connected in %.0f s: scraping", self.cfg.replay_wait)
+            return False
+        cfg = self.cfg
+        catch_up = LogFollower(
+            self.rpc,
+            addresses=self.log_addresses,
+            poll_interval=cfg.poll_interval,
+            logs_range=cfg.logs_range,
+            header_batch=cfg.rpc_batch_size,
+            keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
+            backoff_initial=cfg.backoff_initial,
+            backoff_max=cfg.backoff_max,
+            clock=self.ctx.clock,
+        )
+        return await self.coord.resume_with_catch_up(pools, specs, header, catch_up)
 
     async def start_up(self) -> None:
         if self.cfg.checkpoint and not self.use_checkpoint:
             log.info(
-                "checkpoint not used with the ExEx source: the socket starts at the node's head and cannot "
-                "replay the blocks since a checkpoint (catching up over JSON-RPC first is not implemented), "
-                "so every start scrapes every pool"
+                "checkpoint not used: the ExEx source without sync.rpc_urls cannot catch up from one "
+                "(eth_getLogs), so every start scrapes every pool"
             )
+        if self.follower is None:
+            self.client.start()  # the ExEx socket buffers from now on, before the checkpoint is read
         if self.rpc is not None:
             await self.check_chain()
         resumed = self.use_checkpoint and await self.try_resume()
-        self.client.start()
+        if self.follower is not None:
+            self.client.start()
         if not resumed:
             await self.cold_start()
             return
@@ -339,6 +372,11 @@ class SyncService:
                 if isinstance(item, Resync):
                     raise ResyncNeeded(item.reason)
                 proc = self.coord.processor
+                known = proc.hash_at(item.number)
+                if known is not None and item.hash and (known == item.hash) != item.is_revert:
+                    # a block we already applied, or a revert of a block not in our chain: both only
+                    # where the socket's stream overlaps the catch-up from a checkpoint over JSON-RPC
+                    continue
                 if item.is_revert:
                     result = proc.revert_block(item.number, item.hash)
                     self.publish_result(result, None)

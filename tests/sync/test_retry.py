@@ -55,4 +55,4 @@ async def test_pools_are_retried_when_the_chain_comes_up_after_sync() -> None:
         assert proc.returncode == 0, err
         assert pools == {"0x" + k.hex() for k in chain.pools}
         assert "retrying" in err and "whose scrape failed" in err
-        assert "checkpoint not used with the ExEx source" in err  # said once, at start
+        assert "checkpoint not used: the ExEx source without sync.rpc_urls" in err  # said once, at start

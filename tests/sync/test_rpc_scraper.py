@@ -6,10 +6,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from services.sync.client import BlockSource
 from services.sync.coordinator import StartupCoordinator
 from services.sync.metrics import SyncCollector
-from services.sync.rpc import Call, RpcClient
+from services.sync.rpc import Call, RpcClient, RpcError
 from services.sync.rpc_scraper import RpcScraper
 from services.sync.scraper import ScrapeProgress
 from shared.messages import PoolSpec
@@ -120,3 +122,52 @@ async def test_pin_by_hash_names_the_block_by_hash_and_equals_the_contracts(chai
     assert rpc.blocks == {json.dumps({"blockHash": "0x" + bhash.hex()})}  # EIP-1898, never a number
     assert not result.failed
     assert arena_view({p.key: p for p in result.pools}) == chain.truth(number)
+
+
+class PrunedRpc(RpcClient):
+    """Answers every eth_call naming block ``pruned`` with the error of a node that pruned its state."""
+
+    def __init__(self, *args: Any, pruned: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.pruned = hex(pruned)
+        self.refused = 0
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        replies = await super().batch(calls)
+        for i, (method, params) in enumerate(calls):
+            if method == "eth_call" and params[1] == self.pruned:
+                replies[i] = RpcError(-32000, "missing trie node")
+                self.refused += 1
+        return replies
+
+
+async def test_pools_added_live_are_pinned_to_our_head_else_scraped_at_the_latest_block(
+    chain: Chain, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pinned to our head block: its state, whatever the node's tip. A node that no longer serves that
+    block's state (eth_call errors), or no longer has the block, gets the pools scraped at its latest
+    block instead (installed there: the blocks in between are not applied to them), said in the log."""
+    trader = Trader(chain, seed=14)
+    trader.block(8)
+    ours, ours_hash = chain.head()
+    for _ in range(3):
+        trader.block(8)
+    tip, _ = chain.head()
+    specs = [PoolSpec(**s) for s in chain.specs()]
+    for rpc, head, expect in (
+        (RpcClient([chain.a.url]), (ours, ours_hash), ours),  # pinned
+        (PrunedRpc([chain.a.url], pruned=ours), (ours, ours_hash), tip),  # state pruned: latest
+        (RpcClient([chain.a.url]), (ours, b"\x01" * 32), tip),  # block reorged away: latest
+    ):
+        caplog.clear()
+        try:
+            scraper = RpcScraper(rpc, state_view=chain.state_view, retries=0)
+            coord = StartupCoordinator(BlockSource(), scraper)
+            coord.resume([], [], *head)
+            added = await coord.add_pools(specs)
+        finally:
+            await rpc.close()
+        assert {p.snapshot_block for p in added} == {expect}
+        assert arena_view({p.key: p for p in added}) == chain.truth(expect)
+        fell_back = "at the latest block" in caplog.text
+        assert fell_back == (expect == tip), caplog.text

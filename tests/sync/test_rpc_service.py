@@ -13,6 +13,7 @@ import yaml
 from aiohttp import web
 
 from services.sync import checkpoint
+from services.sync.client import ExExClient
 from services.sync.scraper import pool_key
 from shared.bus import Pusher, Subscriber
 from shared.messages import BlockUpdate, Message, PoolSpec, PoolState, Swap, WhitelistAdd
@@ -240,7 +241,10 @@ class ScrapeGate(FaultyProxy):
     eth_call (the scraper's; the follower makes none) until ``release()``. The test mines blocks while
     a scrape round waits here, so the scrape straddles blocks with trades, yet no block is mined while
     anvil answers a scrape call: anvil serves calls at its head block from the live state, which a
-    block being mined changes under them (a call pinned to block N may see N+1's writes)."""
+    block being mined changes under them (a call pinned to block N may see N+1's writes).
+    ``needles``: what a held request carries (all of them)."""
+
+    needles: tuple[bytes, ...] = (b'"eth_call"',)
 
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream, faults=["ok"])
@@ -249,7 +253,8 @@ class ScrapeGate(FaultyProxy):
         self.arrived = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.closed and b'"eth_call"' in await request.read():
+        body = await request.read()
+        if self.closed and all(needle in body for needle in self.needles):
             held = asyncio.get_running_loop().create_future()
             self.held.append(held)
             self.arrived.set()
@@ -341,3 +346,141 @@ async def test_whitelist_add_over_pull_while_live_on_the_rpc_source(chain: Chain
         assert cp is not None and cp.block == head
         pools = {rec.key: checkpoint.restore(rec, cp.block) for rec in cp.pools}
         assert arena_view(pools) == chain.truth(head)  # reserves, slot0, liquidity, every tick's net
+
+
+class TipGate(ScrapeGate):
+    """Holds, while closed, every request for the node's latest block: the follower's trigger (the
+    scraper pinned to a block never asks for it). The follower stops at its head meanwhile."""
+
+    needles = (b'"eth_getBlockByNumber"', b'"latest"')
+
+
+async def test_a_pool_added_while_the_follower_lags_is_scraped_at_our_head_block(chain: Chain) -> None:
+    """The follower is held at block H while the node mines blocks with trades on a pool; that pool,
+    added over PULL, is scraped pinned to H: its first dex.pool state is labelled H and equals the
+    contracts at H (not at the node's tip); once the follower moves on, the blocks after H apply on
+    top of it, each once."""
+    trader = Trader(chain, seed=51)
+    trader.block(8)
+    specs = chain.specs()
+    new = specs[3]  # a V3 pool, added while live
+    first = [s for s in specs if s is not new]
+    new_key = pool_key(PoolSpec(**new))
+    new_id = "0x" + new_key.hex()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with TipGate(chain.a.url) as gate:
+            path, eps = config(chain, tmp, pools=first, rpc_urls=[gate.url], rpc_timeout="60s")
+            watch = Watch(eps["pub"])
+            pusher = Pusher(eps["pull"], sender="test")
+            try:
+                with spawn("-m", "services.sync", "--config", str(path)) as proc:
+                    await watch.sub.wait_for_publisher("sync", timeout=20)
+                    await watch.until_head(chain, proc, nudge=True)
+                    pinned, _ = chain.head()  # our head: no block mined since
+                    gate.closed = True
+                    await asyncio.wait_for(gate.arrived.wait(), 10)  # the follower waits for the tip
+                    at_pin = chain.truth(pinned)[new_key]
+                    for _ in range(20):  # blocks the follower does not see, trading on the new pool
+                        trader.block(8)
+                        if chain.truth()[new_key] != at_pin:
+                            break
+                    tip, _ = chain.head()
+                    assert chain.truth(tip)[new_key] != at_pin
+                    await pusher.send(WhitelistAdd(pools=[PoolSpec(**new)]), timeout=5)
+                    await watch.until_published({new_id}, proc)
+                    state = watch.states[new_id][0]
+                    assert state.block == pinned
+                    assert observed(state) == at_pin[:3]
+                    gate.closed = False
+                    gate.release()
+                    await watch.until_head(chain, proc)  # the follower catches up over the new pool
+                    await assert_state(chain, eps["snapshot"])
+                    trader.block(8)
+                    await watch.until_head(chain, proc)
+                    await assert_state(chain, eps["snapshot"])
+                    proc.send_signal(signal.SIGTERM)
+                    _, err = proc.communicate(timeout=15)
+                    assert proc.returncode == 0, err[-3000:]
+            finally:
+                pusher.close()
+                watch.sub.close()
+        assert "added 1 pool(s) while live" in err
+        assert "at the latest block" not in err  # pinned, no fallback
+        head = watch.head[0]
+        for number in range(pinned, head + 1):  # the new pool as published, at every block
+            got = watch.state_at(new_id, number)
+            assert got is not None and observed(got) == chain.truth(number)[new_key][:3], number
+        cp = checkpoint.load(Path(tmp) / "data" / "sync" / "checkpoint.msgpack")
+        assert cp is not None and cp.block == head
+        pools = {rec.key: checkpoint.restore(rec, cp.block) for rec in cp.pools}
+        assert arena_view(pools) == chain.truth(head)  # every initialized tick's net too
+
+
+async def test_exex_source_kill_9_then_resume_from_the_checkpoint_over_json_rpc(chain: Chain) -> None:
+    """ExEx source (through the bridge) with a node: killed -9 mid-trading, restarted, it resumes from
+    its checkpoint (no scrape): catches up over JSON-RPC while the socket buffers; blocks mined during
+    the catch-up come from both (the catch-up's tip is held until the socket has them), and are
+    applied once; state equals the contracts again."""
+    trader = Trader(chain, seed=61)
+    trader.block(8)
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = f"{tmp}/exex.sock"
+        async with TipGate(chain.a.url) as gate:
+            path, eps = config(
+                chain, tmp, source="exex", exex_socket=sock, rpc_urls=[gate.url], rpc_timeout="60s"
+            )
+            watch = Watch(eps["pub"])
+            probe = ExExClient(
+                sock, backoff_max=0.2
+            )  # the test's own socket client: sees what the bridge sent
+            bridge_args = ["--rpc", chain.a.url, "--socket", sock, "--poll", "0.05"]
+            try:
+                with spawn("-m", "services.simulator.exex_bridge", *bridge_args):
+                    with spawn("-m", "services.sync", "--config", str(path)) as proc:
+                        await watch.sub.wait_for_publisher("sync", timeout=20)
+                        await watch.until_head(chain, proc, nudge=True)
+                        for _ in range(4):
+                            trader.block(8)
+                            await watch.until_head(chain, proc)
+                        await assert_state(chain, eps["snapshot"])
+                        cp_path = Path(tmp) / "data" / "sync" / "checkpoint.msgpack"
+                        while not cp_path.exists():  # written every 100 ms: wait for the next block's news
+                            trader.block(2)
+                            await watch.until_head(chain, proc)
+                        trader.block(8)  # the service is applying it, or not yet, when killed
+                        proc.send_signal(signal.SIGKILL)
+                        _, err = proc.communicate(timeout=10)
+                    assert "scraped" in err and "checkpoint not used" not in err
+                    for _ in range(12):  # blocks the service does not see
+                        trader.block(8)
+                    probe.start()
+                    await asyncio.wait_for(probe.connected.wait(), 10)
+                    gate.closed = True
+                    watch.committed.clear()
+                    with spawn("-m", "services.sync", "--config", str(path)) as proc:
+                        # the catch-up asks for the tip (the socket is connected and buffering by then)
+                        await asyncio.wait_for(gate.arrived.wait(), 30)
+                        for _ in range(3):
+                            trader.block(8)
+                        tip, _ = chain.head()
+                        assert await probe.wait_for_block(tip, 10)  # the bridge sent them to every client
+                        gate.closed = False
+                        gate.release()
+                        await watch.until_head(chain, proc, nudge=True)
+                        await assert_state(chain, eps["snapshot"])
+                        for _ in range(2):
+                            trader.block(8)
+                            await watch.until_head(chain, proc)
+                        await assert_state(chain, eps["snapshot"])
+                        proc.send_signal(signal.SIGTERM)
+                        _, err = proc.communicate(timeout=15)
+                        assert proc.returncode == 0, err[-3000:]
+            finally:
+                await probe.close()
+                watch.sub.close()
+    assert "resumed from the checkpoint at block" in err
+    assert "caught up over JSON-RPC" in err
+    assert "scraped" not in err  # no scrape: the scraper logs every one
+    assert "resync" not in err
+    assert watch.committed == sorted(set(watch.committed))  # every block once, in order
+    assert "checkpoint written at block" in err
