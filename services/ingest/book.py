@@ -44,13 +44,28 @@ def book_hash(
 
 
 class LocalBook:
-    """Levels of one asset keyed by the price string; size "0" removes a level."""
+    """Levels of one asset keyed by the price string; size "0" removes a level.
 
-    __slots__ = ("asks", "bids", "last_trade_price", "min_order_size", "neg_risk", "tick_size")
+    The price order is kept between updates: most changes only resize a level, so the hash check
+    (which needs the levels sorted) re-sorts a side only after a level was added or removed.
+    """
+
+    __slots__ = (
+        "_ask_order",
+        "_bid_order",
+        "asks",
+        "bids",
+        "last_trade_price",
+        "min_order_size",
+        "neg_risk",
+        "tick_size",
+    )
 
     def __init__(self) -> None:
         self.bids: dict[str, str] = {}
         self.asks: dict[str, str] = {}
+        self._bid_order: list[str] | None = []  # prices ascending; None: to sort again
+        self._ask_order: list[str] | None = []  # prices descending
         self.tick_size = ""
         self.min_order_size = ""
         self.neg_risk = False
@@ -59,27 +74,56 @@ class LocalBook:
     def reset(self, bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> None:
         self.bids = {p: s for p, s in bids if _positive(s)}
         self.asks = {p: s for p, s in asks if _positive(s)}
+        self._bid_order = self._ask_order = None
 
     def apply(self, is_buy: bool, price: str, size: str) -> None:
         side = self.bids if is_buy else self.asks
         if _positive(size):
+            if price not in side:
+                self._forget_order(is_buy)
             side[price] = size
+        elif side.pop(price, None) is not None:
+            self._forget_order(is_buy)
+
+    def _forget_order(self, is_buy: bool) -> None:
+        if is_buy:
+            self._bid_order = None
         else:
-            side.pop(price, None)
+            self._ask_order = None
 
     def best_bid(self) -> float:
+        order = self._bid_order
+        if order is not None:
+            return float(order[-1]) if order else 0.0
         return max(map(float, self.bids), default=0.0)
 
     def best_ask(self) -> float:
+        order = self._ask_order
+        if order is not None:
+            return float(order[-1]) if order else 0.0
         return min(map(float, self.asks), default=0.0)
+
+    def _bid_prices(self) -> list[str]:
+        order = self._bid_order
+        if order is None:
+            order = self._bid_order = sorted(self.bids, key=float)
+        return order
+
+    def _ask_prices(self) -> list[str]:
+        order = self._ask_order
+        if order is None:
+            order = self._ask_order = sorted(self.asks, key=float, reverse=True)
+        return order
 
     def sorted_bids(self) -> list[tuple[str, str]]:
         """Ascending by price (the server's order, best last)."""
-        return sorted(self.bids.items(), key=lambda kv: float(kv[0]))
+        bids = self.bids
+        return [(p, bids[p]) for p in self._bid_prices()]
 
     def sorted_asks(self) -> list[tuple[str, str]]:
         """Descending by price (the server's order, best last)."""
-        return sorted(self.asks.items(), key=lambda kv: float(kv[0]), reverse=True)
+        asks = self.asks
+        return [(p, asks[p]) for p in self._ask_prices()]
 
     def hash(self, market: str, asset_id: str, timestamp: str) -> str:
         return book_hash(
