@@ -100,6 +100,10 @@ class RegistryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_host: str = "127.0.0.1"
     store: str = "registry.sqlite"  # under common.data_dir; "" keeps zones in memory only
     store_flush_interval: Duration = Duration(1.0)
+    # The detectors' candles are written a few symbols at a time (closed candles first), so that a
+    # second's worth of ticks on thousands of symbols never stalls the loop in one transaction.
+    detector_state_interval: Duration = Duration(0.1)
+    detector_state_batch: Annotated[int, msgspec.Meta(ge=1)] = 25  # symbols per write
     restore_expire_delay: Duration = Duration(2.0)  # after a restart, before overdue zones expire
     pools: dict[str, Any] = msgspec.field(default_factory=lambda: dict(DEFAULT_POOLS))
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)

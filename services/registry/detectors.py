@@ -216,7 +216,8 @@ class Detectors:
         self.fvg_min_gap = fvg_min_gap
         self.stats = DetectorStats(candles=dict.fromkeys(timeframes, 0))
         self._pairs: dict[str, list[_Pair]] = {}
-        self._changed: set[str] = set()  # symbols with a builder whose state changed
+        self._changed: dict[str, None] = {}  # symbols with a builder whose state changed, oldest first
+        self._closed: dict[str, None] = {}  # ... of which a candle closed (their windows moved)
 
     def _for(self, symbol: str) -> list[_Pair]:
         pairs = self._pairs.get(symbol)
@@ -229,14 +230,15 @@ class Detectors:
 
     def on_price(self, symbol: str, ts_ns: int, price: float) -> list[Detection]:
         out: list[Detection] = []
-        self._changed.add(symbol)
+        self._changed[symbol] = None
         for builder, detector in self._for(symbol):
             late = builder.late
             closed = builder.on_tick(ts_ns, price)
             if builder.late != late:
                 self.stats.late_ticks += 1
             elif closed is not None:
-                out.extend(self._closed(detector, closed))
+                self._closed[symbol] = None
+                out.extend(self._on_close(detector, closed))
         return out
 
     def on_time(self, now_ns: int) -> list[Detection]:
@@ -245,11 +247,12 @@ class Detectors:
             for builder, detector in pairs:
                 closed = builder.on_time(now_ns)
                 if closed is not None:
-                    self._changed.add(symbol)
-                    out.extend(self._closed(detector, closed))
+                    self._changed[symbol] = None
+                    self._closed[symbol] = None
+                    out.extend(self._on_close(detector, closed))
         return out
 
-    def _closed(self, detector: PatternDetector, candle: Candle) -> list[Detection]:
+    def _on_close(self, detector: PatternDetector, candle: Candle) -> list[Detection]:
         stats = self.stats
         stats.candles[detector.timeframe] = stats.candles.get(detector.timeframe, 0) + 1
         found = detector.on_candle(candle)
@@ -262,16 +265,30 @@ class Detectors:
         """Every pair's state (a copy: later ticks do not change it)."""
         return [self._state(pair) for pairs in self._pairs.values() for pair in pairs]
 
-    def changed(self) -> list[PairState]:
-        """The state of the pairs changed since the last call."""
+    def changed(self, limit: int | None = None) -> list[PairState]:
+        """The state of the pairs changed since the last call: of at most ``limit`` symbols.
+
+        Symbols where a candle closed come first (a detection depends on their windows), then the
+        others in the order they changed: what a limit leaves out is the next call's.
+        """
+        closed, changed = self._closed, self._changed
+        order = [*closed, *(s for s in changed if s not in closed)]
+        if limit is not None:
+            order = order[:limit]
         out = []
-        for symbol in self._changed:
+        for symbol in order:
+            del changed[symbol]
+            closed.pop(symbol, None)
             for pair in self._pairs[symbol]:
                 if pair[0].changed:
                     pair[0].changed = False
                     out.append(self._state(pair))
-        self._changed.clear()
         return out
+
+    @property
+    def pending(self) -> int:
+        """Symbols whose changed state was not exported yet."""
+        return len(self._changed)
 
     def _state(self, pair: _Pair) -> PairState:
         builder, detector = pair

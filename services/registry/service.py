@@ -116,11 +116,19 @@ class RegistryService:
             self.flush_store()
         return len(events)
 
-    def flush_store(self) -> None:
-        """One transaction: the zones' changes and the detector state that goes with them."""
+    def flush_store(self, *, detector_symbols: int | None = 0) -> None:
+        """One transaction: the zones' changes, and the changed candles of ``detector_symbols``
+        symbols (None: all of them).
+
+        Candles change with every tick. Written before each publish, or all at once each second,
+        they cost the price -> zone hop 7-10 ms at p99 with 2 000 symbols at 10 k prices/s; the
+        detector-state loop writes them a few symbols at a time instead. A kill -9 loses the ticks
+        not yet written; a detection that fires again after the restart gets the same zone id (a
+        counted duplicate).
+        """
         assert self.store is not None
-        if self.detectors is not None:
-            self.store.states_changed(self.detectors.changed())
+        if self.detectors is not None and detector_symbols != 0:
+            self.store.states_changed(self.detectors.changed(detector_symbols))
         self.store.flush()
 
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
@@ -236,6 +244,12 @@ class RegistryService:
             await self.clock.sleep(interval)
             self.flush_store()
 
+    async def detector_state_loop(self) -> None:
+        cfg = self.ctx.config
+        while True:
+            await self.clock.sleep(cfg.detector_state_interval)
+            self.flush_store(detector_symbols=cfg.detector_state_batch)
+
     # ------------------------------------------------------------------------------------------
     async def run(self) -> None:
         ctx = self.ctx
@@ -258,6 +272,8 @@ class RegistryService:
         ]
         if self.store is not None:
             tasks.append(asyncio.create_task(self.flush_loop(), name="store-flush"))
+            if self.detectors is not None:
+                tasks.append(asyncio.create_task(self.detector_state_loop(), name="detector-state"))
         stop = asyncio.create_task(ctx.stopping.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -275,7 +291,7 @@ class RegistryService:
             self.puller.close()
             await self.pub.close()
             if self.store is not None:
-                self.flush_store()
+                self.flush_store(detector_symbols=None)
                 self.store.close()
             log.info("stopped with %d zone(s) held", len(self.registry))
 

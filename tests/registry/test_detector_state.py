@@ -310,3 +310,19 @@ def test_zones_and_detector_state_commit_together(tmp_path: Path) -> None:
     assert [z.id for z in other.load()] == ["z1"] and len(other.load_detector_state()) == 6
     other.close()
     store.close()
+
+
+def test_a_limited_export_takes_closed_candles_first_and_leaves_the_rest_for_the_next() -> None:
+    d = Detectors({"M1": 60 * S}, swing_bars=2)
+    for sym in ("a", "b", "c", "d"):
+        d.on_price(sym, T0, 1.0)
+    d.changed()  # all exported
+    d.on_price("a", T0 + S, 1.1)  # open candles move
+    d.on_price("b", T0 + 2 * S, 1.2)
+    d.on_price("d", T0 + 61 * S, 1.3)  # closes d's first candle: d's window moved
+    assert d.pending == 3
+    first = d.changed(limit=2)
+    assert [st.symbol for st in first] == ["d", "a"]  # the closed candle first, then oldest change
+    assert len(first[0].closed) == 1 and first[1].current is not None and first[1].current.high == 1.1
+    assert [st.symbol for st in d.changed(limit=2)] == ["b"]
+    assert d.changed() == [] and d.pending == 0
