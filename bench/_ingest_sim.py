@@ -11,15 +11,13 @@ and the connections' sizes. Niced (+10): the exchange runs elsewhere, it yields 
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 
 import uvloop
 from aiohttp import web
 
-from bench._pipeline_sim import UPDATES_PER_STEP, BenchServer
+from bench._pipeline_sim import UPDATES_PER_STEP, BenchServer, serve_until_stopped
 from services.simulator.gamma import GammaServer
 from services.simulator.market import MarketSim
 
@@ -44,24 +42,7 @@ async def main(ws_port: int, http_port: int, n_assets: int, seed: int) -> None:
 
     gamma.app.router.add_post("/bench/rate", set_rate)
     gamma.app.router.add_get("/bench/state", state)
-    runners = [
-        web.AppRunner(server.app, handle_signals=False),
-        web.AppRunner(gamma.app, handle_signals=False),
-    ]
-    for r in runners:
-        await r.setup()
-    await web.TCPSite(runners[0], "127.0.0.1", ws_port).start()
-    await web.TCPSite(runners[1], "127.0.0.1", http_port).start()
-    server.start()
-    print("ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
-    for r in runners:
-        await r.cleanup()
+    await serve_until_stopped(server, gamma, ws_port, http_port)
 
 
 if __name__ == "__main__":

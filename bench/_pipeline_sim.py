@@ -159,6 +159,16 @@ async def main(ws_port: int, http_port: int, n_assets: int, n_probes: int, seed:
 
     gamma.app.router.add_post("/bench/rate", set_rate)
     gamma.app.router.add_get("/bench/state", state)
+    task = asyncio.get_running_loop().create_task(probes.run())
+    try:
+        await serve_until_stopped(server, gamma, ws_port, http_port)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def serve_until_stopped(server: BenchServer, gamma: GammaServer, ws_port: int, http_port: int) -> None:
+    """Serve the WebSocket and Gamma apps, say "ready" on stdout, run until SIGTERM or SIGINT."""
     runners = [
         web.AppRunner(server.app, handle_signals=False),
         web.AppRunner(gamma.app, handle_signals=False),
@@ -168,15 +178,12 @@ async def main(ws_port: int, http_port: int, n_assets: int, n_probes: int, seed:
     await web.TCPSite(runners[0], "127.0.0.1", ws_port).start()
     await web.TCPSite(runners[1], "127.0.0.1", http_port).start()
     server.start()
-    task = asyncio.get_running_loop().create_task(probes.run())
     print("ready", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
     await server.stop()
     for r in runners:
         await r.cleanup()

@@ -78,19 +78,7 @@ class SyncService:
         self.follower: LogFollower | None = None
         if cfg.source == "rpc":
             assert self.rpc is not None
-            self.follower = LogFollower(
-                self.rpc,
-                addresses=self.log_addresses,
-                capacity=cfg.buffer_capacity,
-                poll_interval=cfg.poll_interval,
-                ws_url=cfg.rpc_ws_url,
-                logs_range=cfg.logs_range,
-                header_batch=cfg.rpc_batch_size,
-                keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
-                backoff_initial=cfg.backoff_initial,
-                backoff_max=cfg.backoff_max,
-                clock=ctx.clock,
-            )
+            self.follower = self.log_follower(capacity=cfg.buffer_capacity, ws_url=cfg.rpc_ws_url)
             self.client = self.follower
         else:
             self.client = ExExClient(
@@ -246,6 +234,23 @@ class SyncService:
             )
         self.chain_id = chain_id
 
+    def log_follower(self, **options: Any) -> LogFollower:
+        """A log follower on the configured node, addresses and limits (``options``: the rest)."""
+        assert self.rpc is not None
+        cfg = self.cfg
+        return LogFollower(
+            self.rpc,
+            addresses=self.log_addresses,
+            poll_interval=cfg.poll_interval,
+            logs_range=cfg.logs_range,
+            header_batch=cfg.rpc_batch_size,
+            keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
+            backoff_initial=cfg.backoff_initial,
+            backoff_max=cfg.backoff_max,
+            clock=self.ctx.clock,
+            **options,
+        )
+
     async def try_resume(self) -> bool:
         """Resume from the checkpoint if its block is still canonical; False: cold start instead."""
         assert self.rpc is not None
@@ -288,18 +293,7 @@ class SyncService:
         except TimeoutError:
             log.warning("ExEx socket not connected in %.0f s: scraping", self.cfg.replay_wait)
             return False
-        cfg = self.cfg
-        catch_up = LogFollower(
-            self.rpc,
-            addresses=self.log_addresses,
-            poll_interval=cfg.poll_interval,
-            logs_range=cfg.logs_range,
-            header_batch=cfg.rpc_batch_size,
-            keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            clock=self.ctx.clock,
-        )
+        catch_up = self.log_follower()
         return await self.coord.resume_with_catch_up(pools, specs, header, catch_up)
 
     async def start_up(self) -> None:
