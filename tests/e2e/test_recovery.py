@@ -62,6 +62,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 FLUSH = 0.5  # deploy/demo.yaml: registry.store_flush_interval
 BAR = 5 * S  # zone_touch's bucket
+ARRIVAL = S // 2  # how late, at most, a touch reaches alerts under this 2-core test's load
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +361,10 @@ async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> 
     assert max(firsts.values()) == 1, firsts.most_common(3)
 
     # No loss: every touch while alerts was up has its zone_touch alert in that bar (or the next,
-    # when the touch came at the very end of a bar).
+    # when the touch came at the very end of a bar: alerts buckets an input by when it arrives).
+    # A touch published in the last moments of the bar before the kill may arrive in the next bar,
+    # whose inputs (held in memory until its boundary) the kill -9 takes with it: such touches are
+    # outside the promise, so a touch counts when both bars it may land in were wholly up.
     got = {(a.symbol, a.bucket_ns) for a in c.alerts_of("zone_touch")}
     up = [
         (watch.started_ns + BAR, killed_ns - S),  # bars wholly before the kill
@@ -373,7 +377,8 @@ async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> 
             continue
         t = s.msg.publish_ns
         bar = t - t % BAR + BAR
-        if not any(lo <= bar - BAR and bar <= hi for lo, hi in up):
+        arrived = t + ARRIVAL
+        if not any(lo <= bar - BAR and arrived - arrived % BAR + BAR <= hi for lo, hi in up):
             continue
         expected += 1
         if (s.msg.zone.symbol, bar) not in got and (s.msg.zone.symbol, bar + BAR) not in got:
