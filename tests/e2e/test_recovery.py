@@ -382,9 +382,12 @@ async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> 
             continue
         expected += 1
         if (s.msg.zone.symbol, bar) not in got and (s.msg.zone.symbol, bar + BAR) not in got:
-            missing.append((s.msg.zone.symbol, bar))
+            missing.append((s.msg.zone.symbol, bar, f"published {(t % BAR) / S:.3f} s into its bar"))
     assert expected > 0
-    assert not missing, f"{len(missing)} of {expected} touches without their alert: {missing[:5]}"
+    assert not missing, (
+        f"{len(missing)} of {expected} touches without their alert: {missing[:5]}; "
+        f"killed at {killed_ns}, back at {back_ns}"
+    )
     print(
         f"\nalerts: {len(alerts)} alerts, {expected} touches each with its alert; "
         f"back {(back_ns - killed_ns) / 1e9:.2f} s after the kill"
