@@ -9,8 +9,8 @@ not kept: a restarted registry is a new incarnation (new ``started_ns``), which 
 
 A second table, ``detector_state``, keeps one row per (symbol, timeframe): the detectors'
 :class:`~services.registry.detectors.PairState` (open candle, closed-candle window, last closed
-bucket), written in the same transaction as the zones, so the zones a candle close created and
-the state that says it closed are committed together.
+bucket). The service hands it a few symbols' states at a time (see its detector-state loop); each
+flush writes what it was handed with the zones' changes in one transaction.
 """
 
 from __future__ import annotations

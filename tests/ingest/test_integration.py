@@ -6,7 +6,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,15 @@ async def until(cond: Callable[[], bool], event: asyncio.Event | None, timeout: 
                 await asyncio.wait_for(event.wait(), min(remaining, 0.25))
         else:
             await asyncio.sleep(0)
+
+
+async def scraped_until(cond: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Re-check ``cond`` (a figure scraped from the process's metrics: no event to wait on) until
+    it holds or ``timeout`` passes; the caller asserts on the figure itself."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await cond() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def write_config(tmp: Path, ws_url: str, **ingest: Any) -> tuple[str, str, str, int]:
@@ -243,6 +252,10 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
                 metrics, "poolwire_ingest_not_owner_drops_total"
             )
 
+        async def books_dropped() -> bool:
+            """The replacement's 70 books, each a copy of a published state, dropped."""
+            return await dropped() >= 70
+
         async with Subscriber(pub, ["md.", "ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
                 await sub.wait_for_publisher("ingest", timeout=20)
@@ -252,10 +265,7 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
 
                 # quiet market: ingest's state is the simulator's before the handoff starts
                 server.slow(0)
-                for _ in range(100):
-                    if await routed_everything():
-                        break
-                    await asyncio.sleep(0.05)
+                await scraped_until(routed_everything, 5)
                 assert await routed_everything(), "ingest did not route what the simulator sent"
                 assert server.extra_copies == 0
                 mark = len(got)
@@ -269,15 +279,12 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
                     "the replacement subscribed and sent its books",
                 )
                 assert server.connection_sizes() == [100, 70]
-                for _ in range(100):
-                    if await dropped() >= 70:
-                        break
-                    await asyncio.sleep(0.05)
+                await scraped_until(books_dropped, 5)
                 assert await metric(metrics, "poolwire_ingest_handoff_duplicates_total") == 70
 
                 # both sockets carry the market for a while, within the handoff grace
                 server.slow(1.0)
-                await asyncio.sleep(0.8)
+                await until(lambda: server.extra_copies > 50, server.changed, 20, "traffic on both sockets")
                 server.slow(0)
                 assert first_id in server.conns, "the old socket closed before the end of the overlap"
                 copies = server.extra_copies
