@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Real contracts and a local EVM node for chain tests and the demo (npm registry only).
-$(NODE_STAMP): package.json examples/node/package.json
+$(NODE_STAMP): package.json package-lock.json examples/node/package.json examples/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-	  npm install --no-audit --no-fund --loglevel=error && \
-	  npm install --prefix examples/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	  npm ci --no-audit --no-fund --loglevel=error && \
+	  npm ci --prefix examples/node --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
 	else echo "npm not found: chain tests and the Node.js consumer test will fail (.ci/run installs it)"; fi
 
 node-deps: $(NODE_STAMP)
