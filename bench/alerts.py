@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec, Throttle
 from shared.messages import Price
+from tests.helpers import find_redis_server
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def bench_bucket() -> dict[str, dict[str, Any]]:
         ms, with_jobs = _bucket_sqlite(str(Path(d) / "alerts.sqlite3"), specs, updated)
     out["alerts.bucket_10k_ms"] = {"value": round(ms, 2), "unit": "ms", "goal": "<= 20"}
     out["alerts.bucket_10k_with_jobs_ms"] = {"value": round(with_jobs, 2), "unit": "ms", "goal": ""}
-    binary = shutil.which("redis-server")
+    binary = find_redis_server()
     if binary:
         proc, url = _redis(binary)
         try:

