@@ -25,11 +25,12 @@ $(NODE_STAMP): package.json package-lock.json examples/node/package.json example
 node-deps: $(NODE_STAMP)
 
 # honcho runs each Procfile line in a shell; the venv goes first on PATH so `python` is ours.
+# shared.foreground gives honcho the terminal: Ctrl-C stops the pipeline and make exits 0.
 run: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f Procfile start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m shared.foreground $(BIN)/honcho -f Procfile start
 
 demo: install node-deps
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f Procfile.demo start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m shared.foreground $(BIN)/honcho -f Procfile.demo start
 
 lint: install
 	$(BIN)/ruff check .
