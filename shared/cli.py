@@ -1,6 +1,6 @@
 """``poolwire``: a thin CLI over the bus.
 
-poolwire tap [--connect ENDPOINT]... [--json] [--count N] [--timeout S] PREFIX...
+poolwire tap [--connect ENDPOINT]... [--pretty] [--count N] [--timeout S] PREFIX...
 poolwire push ENDPOINT JSON
 poolwire snapshot ENDPOINT [PREFIX]
 poolwire config check FILE
@@ -29,8 +29,12 @@ from shared.snapshot import request_snapshot
 _json = msgspec.json.Encoder()
 
 
-def _line(topic: str, msg: Message, as_json: bool) -> str:
-    if as_json:
+# Until the first message, tap repeats on stderr what it waits on this often.
+WAITING_REMINDER_S = 10.0
+
+
+def _line(topic: str, msg: Message, pretty: bool) -> str:
+    if not pretty:
         return _json.encode(to_json_dict(msg, topic)).decode()
     body = " ".join(
         f"{k}={v!r}" for k, v in msgspec.structs.asdict(msg).items() if k not in {"publisher", "topic_seq"}
@@ -38,20 +42,34 @@ def _line(topic: str, msg: Message, as_json: bool) -> str:
     return f"{topic} {type(msg).__name__} {body}"
 
 
+def _waiting(endpoints: Sequence[str], prefixes: Sequence[str]) -> None:
+    topics = ", ".join(prefixes) if prefixes else "every topic"
+    print(f"poolwire tap: waiting for {topics} on {', '.join(endpoints)}", file=sys.stderr, flush=True)
+
+
 async def tap(
-    endpoints: Sequence[str], prefixes: Sequence[str], as_json: bool, count: int, timeout: float
+    endpoints: Sequence[str], prefixes: Sequence[str], pretty: bool, count: int, timeout: float
 ) -> int:
     printed = 0
     sub = Subscriber(endpoints, prefixes or ("",))
     try:
         loop = asyncio.get_running_loop()
         deadline = None if timeout <= 0 else loop.time() + timeout
+        _waiting(endpoints, prefixes)
+        remind = loop.time() + WAITING_REMINDER_S
         while count <= 0 or printed < count:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 break
+            if printed == 0:  # wake to remind the user what is awaited
+                wait = remind - loop.time()
+                remaining = wait if remaining is None else min(remaining, wait)
+                if remaining <= 0:
+                    _waiting(endpoints, prefixes)
+                    remind = loop.time() + WAITING_REMINDER_S
+                    continue
             for topic, msg in await sub.recv_batch(remaining):
-                sys.stdout.write(_line(topic, msg, as_json) + "\n")
+                sys.stdout.write(_line(topic, msg, pretty) + "\n")
                 printed += 1
                 if 0 < count <= printed:
                     break
@@ -108,7 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="PUB endpoint(s); default: every service",
     )
-    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument(
+        "--pretty",
+        action="store_true",
+        help="one readable line per message (default: one JSON object per line)",
+    )
+    t.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the default; kept for scripts
     t.add_argument("--count", type=int, default=0, help="stop after N messages")
     t.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
     p = sub.add_parser("push", help='send one message (JSON with its "type") to a PULL socket')
@@ -144,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             security.enable(_common(args.config).curve, context())
         if args.command == "tap":
             endpoints = args.connect or default_pub_endpoints()
-            return asyncio.run(tap(endpoints, args.prefixes, args.json, args.count, args.timeout))
+            return asyncio.run(tap(endpoints, args.prefixes, args.pretty, args.count, args.timeout))
         if args.command == "push":
             return asyncio.run(push(args.endpoint, args.json))
         if args.command == "snapshot":
@@ -155,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = check_file(args.file, os.environ if args.env else None)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `poolwire tap | head`: the reader has what it wanted
+        # stdout's buffer cannot be flushed at exit any more; point it at /dev/null so Python stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TimeoutError as exc:
         print(f"poolwire: {exc}", file=sys.stderr)
         return 1

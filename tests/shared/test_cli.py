@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from shared.bus import Puller, Subscriber
-from shared.messages import ForceSubscribe
+from shared.messages import ForceSubscribe, Price
+from shared.snapshot import SnapshotServer
 from tests.helpers import ROOT, python_env, spawn, tcp_endpoint
 
 CLI = [sys.executable, "-m", "shared.cli"]
@@ -26,11 +27,11 @@ async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_tap_prints_a_running_services_heartbeats_as_json() -> None:
+async def test_tap_prints_a_running_services_heartbeats_as_json_lines() -> None:
     endpoint = tcp_endpoint()
     env = {"POOLWIRE_BEACON__PUB": endpoint, "POOLWIRE_BEACON__HEARTBEAT": "100ms"}
     with spawn("-m", "tests.shared.beacon", env=env):
-        code, out, err = await run_cli("tap", "--connect", endpoint, "--json", "--count", "2", "beacon.")
+        code, out, err = await run_cli("tap", "--connect", endpoint, "--count", "2", "beacon.")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 2
@@ -40,15 +41,53 @@ async def test_tap_prints_a_running_services_heartbeats_as_json() -> None:
     assert lines[1]["seq"] > lines[0]["seq"]
 
 
-async def test_tap_text_output_and_timeout() -> None:
+async def test_tap_pretty_output_and_timeout_saying_what_it_waits_on() -> None:
     endpoint = tcp_endpoint()
     env = {"POOLWIRE_BEACON__PUB": endpoint, "POOLWIRE_BEACON__EVERY": "20ms"}
     with spawn("-m", "tests.shared.beacon", env=env):
-        code, out, _ = await run_cli("tap", "--connect", endpoint, "--count", "3", "px.")
+        code, out, _ = await run_cli("tap", "--connect", endpoint, "--pretty", "--count", "3", "px.")
     assert code == 0
-    assert all(line.startswith("px.test Price ") for line in out.splitlines())
-    code, out, _ = await run_cli("tap", "--connect", tcp_endpoint(), "--timeout", "0.3", "px.")
+    lines = out.splitlines()
+    assert len(lines) == 3 and all(line.startswith("px.test Price ") for line in lines)
+    nobody = tcp_endpoint()
+    code, out, err = await run_cli("tap", "--connect", nobody, "--timeout", "0.3", "px.", "zone.")
     assert (code, out) == (3, "")
+    assert err == f"poolwire tap: waiting for px., zone. on {nobody}\n"
+
+
+async def _closed_pipe(*args: str) -> tuple[int, str]:
+    """Run the CLI with its stdout a pipe that the reader closes after the first line (`| head -1`)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        cwd=ROOT,
+        env=python_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)
+    assert first.startswith(b"{")
+    proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
+    err = await asyncio.wait_for(proc.stderr.read(), 20)
+    return await asyncio.wait_for(proc.wait(), 20), err.decode()
+
+
+async def test_tap_and_snapshot_exit_quietly_on_a_closed_pipe() -> None:
+    endpoint = tcp_endpoint()
+    env = {"POOLWIRE_BEACON__PUB": endpoint, "POOLWIRE_BEACON__EVERY": "5ms"}
+    with spawn("-m", "tests.shared.beacon", env=env):
+        code, err = await _closed_pipe("tap", "--connect", endpoint, "px.")
+    assert code == 0
+    assert err.startswith("poolwire tap: waiting for px.") and "Error" not in err and "Traceback" not in err
+    snap_ep = tcp_endpoint()
+    state = [Price(symbol=f"pm.{i}", price=0.5) for i in range(5000)]  # more than a pipe's buffer holds
+    server = SnapshotServer(snap_ep, lambda req: (7, state), publisher_id="registry@host").start()
+    try:
+        code, err = await _closed_pipe("snapshot", snap_ep)
+    finally:
+        await server.close()
+    assert (code, err) == (0, "")
 
 
 async def test_push_delivers_one_message_to_a_pull_socket() -> None:
