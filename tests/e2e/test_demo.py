@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.simulator.exex_chain import SimChain
 from shared.config import check_file
@@ -63,12 +64,17 @@ def bar_end(ns: int) -> int:
 async def test_demo_end_to_end_through_the_procfile(tmp_path: Path) -> None:
     ep = Endpoints.allocate(tmp_path)
     # The demo as configured, with zones that live 10 s and leave grace after 6 s, so that a whole
-    # life (created, touched, expired, removed) fits in the test.
+    # life (created, touched, expired, removed) fits in the test. The heartbeat interval comes from a
+    # copy of the demo's file named by POOLWIRE_CONFIG, as a user would point `make demo` at theirs.
+    config = demo_config()
+    config["common"]["heartbeat_interval"] = "200ms"
+    own_config = tmp_path / "my-demo.yaml"
+    own_config.write_text(yaml.safe_dump(config))
     env = ep.env(
         {
+            "POOLWIRE_CONFIG": str(own_config),
             "POOLWIRE_REGISTRY__POOLS__S5__TTL": "10s",
             "POOLWIRE_REGISTRY__POOLS__GRACE_PERIOD_MINUTES": "0.1",
-            "POOLWIRE_COMMON__HEARTBEAT_INTERVAL": "200ms",
         }
     )
     t_start = time.monotonic()
@@ -121,6 +127,10 @@ async def test_demo_end_to_end_through_the_procfile(tmp_path: Path) -> None:
         rc, took = h.stop()
         stopped = h.stopped()
         output = h.output()
+
+    # -- every service read the file POOLWIRE_CONFIG named --------------------------------------
+    intervals = {seen.msg.interval_ms for beats in c.heartbeats.values() for seen in beats}  # type: ignore[attr-defined]
+    assert intervals == {200}, intervals
 
     # -- prices from both sources reached registry ----------------------------------------------
     pm, dex = c.symbols("ingest"), c.symbols("sync")
