@@ -127,12 +127,23 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> 
         for i, part in enumerate(parts):
             key = next((k for k in node if str(k).lower() == part.lower()), part.lower())
             if i == len(parts) - 1:
-                node[key] = yaml.safe_load(value) if value != "" else ""
+                node[key] = _env_value(name, parts, value)
             else:
                 child = node.get(key)
                 node[key] = dict(child) if isinstance(child, dict) else {}
                 node = node[key]
     return out
+
+
+def _env_value(name: str, parts: list[str], value: str) -> Any:
+    if value == "":
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        where = ".".join(p.lower() for p in parts)
+        problem = str(getattr(exc, "problem", "") or "").strip() or "unreadable"
+        raise ConfigError(f"{where} (from ${name}): not a valid YAML value ({problem}); got {value!r}") from None
 
 
 def convert(data: object, type_: type[T], where: str) -> T:

@@ -70,6 +70,14 @@ def test_bad_env_override_exits_2_naming_the_key() -> None:
     assert "beacon.metrics_port: Expected `int`, got `str`" in err
 
 
+def test_unreadable_env_override_exits_2_naming_the_key_without_a_traceback() -> None:
+    with spawn("-m", "tests.shared.beacon", env={"POOLWIRE_BEACON__METRICS_PORT": "["}) as proc:
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "beacon.metrics_port (from $POOLWIRE_BEACON__METRICS_PORT): not a valid YAML value" in err
+    assert "Traceback" not in err
+
+
 async def test_metrics_are_served_on_the_service_port() -> None:
     endpoint, port = tcp_endpoint(), free_port()
     with spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, metrics_port=port, every="5ms")):
