@@ -23,7 +23,7 @@ from eth_hash.auto import keccak
 
 from services.sync import amm
 from services.sync.amm import MathError
-from services.sync.ratelog import RateLimitedLog
+from shared.ratelog import RateLimitedLog
 from shared.exex import PoolUpdate
 
 log = logging.getLogger("poolwire.sync.arena")

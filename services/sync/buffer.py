@@ -9,7 +9,7 @@ import logging
 from array import array
 from dataclasses import dataclass, field
 
-from services.sync.ratelog import RateLimitedLog
+from shared.ratelog import RateLimitedLog
 from shared.exex import UPDATE_DECODER, BeginBlock, CorruptFrame, EndBlock, PoolUpdate, decode_payload
 
 log = logging.getLogger("poolwire.sync.exex")

@@ -2,7 +2,8 @@
 
 Per reason, the first ``burst`` messages of each ``interval`` are logged; the rest are only
 counted, and one summary line with the count suppressed is written when the interval is over
-(at that reason's next message, or at :meth:`flush`, which the service calls after each block).
+(at that reason's next message, or at :meth:`flush`, which a service calls now and then: sync
+after each block).
 """
 
 from __future__ import annotations
