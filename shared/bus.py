@@ -29,6 +29,9 @@ DEFAULT_HWM = 100_000
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq re-wraps enum flags on every call (5 % of a drain)
 POLLIN = int(zmq.POLLIN)
 DEFAULT_MAX_BATCH = 256
+# Sockets that receive from outside (PULL commands and jobs, snapshot ROUTERs) refuse a larger frame:
+# ZeroMQ drops the connection that sent it before the frame is read into memory (common.max_message_size).
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 
 
 def context() -> zmq.asyncio.Context:
@@ -89,6 +92,7 @@ from shared.subscriber import PublisherInfo, Subscriber, SubscriberStats  # noqa
 __all__ = [
     "DEFAULT_HWM",
     "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "NOBLOCK",
     "PipeStats",
     "Publisher",

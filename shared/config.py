@@ -81,6 +81,8 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = "data"
     log_level: str = "INFO"
     heartbeat_interval: Duration = Duration(1.0)
+    # bytes: a larger frame on a PULL or snapshot socket closes its sender's connection unread
+    max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 4 * 1024 * 1024
     curve: CurveConfig | None = None  # CurveZMQ across hosts (shared/security.py); off by default
 
 
@@ -143,7 +145,9 @@ def _env_value(name: str, parts: list[str], value: str) -> Any:
     except yaml.YAMLError as exc:
         where = ".".join(p.lower() for p in parts)
         problem = str(getattr(exc, "problem", "") or "").strip() or "unreadable"
-        raise ConfigError(f"{where} (from ${name}): not a valid YAML value ({problem}); got {value!r}") from None
+        raise ConfigError(
+            f"{where} (from ${name}): not a valid YAML value ({problem}); got {value!r}"
+        ) from None
 
 
 def convert(data: object, type_: type[T], where: str) -> T:

@@ -16,11 +16,26 @@ Times are integers of nanoseconds since the Unix epoch (``*_ns``).
 
 from __future__ import annotations
 
+import sys
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
+
+# -- Bounds on what comes in from outside (commands, snapshot requests, detector events, jobs and
+# results): the schema refuses what no valid sender produces, at decode time. What a schema cannot
+# say (a time against now, bytes rather than characters) each receiving service checks.
+MAX_NAME = 128  # symbols, timeframes, kinds, detector and strategy names, asset ids
+MAX_IDS = 1000  # asset ids in one ForceSubscribe, pools in one WhitelistAdd
+MAX_TEXT = 4096  # an alert's message, a job's error
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+ShortText = Annotated[str, Meta(max_length=MAX_NAME)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+HexId = Annotated[str, Meta(max_length=66)]  # 0x + 64 hex digits at most (a V4 pool id)
+PositiveFinite = Annotated[float, Meta(gt=0.0, le=sys.float_info.max)]  # a price: no 0, NaN or inf
+NonNegativeFinite = Annotated[float, Meta(ge=0.0, le=sys.float_info.max)]
+TimeNs = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # ns since the epoch, as an int64
 
 
 class Message(Struct, tag_field="type", tag=True, kw_only=True, gc=False):
@@ -53,7 +68,7 @@ class Heartbeat(Message, kw_only=True):
 class SnapshotRequest(Message, kw_only=True):
     """Clone pattern: ask a state owner for its state; ``prefix`` narrows it by topic/key."""
 
-    prefix: str = ""
+    prefix: Annotated[str, Meta(max_length=256)] = ""
 
 
 class SnapshotReply(Message, kw_only=True):
@@ -131,8 +146,10 @@ class MarketLifecycle(Message, kw_only=True):
 class ForceSubscribe(Message, kw_only=True):
     """Command to ingest (PULL): subscribe these assets now, ahead of the pending queue."""
 
-    asset_ids: list[str]
-    shard: int = -1  # -1: every ingest shard takes its own share; i >= 0: shard i takes them all
+    asset_ids: Annotated[list[Name], Meta(max_length=MAX_IDS)]
+    shard: Annotated[
+        int, Meta(ge=-1, le=1023)
+    ] = -1  # -1: every ingest shard takes its own share; i >= 0: shard i takes them all
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,19 +214,19 @@ class PoolSpec(Struct, kw_only=True):
     """A pool to follow: V2/V3 by address, V4 by id (with its PoolKey fields)."""
 
     protocol: Literal["v2", "v3", "v4"]
-    address: str = ""
-    pool_id: str = ""
-    currency0: str = ""
-    currency1: str = ""
-    fee: int = 0
-    tick_spacing: int = 0
-    hooks: str = "0x0000000000000000000000000000000000000000"
+    address: HexId = ""
+    pool_id: HexId = ""
+    currency0: HexId = ""
+    currency1: HexId = ""
+    fee: Annotated[int, Meta(ge=0, le=2**24 - 1)] = 0  # uint24
+    tick_spacing: Annotated[int, Meta(ge=0, le=2**23 - 1)] = 0  # int24, positive
+    hooks: HexId = "0x0000000000000000000000000000000000000000"
 
 
 class WhitelistAdd(Message, kw_only=True):
     """Command to sync (PULL): start following these pools while live."""
 
-    pools: list[PoolSpec]
+    pools: Annotated[list[PoolSpec], Meta(max_length=MAX_IDS)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,15 +256,15 @@ class Zone(Struct, kw_only=True, gc=False):
 class DetectorEvent(Message, kw_only=True):
     """Into registry (PULL): an outside detector found a zone."""
 
-    detector: str
-    symbol: str
-    timeframe: str
-    kind: str
-    top: float
-    bottom: float
-    strength: float = 1.0
-    created_ns: int = 0  # default: now
-    ttl_ns: int = 0  # 0: the timeframe's configured TTL; at most 7 days
+    detector: Name
+    symbol: Name
+    timeframe: Name
+    kind: Name
+    top: PositiveFinite
+    bottom: PositiveFinite
+    strength: NonNegativeFinite = 1.0
+    created_ns: TimeNs = 0  # default: now; registry refuses a time before 2000 or in the future
+    ttl_ns: TimeNs = 0  # 0: the timeframe's configured TTL; at most 7 days
 
 
 class ZoneCreated(Message, kw_only=True):
@@ -347,9 +364,9 @@ class StrategyJob(Message, kw_only=True):
 class AlertFired(Message, kw_only=True):
     """``alert.<strategy>.<symbol>``."""
 
-    strategy: str
-    symbol: str
-    message: str
+    strategy: ShortText
+    symbol: ShortText
+    message: Text
     value: float = 0.0
     bucket_ns: int = 0
 
@@ -357,13 +374,13 @@ class AlertFired(Message, kw_only=True):
 class JobResult(Message, kw_only=True):
     """Worker -> sink (PUSH): what a job found."""
 
-    job_id: str
-    strategy: str
-    worker: str
+    job_id: ShortText
+    strategy: ShortText
+    worker: ShortText
     ok: bool
     alerts: list[AlertFired] = []
-    used_symbols: list[str] = []
-    error: str = ""
+    used_symbols: list[ShortText] = []
+    error: Text = ""
     duration_ns: int = 0
 
 

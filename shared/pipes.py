@@ -11,7 +11,14 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import NOBLOCK, context, default_publisher_id, sync_view, wait_readable
+from shared.bus import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    NOBLOCK,
+    context,
+    default_publisher_id,
+    sync_view,
+    wait_readable,
+)
 from shared.messages import ENCODER, Message, decode_payload
 
 log = logging.getLogger("poolwire.bus")
@@ -84,13 +91,16 @@ class Puller:
         bind: bool = True,
         hwm: int = 10_000,
         max_drain: int = 1000,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
+        """``max_message_size``: a larger frame closes its sender's connection unread (-1: no limit)."""
         self.stats = PipeStats()
         self.max_drain = max_drain
         self._asock = (ctx or context()).socket(zmq.PULL)
         self._asock.setsockopt(zmq.RCVHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, 0)
+        self._asock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         if bind:
             security.bind(self._asock, endpoint)
         else:

@@ -18,7 +18,33 @@ END = "<!-- message-reference:end -->"
 ENVELOPE = {f.name for f in msgspec.structs.fields(Message)}
 
 
+def _bounds(t: mi.Type) -> str:
+    """The constraints the schema enforces on decode, e.g. ``(1-128 chars)`` or ``(> 0, finite)``."""
+    if isinstance(t, mi.StrType):
+        if t.max_length is None:
+            return f" (>= {t.min_length} chars)" if t.min_length else ""
+        return f" ({t.min_length}-{t.max_length} chars)" if t.min_length else f" (<= {t.max_length} chars)"
+    if isinstance(t, mi.IntType) and t.ge is not None and t.le is not None:
+        return f" ({_number(t.ge)} to {_number(t.le)})"
+    if isinstance(t, mi.IntType | mi.FloatType):
+        parts = [f"{op} {_number(v)}" for op, v in ((">", t.gt), (">=", t.ge), ("<", t.lt)) if v is not None]
+        if t.le is not None:
+            parts.append("finite" if isinstance(t, mi.FloatType) and t.le >= 1e308 else f"<= {_number(t.le)}")
+        return f" ({', '.join(parts)})" if parts else ""
+    return ""
+
+
+def _number(v: float) -> str:
+    if isinstance(v, int) and v >= 2**20 and (v + 1) & v == 0:
+        return f"2^{(v + 1).bit_length() - 1}-1"
+    return str(v)
+
+
 def type_name(t: mi.Type) -> str:
+    return _type_name(t) + _bounds(t)
+
+
+def _type_name(t: mi.Type) -> str:
     simple = {
         mi.StrType: "str",
         mi.IntType: "int",
@@ -34,7 +60,8 @@ def type_name(t: mi.Type) -> str:
     if isinstance(t, mi.LiteralType):
         return " \\| ".join(json.dumps(v) for v in t.values)
     if isinstance(t, mi.ListType):
-        return f"array of {type_name(t.item_type)}"
+        most = f" (<= {t.max_length})" if t.max_length is not None else ""
+        return f"array{most} of {type_name(t.item_type)}"
     if isinstance(t, mi.DictType):
         return f"map {type_name(t.key_type)} -> {type_name(t.value_type)}"
     if isinstance(t, mi.StructType):

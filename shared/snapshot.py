@@ -16,7 +16,7 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import context
+from shared.bus import DEFAULT_MAX_MESSAGE_SIZE, context
 from shared.messages import (
     ENCODER,
     ONE_DECODER,
@@ -40,15 +40,18 @@ class SnapshotServer:
         source: SnapshotSource,
         *,
         publisher_id: str,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
-        """``publisher_id`` is the id of the Publisher whose ``seq`` the snapshots refer to."""
+        """``publisher_id`` is the id of the Publisher whose ``seq`` the snapshots refer to; a request
+        larger than ``max_message_size`` closes its sender's connection unread."""
         self.source = source
         self.publisher_id = publisher_id
         self.served = 0
         self.bad_requests = 0
         self._sock = (ctx or context()).socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         security.bind(self._sock, endpoint)
         self._task: asyncio.Task[None] | None = None
 

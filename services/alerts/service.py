@@ -341,7 +341,7 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
     pub = Publisher(cfg.pub, service="alerts", clock=clock, heartbeat_interval=ctx.common.heartbeat_interval)
     sub = Subscriber(cfg.sub, PREFIXES, clock=clock)
     pusher = Pusher(cfg.jobs, bind=True, sender=pub.publisher_id, hwm=cfg.max_in_flight, linger_ms=0)
-    puller = Puller(cfg.results, bind=True)
+    puller = Puller(cfg.results, bind=True, max_message_size=ctx.common.max_message_size)
     ctx.bus_stats.add("pub", pub.stats)
     ctx.bus_stats.add("sub", sub.stats)
     ctx.bus_stats.add("jobs", pusher.stats)

@@ -41,7 +41,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         clock=ctx.clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
     ).start()
-    puller = Puller(cfg.pull, bind=True)
+    puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
     ctx.bus_stats.add("pub", pub.stats)
     ctx.bus_stats.add("pull", puller.stats)
     registry = MarketRegistry()
@@ -79,7 +79,9 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         pub.flush()
         return pub.seq, router.snapshot(request.prefix)
 
-    snapshots = SnapshotServer(cfg.snapshot, snapshot, publisher_id=pub.publisher_id)
+    snapshots = SnapshotServer(
+        cfg.snapshot, snapshot, publisher_id=pub.publisher_id, max_message_size=ctx.common.max_message_size
+    )
     latency = Histogram(
         "poolwire_ingest_publish_latency_seconds",
         "From a frame's arrival to its messages queued for publishing",

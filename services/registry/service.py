@@ -90,9 +90,14 @@ class RegistryService:
         ctx.bus_stats.add("pub", self.pub.stats)
         self.sub = Subscriber(cfg.prices, (f"{PX}.",), clock=self.clock)
         ctx.bus_stats.add("sub", self.sub.stats)
-        self.puller = Puller(cfg.pull, bind=True)
+        self.puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
         ctx.bus_stats.add("pull", self.puller.stats)
-        self.snapshots = SnapshotServer(cfg.snapshot, self.snapshot, publisher_id=self.pub.publisher_id)
+        self.snapshots = SnapshotServer(
+            cfg.snapshot,
+            self.snapshot,
+            publisher_id=self.pub.publisher_id,
+            max_message_size=ctx.common.max_message_size,
+        )
 
     # ------------------------------------------------------------------------------------------
     def emit(self) -> int:

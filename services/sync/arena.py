@@ -23,8 +23,8 @@ from eth_hash.auto import keccak
 
 from services.sync import amm
 from services.sync.amm import MathError
-from shared.ratelog import RateLimitedLog
 from shared.exex import PoolUpdate
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.sync.arena")
 

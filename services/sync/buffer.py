@@ -9,8 +9,8 @@ import logging
 from array import array
 from dataclasses import dataclass, field
 
-from shared.ratelog import RateLimitedLog
 from shared.exex import UPDATE_DECODER, BeginBlock, CorruptFrame, EndBlock, PoolUpdate, decode_payload
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.sync.exex")
 

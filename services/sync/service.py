@@ -124,8 +124,13 @@ class SyncService:
         self.pub = Publisher(
             cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
-        self.pull = Puller(cfg.pull)
-        self.snap = SnapshotServer(cfg.snapshot, self.snapshot, publisher_id=self.pub.publisher_id)
+        self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
+        self.snap = SnapshotServer(
+            cfg.snapshot,
+            self.snapshot,
+            publisher_id=self.pub.publisher_id,
+            max_message_size=ctx.common.max_message_size,
+        )
         self.head_hash = b""
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)

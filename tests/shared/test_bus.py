@@ -3,14 +3,18 @@
 import asyncio
 import signal
 
+import msgspec
+import pytest
 import zmq
 import zmq.asyncio
 
 from shared.bus import Publisher, PublisherInfo, Puller, Pusher, Subscriber, context
-from shared.messages import ForceSubscribe, Message, Price, encode
+from shared.messages import ONE_DECODER, DetectorEvent, ForceSubscribe, Message, Price, encode
 from shared.snapshot import SnapshotServer, request_snapshot
 from tests.helpers import spawn, tcp_endpoint
 from tests.shared.samples import every_message
+
+msgpack = msgspec.msgpack.encode
 
 
 def beacon_env(endpoint: str, **settings: object) -> dict[str, str]:
@@ -173,6 +177,43 @@ async def test_push_pull_round_trip_and_garbage() -> None:
     raw.close()
     pusher.close()
     puller.close()
+
+
+async def test_a_frame_over_the_size_limit_is_never_read_and_later_messages_arrive() -> None:
+    endpoint = tcp_endpoint()
+    puller = Puller(endpoint, max_message_size=64 * 1024)
+    raw = context().socket(zmq.PUSH)
+    raw.connect(endpoint)
+    await raw.send(encode(ForceSubscribe(asset_ids=["x" * 100] * 1000)))  # ~100 kB: over the limit
+    await raw.send(encode(ForceSubscribe(asset_ids=["small"])))  # ZeroMQ reconnects the dropped peer
+    got = await asyncio.wait_for(puller.recv_batch(), 10)
+    assert [m.asset_ids for m in got] == [["small"]]  # type: ignore[attr-defined]
+    assert puller.stats.decode_errors == 0  # the big frame never reached the decoder
+    raw.close(linger=0)
+    puller.close()
+
+
+def test_outside_input_out_of_bounds_does_not_decode() -> None:
+    """The schema's bounds: no 0/NaN/inf price, no time past int64, no 1 MB name, no 10 k ids."""
+    good = {"type": "DetectorEvent", "detector": "d", "symbol": "pm.1", "timeframe": "H1", "kind": "k"}
+    assert isinstance(ONE_DECODER.decode(msgpack({**good, "top": 2.0, "bottom": 1.0})), DetectorEvent)
+    for bad in (
+        {"top": 2.0, "bottom": 0.0},
+        {"top": float("nan"), "bottom": 1.0},
+        {"top": float("inf"), "bottom": 1.0},
+        {"top": 2.0, "bottom": -1e308},
+        {"top": 2.0, "bottom": 1.0, "created_ns": 2**64 - 1},
+        {"top": 2.0, "bottom": 1.0, "symbol": "s" * 1_000_000},
+        {"top": 2.0, "bottom": 1.0, "kind": ""},
+    ):
+        with pytest.raises(msgspec.ValidationError):
+            ONE_DECODER.decode(msgpack({**good, **bad}))
+    with pytest.raises(msgspec.ValidationError):
+        ONE_DECODER.decode(msgpack({"type": "ForceSubscribe", "asset_ids": [str(i) for i in range(1001)]}))
+    with pytest.raises(msgspec.ValidationError):
+        ONE_DECODER.decode(
+            msgpack({"type": "WhitelistAdd", "pools": [{"protocol": "v2", "address": "0x" * 100}]})
+        )
 
 
 async def test_snapshot_clone_round_trip() -> None:
