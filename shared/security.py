@@ -104,6 +104,8 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
     """
     if _active is not None:
         _active.server(sock)
+    if endpoint.startswith("ipc://"):
+        private_directory(Path(endpoint.removeprefix("ipc://")).parent)
     deadline = time.monotonic() + BIND_RETRY_S
     while True:
         try:
@@ -113,6 +115,24 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+def private_directory(path: Path) -> None:
+    """Where an ipc:// socket is bound: made 0700 if it is new, so only this user can connect.
+
+    An existing directory is left as it is (it may be shared on purpose), with a warning when other
+    users can reach the sockets in it.
+    """
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True)
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "ipc sockets in %s (mode %o) are open to other local users: make it 0700 to keep them out",
+            path,
+            mode,
+        )
 
 
 def connect(sock: zmq.Socket[Any], endpoint: str) -> None:
