@@ -8,15 +8,20 @@ source too: the socket buffers meanwhile, and its buffer is replayed over the ca
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
 from services.sync.arena import Pool
 from shared.messages import PoolSpec
+from shared.ratelog import RateLimitedLog
+
+log = logging.getLogger("poolwire.sync.checkpoint")
 
 VERSION = 1
 
@@ -103,14 +108,28 @@ def encode(
 
 
 def write(path: Path, data: bytes) -> None:
-    """Atomic replace: a crash mid-write leaves the previous checkpoint intact."""
+    """Atomic replace: a crash or a failed write (disk full, unwritable directory: OSError) leaves
+    the previous checkpoint intact; the temporary file of a failed write is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            if not tmp.is_dir():
+                tmp.unlink()
+        raise
+    # the rename itself is durable once the directory is synced
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load(path: Path) -> Checkpoint | None:
@@ -123,3 +142,42 @@ def load(path: Path) -> Checkpoint | None:
     if cp.version != VERSION:
         raise ValueError(f"checkpoint version {cp.version}, expected {VERSION}")
     return cp
+
+
+class CheckpointStore:
+    """The service's checkpoint file: written atomically, failures counted and logged (rate-limited).
+
+    A failed write (disk full, unwritable directory) leaves the previous checkpoint as it was; the
+    service goes on and the next interval tries again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written = 0
+        self.failures = 0
+        self.skip_log = RateLimitedLog(log, level=logging.ERROR)
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.skip_log(
+            "checkpoint_failed", "checkpoint %s not written (the previous one stays): %r", self.path, exc
+        )
+
+    def encode(self, encoder: Callable[[], bytes | None]) -> bytes | None:
+        """``encoder()`` (on the event loop, between blocks); None if there is nothing or it failed."""
+        try:
+            return encoder()
+        except Exception as exc:  # a state that does not encode is counted, not raised out of a loop
+            self.failed(exc)
+            return None
+
+    def store(self, data: bytes) -> bool:
+        """Write ``data`` (blocking: run it in a thread from the loop); False if it failed."""
+        t0 = time.perf_counter()
+        try:
+            write(self.path, data)
+        except OSError as exc:
+            self.failed(exc)
+            return False
+        self.written += 1
+        log.debug("checkpoint: %d bytes in %.1f ms", len(data), (time.perf_counter() - t0) * 1000)
+        return True

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from services.sync.whitelist import SpecError, check_spec
 from shared.config import Duration, Endpoint, Port
 from shared.constants import PORTS, tcp
 from shared.messages import PoolSpec
@@ -73,6 +74,11 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self.scraper = "rpc" if self.rpc_urls else "simulator"
         if self.scraper == "rpc" and not self.rpc_urls:
             raise ValueError("sync.scraper is rpc but sync.rpc_urls is empty")
+        for i, spec in enumerate(self.pools):
+            try:
+                check_spec(spec)
+            except SpecError as exc:
+                raise ValueError(f"sync.pools[{i}]: {exc}") from None
         v4 = any(p.protocol == "v4" for p in self.pools)
         if v4 and self.scraper == "rpc" and not self.v4_state_view:
             raise ValueError("V4 pools scraped over JSON-RPC need sync.v4_state_view (StateView address)")

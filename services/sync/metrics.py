@@ -95,7 +95,31 @@ class SyncCollector(Collector):
                 sc.add_metric([name], getattr(ss, name))
             yield sc
         yield CounterMetricFamily(
-            f"{P}_checkpoints_written", "Checkpoints written", value=svc.checkpoints_written
+            f"{P}_checkpoints_written", "Checkpoints written", value=svc.checkpoints.written
+        )
+        yield CounterMetricFamily(
+            f"{P}_checkpoint_failures",
+            "Checkpoints not written (disk full, unwritable directory, state that did not encode)",
+            value=svc.checkpoints.failures,
+        )
+        wl = svc.whitelist
+        refused = CounterMetricFamily(
+            f"{P}_whitelist_refused", "WhitelistAdd pools refused, by reason", labels=["reason"]
+        )
+        for reason, count in wl.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            f"{P}_whitelist_accepted", "WhitelistAdd pools that passed the checks", value=wl.accepted
+        )
+        ignored = CounterMetricFamily(
+            f"{P}_pull_ignored", "Messages on PULL that are not a WhitelistAdd, by type", labels=["type"]
+        )
+        for name, count in sorted(wl.ignored.items()):
+            ignored.add_metric([name], count)
+        yield ignored
+        yield CounterMetricFamily(
+            f"{P}_snapshot_bad_requests", "Malformed snapshot requests skipped", value=svc.snap.bad_requests
         )
         yield CounterMetricFamily(
             f"{P}_pools_retried", "Scrapes of failed pools tried again while live", value=svc.pools_retried

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from services.sync.metrics import SyncCollector
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_int
 from services.sync.rpc_scraper import RpcScraper
 from services.sync.scraper import Scraper, SimulatorScraper, pool_key
+from services.sync.whitelist import WhitelistGate
 from shared.bus import Publisher, Puller
 from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, px_topic
 from shared.exex import PoolUpdate
@@ -32,7 +32,6 @@ from shared.messages import (
     Price,
     SnapshotRequest,
     Swap,
-    WhitelistAdd,
 )
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
@@ -105,7 +104,7 @@ class SyncService:
         self.checkpoint_path = Path(ctx.common.data_dir) / "sync" / "checkpoint.msgpack"
         # the ExEx source resumes too when there is a node to catch up from (eth_getLogs)
         self.use_checkpoint = cfg.checkpoint and self.rpc is not None
-        self.checkpoints_written = 0
+        self.checkpoints = checkpoint.CheckpointStore(self.checkpoint_path)
         self.pools_retried = 0
         self.clock = ctx.clock
         self.chain_id = cfg.chain_id
@@ -132,6 +131,7 @@ class SyncService:
             max_message_size=ctx.common.max_message_size,
         )
         self.head_hash = b""
+        self.whitelist = WhitelistGate()
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)
         ctx.bus_stats.add("pull", self.pull.stats)
@@ -338,17 +338,10 @@ class SyncService:
             await self.save_checkpoint()
 
     async def save_checkpoint(self) -> None:
-        data = self.write_checkpoint()
-        if data is None:
-            return
-        t0 = time.perf_counter()
-        try:
-            await asyncio.to_thread(checkpoint.write, self.checkpoint_path, data)
-        except OSError as exc:
-            log.error("checkpoint %s not written: %r", self.checkpoint_path, exc)
-            return
-        self.checkpoints_written += 1
-        log.debug("checkpoint: %d bytes in %.1f ms", len(data), (time.perf_counter() - t0) * 1000)
+        data = self.checkpoints.encode(self.write_checkpoint)
+        if data is not None:
+            await asyncio.to_thread(self.checkpoints.store, data)
+        self.checkpoints.skip_log.flush()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -426,11 +419,11 @@ class SyncService:
 
     async def whitelist_loop(self) -> None:
         async for msg in self.pull:
-            if isinstance(msg, WhitelistAdd):
-                log.info("whitelist: %d pool(s) to add", len(msg.pools))
-                self._spawn(self._add(list(msg.pools)))
-            else:
-                log.warning("ignored a %s on the PULL socket", type(msg).__name__)
+            specs = self.whitelist.take(msg)  # each pool checked on its own: bad ones refused, counted
+            if specs:
+                log.info("whitelist: %d pool(s) to add", len(specs))
+                self._spawn(self._add(specs))
+            self.whitelist.skip_log.flush()
 
     async def run(self) -> None:
         self.pub.start()
@@ -464,13 +457,9 @@ class SyncService:
         finally:
             await self.client.close()
             if self.use_checkpoint:
-                data = self.write_checkpoint()
-                if data is not None:
-                    try:
-                        checkpoint.write(self.checkpoint_path, data)
-                        log.info("checkpoint written at block %d", self.coord.processor.head[0])  # type: ignore[index]
-                    except OSError as exc:
-                        log.error("checkpoint %s not written: %r", self.checkpoint_path, exc)
+                data = self.checkpoints.encode(self.write_checkpoint)
+                if data is not None and self.checkpoints.store(data):
+                    log.info("checkpoint written at block %d", self.coord.processor.head[0])  # type: ignore[index]
             if self.rpc is not None:
                 await self.rpc.close()
             await self.snap.close()
