@@ -10,8 +10,8 @@ connections in one process.
   subscribe frame), to the 400th initial book routed; median of 7. ``subscribe_400_live_ms``: the
   same from ``Connection.subscribe(400 assets)`` on a connection already live.
 - 20 000 assets: ``python -m services.ingest`` as its own process, against the simulator in
-  another (``bench/_ingest_sim.py``, niced). The asset ids come from the simulator's Gamma; one
-  ``ForceSubscribe`` of all 20 000 makes the pool open 50 connections of 400. ``bytes_per_asset`` is
+  another (``bench/_ingest_sim.py``, niced). The asset ids come from the simulator's Gamma; ``ForceSubscribe``
+  commands of 1 000 (20 000 in all) make the pool open 50 connections of 400. ``bytes_per_asset`` is
   the ingest process's RSS growth from idle to every book routed, / 20 000 (the allocator keeps
   what the transient frames used: what the process really holds). ``cpu_pct_at_5k_updates_s`` is
   its CPU time (utime + stime, /proc) over 4 s while the simulator sends 5 000 updates/s over the
@@ -50,7 +50,7 @@ from services.ingest.router import Router
 from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer
 from shared.bus import Publisher, Pusher
-from shared.messages import ForceSubscribe
+from shared.messages import MAX_IDS, ForceSubscribe
 from tests.ports import free_port, tcp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,8 @@ class _Scale:
                 "snapshot": tcp_endpoint(),
                 "metrics_port": self.metrics_port,
                 "ws_url": f"ws://127.0.0.1:{self.ws_port}/ws/market",
-                "gamma_url": "",  # the assets come in one ForceSubscribe, after the idle RSS is read
+                "gamma_url": "",  # the assets come in ForceSubscribes, after the idle RSS is read
+                "force_unknown_per_minute": SCALE_ASSETS,  # not from discovery: lift the cap
             },
         }
         path = self.tmp / "poolwire.yaml"
@@ -277,7 +278,8 @@ class _Scale:
 
             pusher = Pusher(self.pull, sender="bench")
             t0 = time.perf_counter()
-            await pusher.send(ForceSubscribe(asset_ids=ids), timeout=10)
+            for i in range(0, len(ids), MAX_IDS):  # a command carries at most MAX_IDS ids
+                await pusher.send(ForceSubscribe(asset_ids=ids[i : i + MAX_IDS]), timeout=10)
             deadline = loop.time() + 60
             while True:
                 m = await _metrics(http, self.metrics_port)

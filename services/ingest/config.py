@@ -37,6 +37,9 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_pending: Count = 50
     max_connections: Count = 100
     subscribe_interval: Duration = Duration(30.0)
+    # ForceSubscribe ids not known from discovery (or the static list) taken per minute; the rest
+    # are refused and counted: any local peer can push the command, each id costs an upstream slot
+    force_unknown_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 200
     # each connection
     ping_interval: Duration = Duration(10.0)
     silence_timeout: Duration = Duration(60.0)  # no data this long: reconnect and resubscribe

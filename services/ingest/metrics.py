@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,6 +33,9 @@ class IngestCollector(Collector):
         self.discovery_errors = 0
         self.discovery_cursor_stuck = 0
         self.force_requests = 0
+        self.force_refused: dict[str, int] = {}  # ForceSubscribe ids refused, by reason
+        self.pull_ignored: dict[str, int] = {}  # messages on PULL that are not commands, by type
+        self.snapshot_bad_requests: Callable[[], int] = lambda: 0
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
@@ -83,6 +86,13 @@ class IngestCollector(Collector):
         yield counter("frames", "WebSocket frames routed", r.frames)
         yield counter("decode_errors", "Frames or items that did not decode (skipped)", r.decode_errors)
         yield counter("unknown_events", "Events of an unknown event_type (skipped)", r.unknown_events)
+        yield counter("unknown_assets", "Events for assets not followed (skipped)", r.unknown_assets)
+        yield counter(
+            "bad_values", "Events skipped for a bad value (NaN, inf, negative, bad time)", r.bad_values
+        )
+        yield counter(
+            "internal_errors", "Frames whose routing raised (a bug; counted, skipped)", r.internal_errors
+        )
         yield counter(
             "legacy_events", "Events in the older flat price_change schema (skipped)", r.legacy_events
         )
@@ -110,6 +120,21 @@ class IngestCollector(Collector):
         yield counter("forced_assets", "Assets requested with force_subscribe", p.forced)
         yield counter(
             "forced_ignored_assets", "ForceSubscribe assets left to other shards", self.forced_ignored
+        )
+        refused = CounterMetricFamily(
+            f"{P}_force_refused", "ForceSubscribe ids refused, by reason", labels=["reason"]
+        )
+        for reason, n in self.force_refused.items():
+            refused.add_metric([reason], n)
+        yield refused
+        ignored = CounterMetricFamily(
+            f"{P}_pull_ignored", "Messages on PULL that are not ingest commands, by type", labels=["type"]
+        )
+        for kind, n in self.pull_ignored.items():
+            ignored.add_metric([kind], n)
+        yield ignored
+        yield counter(
+            "snapshot_bad_requests", "Malformed snapshot requests skipped", self.snapshot_bad_requests()
         )
         yield GaugeMetricFamily(
             f"{P}_foreign_assets",

@@ -155,35 +155,56 @@ class Decoded(Struct):
     errors: int = 0  # items that were not valid JSON or had the wrong shape for their type
 
 
+class _LenientPriceChange(Struct):
+    """A ``price_change`` whose entries are decoded one by one: a bad entry spares its neighbours."""
+
+    market: str = ""
+    timestamp: Num = "0"
+    price_changes: list[msgspec.Raw] = []
+
+
+_LENIENT_PC: msgspec.json.Decoder[_LenientPriceChange] = msgspec.json.Decoder(_LenientPriceChange)
+_ENTRY: msgspec.json.Decoder[PriceChangeEntry] = msgspec.json.Decoder(PriceChangeEntry)
+# msgspec raises RecursionError on deeply nested input ("[[[[..."): bad input like any other
+_BAD_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decode_frame(data: bytes | str) -> Decoded:
-    """Decode one JSON frame (object or array). Never raises on bad input: it counts it."""
+    """Decode one JSON frame (object or array). Never raises on bad input: it counts it.
+
+    An empty array counts as one error (the server never sends one)."""
     try:
         out = _FRAME_DECODER.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         return _decode_slow(data)
-    return Decoded(out if isinstance(out, list) else [out])
+    if isinstance(out, list):
+        return Decoded(out) if out else Decoded([], errors=1)
+    return Decoded([out])
 
 
 def _decode_slow(data: bytes | str) -> Decoded:
     try:
         raws = _RAW_LIST.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         raws = [msgspec.Raw(data.encode() if isinstance(data, str) else data)]
     result = Decoded([])
+    if not raws:
+        result.errors = 1
     unknown: list[str] = []
     for raw in raws:
         try:
             result.events.append(_ONE_DECODER.decode(raw))
             continue
-        except msgspec.DecodeError:
+        except _BAD_JSON:
             pass
         try:
             kind = _UNTYPED.decode(raw).event_type
-        except msgspec.DecodeError:
+        except _BAD_JSON:
             result.errors += 1
             continue
-        known = kind in _KNOWN_TAGS
-        if known or not kind:
+        if kind == "price_change":
+            result.errors += _salvage_price_change(raw, result.events)
+        elif kind in _KNOWN_TAGS or not kind:
             result.errors += 1  # a known type with a wrong shape, or no event_type at all
         else:
             unknown.append(kind)
@@ -191,15 +212,38 @@ def _decode_slow(data: bytes | str) -> Decoded:
     return result
 
 
-def ms_to_ns(ts: Num) -> int:
-    """A Unix-ms timestamp (string or number) as integer nanoseconds; 0 when unreadable."""
+def _salvage_price_change(raw: msgspec.Raw, events: list[Any]) -> int:
+    """Keep the good entries of a ``price_change`` that did not decode whole; returns the errors."""
     try:
-        return int(ts) * 1_000_000
-    except (TypeError, ValueError):
+        lenient = _LENIENT_PC.decode(raw)
+    except _BAD_JSON:
+        return 1
+    entries: list[PriceChangeEntry] = []
+    errors = 0
+    for item in lenient.price_changes:
         try:
-            return int(float(ts) * 1_000_000)
-        except (TypeError, ValueError):
-            return 0
+            entries.append(_ENTRY.decode(item))
+        except _BAD_JSON:
+            errors += 1
+    if entries:
+        events.append(PriceChangeEvent(lenient.market, lenient.timestamp, entries))
+    return errors or 1  # no bad entry: the event's other fields were bad (its entries still kept)
+
+
+MAX_NS = 2**63 - 1  # messages carry int64 times
+
+
+def ms_to_ns(ts: Num) -> int:
+    """A Unix-ms timestamp (string or number) as integer nanoseconds; -1 when unreadable or out of
+    the int64 range of a message's time (the caller counts it as a bad value)."""
+    try:
+        ns = int(ts) * 1_000_000
+    except (TypeError, ValueError, OverflowError):
+        try:
+            ns = int(float(ts) * 1_000_000)
+        except (TypeError, ValueError, OverflowError):
+            return -1
+    return ns if 0 <= ns <= MAX_NS else -1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.ingest import parse
 from services.ingest.book import LocalBook
 from services.ingest.protocol import (
     BestBidAskEvent,
     BookEvent,
     LastTradePriceEvent,
-    Level,
     MarketResolvedEvent,
     NewMarketEvent,
     Num,
@@ -36,7 +36,6 @@ from services.ingest.protocol import (
     PriceChangeEvent,
     TickSizeChangeEvent,
     decode_frame,
-    ms_to_ns,
 )
 from shared.clock import Clock, RealClock
 from shared.messages import (
@@ -54,6 +53,7 @@ Publish = Callable[[str, Message], None]
 ResyncRequest = Callable[[str, str], None]  # connection id, asset id
 LifecycleKind = Literal["new", "resolved"]
 LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
+SkipLog = Callable[..., None]  # (reason, msg, *args): a shared.ratelog.RateLimitedLog
 
 RECENT_CAP = 4096  # keys remembered per asset during a handoff
 SEEN_LIFECYCLE_CAP = 10_000
@@ -69,6 +69,8 @@ class RouterStats:
     unknown_events: int = 0  # an event_type we do not know
     legacy_events: int = 0  # older flat price_change schema: recognised, not applied
     unknown_assets: int = 0  # events for assets we do not follow
+    bad_values: int = 0  # events skipped for a value no valid frame holds (NaN, inf, negative, ...)
+    internal_errors: int = 0  # frames whose routing raised (a bug): the frame's rest is lost
     not_owner_drops: int = 0  # an asset's events arriving on a connection that does not own it
     handoff_duplicates: int = 0  # candidate events already published by the old owner
     handoff_switches: int = 0
@@ -120,17 +122,12 @@ class AssetState:
         self.last_resync = -1e18
 
 
-def _levels_best_first(levels: list[Level], descending: bool) -> list[BookLevel]:
-    out = [BookLevel(float(lv.price), float(lv.size)) for lv in levels]
-    out.sort(key=lambda lv: lv.price, reverse=descending)
-    return [lv for lv in out if lv.size > 0.0]
-
-
 def _tick_size(book: LocalBook) -> float:
-    try:
-        return float(book.tick_size) if book.tick_size else 0.0
-    except ValueError:
-        return 0.0
+    return (parse.number(book.tick_size) or 0.0) if book.tick_size else 0.0
+
+
+def _excerpt(data: bytes | str) -> str:
+    return repr(data[:80]) + ("..." if len(data) > 80 else "")
 
 
 def _topic_filter(root: str, prefix: str) -> Callable[[str], bool] | None:
@@ -152,10 +149,6 @@ def _is_notice(text: bytes | str) -> bool:
     return len(text) < 200 and all(ch.isupper() or ch in " _-!." for ch in text)
 
 
-def _side(side: str) -> Literal["buy", "sell"]:
-    return "buy" if side in ("BUY", "buy", "Buy") else "sell"
-
-
 class Router:
     def __init__(
         self,
@@ -170,8 +163,10 @@ class Router:
         owns: Callable[[str], bool] | None = None,
         defer_checks: Callable[[Callable[[], object]], object] | None = None,
         before_checks: Callable[[], None] | None = None,
+        skip_log: SkipLog | None = None,
     ) -> None:
         self.publish = publish
+        self.skip_log: SkipLog = skip_log or (lambda reason, msg, *args: None)
         # With ``defer_checks`` (the event loop's call_soon), book hashes are checked once the frames
         # at hand are routed, after ``before_checks`` (the publisher's flush): SHA-1 over a book is
         # most of a change's cost, and checked inline it delays every message behind it in a burst.
@@ -362,7 +357,18 @@ class Router:
     # -- frames ----------------------------------------------------------------------------------
 
     def handle_frame(self, conn_id: str, data: bytes | str) -> int:
-        """Route one frame from ``conn_id``; returns how many events it held (0 for text)."""
+        """Route one frame from ``conn_id``; returns how many events it held (0 for text).
+
+        Never raises: bad input is counted and skipped by reason, and a bug that raises is counted
+        (``internal_errors``) and logged, so that one frame cannot take the connection down."""
+        try:
+            return self._handle_frame(conn_id, data)
+        except Exception as exc:
+            self.stats.internal_errors += 1
+            self.skip_log("internal_error", "ingest: routing a frame from %s failed: %r", conn_id, exc)
+            return 1
+
+    def _handle_frame(self, conn_id: str, data: bytes | str) -> int:
         stats = self.stats
         stats.frames += 1
         first = data[:1]
@@ -373,12 +379,28 @@ class Router:
                     stats.text_frames += 1  # a server notice such as "NO NEW ASSETS"
                 else:
                     stats.decode_errors += 1
+                    self.skip_log(
+                        "decode_error",
+                        "ingest: skipped a non-JSON frame from %s: %s",
+                        conn_id,
+                        _excerpt(data),
+                    )
                 return 0
         decoded = decode_frame(data)
         if decoded.errors:
             stats.decode_errors += decoded.errors
+            self.skip_log(
+                "decode_error",
+                "ingest: %d item(s) of a frame from %s did not decode: %s",
+                decoded.errors,
+                conn_id,
+                _excerpt(data),
+            )
         if decoded.unknown_types:
             stats.unknown_events += len(decoded.unknown_types)
+            self.skip_log(
+                "unknown_event", "ingest: skipped unknown event type(s) %s", decoded.unknown_types[:5]
+            )
         by_type = stats.by_type
         for ev in decoded.events:
             kind = type(ev)
@@ -432,20 +454,35 @@ class Router:
                     ),
                 )
 
+    def _unknown_asset(self, asset: str, kind: str) -> None:
+        self.stats.unknown_assets += 1
+        self.skip_log("unknown_asset", "ingest: skipped a %s for asset %.80r, not followed", kind, asset)
+
+    def _bad_value(self, asset: str, kind: str, what: object) -> None:
+        self.stats.bad_values += 1
+        self.skip_log("bad_value", "ingest: skipped a %s of %.80r: bad %.120r", kind, asset, what)
+
     def _price_change(self, conn: str, ev: PriceChangeEvent) -> None:
         if not ev.price_changes:
-            if ev.changes is not None:
+            if ev.changes is not None or ev.asset_id:
                 self.stats.legacy_events += 1
+                self.skip_log("legacy", "ingest: skipped a legacy flat price_change of %.80r", ev.asset_id)
+            else:
+                self.stats.decode_errors += 1
+                self.skip_log("decode_error", "ingest: skipped a price_change without changes")
             return
         self.stats.updates += len(ev.price_changes)
         assets = self.assets
         market = ev.market
         ts = ev.timestamp
-        ts_ns = ms_to_ns(ts)
+        ts_ns = parse.event_ns(ts)
+        if ts_ns is None:
+            self._bad_value(ev.price_changes[0].asset_id, "price_change", ("timestamp", ts))
+            return
         for e in ev.price_changes:
             st = assets.get(e.asset_id)
             if st is None:
-                self.stats.unknown_assets += 1
+                self._unknown_asset(e.asset_id, "price_change")
             elif conn == st.owner and st.recent is None:
                 self._apply_change(st, e, market, ts, ts_ns)
             else:
@@ -453,16 +490,16 @@ class Router:
                 self._route(st, conn, key, self._apply_change, (st, e, market, ts, ts_ns), False)
 
     def _apply_change(self, st: AssetState, e: PriceChangeEntry, market: str, ts: Num, ts_ns: int) -> None:
+        side = parse.side(e.side)
+        price = parse.price(e.price)
+        size = parse.number(e.size)
+        if side is None or price is None or size is None:
+            self._bad_value(st.asset, "price_change", (e.side, e.price, e.size))
+            return
         if market:
             st.market = market
-        is_buy = e.side == "BUY" or e.side == "buy"
+        is_buy = side == "buy"
         book = st.book
-        try:
-            price = float(e.price)
-            size = float(e.size)
-        except ValueError:
-            self.stats.decode_errors += 1
-            return
         book.apply(is_buy, e.price, e.size)
         st.book_ns = ts_ns
         key = e.hash
@@ -482,17 +519,14 @@ class Router:
                         pending[st.asset] = (st, str(ts), key)
         elif self._pending_checks:
             self._pending_checks.pop(st.asset, None)
-        try:
-            bid = float(e.best_bid) if e.best_bid else book.best_bid()
-            ask = float(e.best_ask) if e.best_ask else book.best_ask()
-        except ValueError:
-            bid, ask = book.best_bid(), book.best_ask()
+        bid = (parse.number(e.best_bid) if e.best_bid else None) or book.best_bid()
+        ask = (parse.number(e.best_ask) if e.best_ask else None) or book.best_ask()
         self._emit(
             f"md.change.{st.asset}",
             BookChange(
                 asset=st.asset,
                 market=st.market,
-                side="buy" if is_buy else "sell",
+                side=side,
                 price=price,
                 size=size,
                 best_bid=bid,
@@ -536,7 +570,7 @@ class Router:
     def _book(self, conn: str, ev: BookEvent) -> None:
         st = self.assets.get(ev.asset_id)
         if st is None:
-            self.stats.unknown_assets += 1
+            self._unknown_asset(ev.asset_id, "book")
             return
         if conn == st.owner and st.recent is None:
             self._apply_book(st, ev)
@@ -544,6 +578,14 @@ class Router:
             self._route(st, conn, ev.hash or f"k:{ev.timestamp}", self._apply_book, (st, ev), True)
 
     def _apply_book(self, st: AssetState, ev: BookEvent) -> None:
+        bids = ev.bids or ev.buys or []
+        asks = ev.asks or ev.sells or []
+        snap_bids = parse.levels_best_first(bids, descending=True)
+        snap_asks = parse.levels_best_first(asks, descending=False)
+        ts_ns = parse.event_ns(ev.timestamp)
+        if snap_bids is None or snap_asks is None or ts_ns is None:
+            self._bad_value(st.asset, "book", "level or timestamp")
+            return
         if self._pending_checks:
             self._pending_checks.pop(st.asset, None)
         if ev.market:
@@ -557,16 +599,8 @@ class Router:
             book.min_order_size = ev.min_order_size
         if ev.neg_risk is not None:
             book.neg_risk = ev.neg_risk
-        bids = ev.bids or ev.buys or []
-        asks = ev.asks or ev.sells or []
         if ev.hash and ev.hash == st.hash:
             self.stats.unchanged_books += 1  # same state we already have (reconnect, resync)
-            return
-        try:
-            snap_bids = _levels_best_first(bids, descending=True)
-            snap_asks = _levels_best_first(asks, descending=False)
-        except ValueError:
-            self.stats.decode_errors += 1
             return
         book.reset(((lv.price, lv.size) for lv in bids), ((lv.price, lv.size) for lv in asks))
         st.hash = ev.hash
@@ -574,7 +608,6 @@ class Router:
             self.stats.hash_checks += 1
             if book.hash(st.market, st.asset, str(ev.timestamp)) != ev.hash:
                 self.stats.hash_mismatches += 1  # a resync would bring the same book: count only
-        ts_ns = ms_to_ns(ev.timestamp)
         st.booked = True
         st.book_ns = ts_ns
         self._emit(
@@ -596,7 +629,7 @@ class Router:
     def _trade(self, conn: str, ev: LastTradePriceEvent) -> None:
         st = self.assets.get(ev.asset_id)
         if st is None:
-            self.stats.unknown_assets += 1
+            self._unknown_asset(ev.asset_id, "trade")
             return
         if conn == st.owner and st.recent is None:
             self._apply_trade(st, ev)
@@ -611,12 +644,13 @@ class Router:
             )
 
     def _apply_trade(self, st: AssetState, ev: LastTradePriceEvent) -> None:
-        try:
-            price = float(ev.price)
-            size = float(ev.size)
-            fee = float(ev.fee_rate_bps)
-        except ValueError:
-            self.stats.decode_errors += 1
+        price = parse.price(ev.price)
+        size = parse.number(ev.size)
+        fee = parse.number(ev.fee_rate_bps)
+        side = parse.side(ev.side)
+        ts_ns = parse.event_ns(ev.timestamp)
+        if price is None or size is None or fee is None or side is None or ts_ns is None:
+            self._bad_value(st.asset, "trade", (ev.price, ev.size, ev.fee_rate_bps, ev.side, ev.timestamp))
             return
         st.book.last_trade_price = ev.price  # part of the hashed document
         if self._pending_checks:
@@ -628,16 +662,16 @@ class Router:
                 market=ev.market or st.market,
                 price=price,
                 size=size,
-                side=_side(ev.side),
+                side=side,
                 fee_rate_bps=fee,
-                event_ns=ms_to_ns(ev.timestamp),
+                event_ns=ts_ns,
             ),
         )
 
     def _tick_size(self, conn: str, ev: TickSizeChangeEvent) -> None:
         st = self.assets.get(ev.asset_id)
         if st is None:
-            self.stats.unknown_assets += 1
+            self._unknown_asset(ev.asset_id, "tick_size_change")
             return
         if conn == st.owner and st.recent is None:
             self._apply_tick_size(st, ev)
@@ -647,10 +681,11 @@ class Router:
             )
 
     def _apply_tick_size(self, st: AssetState, ev: TickSizeChangeEvent) -> None:
-        try:
-            old, new = float(ev.old_tick_size or 0.0), float(ev.new_tick_size)
-        except ValueError:
-            self.stats.decode_errors += 1
+        old = parse.number(ev.old_tick_size or 0.0)
+        new = parse.price(ev.new_tick_size)
+        ts_ns = parse.event_ns(ev.timestamp)
+        if old is None or new is None or ts_ns is None:
+            self._bad_value(st.asset, "tick_size_change", (ev.old_tick_size, ev.new_tick_size, ev.timestamp))
             return
         st.book.tick_size = ev.new_tick_size
         if self._pending_checks:
@@ -662,14 +697,14 @@ class Router:
                 market=ev.market or st.market,
                 old_tick_size=old,
                 new_tick_size=new,
-                event_ns=ms_to_ns(ev.timestamp),
+                event_ns=ts_ns,
             ),
         )
 
     def _best_bid_ask(self, conn: str, ev: BestBidAskEvent) -> None:
         st = self.assets.get(ev.asset_id)
         if st is None:
-            self.stats.unknown_assets += 1  # broadcast for assets we do not follow
+            self._unknown_asset(ev.asset_id, "best_bid_ask")
             return
         if conn == st.owner and st.recent is None:
             self._apply_best_bid_ask(st, ev)
@@ -684,16 +719,21 @@ class Router:
             )
 
     def _apply_best_bid_ask(self, st: AssetState, ev: BestBidAskEvent) -> None:
-        try:
-            bid, ask = float(ev.best_bid or 0.0), float(ev.best_ask or 0.0)
-        except ValueError:
-            self.stats.decode_errors += 1
+        bid = parse.number(ev.best_bid or 0.0)
+        ask = parse.number(ev.best_ask or 0.0)
+        ts_ns = parse.event_ns(ev.timestamp)
+        if bid is None or ask is None or ts_ns is None:
+            self._bad_value(st.asset, "best_bid_ask", (ev.best_bid, ev.best_ask, ev.timestamp))
             return
-        self._mid(st, bid, ask, ms_to_ns(ev.timestamp))
+        self._mid(st, bid, ask, ts_ns)
 
     def _lifecycle(
-        self, kind: LifecycleKind, market: str, assets: list[str], winner: str, question: str, ts: object
+        self, kind: LifecycleKind, market: str, assets: list[str], winner: str, question: str, ts: Num
     ) -> None:
+        ts_ns = parse.event_ns(ts)
+        if ts_ns is None:
+            self._bad_value(market, kind, ("timestamp", ts))
+            return
         # Broadcast to every connection with custom features: publish once per market and kind.
         if self.owns is not None:
             owns = self.owns
@@ -707,7 +747,6 @@ class Router:
         seen[seen_key] = None
         if len(seen) > SEEN_LIFECYCLE_CAP:
             seen.popitem(last=False)
-        ts_ns = ms_to_ns(ts)  # type: ignore[arg-type]
         for asset in assets:
             self._emit(
                 f"md.market.{asset}",

@@ -18,6 +18,7 @@ from prometheus_client import Histogram
 from services.ingest.config import IngestConfig
 from services.ingest.connection import Connection
 from services.ingest.discovery import discover
+from services.ingest.force import ForceGate
 from services.ingest.metrics import IngestCollector
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
@@ -26,13 +27,17 @@ from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
 from shared.bus import Publisher, Puller
 from shared.messages import ForceSubscribe, MarketLifecycle, Message, SnapshotRequest
+from shared.ratelog import RateLimitedLog
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
+
+SKIP_LOG_FLUSH = 5.0  # seconds between writes of the skip log's due summaries
 
 
 async def main(ctx: ServiceContext[IngestConfig]) -> None:
     cfg = ctx.config
     log = ctx.log
+    skip_log = RateLimitedLog(log, clock=ctx.clock.monotonic)  # bad input: a burst, then summaries
     shard = Shard(cfg.shard_index, cfg.shard_count)
     pub = Publisher(
         cfg.pub,
@@ -71,6 +76,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         owns=shard.owns if shard.enabled else None,
         defer_checks=asyncio.get_running_loop().call_soon,
         before_checks=pub.flush,
+        skip_log=skip_log,
     )
 
     def snapshot(request: SnapshotRequest) -> tuple[int, list[Message]]:
@@ -138,6 +144,9 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     pool_ref.append(pool)
     collector = IngestCollector(pool, router, registry, shard)
     ctx.metrics.register(collector)
+    collector.snapshot_bad_requests = lambda: snapshots.bad_requests
+    gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
+    collector.force_refused = gate.refused
 
     static = shard.mine(cfg.assets)
     collector.foreign_static = len(cfg.assets) - len(static)
@@ -151,10 +160,23 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                     collector.force_requests += 1
                     # a command may name a shard (a field newer messages carry; -1: each takes its own)
                     target = int(getattr(msg, "shard", ANY_SHARD))
-                    assets, others = shard.forced(msg.asset_ids, target)
+                    mine, others = shard.forced(msg.asset_ids, target)
                     collector.forced_ignored += others
+                    admitted = gate.admit(mine, registry.records.__contains__)
+                    assets = admitted.taken
+                    if admitted.refused:
+                        skip_log(
+                            "force_refused",
+                            "force_subscribe: refused %d of %d ids (%s); %d unknown ids taken",
+                            admitted.refused_total,
+                            len(mine),
+                            ", ".join(f"{n} {reason}" for reason, n in admitted.refused.items()),
+                            admitted.unknown_taken,
+                        )
                     if not assets:
-                        log.info("force_subscribe of %d assets: none for shard %s", len(msg.asset_ids), shard)
+                        log.info(
+                            "force_subscribe of %d assets: none to take (shard %s)", len(msg.asset_ids), shard
+                        )
                         continue
                     cid = await pool.force_subscribe(assets)
                     log.info(
@@ -164,7 +186,14 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                         cid or "nowhere",
                     )
                 else:
-                    log.warning("ignored a %s on PULL", type(msg).__name__)
+                    kind = type(msg).__name__
+                    collector.pull_ignored[kind] = collector.pull_ignored.get(kind, 0) + 1
+                    skip_log("pull_ignored", "ignored a %s on PULL", kind)
+
+    async def skip_log_loop() -> None:
+        while True:
+            await ctx.clock.sleep(SKIP_LOG_FLUSH)
+            skip_log.flush()
 
     async def discovery_loop() -> None:
         while True:
@@ -213,7 +242,10 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                     pool.wake()
             await ctx.clock.sleep(cfg.discovery_interval)
 
-    tasks = [asyncio.get_running_loop().create_task(pull_loop(), name="ingest-pull")]
+    tasks = [
+        asyncio.get_running_loop().create_task(pull_loop(), name="ingest-pull"),
+        asyncio.get_running_loop().create_task(skip_log_loop(), name="ingest-skip-log"),
+    ]
     if cfg.gamma_url:
         tasks.append(asyncio.get_running_loop().create_task(discovery_loop(), name="ingest-discovery"))
     # No wait for subscribers before subscribing: a PUB drops what it sends before a subscriber

@@ -256,6 +256,14 @@ class PolymarketServer:
                 await self._send(conn, GARBAGE[i % len(GARBAGE)])
         return count * len(conns)
 
+    async def inject(self, texts: list[str], conn_ids: list[int] | None = None) -> int:
+        """Send these frames verbatim (a fuzzer's, a test's) to the connections; returns how many."""
+        conns = self._pick(conn_ids)
+        for conn in conns:
+            for text in texts:
+                await self._send(conn, text)
+        return len(texts) * len(conns)
+
     def slow(self, factor: float) -> None:
         """Scale the event rate (0.1 = ten times slower, 0 = no events)."""
         self.rate_factor = max(0.0, factor)

@@ -79,4 +79,5 @@ def test_client_frames() -> None:
 def test_timestamps() -> None:
     assert ms_to_ns("1757908892351") == 1757908892351_000_000
     assert ms_to_ns(5) == 5_000_000
-    assert ms_to_ns("x") == 0
+    assert ms_to_ns("x") == -1  # unreadable: the router counts a bad value
+    assert ms_to_ns(10**30) == -1 and ms_to_ns(-5) == -1  # outside int64 ns
