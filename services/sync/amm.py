@@ -121,6 +121,16 @@ def price_from_sqrt(sqrt_price_x96: int) -> float:
     return (sqrt_price_x96 / Q96) ** 2
 
 
+def swap_in_range(protocol: str, amount0: int, amount1: int, sqrt_price_x96: int) -> bool:
+    """Whether a Swap event's values are possible (a V3 amount is an int256, a V4 one an int128,
+    V2's in - out within +-uint256; V3/V4 prices in the TickMath range): a ``dex.swap`` is only
+    published from those."""
+    bound = 1 << (127 if protocol == "v4" else 255 if protocol == "v3" else 256)
+    if not (-bound <= amount0 < bound and -bound <= amount1 < bound):
+        return False
+    return protocol == "v2" or MIN_SQRT_RATIO <= sqrt_price_x96 < MAX_SQRT_RATIO
+
+
 # ----------------------------------------------------------------------------------------------
 # SqrtPriceMath / SwapMath / FullMath, for quotes.
 

@@ -15,6 +15,30 @@ from shared.ratelog import RateLimitedLog
 log = logging.getLogger("poolwire.sync.exex")
 
 
+U64_MAX = (1 << 64) - 1
+
+
+def check_framing(msg: BeginBlock | PoolUpdate | EndBlock) -> None:
+    """Raise CorruptFrame if the fields that frame blocks are impossible (the payload decoded, but
+    no chain has a negative or 400-digit block number, or a 3-byte block hash)."""
+    if not 0 <= msg.seq <= U64_MAX:
+        raise CorruptFrame(f"{type(msg).__name__} seq {msg.seq} out of uint64")
+    if isinstance(msg, PoolUpdate):
+        return  # its values are checked where they are applied (counted skips, not stream damage)
+    if not 0 <= msg.number <= U64_MAX:
+        raise CorruptFrame(f"{type(msg).__name__} number {msg.number} out of uint64")
+    if isinstance(msg, EndBlock):
+        if not 0 <= msg.num_updates <= U64_MAX:
+            raise CorruptFrame(f"EndBlock num_updates {msg.num_updates} out of uint64")
+        return
+    if not 0 <= msg.timestamp <= U64_MAX:
+        raise CorruptFrame(f"BeginBlock {msg.number} timestamp {msg.timestamp} out of uint64")
+    if len(msg.hash) != 32 or len(msg.parent_hash) not in (0, 32):
+        raise CorruptFrame(
+            f"BeginBlock {msg.number}: hash of {len(msg.hash)} bytes, parent hash of {len(msg.parent_hash)}"
+        )
+
+
 class SequenceGap(Exception):
     """The stream's sequence number jumped or went back: messages were lost."""
 
@@ -72,6 +96,7 @@ class BlockAssembler:
 
     def feed(self, payload: bytes) -> Block | None:
         msg = decode_payload(payload)
+        check_framing(msg)
         self.stats.frames += 1
         seq = msg.seq
         if self.last_seq is not None and seq != self.last_seq + 1:

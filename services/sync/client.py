@@ -22,7 +22,8 @@ from typing import Literal
 
 from services.sync.buffer import Block, BlockAssembler, BufferOverflow, EventBuffer, SequenceGap
 from shared.clock import Clock, RealClock
-from shared.exex import MAX_FRAME, CorruptFrame, FrameReader, PoolUpdate
+from shared.exex import MAX_FRAME, FrameReader, PoolUpdate
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.sync.exex")
 
@@ -178,6 +179,7 @@ class ExExClient(BlockSource):
         )
         self.path = path
         self.frames = FrameReader(max_frame)
+        self.damage_log = RateLimitedLog(log)
         self._writer: asyncio.StreamWriter | None = None
 
     # -- the connection -------------------------------------------------------------------------
@@ -213,25 +215,33 @@ class ExExClient(BlockSource):
             return reader
 
     async def _run(self) -> None:
+        damaged = 0  # stream damage in a row: a server that keeps sending garbage is backed off
         while True:
+            if damaged:
+                await self.clock.sleep(min(self.backoff_initial * 2 ** (damaged - 1), self.backoff_max))
             reader = await self._connect()
             try:
                 while data := await reader.read(1 << 16):
                     for payload in self.frames.feed(data):
                         block = self.assembler.feed(payload)
                         if block is not None:
+                            damaged = 0
                             self._on_block(block)
                 self.stats.disconnects += 1
                 log.warning("ExEx socket closed by the server: reconnecting")
-            except (CorruptFrame, SequenceGap) as exc:
-                if isinstance(exc, CorruptFrame):
-                    self.stats.corrupt_frames += 1
-                else:
-                    self.stats.sequence_gaps += 1
-                log.warning("ExEx stream damaged (%s): reconnecting and resyncing", exc)
-                self._request_resync(str(exc))
             except (ConnectionError, OSError) as exc:
                 self.stats.disconnects += 1
                 log.warning("ExEx socket error %r: reconnecting", exc)
+            except Exception as exc:  # CorruptFrame, SequenceGap, or anything a bad frame provoked
+                if isinstance(exc, SequenceGap):
+                    self.stats.sequence_gaps += 1
+                else:
+                    self.stats.corrupt_frames += 1
+                damaged += 1
+                self.damage_log(
+                    type(exc).__name__, "ExEx stream damaged (%s): reconnecting and resyncing", exc
+                )
+                self._request_resync(str(exc))
             finally:
                 self._close_writer()
+                self.damage_log.flush()

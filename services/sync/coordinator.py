@@ -90,6 +90,9 @@ class StartupCoordinator:
     def _new_processor(self) -> EventProcessor:
         proc = EventProcessor(self.journal_depth)
         proc.pending_capacity = self.incremental_capacity
+        old: EventProcessor | None = getattr(self, "processor", None)
+        if old is not None:  # exported as Prometheus counters: a resync must not set them back
+            proc.stats, proc.skip_log = old.stats, old.skip_log
         return proc
 
     async def _scrape_at(

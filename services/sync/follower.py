@@ -33,7 +33,7 @@ from eth_hash.auto import keccak
 
 from services.sync.buffer import Block
 from services.sync.client import BlockSource
-from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_bytes, hex_int
+from services.sync.rpc import U64_MAX, Header, RpcClient, RpcError, hex_bytes, hex_int
 from shared.clock import Clock
 from shared.exex import PoolUpdate, encode_payload
 
@@ -82,6 +82,8 @@ def decode_log(entry: dict[str, Any]) -> PoolUpdate | None:
         "tx": hex_int(entry["transactionIndex"]),
         "log": hex_int(entry["logIndex"]),
     }
+    if not all(0 <= base[k] <= U64_MAX for k in ("block", "tx", "log")):
+        raise ValueError("block number, transaction or log index out of uint64")
     data = entry["data"]
     if t0 in V4_TOPICS:
         base["pool"] = hex_bytes(topics[1])
@@ -219,7 +221,7 @@ class LogFollower(BlockSource):
             try:
                 await self.step()
                 delay = self.backoff_initial
-            except (RpcUnavailable, RpcError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # RpcUnavailable, RpcError, or any reply of a shape not foreseen
                 self.fstats.rpc_failures += 1
                 log.warning("follower: %r; retrying in %.2f s", exc, delay)
                 await self.clock.sleep(delay)

@@ -119,6 +119,16 @@ class SyncCollector(Collector):
             ignored.add_metric([name], count)
         yield ignored
         yield CounterMetricFamily(
+            f"{P}_swaps_unpublished",
+            "Swap events with impossible amounts or price: no dex.swap published",
+            value=svc.swaps_unpublished,
+        )
+        yield CounterMetricFamily(
+            f"{P}_block_errors",
+            "Blocks whose processing failed unexpectedly (each resyncs)",
+            value=svc.block_errors,
+        )
+        yield CounterMetricFamily(
             f"{P}_snapshot_bad_requests", "Malformed snapshot requests skipped", value=svc.snap.bad_requests
         )
         yield CounterMetricFamily(

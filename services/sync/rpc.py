@@ -220,6 +220,9 @@ class RpcClient:
         raise RpcUnavailable(f"{len(todo)} batched call(s) unanswered after {self.retries + 1} attempts")
 
 
+U64_MAX = (1 << 64) - 1
+
+
 def hex_int(value: Any) -> int:
     if not isinstance(value, str) or not value.startswith("0x"):
         raise ValueError(f"expected a 0x-hex quantity, got {value!r}")
@@ -241,11 +244,20 @@ class Header:
 
     @classmethod
     def parse(cls, raw: Any) -> Header:
+        """A block object from the node; ValueError if it is not one (wrong shape, impossible values)."""
         if not isinstance(raw, dict):
             raise ValueError(f"expected a block object, got {type(raw).__name__}")
-        return cls(
-            hex_int(raw["number"]),
-            hex_bytes(raw["hash"]),
-            hex_bytes(raw["parentHash"]),
-            hex_int(raw.get("timestamp", "0x0")),
-        )
+        try:
+            header = cls(
+                hex_int(raw["number"]),
+                hex_bytes(raw["hash"]),
+                hex_bytes(raw["parentHash"]),
+                hex_int(raw.get("timestamp", "0x0")),
+            )
+        except KeyError as exc:
+            raise ValueError(f"block object without {exc}") from None
+        if not (0 <= header.number <= U64_MAX and 0 <= header.timestamp <= U64_MAX):
+            raise ValueError(f"block number {header.number} or timestamp {header.timestamp} out of uint64")
+        if len(header.hash) != 32 or len(header.parent_hash) != 32:
+            raise ValueError(f"block {header.number}: hash or parent hash not 32 bytes")
+        return header

@@ -132,6 +132,8 @@ class SyncService:
         )
         self.head_hash = b""
         self.whitelist = WhitelistGate()
+        self.swaps_unpublished = 0
+        self.block_errors = 0  # unforeseen errors applying a block: each resyncs
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)
         ctx.bus_stats.add("pull", self.pull.stats)
@@ -188,7 +190,10 @@ class SyncService:
             if ev.kind != "Swap":
                 continue
             pool = pools.get(ev.pool)
-            if pool is None:
+            if pool is None or pool.protocol != ev.protocol:
+                continue
+            if not amm.swap_in_range(ev.protocol, ev.amount0, ev.amount1, ev.sqrt_price_x96):
+                self.swaps_unpublished += 1  # impossible amounts or price: nothing to pass on
                 continue
             sign = -1 if ev.protocol == "v4" else 1
             price = pool.price() if ev.protocol == "v2" else amm.price_from_sqrt(ev.sqrt_price_x96)
@@ -386,6 +391,10 @@ class SyncService:
                     self._spawn(self._add([self.coord.specs[k] for k in keys if k in self.coord.specs]))
             except ResyncNeeded as exc:
                 log.warning("resync: %s", exc)
+                await self.cold_start()
+            except Exception as exc:  # a block that broke something unforeseen: not out of the loop
+                self.block_errors += 1
+                log.exception("block %s failed (%r): resyncing", getattr(item, "number", "?"), exc)
                 await self.cold_start()
 
     def missing_pools(self) -> list[PoolSpec]:
