@@ -1,9 +1,14 @@
 """A local order book per asset, and the SHA-1 book hash Polymarket publishes.
 
-The hash is SHA-1 hex of compact JSON with keys in the order market, asset_id, timestamp,
-hash (empty), bids, asks, min_order_size, tick_size, neg_risk, last_trade_price; levels are
-``{"price": str, "size": str}`` with bids ascending and asks descending (best level last), the
-order the server lists them in. Prices and sizes stay the server's strings, so the hash is exact.
+The hash (measured on real frames, issue 12) is SHA-1 hex of compact JSON (separators ``,`` and
+``:``, non-ASCII kept) of an object with, in this order: ``market``, ``asset_id``, ``timestamp``
+(a string), ``hash`` (empty), ``bids``, ``asks``, ``min_order_size``, ``tick_size``, ``neg_risk``
+and, in the 10-field variant (2026-05 books), ``last_trade_price``; the 9-field variant (2025-10)
+stops at ``neg_risk``. Levels are ``{"price": str, "size": str}`` holding the wire strings
+verbatim, bids ascending and asks descending (best level last), the order the server lists them in.
+
+The serialized levels are cached per side, and a level's fragment per price: a change re-joins
+one side's cached fragments and encodes one level, not the whole book.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Iterable
 import msgspec
 
 _ENC = msgspec.json.Encoder()
+_enc = _ENC.encode
+VARIANTS = (10, 9)  # fields hashed, in the order they are tried on a book not pinned yet
 
 
 def book_hash(
@@ -26,21 +33,60 @@ def book_hash(
     tick_size: str = "",
     neg_risk: bool = False,
     last_trade_price: str = "",
+    fields: int = 10,
 ) -> str:
     """The server's book hash; ``bids`` ascending and ``asks`` descending by price."""
-    doc = {
-        "market": market,
-        "asset_id": asset_id,
-        "timestamp": timestamp,
-        "hash": "",
-        "bids": [{"price": p, "size": s} for p, s in bids],
-        "asks": [{"price": p, "size": s} for p, s in asks],
-        "min_order_size": min_order_size,
-        "tick_size": tick_size,
-        "neg_risk": neg_risk,
-        "last_trade_price": last_trade_price,
-    }
-    return hashlib.sha1(_ENC.encode(doc)).hexdigest()
+    return _digest(
+        market,
+        asset_id,
+        timestamp,
+        b",".join(_level(p, s) for p, s in bids),
+        b",".join(_level(p, s) for p, s in asks),
+        min_order_size,
+        tick_size,
+        neg_risk,
+        last_trade_price,
+        fields,
+    )
+
+
+def _level(price: str, size: str) -> bytes:
+    return b'{"price":' + _enc(price) + b',"size":' + _enc(size) + b"}"
+
+
+def _digest(
+    market: str,
+    asset_id: str,
+    timestamp: str,
+    bids: bytes,
+    asks: bytes,
+    min_order_size: str,
+    tick_size: str,
+    neg_risk: bool,
+    last_trade_price: str,
+    fields: int,
+) -> str:
+    parts = [
+        b'{"market":',
+        _enc(market),
+        b',"asset_id":',
+        _enc(asset_id),
+        b',"timestamp":',
+        _enc(timestamp),
+        b',"hash":"","bids":[',
+        bids,
+        b'],"asks":[',
+        asks,
+        b'],"min_order_size":',
+        _enc(min_order_size),
+        b',"tick_size":',
+        _enc(tick_size),
+        b',"neg_risk":true' if neg_risk else b',"neg_risk":false',
+    ]
+    if fields >= 10:
+        parts += (b',"last_trade_price":', _enc(last_trade_price))
+    parts.append(b"}")
+    return hashlib.sha1(b"".join(parts)).hexdigest()
 
 
 class LocalBook:
@@ -51,8 +97,11 @@ class LocalBook:
     """
 
     __slots__ = (
+        "_ask_json",
         "_ask_order",
+        "_bid_json",
         "_bid_order",
+        "_frags",
         "asks",
         "bids",
         "last_trade_price",
@@ -66,6 +115,9 @@ class LocalBook:
         self.asks: dict[str, str] = {}
         self._bid_order: list[str] | None = []  # prices ascending; None: to sort again
         self._ask_order: list[str] | None = []  # prices descending
+        self._bid_json: bytes | None = b""  # the side's levels serialized; None: to join again
+        self._ask_json: bytes | None = b""
+        self._frags: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})  # (bids, asks): price -> level
         self.tick_size = ""
         self.min_order_size = ""
         self.neg_risk = False
@@ -75,9 +127,17 @@ class LocalBook:
         self.bids = {p: s for p, s in bids if _positive(s)}
         self.asks = {p: s for p, s in asks if _positive(s)}
         self._bid_order = self._ask_order = None
+        self._bid_json = self._ask_json = None
+        self._frags = ({}, {})
 
     def apply(self, is_buy: bool, price: str, size: str) -> None:
         side = self.bids if is_buy else self.asks
+        if is_buy:
+            self._bid_json = None
+            self._frags[0].pop(price, None)
+        else:
+            self._ask_json = None
+            self._frags[1].pop(price, None)
         if _positive(size):
             if price not in side:
                 self._forget_order(is_buy)
@@ -125,17 +185,41 @@ class LocalBook:
         asks = self.asks
         return [(p, asks[p]) for p in self._ask_prices()]
 
-    def hash(self, market: str, asset_id: str, timestamp: str) -> str:
-        return book_hash(
+    def _side_json(self, is_buy: bool) -> bytes:
+        cached = self._bid_json if is_buy else self._ask_json
+        if cached is not None:
+            return cached
+        levels, order, frags = (
+            (self.bids, self._bid_prices(), self._frags[0])
+            if is_buy
+            else (self.asks, self._ask_prices(), self._frags[1])
+        )
+        out = []
+        for p in order:
+            frag = frags.get(p)
+            if frag is None:
+                frag = frags[p] = _level(p, levels[p])
+            out.append(frag)
+        joined = b",".join(out)
+        if is_buy:
+            self._bid_json = joined
+        else:
+            self._ask_json = joined
+        return joined
+
+    def hash(self, market: str, asset_id: str, timestamp: str, fields: int = 10) -> str:
+        """The book's hash under the ``fields`` (9 or 10) variant."""
+        return _digest(
             market,
             asset_id,
             timestamp,
-            self.sorted_bids(),
-            self.sorted_asks(),
+            self._side_json(True),
+            self._side_json(False),
             self.min_order_size,
             self.tick_size,
             self.neg_risk,
             self.last_trade_price,
+            fields,
         )
 
 

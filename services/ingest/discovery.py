@@ -22,6 +22,8 @@ class GammaMarket(msgspec.Struct):
     question: str = ""
     clobTokenIds: str | list[str] | None = None
     closed: bool = False
+    orderMinSize: float | int | str | None = None  # hashed with the books (min_order_size)
+    negRisk: bool | None = None
 
 
 class KeysetPage(msgspec.Struct):
@@ -45,6 +47,15 @@ def token_ids(m: GammaMarket) -> list[str]:
         return []
 
 
+def decimal_str(x: float | int | str) -> str:
+    """Gamma's number as the CLOB writes it in a book: ``5`` -> "5", ``0.01`` -> "0.01"."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
 def parse_page(body: bytes) -> KeysetPage:
     return _PAGE.decode(body)
 
@@ -57,6 +68,7 @@ class DiscoveryResult:
     complete: bool = False  # reached the last page without error
     cursor_stuck: bool = False
     bad_markets: int = 0
+    params: dict[str, tuple[str, bool]] = field(default_factory=dict)  # token id -> (min size, neg)
 
 
 async def discover(
@@ -86,6 +98,10 @@ async def discover(
                 out.bad_markets += 1
                 continue
             (out.closed if m.closed else out.open).append((m.conditionId, ids))
+            if m.orderMinSize is not None and m.negRisk is not None:
+                size = decimal_str(m.orderMinSize)
+                for token in ids:
+                    out.params[token] = (size, m.negRisk)
         cursor = page.next_cursor
         if not cursor or not page.markets:
             out.complete = True

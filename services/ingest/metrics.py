@@ -97,8 +97,23 @@ class IngestCollector(Collector):
             "legacy_events", "Events in the older flat price_change schema (skipped)", r.legacy_events
         )
         yield counter("text_frames", "Non-JSON server notices (NO NEW ASSETS ...)", r.text_frames)
-        yield counter("hash_mismatches", "Book hash mismatches", r.hash_mismatches)
-        yield counter("resyncs", "Book resyncs requested", r.resyncs)
+        h = self.router.hashes.stats
+        yield counter("hash_checks", "Book hashes computed (each variant tried counts)", h.checks)
+        yield counter(
+            "hash_mismatches", "Changes whose hash the pinned rule does not reproduce", h.mismatches
+        )
+        yield counter("hash_book_mismatches", "Books not reproduced by their pinned rule", h.book_mismatches)
+        yield counter("hash_unverifiable", "Books no known hash rule reproduces", h.unverifiable)
+        yield counter(
+            "hash_unverified_changes",
+            "Changes left unchecked: their asset's rule is unknown",
+            h.unverified_changes,
+        )
+        yield counter("hash_pins", "Books that pinned a hash rule on their asset", h.pins)
+        yield counter("resyncs", "Book resyncs requested", h.resyncs)
+        yield counter(
+            "resyncs_suppressed", "Resyncs not asked: one already this interval", h.resyncs_suppressed
+        )
         yield counter("handoff_duplicates", "Recycling duplicates dropped", r.handoff_duplicates)
         yield counter(
             "not_owner_drops", "Events from a connection that does not own the asset", r.not_owner_drops

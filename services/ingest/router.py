@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from services.ingest import parse
 from services.ingest.book import LocalBook
+from services.ingest.hashcheck import UNPINNED, HashChecker, ResyncRequest
 from services.ingest.protocol import (
     BestBidAskEvent,
     BookEvent,
@@ -50,7 +51,6 @@ from shared.messages import (
 )
 
 Publish = Callable[[str, Message], None]
-ResyncRequest = Callable[[str, str], None]  # connection id, asset id
 LifecycleKind = Literal["new", "resolved"]
 LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
 SkipLog = Callable[..., None]  # (reason, msg, *args): a shared.ratelog.RateLimitedLog
@@ -75,10 +75,6 @@ class RouterStats:
     handoff_duplicates: int = 0  # candidate events already published by the old owner
     handoff_switches: int = 0
     unchanged_books: int = 0  # a book equal to the state we already had: not republished
-    hash_checks: int = 0
-    hash_mismatches: int = 0
-    resyncs: int = 0
-    resyncs_suppressed: int = 0  # rate-limited
     published: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
@@ -101,6 +97,8 @@ class AssetState:
         "mid_ns",
         "owner",
         "recent",
+        "stale",
+        "variant",
     )
 
     def __init__(self, asset: str, owner: str) -> None:
@@ -120,6 +118,8 @@ class AssetState:
         self.mid_ns = 0  # exchange time of the last mid published
         self.checks = 0
         self.last_resync = -1e18
+        self.variant = UNPINNED  # the hash rule its books reproduce (hashcheck.py)
+        self.stale = False  # its local book failed a check: the next book is applied whatever its hash
 
 
 def _tick_size(book: LocalBook) -> float:
@@ -167,27 +167,39 @@ class Router:
     ) -> None:
         self.publish = publish
         self.skip_log: SkipLog = skip_log or (lambda reason, msg, *args: None)
-        # With ``defer_checks`` (the event loop's call_soon), book hashes are checked once the frames
-        # at hand are routed, after ``before_checks`` (the publisher's flush): SHA-1 over a book is
-        # most of a change's cost, and checked inline it delays every message behind it in a burst.
-        # An asset changed several times meanwhile is checked once, in its latest state, against
-        # the latest hash; a book, trade or tick size change in between (they change the hashed
-        # document) cancels the pending check. Without it, each change is checked as it is applied.
-        self.defer_checks = defer_checks
-        self.before_checks = before_checks
-        self._pending_checks: dict[str, tuple[AssetState, str, str]] = {}
         # sharded: broadcasts (new_market, market_resolved) name every market's assets; this
         # instance publishes and reports only those of its own share
         self.owns = owns
         self.clock: Clock = clock or RealClock()
         self.verify_hashes = verify_hashes
-        self.hash_check_every = max(1, hash_check_every)
-        self.resync_interval = resync_interval
-        self.on_resync = on_resync
         self.on_lifecycle = on_lifecycle
         self.stats = RouterStats()
         self.assets: dict[str, AssetState] = {}
+        # With ``defer_checks`` (the event loop's call_soon), book hashes are checked once the frames
+        # at hand are routed, after ``before_checks`` (the publisher's flush): SHA-1 over a book is
+        # most of a change's cost, and checked inline it delays every message behind it in a burst.
+        # Without it, once per asset at the end of each frame.
+        self.hashes = HashChecker(
+            clock=self.clock,
+            resync_interval=resync_interval,
+            every=hash_check_every,
+            on_resync=on_resync,
+            skip_log=self.skip_log,
+            defer=defer_checks,
+            before=before_checks,
+        )
         self._seen_lifecycle: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # hashed fields WebSocket books often lack, from Gamma or a REST book: asset -> (size, neg)
+        self.params: dict[str, tuple[str, bool]] = {}
+
+    def set_params(self, assets: Iterable[str], min_order_size: str, neg_risk: bool) -> None:
+        """The market's ``min_order_size`` and ``neg_risk`` (Gamma's ``orderMinSize`` and
+        ``negRisk``, or a REST book's): hashed with the books that do not carry them."""
+        for asset in assets:
+            self.params[asset] = (min_order_size, neg_risk)
+            st = self.assets.get(asset)
+            if st is not None:
+                st.book.min_order_size, st.book.neg_risk = min_order_size, neg_risk
 
     # -- ownership -------------------------------------------------------------------------------
 
@@ -197,7 +209,10 @@ class Router:
         for asset in assets:
             st = states.get(asset)
             if st is None:
-                states[asset] = AssetState(asset, conn_id)
+                st = states[asset] = AssetState(asset, conn_id)
+                params = self.params.get(asset)
+                if params is not None:
+                    st.book.min_order_size, st.book.neg_risk = params
             else:
                 st.owner = conn_id
                 st.candidate = None
@@ -207,6 +222,7 @@ class Router:
     def release(self, assets: Iterable[str]) -> None:
         for asset in assets:
             self.assets.pop(asset, None)
+            self.hashes.cancel(asset)
 
     def begin_handoff(self, assets: Iterable[str], new_conn: str) -> None:
         """``new_conn`` subscribes the same assets; it takes over once it delivers something new."""
@@ -431,6 +447,7 @@ class Router:
                 )
                 name = "market_resolved"
             by_type[name] = by_type.get(name, 0) + 1
+        self.hashes.end_of_frame()
         n = len(decoded.events)
         stats.events += n
         return n + len(decoded.unknown_types) + decoded.errors
@@ -506,19 +523,9 @@ class Router:
         if key:
             st.hash = key
             if self.verify_hashes:
-                st.checks += 1
-                pending = self._pending_checks
-                if st.asset in pending:
-                    pending[st.asset] = (st, str(ts), key)  # its latest state, checked once
-                elif st.checks % self.hash_check_every == 0:
-                    if self.defer_checks is None:
-                        self._check_hash(st, str(ts), key)
-                    else:
-                        if not pending:
-                            self.defer_checks(self.run_checks)
-                        pending[st.asset] = (st, str(ts), key)
-        elif self._pending_checks:
-            self._pending_checks.pop(st.asset, None)
+                self.hashes.on_change(st, str(ts), key)
+        else:
+            self.hashes.cancel(st.asset)
         bid = (parse.number(e.best_bid) if e.best_bid else None) or book.best_bid()
         ask = (parse.number(e.best_ask) if e.best_ask else None) or book.best_ask()
         self._emit(
@@ -538,34 +545,8 @@ class Router:
         self._mid(st, bid, ask, ts_ns)
 
     def run_checks(self) -> int:
-        """Check the deferred hashes (after ``before_checks``); returns how many were checked."""
-        pending, self._pending_checks = self._pending_checks, {}
-        if self.before_checks is not None:
-            self.before_checks()
-        n = 0
-        assets = self.assets
-        for asset, (st, ts, key) in pending.items():
-            if assets.get(asset) is st and st.hash == key:  # still followed, nothing else since
-                self._check_hash(st, ts, key)
-                n += 1
-        return n
-
-    def _check_hash(self, st: AssetState, ts: str, expected: str) -> None:
-        self.stats.hash_checks += 1
-        if st.book.hash(st.market, st.asset, ts) == expected:
-            return
-        self.stats.hash_mismatches += 1
-        self.request_resync(st.owner, st)
-
-    def request_resync(self, conn: str, st: AssetState) -> None:
-        now = self.clock.monotonic()
-        if now - st.last_resync < self.resync_interval:
-            self.stats.resyncs_suppressed += 1
-            return
-        st.last_resync = now
-        self.stats.resyncs += 1
-        if self.on_resync is not None:
-            self.on_resync(conn, st.asset)
+        """Check the deferred hashes now; returns how many were checked."""
+        return self.hashes.run()
 
     def _book(self, conn: str, ev: BookEvent) -> None:
         st = self.assets.get(ev.asset_id)
@@ -586,8 +567,7 @@ class Router:
         if snap_bids is None or snap_asks is None or ts_ns is None:
             self._bad_value(st.asset, "book", "level or timestamp")
             return
-        if self._pending_checks:
-            self._pending_checks.pop(st.asset, None)
+        self.hashes.cancel(st.asset)
         if ev.market:
             st.market = ev.market
         book = st.book
@@ -599,15 +579,14 @@ class Router:
             book.min_order_size = ev.min_order_size
         if ev.neg_risk is not None:
             book.neg_risk = ev.neg_risk
-        if ev.hash and ev.hash == st.hash:
+        if ev.hash and ev.hash == st.hash and not st.stale:
             self.stats.unchanged_books += 1  # same state we already have (reconnect, resync)
             return
+        st.stale = False
         book.reset(((lv.price, lv.size) for lv in bids), ((lv.price, lv.size) for lv in asks))
         st.hash = ev.hash
         if self.verify_hashes and ev.hash:
-            self.stats.hash_checks += 1
-            if book.hash(st.market, st.asset, str(ev.timestamp)) != ev.hash:
-                self.stats.hash_mismatches += 1  # a resync would bring the same book: count only
+            self.hashes.on_book(st, str(ev.timestamp), ev.hash)  # pins a rule, never resyncs
         st.booked = True
         st.book_ns = ts_ns
         self._emit(
@@ -653,8 +632,7 @@ class Router:
             self._bad_value(st.asset, "trade", (ev.price, ev.size, ev.fee_rate_bps, ev.side, ev.timestamp))
             return
         st.book.last_trade_price = ev.price  # part of the hashed document
-        if self._pending_checks:
-            self._pending_checks.pop(st.asset, None)
+        self.hashes.cancel(st.asset)
         self._emit(
             f"md.trade.{st.asset}",
             Trade(
@@ -688,8 +666,7 @@ class Router:
             self._bad_value(st.asset, "tick_size_change", (ev.old_tick_size, ev.new_tick_size, ev.timestamp))
             return
         st.book.tick_size = ev.new_tick_size
-        if self._pending_checks:
-            self._pending_checks.pop(st.asset, None)
+        self.hashes.cancel(st.asset)
         self._emit(
             f"md.tick_size.{st.asset}",
             TickSizeChange(

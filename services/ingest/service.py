@@ -214,6 +214,8 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                     collector.foreign_discovered = sum(len(ids) for _, ids in res.open) - sum(
                         len(ids) for _, ids in opened
                     )
+                for token, (size, neg) in res.params.items():
+                    router.set_params([token], size, neg)
                 for market, ids in opened:
                     if cfg.max_assets and len(registry.records) >= cfg.max_assets:
                         break

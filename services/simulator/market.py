@@ -28,8 +28,13 @@ def price_str(tick: int) -> str:
 _COMPACT_JSON = msgspec.json.Encoder()
 
 
-def server_hash(doc: dict[str, Any]) -> str:
-    """SHA-1 of the compact JSON of the book in the server's key order, with ``hash`` empty.
+RULE_UNKNOWN = 0  # a rule ingest does not know (the server changed it): books unverifiable
+
+
+def server_hash(doc: dict[str, Any], fields: int = 10) -> str:
+    """SHA-1 of the compact JSON of the book in the server's key order, with ``hash`` empty: 10
+    fields (2026-05: with ``last_trade_price``) or 9 (2025-10: without); ``RULE_UNKNOWN`` hashes
+    the keys sorted instead, a rule no client reproduces.
 
     msgspec writes the same bytes as ``json.dumps(..., separators=(",", ":"))`` for these documents
     (strings and booleans; tested), 1.5x cheaper: the exchange's stand-in should take little CPU.
@@ -46,6 +51,10 @@ def server_hash(doc: dict[str, Any]) -> str:
         "neg_risk": doc.get("neg_risk", False),
         "last_trade_price": doc.get("last_trade_price", ""),
     }
+    if fields == 9:
+        del ordered["last_trade_price"]
+    elif fields == RULE_UNKNOWN:
+        ordered = dict(sorted(ordered.items()))
     return hashlib.sha1(_COMPACT_JSON.encode(ordered)).hexdigest()
 
 
@@ -81,16 +90,23 @@ class SimAsset:
             "hash": self.hash,
             "bids": bids,
             "asks": asks,
+            "min_order_size": self.market.min_order_size,
             "tick_size": "0.01",
+            "neg_risk": self.market.neg_risk,
             "last_trade_price": self.last_trade_price,
         }
 
-    def rehash(self, timestamp: str) -> None:
+    def rehash(self, timestamp: str, fields: int = 10) -> None:
         self.timestamp = timestamp
-        self.hash = server_hash(self.book_doc())
+        self.hash = server_hash(self.book_doc(), fields)
 
-    def book_event(self) -> dict[str, Any]:
-        return {"event_type": "book", **self.book_doc()}
+    def book_event(self, with_params: bool = False) -> dict[str, Any]:
+        """The book as the WebSocket sends it: like the real server, without ``min_order_size``
+        and ``neg_risk`` (REST and Gamma carry them) unless ``with_params``."""
+        doc = self.book_doc()
+        if not with_params:
+            del doc["min_order_size"], doc["neg_risk"]
+        return {"event_type": "book", **doc}
 
     def best(self) -> tuple[str, str]:
         m = self.market
@@ -111,14 +127,17 @@ class SimMarket:
     asks: dict[int, str] = field(default_factory=dict)
     closed: bool = False
     assets: list[SimAsset] = field(default_factory=list)
+    min_order_size: str = "5"
+    neg_risk: bool = False
 
 
 class MarketSim:
     """N assets (N/2 markets) with moving books. ``step`` makes one event, as the server's frames."""
 
-    def __init__(self, n_assets: int, *, seed: int = 1, depth: int = 10) -> None:
+    def __init__(self, n_assets: int, *, seed: int = 1, depth: int = 10, hash_fields: int = 10) -> None:
         self.rng = random.Random(seed)
         self.depth = depth
+        self.hash_fields = hash_fields  # the server's hash rule: 10, 9 or RULE_UNKNOWN; may change mid-run
         self.markets: list[SimMarket] = []
         self.assets: dict[str, SimAsset] = {}
         self._next_index = 0
@@ -130,7 +149,9 @@ class MarketSim:
         rng = self.rng
         i = self._next_index
         self._next_index += 1
-        m = SimMarket(i, "0x" + f"{rng.getrandbits(256):064x}", f"Will event {i} happen?")
+        m = SimMarket(
+            i, "0x" + f"{rng.getrandbits(256):064x}", f"Will event {i} happen?", neg_risk=i % 3 == 1
+        )
         mid = rng.randint(10, 90)
         for k in range(self.depth):
             if mid - 1 - k >= 1:
@@ -142,7 +163,7 @@ class MarketSim:
             a = SimAsset(asset_id, m, is_yes)
             m.assets.append(a)
             self.assets[asset_id] = a
-            a.rehash(timestamp)
+            a.rehash(timestamp, self.hash_fields)
         self.markets.append(m)
         self._open = None
         return m
@@ -160,7 +181,7 @@ class MarketSim:
             book[tick] = size
         entries = []
         for a in m.assets:
-            a.rehash(ts)
+            a.rehash(ts, self.hash_fields)
             # a YES bid is a NO ask at 1 - p
             is_buy = yes_bid_side if a.is_yes else not yes_bid_side
             p = tick if a.is_yes else TICKS - tick
@@ -284,4 +305,7 @@ class MarketSim:
             "active": True,
             "closed": m.closed,
             "endDate": "2030-01-01T00:00:00Z",
+            "orderMinSize": int(m.min_order_size),
+            "orderPriceMinTickSize": 0.01,
+            "negRisk": m.neg_risk,
         }

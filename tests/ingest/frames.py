@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.ingest.router import Router
+    from services.simulator.market import MarketSim
+
 ASSET = "65818619657568813474341868652308942079804919287380422192892211131408793125422"
 ASSET_NO = "52114319501245915516055106046884209969926127482827954674443846427813813222426"
 MARKET = "0xbd31dc8a20211944f6b70f31557f1001557b59905b7738480ca09bd4532f84af"
@@ -64,3 +70,9 @@ MARKET_RESOLVED = (
     '"winning_outcome":"Yes","event_message":{"id":"125819","ticker":"nvda-above-in-january-2026"},'
     '"timestamp":"1766790415550","event_type":"market_resolved"}'
 )
+
+
+def gamma_params(router: Router, sim: MarketSim) -> None:
+    """What Gamma discovery tells the router: the fields the simulator's WebSocket books omit."""
+    for m in sim.markets:
+        router.set_params([a.asset_id for a in m.assets], m.min_order_size, m.neg_risk)

@@ -10,6 +10,7 @@ from services.ingest.router import Router
 from services.simulator.market import MarketSim
 from shared.clock import FakeClock
 from shared.messages import BookChange, Message
+from tests.ingest import frames
 from tests.ingest.test_router import feed
 
 Out = list[tuple[str, Message]]
@@ -45,6 +46,7 @@ def make(**kw: object) -> tuple[Router, Out, Loop, list[str]]:
 
 def start(sim: MarketSim, router: Router) -> None:
     router.assign(sim.assets, "c1")
+    frames.gamma_params(router, sim)
     router.handle_frame("c1", json.dumps([a.book_event() for a in sim.assets.values()]))
 
 
@@ -62,9 +64,9 @@ def test_bursts_of_the_simulators_stream_verify_after_publishing() -> None:
         assert order[-1:] != [f"flush after {len(out)}"]  # nothing checked yet: the burst is not over
         loop.turn()
         assert order[-1] == f"flush after {len(out)}"  # everything routed was flushed, then checked
-    s = router.stats
-    assert s.hash_mismatches == 0 and s.resyncs == 0
-    assert 0 < s.hash_checks < changes  # an asset changed twice in a burst is hashed once
+    s = router.hashes.stats
+    assert s.mismatches == 0 and s.resyncs == 0
+    assert 0 < s.checks < changes  # an asset changed twice in a burst is hashed once
     for asset_id, a in sim.assets.items():  # and the books are exact
         bids, asks = a.levels()
         local = router.assets[asset_id].book
@@ -77,13 +79,13 @@ def test_a_wrong_book_is_found_at_the_end_of_the_burst_and_resynced_once() -> No
     sim = MarketSim(2, seed=3)
     router, _, loop, _ = make(clock=FakeClock(), on_resync=lambda c, a: asked.append((c, a)))
     start(sim, router)
-    books = router.stats.hash_checks
+    books = router.hashes.stats.checks
     for st in router.assets.values():
-        st.book.bids["0.001"] = "1"  # our local books drifted: every change mismatches
+        st.book.apply(True, "0.001", "1")  # our local books drifted: every change mismatches
     feed(sim, router, ["c1"], 40, 1_700_000_000_000)
-    assert router.stats.hash_mismatches == 0 and asked == []
+    assert router.hashes.stats.mismatches == 0 and asked == []
     loop.turn()
-    assert router.stats.hash_checks - books == 2 and router.stats.hash_mismatches == 2  # once an asset
+    assert router.hashes.stats.checks - books == 2 and router.hashes.stats.mismatches == 2  # once an asset
     assert sorted(a for _, a in asked) == sorted(sim.assets)
 
 
@@ -91,7 +93,7 @@ def test_a_trade_or_a_book_in_between_cancels_the_pending_check() -> None:
     sim = MarketSim(2, seed=5)
     router, _, loop, _ = make()
     start(sim, router)
-    books = router.stats.hash_checks
+    books = router.hashes.stats.checks
     yes = sim.markets[0].assets[0]
     feed(sim, router, ["c1"], 1, 1_700_000_000_000)  # a change: its check is pending
     # a trade changes last_trade_price, part of the hashed document: the change's hash no longer
@@ -109,17 +111,17 @@ def test_a_trade_or_a_book_in_between_cancels_the_pending_check() -> None:
             a.rehash("1700000000002")
             router.handle_frame("c1", json.dumps([a.book_event()]))
     loop.turn()
-    assert router.stats.hash_checks - books == 1  # the new book, checked as it came; no change
-    assert router.stats.hash_mismatches == 0
+    assert router.hashes.stats.checks - books == 1  # the new book, checked as it came; no change
+    assert router.hashes.stats.mismatches == 0
 
 
 def test_released_assets_are_not_checked() -> None:
     sim = MarketSim(2, seed=5)
     router, _, loop, _ = make()
     start(sim, router)
-    checks = router.stats.hash_checks
+    checks = router.hashes.stats.checks
     feed(sim, router, ["c1"], 5, 1_700_000_000_000)
     router.release(list(sim.assets))
-    assert router.run_checks() == 0 and router.stats.hash_checks == checks
+    assert router.run_checks() == 0 and router.hashes.stats.checks == checks
     loop.turn()  # the scheduled run finds nothing left
-    assert router.stats.hash_checks == checks
+    assert router.hashes.stats.checks == checks

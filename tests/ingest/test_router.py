@@ -124,10 +124,11 @@ def test_hashes_verify_against_simulator_stream() -> None:
     sim = MarketSim(20, seed=7)
     router, _out = make(verify_hashes=True)
     router.assign(sim.assets, "c1")
+    frames.gamma_params(router, sim)
     router.handle_frame("c1", json.dumps([a.book_event() for a in sim.assets.values()]))
     feed(sim, router, ["c1"], 3000, 1_700_000_000_000)
-    s = router.stats
-    assert s.hash_checks > 3000 and s.hash_mismatches == 0 and s.resyncs == 0
+    s = router.hashes.stats
+    assert s.checks > 3000 and s.mismatches == 0 and s.resyncs == 0 and s.unverifiable == 0
     # the local books equal the simulator's books
     for asset_id, a in sim.assets.items():
         bids, asks = a.levels()
@@ -142,14 +143,15 @@ def test_hash_mismatch_resyncs_rate_limited() -> None:
     sim = MarketSim(2, seed=3)
     router, _ = make(clock=clock, resync_interval=30.0, on_resync=lambda c, a: asked.append((c, a)))
     router.assign(sim.assets, "c1")
+    frames.gamma_params(router, sim)
     router.handle_frame("c1", json.dumps([a.book_event() for a in sim.assets.values()]))
     # corrupt our local books: every following change mismatches
     for st in router.assets.values():
-        st.book.bids["0.001"] = "1"
+        st.book.apply(True, "0.001", "1")
     feed(sim, router, ["c1"], 50, 1_700_000_000_000)
-    assert router.stats.hash_mismatches >= 50
+    assert router.hashes.stats.mismatches >= 50
     assert len(asked) == 2 and {a for _, a in asked} == set(sim.assets)  # once per asset
-    assert router.stats.resyncs_suppressed > 0
+    assert router.hashes.stats.resyncs_suppressed > 0
     clock.advance(31)
     feed(sim, router, ["c1"], 50, 1_700_000_001_000)
     assert len(asked) == 4
