@@ -11,19 +11,28 @@ A second table, ``detector_state``, keeps one row per (symbol, timeframe): the d
 :class:`~services.registry.detectors.PairState` (open candle, closed-candle window, last closed
 bucket). The service hands it a few symbols' states at a time (see its detector-state loop); each
 flush writes what it was handed with the zones' changes in one transaction.
+
+A write that fails (disk full, database locked by another process) is rolled back and loses
+nothing: every change stays pending and is written by a later flush, newer changes of the same
+zone or pair replacing older ones. Failures are counted (:attr:`ZoneStore.failures`) and logged
+rate-limited; after one, flushes wait ``retry_interval`` before trying again, so that a full disk
+does not cost every batch of events a failed transaction. :meth:`ZoneStore.close` tries once more
+and says how many changes were not written.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
 from services.registry.detectors import PairState
 from shared.messages import Zone
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.registry.store")
 
@@ -35,10 +44,21 @@ StateKey = tuple[str, str]  # (symbol, timeframe)
 
 
 class ZoneStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 0.05,
+        retry_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``busy_timeout``: how long a write waits for another connection's lock before it fails
+        (the event loop waits with it: sqlite3's default of 5 s would stall every publish)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None)
+        self.retry_interval = retry_interval
+        self.clock = clock
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
@@ -53,6 +73,10 @@ class ZoneStore:
         self.corrupt = 0
         self.corrupt_states = 0
         self.writes = 0
+        self.failures = 0  # flushes that failed and kept their changes
+        self.failing = False
+        self._retry_at = 0.0
+        self.fail_log = RateLimitedLog(log, level=logging.ERROR, clock=clock)
 
     def load(self) -> list[Zone]:
         """Every stored zone; rows that do not decode are counted, logged and skipped."""
@@ -103,34 +127,78 @@ class ZoneStore:
     def pending(self) -> int:
         return len(self._dirty) + len(self._removed) + len(self._states) + len(self._states_removed)
 
-    def flush(self) -> int:
-        """Write what changed since the last flush in one transaction; returns rows written."""
+    def flush(self, *, force: bool = False) -> int:
+        """Write what changed since the last good flush in one transaction; returns rows written.
+
+        On failure everything stays pending (see the module's doc); ``force`` ignores the wait
+        between retries.
+        """
         rows = self.pending
-        if not rows:
+        if not rows or (not force and self.failing and self.clock() < self._retry_at):
             return 0
-        dirty, removed = self._dirty, self._removed
-        states, states_removed = self._states, self._states_removed
-        self._dirty, self._removed, self._states, self._states_removed = {}, set(), {}, set()
         db = self._db
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT OR REPLACE INTO zones (id, body) VALUES (?, ?)",
-                [(zid, _ENCODE(z)) for zid, z in dirty.items()],
+                [(zid, _ENCODE(z)) for zid, z in self._dirty.items()],
             )
-            db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in removed])
+            db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in self._removed])
             db.executemany(
                 "INSERT OR REPLACE INTO detector_state (symbol, timeframe, body) VALUES (?, ?, ?)",
-                [(sym, tf, _ENCODE(st)) for (sym, tf), st in states.items()],
+                [(sym, tf, _ENCODE(st)) for (sym, tf), st in self._states.items()],
             )
-            db.executemany("DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", states_removed)
+            db.executemany(
+                "DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", self._states_removed
+            )
             db.execute("COMMIT")
+        except Exception as exc:  # disk full, locked, I/O error: nothing written, nothing dropped
+            self._rollback()
+            self.failures += 1
+            self.failing = True
+            self._retry_at = self.clock() + self.retry_interval
+            self.fail_log(
+                "write",
+                "store write to %s failed (%s): %d change(s) kept, retried in %.1f s",
+                self.path,
+                exc,
+                rows,
+                self.retry_interval,
+            )
+            return 0
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
+        self._dirty, self._removed, self._states, self._states_removed = {}, set(), {}, set()
+        if self.failing:
+            self.failing = False
+            log.warning("store %s writable again: %d pending change(s) written", self.path, rows)
         self.writes += rows
         return rows
 
-    def close(self) -> None:
-        self.flush()
+    def _rollback(self) -> None:
+        if not self._db.in_transaction:  # SQLite already rolled back (e.g. on SQLITE_FULL)
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("store %s: ROLLBACK failed: %s", self.path, exc)
+
+    def close(self) -> int:
+        """A last flush, tried now; returns how many changes were not written (and logs them)."""
+        self.flush(force=True)
+        lost = self.pending
+        if lost:
+            log.error(
+                "store %s: %d change(s) not written at shutdown (%d zone(s), %d removal(s), "
+                "%d detector state(s), %d state removal(s)): they are lost",
+                self.path,
+                lost,
+                len(self._dirty),
+                len(self._removed),
+                len(self._states),
+                len(self._states_removed),
+            )
+        self.fail_log.flush()
         self._db.close()
+        return lost
