@@ -105,11 +105,15 @@ class RegistryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     detector_state_interval: Duration = Duration(0.1)
     detector_state_batch: Annotated[int, msgspec.Meta(ge=1)] = 25  # symbols per write
     restore_expire_delay: Duration = Duration(2.0)  # after a restart, before overdue zones expire
+    # How far past now a detector event's (or a price's) time may lie: clock skew, not the future.
+    future_horizon: Duration = Duration(86400.0)
     pools: dict[str, Any] = msgspec.field(default_factory=lambda: dict(DEFAULT_POOLS))
     detectors: DetectorsConfig = msgspec.field(default_factory=DetectorsConfig)
 
     def __post_init__(self) -> None:
         parsed = parse_pools(self.pools)
+        if self.future_horizon > 7 * 86400:
+            raise ValueError("future_horizon: at most 7d (the timing wheel's horizon)")
         for tf in self.detectors.timeframes:
             if tf not in parsed.timeframes:
                 raise ValueError(f"detectors.timeframes: {tf!r} is not a timeframe in pools")

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 from services.registry.detectors import Detectors
 from services.registry.registry import Registry
 from services.registry.store import ZoneStore
+from services.registry.validate import EVENT_REASONS, PRICE_REASONS
 
 P = "poolwire_registry"
 
@@ -21,11 +22,18 @@ class RegistryCollector(Collector):
         detectors: Detectors | None,
         store: ZoneStore | None,
         extra: Callable[[], dict[str, int]] | None = None,
+        *,
+        prices_refused: Callable[[], dict[str, int]] | None = None,
+        snapshot_bad_requests: Callable[[], int] | None = None,
     ) -> None:
+        """``extra``: the service's refusals of detector events by reason, added to the core's;
+        ``prices_refused``: prices the detectors could not take, by reason."""
         self.registry = registry
         self.detectors = detectors
         self.store = store
         self.extra = extra
+        self.prices_refused = prices_refused
+        self.snapshot_bad_requests = snapshot_bad_requests
 
     def collect(self) -> Iterable[Metric]:
         reg = self.registry
@@ -72,14 +80,32 @@ class RegistryCollector(Collector):
         yield GaugeMetricFamily(f"{P}_size", "len(registry): every zone held, grace included", value=len(reg))
 
         rejected = CounterMetricFamily(
-            f"{P}_detector_events_rejected", "Detector events rejected", labels=["reason"]
+            f"{P}_detector_events_rejected",
+            "Detector events (and detections) refused, by reason; weak ones are not created",
+            labels=["reason"],
         )
-        for reason, n in dict(st.rejected).items():
+        reasons = dict.fromkeys(EVENT_REASONS, 0)
+        for by_reason in (dict(st.rejected), self.extra() if self.extra is not None else {}):
+            for reason, n in by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        for reason, n in reasons.items():
             rejected.add_metric([reason], n)
-        if self.extra is not None:
-            for reason, n in self.extra().items():
-                rejected.add_metric([reason], n)
         yield rejected
+        if self.prices_refused is not None:
+            refused = CounterMetricFamily(
+                f"{P}_prices_refused",
+                "Prices skipped before the detectors and zones saw them, by reason",
+                labels=["reason"],
+            )
+            for reason, n in {**dict.fromkeys(PRICE_REASONS, 0), **self.prices_refused()}.items():
+                refused.add_metric([reason], n)
+            yield refused
+        if self.snapshot_bad_requests is not None:
+            yield CounterMetricFamily(
+                f"{P}_snapshot_bad_requests",
+                "Malformed snapshot requests skipped (garbage, wrong frame count, wrong type)",
+                value=self.snapshot_bad_requests(),
+            )
         yield CounterMetricFamily(
             f"{P}_duplicates", "Repeated detections of a known zone", value=st.duplicates
         )
@@ -111,6 +137,14 @@ class RegistryCollector(Collector):
                 f"{P}_store_rows_written", "Rows written to the store", value=self.store.writes
             )
             yield GaugeMetricFamily(f"{P}_store_pending", "Changes not yet written", value=self.store.pending)
+            yield CounterMetricFamily(
+                f"{P}_store_write_failures",
+                "Store writes that failed (disk full, locked): their changes are kept and retried",
+                value=self.store.failures,
+            )
+            yield GaugeMetricFamily(
+                f"{P}_store_failing", "1 while the last store write failed", value=int(self.store.failing)
+            )
             corrupt = CounterMetricFamily(
                 f"{P}_store_corrupt_rows", "Stored rows that did not decode, skipped", labels=["table"]
             )

@@ -11,16 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from pathlib import Path
 
 from prometheus_client import Histogram
 
 from services.registry.config import RegistryConfig
 from services.registry.detectors import Detection, Detectors
+from services.registry.logs import RateLimitFilter
 from services.registry.metrics import RegistryCollector
 from services.registry.registry import Registry
+from services.registry.restore import restore_detectors, stored_zones
 from services.registry.store import ZoneStore
-from services.registry.zones import ZoneError, timeframe_ns
+from services.registry.validate import (
+    MAX_TTL_NS,
+    MIN_TIME_NS,
+    Limits,
+    Refusal,
+    check_event,
+    check_price_input,
+)
+from services.registry.zones import NS, ZoneError, timeframe_ns
 from shared.bus import Publisher, Puller, Subscriber
 from shared.constants import PX, zone_topic
 from shared.messages import (
@@ -34,6 +45,7 @@ from shared.messages import (
     ZoneSnapshotItem,
     ZoneTouched,
 )
+from shared.ratelog import RateLimitedLog
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
 
@@ -55,7 +67,19 @@ class RegistryService:
         self.clock = ctx.clock
         self.pools = cfg.parsed_pools()
         self.registry = Registry(self.pools.rules(), self.clock.time_ns())
-        self.store = ZoneStore(Path(ctx.common.data_dir) / cfg.store) if cfg.store else None
+        self.limits = Limits(
+            timeframes=frozenset(self.pools.timeframes),
+            horizon_ns=int(cfg.future_horizon * NS),
+            max_ttl_ns=max(MAX_TTL_NS, *(int(p.ttl * NS) for p in self.pools.timeframes.values())),
+        )
+        # Bad input is logged through one rate-limited log (shared/'s per-frame warnings too).
+        self.skip_log = RateLimitedLog(log, clock=self.clock.monotonic)
+        self.log_filter = RateLimitFilter(self.skip_log)
+        self.store = (
+            ZoneStore(Path(ctx.common.data_dir) / cfg.store, clock=self.clock.monotonic)
+            if cfg.store
+            else None
+        )
         self.detectors: Detectors | None = None
         if cfg.detectors.enabled:
             tfs = cfg.detectors.timeframes or list(self.pools.timeframes)
@@ -64,8 +88,9 @@ class RegistryService:
             )
             if self.store is not None:  # before the SUB below connects: no tick meets empty candles
                 restore_detectors(self.detectors, self.store)
-        self.bad_events: dict[str, int] = {}
-        self._logged_bad = 0
+        self.bad_events: dict[str, int] = {}  # detector events refused, by reason
+        self.prices_refused: dict[str, int] = {}
+        self._symbols_ok: set[str] = set()  # symbols whose names passed the checks (the hot path)
         self._wake = asyncio.Event()
         self._planned_wake_ns = 0
         self.processing = Histogram(
@@ -81,9 +106,14 @@ class RegistryService:
             registry=ctx.metrics,
             buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
         )
-        ctx.metrics.register(
-            RegistryCollector(self.registry, self.detectors, self.store, lambda: self.bad_events)
+        collector = RegistryCollector(
+            self.registry,
+            self.detectors,
+            self.store,
+            lambda: self.bad_events,
+            prices_refused=lambda: self.prices_refused,
         )
+        ctx.metrics.register(collector)
         self.pub = Publisher(
             cfg.pub, service="registry", clock=self.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
@@ -98,6 +128,7 @@ class RegistryService:
             publisher_id=self.pub.publisher_id,
             max_message_size=ctx.common.max_message_size,
         )
+        collector.snapshot_bad_requests = lambda: self.snapshots.bad_requests
 
     # ------------------------------------------------------------------------------------------
     def emit(self) -> int:
@@ -120,6 +151,14 @@ class RegistryService:
             # sees a zone that a registry killed right after would forget.
             self.flush_store()
         return len(events)
+
+    def emit_safely(self) -> int:
+        """:meth:`emit` for the loops: an exception (a bug) is counted and logged, never the end."""
+        try:
+            return self.emit()
+        except Exception:
+            self.internal(self.bad_events, "the zone events")
+            return 0
 
     def flush_store(self, *, detector_symbols: int | None = 0) -> None:
         """One transaction: the zones' changes, and the changed candles of ``detector_symbols``
@@ -150,9 +189,18 @@ class RegistryService:
 
     def bad(self, reason: str, detail: str) -> None:
         self.bad_events[reason] = self.bad_events.get(reason, 0) + 1
-        self._logged_bad += 1
-        if self._logged_bad <= 20 or self._logged_bad % 1000 == 0:
-            log.warning("rejected a detector event (%s): %s [%d so far]", reason, detail, self._logged_bad)
+        self.skip_log(reason, "refused a detector event (%s): %s", reason, detail)
+
+    def refuse_price(self, refusal: Refusal) -> None:
+        reason = refusal.reason
+        self.prices_refused[reason] = self.prices_refused.get(reason, 0) + 1
+        self.skip_log(f"price_{reason}", "skipped a price (%s): %s", reason, refusal.detail)
+
+    def internal(self, counts: dict[str, int], what: str) -> None:
+        """An exception from handling one input (a bug): counted, logged with its traceback, and
+        the next input is handled."""
+        counts["internal"] = counts.get("internal", 0) + 1
+        self.skip_log("internal", "handling %s raised; skipped:\n%s", what, traceback.format_exc())
 
     def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
         ttl = d.ttl_ns if isinstance(d, DetectorEvent) else 0
@@ -160,31 +208,47 @@ class RegistryService:
             self.registry.create(
                 d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns, ttl_ns=ttl
             )
-        except ZoneError as exc:
-            self._logged_bad += 1
-            if self._logged_bad <= 20 or self._logged_bad % 1000 == 0:
-                log.warning("rejected a zone (%s): %s", exc.reason, exc)
+        except ZoneError as exc:  # counted by the core
+            self.skip_log(exc.reason, "refused a zone (%s): %s", exc.reason, exc)
 
     # ------------------------------------------------------------------------------------------
     async def price_loop(self) -> None:
         reg = self.registry
         detectors = self.detectors
         clock = self.clock
+        symbols_ok = self._symbols_ok
+        horizon = self.limits.horizon_ns
         while True:
             batch = await self.sub.recv_batch()
             t0 = time.perf_counter()
             now = clock.time_ns()
+            latest = now + horizon
             oldest = 0
             for _, msg in batch:
                 if not isinstance(msg, Price):
                     continue
-                if detectors is not None:
-                    for d in detectors.on_price(msg.symbol, msg.event_ns or now, msg.price):
-                        self.create(d, now)
-                reg.on_price(msg.symbol, msg.price, now)
+                try:
+                    symbol, ev = msg.symbol, msg.event_ns
+                    timely = True
+                    if symbol not in symbols_ok or (ev and not MIN_TIME_NS <= ev <= latest):
+                        refusal = check_price_input(symbol, ev, now, self.limits)
+                        if refusal is not None:
+                            self.refuse_price(refusal)
+                            if refusal.reason != "bad_time":
+                                continue
+                            timely = False  # touches zones, but no candle at that time
+                        if len(symbols_ok) > 100_000:
+                            symbols_ok.clear()
+                        symbols_ok.add(symbol)
+                    if detectors is not None and timely:
+                        for d in detectors.on_price(symbol, ev or now, msg.price):
+                            self.create(d, now)
+                    reg.on_price(symbol, msg.price, now)
+                except Exception:
+                    self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
                 if oldest == 0 and msg.publish_ns:
                     oldest = msg.publish_ns
-            if self.emit() and oldest:
+            if self.emit_safely() and oldest:
                 self.event_latency.observe(max(0, clock.time_ns() - oldest) / 1e9)
             self.processing.labels("prices").observe(time.perf_counter() - t0)
 
@@ -194,14 +258,15 @@ class RegistryService:
             t0 = time.perf_counter()
             now = self.clock.time_ns()
             for msg in msgs:
-                if not isinstance(msg, DetectorEvent):
-                    self.bad("wrong_type", f"{type(msg).__name__} on the detector PULL socket")
-                    continue
-                if not msg.kind:
-                    self.bad("bad_kind", "empty kind")
-                    continue
-                self.create(msg, now)
-            self.emit()
+                try:
+                    refusal = check_event(msg, now, self.limits)
+                    if refusal is not None:
+                        self.bad(*refusal)
+                    elif isinstance(msg, DetectorEvent):
+                        self.create(msg, now)
+                except Exception:
+                    self.internal(self.bad_events, f"a {type(msg).__name__} from {msg.publisher[:128]!r}")
+            self.emit_safely()
             self.processing.labels("detector_events").observe(time.perf_counter() - t0)
 
     async def expiry_loop(self) -> None:
@@ -214,7 +279,7 @@ class RegistryService:
             if self.detectors is not None:
                 for d in self.detectors.on_time(now):
                     self.create(d, now)
-            self.emit()
+            self.emit_safely()
             self.processing.labels("expiry").observe(time.perf_counter() - t0)
             wake = now + int(interval * 1e9)
             nxt = self.registry.next_deadline_ns()
@@ -249,6 +314,11 @@ class RegistryService:
             await self.clock.sleep(interval)
             self.flush_store()
 
+    async def log_loop(self) -> None:
+        while True:
+            await self.clock.sleep(1.0)
+            self.skip_log.flush()
+
     async def detector_state_loop(self) -> None:
         cfg = self.ctx.config
         while True:
@@ -259,10 +329,12 @@ class RegistryService:
     async def run(self) -> None:
         ctx = self.ctx
         now = self.clock.time_ns()
+        self.log_filter.install()
         self.pub.start()
         self.snapshots.start()
         if self.store is not None:
-            restored = self.registry.restore(self.store.load(), now)
+            zones = stored_zones(self.store, now, self.limits, self.skip_log)
+            restored = self.registry.restore(zones, now)
             nxt = self.registry.next_deadline_ns()
             overdue = nxt is not None and nxt <= now
             log.info("restored %d zone(s) from %s; some overdue: %s", restored, self.store.path, overdue)
@@ -274,6 +346,7 @@ class RegistryService:
             asyncio.create_task(self.price_loop(), name="prices"),
             asyncio.create_task(self.detector_loop(), name="detector-events"),
             asyncio.create_task(self.expiry_loop(), name="expiry"),
+            asyncio.create_task(self.log_loop(), name="skip-log"),
         ]
         if self.store is not None:
             tasks.append(asyncio.create_task(self.flush_loop(), name="store-flush"))
@@ -298,28 +371,9 @@ class RegistryService:
             if self.store is not None:
                 self.flush_store(detector_symbols=None)
                 self.store.close()
+            self.skip_log.flush()
+            self.log_filter.remove()
             log.info("stopped with %d zone(s) held", len(self.registry))
-
-
-def restore_detectors(detectors: Detectors, store: ZoneStore) -> None:
-    """Continue the candles stored by the last run; states that do not fit the config are deleted."""
-    report = detectors.restore(store.load_detector_state())
-    for d in report.dropped[:20]:
-        log.warning("stored detector state of %s %s dropped: %s", d.symbol, d.timeframe, d.reason)
-    store.states_removed((d.symbol, d.timeframe) for d in report.dropped)
-    if report.resized:
-        log.info(
-            "detectors.swing_bars is now %d: %d restored window(s) kept for another value were resized",
-            detectors.swing_bars,
-            report.resized,
-        )
-    log.info(
-        "restored the candles of %d (symbol, timeframe) pair(s) from %s; %d dropped, %d corrupt",
-        report.restored,
-        store.path,
-        len(report.dropped),
-        store.corrupt_states,
-    )
 
 
 async def main(ctx: ServiceContext[RegistryConfig]) -> None:

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from services.registry.detectors import CandleState, Detection, Detectors, PairState
-from services.registry.service import restore_detectors
+from services.registry.restore import restore_detectors
 from services.registry.store import ZoneStore
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 

@@ -117,7 +117,9 @@ async def test_a_detector_event_sets_its_own_ttl_and_a_bad_one_is_counted(tmp_pa
             assert own.zone.expires_ns == now + 90 * S
             assert configured.zone.expires_ns == now + 7200 * S
             text = await asyncio.to_thread(scrape, cfg["metrics_port"])
-            assert metric(text, "poolwire_registry_detector_events_rejected_total", reason="bad_ttl") == 2
+            # a negative ttl_ns is outside the schema's bounds (a decode error); 8 days is registry's refusal
+            assert metric(text, "poolwire_bus_decode_errors_total", socket="pull") == 1
+            assert metric(text, "poolwire_registry_detector_events_rejected_total", reason="bad_ttl") == 1
             assert metric(text, "poolwire_registry_zones_created_total", timeframe="H1") == 2
         rc, _ = stop(proc)
         assert rc == 0
