@@ -24,8 +24,8 @@ DEFAULT_HORIZON_NS = 86400 * NS
 # Above any price a pool can have (Uniswap's TickMath tops out near 3.4e38 in raw units), and far
 # enough from float's end (1.8e308) that a zone's reach (top + tolerance) stays finite.
 MAX_PRICE = 1e40
-# Control characters would reach topics and log lines verbatim.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters (C0, DEL, C1) and Unicode line breaks would reach topics and log lines verbatim.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Every reason a detector event is refused for, exported at 0 from the start.
 EVENT_REASONS = (
