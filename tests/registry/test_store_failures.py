@@ -5,17 +5,23 @@ failed holds."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from services.registry.detectors import CandleState, PairState
 from services.registry.store import ZoneStore
-from shared.messages import Zone
+from shared.bus import Pusher, Subscriber
+from shared.messages import DetectorEvent, Zone, ZoneCreated, ZoneSnapshotItem
+from shared.snapshot import request_snapshot
+from tests.helpers import spawn
+from tests.registry.test_service import metric, scrape, stop, wait_for, write_config
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -164,3 +170,75 @@ def test_a_final_flush_that_fails_says_how_many_changes_were_not_written(
         release()
     assert "65 change(s) not written at shutdown" in caplog.text
     assert len(contents(tmp_path / "registry.sqlite")[0]) == 20
+
+
+async def test_the_service_keeps_publishing_while_its_store_is_locked_and_writes_everything_after(
+    tmp_path: Path,
+) -> None:
+    path, cfg = write_config(tmp_path, store_flush_interval="100ms")
+    db_path = tmp_path / "data" / "registry.sqlite"
+    port = cfg["metrics_port"]
+
+    async def figures_until(name: str, ok: Callable[[float], bool], sub: Subscriber) -> str:
+        """/metrics once ``name`` satisfies ``ok``: checked after each of the registry's heartbeats."""
+        async with asyncio.timeout(15):
+            while True:
+                text = await asyncio.to_thread(scrape, port)
+                if ok(metric(text, name)):
+                    return text
+                await sub.recv_batch(timeout=1.0)
+
+    def event(symbol: str) -> DetectorEvent:
+        return DetectorEvent(detector="t", symbol=symbol, timeframe="H1", kind="custom", top=0.9, bottom=0.5)
+
+    with spawn("-m", "services.registry", "--config", str(path)) as proc:
+        async with Subscriber(cfg["pub"], ("zone.", "registry.")) as sub:
+            await sub.wait_for_publisher("registry", timeout=15)
+            pusher = Pusher(cfg["pull"], sender="test")
+            lock = sqlite3.connect(str(db_path), isolation_level=None)
+            try:
+                await pusher.send(event("pm.before"))
+                await wait_for(sub, ZoneCreated, symbol="pm.before")
+                lock.execute("BEGIN EXCLUSIVE")  # another process holds the database
+                for i in range(5):
+                    await pusher.send(event(f"pm.locked.{i}"))
+                for i in range(5):  # still published while nothing can be written
+                    await wait_for(sub, ZoneCreated, symbol=f"pm.locked.{i}")
+                text = await figures_until(
+                    "poolwire_registry_store_write_failures_total", lambda v: v >= 1, sub
+                )
+                assert metric(text, "poolwire_registry_store_failing") == 1
+                assert metric(text, "poolwire_registry_store_pending") >= 5
+                assert stored_ids(db_path) == {z.id for z in await active(cfg)} - locked_ids(
+                    await active(cfg)
+                )
+                lock.execute("COMMIT")  # writable again: everything pending is written
+                await figures_until("poolwire_registry_store_pending", lambda v: v == 0, sub)
+                assert stored_ids(db_path) == {z.id for z in await active(cfg)}
+
+                # At shutdown with the database locked: the final flush says what it could not write.
+                lock.execute("BEGIN EXCLUSIVE")
+                await pusher.send(event("pm.last"))
+                await wait_for(sub, ZoneCreated, symbol="pm.last")
+                rc, _ = stop(proc)
+                assert rc == 0
+                _, err = proc.communicate(timeout=10)
+                assert "change(s) not written at shutdown" in err
+            finally:
+                pusher.close()
+                if lock.in_transaction:
+                    lock.execute("COMMIT")
+                lock.close()
+
+
+async def active(cfg: dict[str, Any]) -> list[Zone]:
+    _, items = await request_snapshot(cfg["snapshot"], timeout=5)
+    return [i.zone for i in items if isinstance(i, ZoneSnapshotItem)]
+
+
+def locked_ids(zones: list[Zone]) -> set[str]:
+    return {z.id for z in zones if z.symbol.startswith("pm.locked.")}
+
+
+def stored_ids(path: Path) -> set[str]:
+    return {zid for zid, _ in contents(path)[0]}
