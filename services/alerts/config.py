@@ -62,6 +62,8 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     results: Endpoint = tcp("alerts", "results")  # sink PULL (bound)
     metrics_port: Port = PORTS["alerts"]["metrics"]
     metrics_host: str = "127.0.0.1"
+    # `python -m services.alerts.worker` (supervising alerts.workers) serves its workers' exits here
+    worker_metrics_port: Port = 9106
 
     store: Literal["sqlite", "redis"] = "sqlite"
     sqlite_path: str = ""  # default: <common.data_dir>/alerts.sqlite3

@@ -1,20 +1,27 @@
 """The ventilator's bookkeeping: queue, jobs in flight, deadlines, one retry, then failure.
 
-Pure: the service pushes what :meth:`Dispatcher.ready` returns and feeds back results and time.
-A job that times out (crashed or hung worker) or fails is retried once with ``attempt`` 2; if that
-also fails it is counted as failed. A result for a job no longer in flight (the first attempt
-answering after its retry went out, or a job answered twice) is dropped and counted as late.
+Pure: the service gives :meth:`Dispatcher.send_ready` its send function and feeds back results
+and time. A job leaves the queue only when its send succeeded, so a full socket (no worker
+connected yet, all busy) leaves every unsent job queued, in order. A job that times out (crashed
+or hung worker) or fails is retried once with ``attempt`` 2; if that also fails it is counted as
+failed. ``job.attempt`` is the attempt last sent until the retry goes out, so a log line about a
+timeout names the attempt that timed out.
+
+Results are checked against what is in flight: a result for a job that recently left flight (the
+first attempt answering after its retry went out, a job answered twice) is *late*; one for a job
+never sent here, or naming another strategy than its job's, is *refused* (``refused`` counts by
+reason) and changes nothing.
 """
 
-from __future__ import annotations
-
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from shared.messages import JobResult, StrategyJob
 
-Status = Literal["done", "retry", "failed", "late"]
+Status = Literal["done", "retry", "failed", "late", "refused", "deferred"]
+RECENT_IDS = 100_000  # ids of jobs that left flight, remembered to tell a late result from a stranger
 
 
 @dataclass(slots=True)
@@ -44,46 +51,81 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.max_in_flight = max_in_flight
         self.stats = DispatchStats()
-        self.queue: deque[tuple[StrategyJob, int | None]] = deque()  # (job, first sent ns)
+        # (job, first sent ns, the attempt it goes out as)
+        self.queue: deque[tuple[StrategyJob, int | None, int]] = deque()
         self.in_flight: dict[str, InFlight] = {}
+        self.refused: Counter[str] = Counter()  # results refused, by reason
+        self._recent: dict[str, None] = {}
 
     def submit(self, job: StrategyJob, *, recovered: bool = False) -> None:
         self.stats.submitted += 1
         if recovered:
             self.stats.recovered += 1
-        self.queue.append((job, None))
+        self.queue.append((job, None, job.attempt))
 
-    def ready(self, now_ns: int) -> list[StrategyJob]:
-        """Jobs to push now (they are in flight from here on)."""
-        out = []
-        while self.queue and len(self.in_flight) < self.max_in_flight:
-            job, first = self.queue.popleft()
+    def send_ready(self, now_ns: int, send: Callable[[StrategyJob], bool]) -> int:
+        """Send queued jobs while there is room in flight and ``send`` succeeds; returns how many
+        went out (in flight from here on). The job ``send`` refused, and all after it, stay queued."""
+        n = 0
+        queue = self.queue
+        while queue and len(self.in_flight) < self.max_in_flight:
+            job, first, attempt = queue[0]
+            job.attempt = attempt
+            if not send(job):
+                break
+            queue.popleft()
             self.in_flight[job.job_id] = InFlight(
                 job, now_ns, now_ns + self.timeout_ns, now_ns if first is None else first
             )
+            n += 1
+        self.stats.sent += n
+        return n
+
+    def ready(self, now_ns: int) -> list[StrategyJob]:
+        """Every job there is room for, taken as sent."""
+        out: list[StrategyJob] = []
+
+        def take(job: StrategyJob) -> bool:
             out.append(job)
-        self.stats.sent += len(out)
+            return True
+
+        self.send_ready(now_ns, take)
         return out
 
-    def unsend(self, job: StrategyJob) -> None:
-        """The push did not go out (no room): back to the front of the queue."""
-        entry = self.in_flight.pop(job.job_id, None)
-        self.stats.sent -= 1
-        self.queue.appendleft((job, entry.first_sent_ns if entry else None))
+    def _leave(self, job_id: str) -> InFlight | None:
+        entry = self.in_flight.pop(job_id, None)
+        if entry is not None:
+            recent = self._recent
+            recent[job_id] = None
+            if len(recent) > RECENT_IDS:
+                del recent[next(iter(recent))]
+        return entry
 
     def _retry_or_fail(self, entry: InFlight) -> Status:
         job = entry.job
         if job.attempt >= self.max_attempts:
             self.stats.failed += 1
             return "failed"
-        job.attempt += 1
         self.stats.retried += 1
-        self.queue.appendleft((job, entry.first_sent_ns))
+        self.queue.appendleft((job, entry.first_sent_ns, job.attempt + 1))
         return "retry"
+
+    def check(self, result: JobResult) -> str | None:
+        """Why this result is refused (None: it answers a job in flight, or is late)."""
+        entry = self.in_flight.get(result.job_id)
+        if entry is None:
+            return None if result.job_id in self._recent else "unknown_job"
+        if result.strategy != entry.job.strategy:
+            return "strategy_mismatch"
+        return None
 
     def complete(self, result: JobResult, now_ns: int) -> tuple[Status, StrategyJob | None, int]:
         """A result arrived: (status, its job, latency ns from the first send)."""
-        entry = self.in_flight.pop(result.job_id, None)
+        reason = self.check(result)
+        if reason is not None:
+            self.refused[reason] += 1
+            return "refused", None, 0
+        entry = self._leave(result.job_id)
         if entry is None:
             self.stats.late += 1
             return "late", None, 0
@@ -94,12 +136,19 @@ class Dispatcher:
         self.stats.errors += 1
         return self._retry_or_fail(entry), entry.job, latency
 
+    def restore(self, job: StrategyJob, now_ns: int, latency_ns: int) -> None:
+        """A done result that could not be handled (store down): the job is in flight again, so the
+        same result, handled again later, completes it."""
+        self.stats.done -= 1
+        self.in_flight[job.job_id] = InFlight(job, now_ns, now_ns + self.timeout_ns, now_ns - latency_ns)
+        self._recent.pop(job.job_id, None)
+
     def expire(self, now_ns: int) -> list[tuple[Status, StrategyJob]]:
-        """Jobs past their deadline: retried once, then failed."""
+        """Jobs past their deadline: retried once, then failed. ``job.attempt`` is the one that timed out."""
         out: list[tuple[Status, StrategyJob]] = []
         expired = [e for e in self.in_flight.values() if e.deadline_ns <= now_ns]
         for entry in expired:
-            del self.in_flight[entry.job.job_id]
+            self._leave(entry.job.job_id)
             self.stats.timeouts += 1
             out.append((self._retry_or_fail(entry), entry.job))
         return out

@@ -9,13 +9,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from services.alerts.orderflow import COMPUTE_BUCKETS_NS, CacheStats
+from services.alerts.strategies import REFUSAL_REASONS
 from services.alerts.supervisor import WorkerPool
 
 if TYPE_CHECKING:
-    from services.alerts.service import Alerts
+    from services.alerts.core import Alerts
 
 NS = 1_000_000_000
 UNIVERSE_BUCKETS = (10.0, 100.0, 1000.0, float("inf"))
+RESULT_REFUSALS = ("unknown_job", "strategy_mismatch", "alert_strategy", "not_a_result")
+LOOP_TASKS = ("inputs", "ticker", "results", "cleanup", "summary")
 JOB_STATUSES = ("submitted", "sent", "done", "retried", "failed", "timeouts", "errors", "late", "recovered")
 
 
@@ -115,6 +118,43 @@ class AlertsCollector(Collector):
         yield counter(
             "skipped_messages", "Input messages skipped (unreadable or unexpected)", a.skipped_messages
         )
+        refused = CounterMetricFamily(
+            f"{p}_results_refused",
+            "Messages on the results socket refused: a result for no job in flight here (unknown_job), "
+            "of another strategy than its job's (strategy_mismatch), an alert of another strategy in a "
+            "result (alert_strategy), not a result (not_a_result)",
+            labels=["reason"],
+        )
+        for reason in RESULT_REFUSALS:
+            refused.add_metric([reason], a.dispatcher.refused[reason])
+        yield refused
+        wr = CounterMetricFamily(
+            f"{p}_worker_refusals",
+            "Jobs the workers refused to run, as their results report",
+            labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            wr.add_metric([reason], a.worker_refusals[reason])
+        yield wr
+        errs = CounterMetricFamily(
+            f"{p}_loop_errors",
+            "Errors the service's loops survived (store outages), retried",
+            labels=["task"],
+        )
+        for task in LOOP_TASKS:
+            errs.add_metric([task], a.loop_errors[task])
+        yield errs
+        yield counter(
+            "store_write_failures",
+            "Store writes that failed, kept and retried (SQLite)",
+            a.store.write_failures,
+        )
+        kept = GaugeMetricFamily(f"{p}_store_pending_writes", "Statements of failed writes not written yet")
+        kept.add_metric([], a.store.pending_writes())
+        yield kept
+        held = GaugeMetricFamily(f"{p}_results_deferred", "Results kept while the store fails")
+        held.add_metric([], len(a.deferred))
+        yield held
         if self.pool is not None:
             alive = GaugeMetricFamily(f"{p}_workers_alive", "Worker processes running")
             alive.add_metric([], self.pool.alive)

@@ -125,6 +125,7 @@ def adopted(
 
 class ThrottleStore(Protocol):
     name: str
+    write_failures: int  # writes that failed and are kept to retry (SQLite)
 
     def record_updates(self, updates: Mapping[str, int]) -> None:
         """Ticker -> time (ns) of its last update; an older time never replaces a newer one."""
@@ -184,6 +185,12 @@ class ThrottleStore(Protocol):
 
     def transaction(self) -> contextlib.AbstractContextManager[object]:
         """Group this instance's writes into one commit (SQLite; on Redis each one is atomic alone)."""
+
+    def retry_writes(self) -> bool:
+        """Write again what failed to be written (SQLite); True when nothing is left."""
+
+    def pending_writes(self) -> int:
+        """Statements kept after a failed write, not written yet."""
 
     def close(self) -> None:
         """Close; on Redis, release the lease (this instance's pending jobs are adoptable at once)."""

@@ -149,6 +149,7 @@ class RedisStore:
 
         self.large_universe = large_universe
         self.script_failures = 0
+        self.write_failures = 0  # SQLite's figure; a failed Redis call raises to its caller instead
         self.owner = uuid.uuid4().hex  # this instance, as the owner of the jobs it dispatches
         self.lease_ms = max(lease_ns // NS_PER_MS, 1)
         self._now_ms = 0  # the time of the last adopt_jobs (a claim's lease lasts from there)
@@ -353,6 +354,13 @@ class RedisStore:
 
     def transaction(self) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
+
+    def retry_writes(self) -> bool:
+        """Nothing is kept here: a failed Redis call raises, and its caller retries the work."""
+        return True
+
+    def pending_writes(self) -> int:
+        return 0
 
     def close(self) -> None:
         import redis

@@ -1,4 +1,12 @@
-"""The embedded default throttle store: working set in memory, written through to SQLite."""
+"""The embedded default throttle store: working set in memory, written through to SQLite.
+
+Memory is the truth while the service runs; SQLite is what the next start reads. A write that
+fails (disk full, another process holding a lock) is rolled back and kept: its statements are
+replayed, in order and ahead of any newer one, with every later commit and :meth:`retry_writes`,
+until one succeeds. Each failure is counted (``write_failures``) and logged rate-limited; the
+service goes on. Nothing is lost once writes succeed again, unless the service dies before that
+(then the next start sees the state of the last successful commit: as after a crash then).
+"""
 
 from __future__ import annotations
 
@@ -20,8 +28,12 @@ from services.alerts.store import (
     pack_jobs,
 )
 from shared.messages import StrategyJob
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.alerts.store")
+
+Op = tuple[str, list[tuple[Any, ...]]]  # one statement and its rows (executemany)
+BUSY_TIMEOUT_S = 0.1  # a locked database fails fast: the write is kept and retried, the loop not held
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ticker_updates (ticker TEXT PRIMARY KEY, ns INTEGER NOT NULL) WITHOUT ROWID;
@@ -44,12 +56,18 @@ class SqliteStore:
 
     name = "sqlite"
 
-    def __init__(self, path: str, *, large_universe: int = 1000) -> None:
+    def __init__(
+        self, path: str, *, large_universe: int = 1000, busy_timeout: float = BUSY_TIMEOUT_S
+    ) -> None:
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self.large_universe = large_universe
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.write_failures = 0  # commits that failed (their statements kept and retried)
+        self.ratelog = RateLimitedLog(log)
+        self._buffer: list[Op] | None = None  # statements of the transaction open
+        self._retry: list[Op] = []  # statements of failed commits, oldest first
+        self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -82,28 +100,73 @@ class SqliteStore:
         for job_id, batch in self._orphans:
             self._job_batch[job_id] = batch
             self._batch_left[batch] = self._batch_left.get(batch, 0) + 1
+        (top,) = self._db.execute(
+            "SELECT max(coalesce((SELECT max(batch) FROM job_batches), 0),"
+            " coalesce((SELECT max(batch) FROM pending_jobs), 0))"
+        ).fetchone()
+        self._next_batch = int(top) + 1  # batch ids are chosen here, so a delayed write keeps its id
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (joined if one is open): committed at the end, rolled back on error."""
-        db = self._db
-        if db.in_transaction:
-            yield db
+    def _tx(self) -> Iterator[None]:
+        """Group the writes made inside into one commit (joined if one is open)."""
+        if self._buffer is not None:
+            yield
             return
-        db.execute("BEGIN")
+        self._buffer = []
         try:
-            yield db
+            yield
         except BaseException:
-            db.execute("ROLLBACK")
+            self._buffer = None  # an error inside: none of it is written (as if killed before the commit)
             raise
-        db.execute("COMMIT")
+        ops, self._buffer = self._buffer, None
+        self._commit(ops)
 
     def transaction(self) -> contextlib.AbstractContextManager[object]:
         return self._tx()
 
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        with self._tx() as db:
-            db.executemany(sql, rows)
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self._buffer is not None:
+            self._buffer.append((sql, rows))
+        else:
+            self._commit([(sql, rows)])
+
+    def _commit(self, ops: list[Op]) -> bool:
+        """Write the kept statements, then ``ops``, in one transaction; never raises."""
+        todo = self._retry + ops if self._retry else ops
+        if not todo:
+            return True
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for sql, rows in todo:
+                db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            self._retry = todo
+            self.write_failures += 1
+            self.ratelog(
+                "write failed",
+                "store %s: write failed (%s): %d statement(s) kept, retried with the next write",
+                self.path,
+                exc,
+                len(todo),
+            )
+            return False
+        if self._retry:
+            log.info("store %s: %d kept statement(s) written after a failure", self.path, len(self._retry))
+            self._retry = []
+        return True
+
+    def retry_writes(self) -> bool:
+        """Write what failed before (cheap when nothing did); True when nothing is left."""
+        self.ratelog.flush()
+        return self._commit([]) if self._retry else True
+
+    def pending_writes(self) -> int:
+        return len(self._retry)
 
     def record_updates(self, updates: Mapping[str, int]) -> None:
         mine = self._updates
@@ -132,7 +195,7 @@ class SqliteStore:
         old = [t for t, ns in self._updates.items() if ns < cutoff_ns]
         for t in old:
             del self._updates[t]
-        self._db.execute("DELETE FROM ticker_updates WHERE ns < ?", (cutoff_ns,))
+        self._write("DELETE FROM ticker_updates WHERE ns < ?", [(cutoff_ns,)])
         return len(old)
 
     def get_universe(self, strategy: str) -> set[str] | None:
@@ -142,10 +205,10 @@ class SqliteStore:
     def set_universe(self, strategy: str, tickers: Iterable[str]) -> None:
         new = set(tickers)
         self._universes[strategy] = new
-        with self._tx() as db:
-            db.execute("DELETE FROM universes WHERE strategy = ?", (strategy,))
-            db.execute("INSERT OR IGNORE INTO universe_known (strategy) VALUES (?)", (strategy,))
-            db.executemany(
+        with self._tx():
+            self._write("DELETE FROM universes WHERE strategy = ?", [(strategy,)])
+            self._write("INSERT OR IGNORE INTO universe_known (strategy) VALUES (?)", [(strategy,)])
+            self._write(
                 "INSERT INTO universes (strategy, ticker) VALUES (?, ?)", [(strategy, t) for t in new]
             )
 
@@ -153,18 +216,18 @@ class SqliteStore:
         u = self._universes.setdefault(strategy, set())
         new = [t for t in tickers if t not in u]
         u.update(new)
-        with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO universe_known (strategy) VALUES (?)", (strategy,))
-            db.executemany(
+        with self._tx():
+            self._write("INSERT OR IGNORE INTO universe_known (strategy) VALUES (?)", [(strategy,)])
+            self._write(
                 "INSERT OR IGNORE INTO universes (strategy, ticker) VALUES (?, ?)",
                 [(strategy, t) for t in new],
             )
 
     def drop_universe(self, strategy: str) -> None:
         self._universes.pop(strategy, None)
-        with self._tx() as db:
-            db.execute("DELETE FROM universes WHERE strategy = ?", (strategy,))
-            db.execute("DELETE FROM universe_known WHERE strategy = ?", (strategy,))
+        with self._tx():
+            self._write("DELETE FROM universes WHERE strategy = ?", [(strategy,)])
+            self._write("DELETE FROM universe_known WHERE strategy = ?", [(strategy,)])
 
     def universe_sizes(self) -> dict[str, int]:
         return {s: len(u) for s, u in self._universes.items()}
@@ -181,35 +244,37 @@ class SqliteStore:
             return out
         group = len(strategies) >= GROUP_CLAIM_MIN
         key = hashlib.blake2b("\n".join(strategies).encode(), digest_size=16).hexdigest() if group else ""
-        batch = 0
         try:
             jobs = plan(out) if plan is not None else ()
             mine = [j for j in jobs if j.strategy in out]
-            with self._tx() as db:
-                if not group:
-                    db.executemany(
-                        "INSERT INTO last_runs (strategy, bucket_ns) VALUES (?, ?) "
-                        "ON CONFLICT (strategy) DO UPDATE SET bucket_ns = excluded.bucket_ns",
-                        [(s, bucket_ns) for s in out],
-                    )
-                elif key in self._groups:
-                    # After this every one of ``strategies`` ran ``bucket_ns`` or later: one row says it.
-                    db.execute("UPDATE claim_groups SET bucket_ns = ? WHERE group_key = ?", (bucket_ns, key))
-                else:
-                    db.execute(
-                        "INSERT OR REPLACE INTO claim_groups (group_key, members, bucket_ns) VALUES (?, ?, ?)",
-                        (key, MEMBERS_ENC.encode(list(strategies)), bucket_ns),
-                    )
-                if mine:
-                    cur = db.execute("INSERT INTO job_batches (jobs) VALUES (?)", (pack_jobs(mine),))
-                    batch = cur.lastrowid or 0
-                    db.executemany(
-                        "INSERT INTO pending_jobs (job_id, batch) VALUES (?, ?)",
-                        [(j.job_id, batch) for j in mine],
-                    )
+            blob = pack_jobs(mine) if mine else b""
         except BaseException:
             last.update(out)  # nothing was claimed: the previous runs stand
             raise
+        batch = 0
+        with self._tx():
+            if not group:
+                self._write(
+                    "INSERT INTO last_runs (strategy, bucket_ns) VALUES (?, ?) "
+                    "ON CONFLICT (strategy) DO UPDATE SET bucket_ns = excluded.bucket_ns",
+                    [(s, bucket_ns) for s in out],
+                )
+            elif key in self._groups:
+                # After this every one of ``strategies`` ran ``bucket_ns`` or later: one row says it.
+                self._write("UPDATE claim_groups SET bucket_ns = ? WHERE group_key = ?", [(bucket_ns, key)])
+            else:
+                self._write(
+                    "INSERT OR REPLACE INTO claim_groups (group_key, members, bucket_ns) VALUES (?, ?, ?)",
+                    [(key, MEMBERS_ENC.encode(list(strategies)), bucket_ns)],
+                )
+            if mine:
+                batch = self._next_batch
+                self._next_batch += 1
+                self._write("INSERT INTO job_batches (batch, jobs) VALUES (?, ?)", [(batch, blob)])
+                self._write(
+                    "INSERT INTO pending_jobs (job_id, batch) VALUES (?, ?)",
+                    [(j.job_id, batch) for j in mine],
+                )
         if mine:
             self._job_batch.update(dict.fromkeys([j.job_id for j in mine], batch))
             self._batch_left[batch] = len(mine)
@@ -256,17 +321,17 @@ class SqliteStore:
     def finish_job(self, job_id: str, states: Mapping[tuple[str, str], AlertState]) -> None:
         batch = self._job_batch.get(job_id)
         last = batch is not None and self._batch_left[batch] <= 1
-        with self._tx() as db:
+        with self._tx():
             if states:
-                db.executemany(
+                self._write(
                     "INSERT INTO alert_states (strategy, symbol, state) VALUES (?, ?, ?) "
                     "ON CONFLICT (strategy, symbol) DO UPDATE SET state = excluded.state",
                     [(s, sym, STATE_ENCODER.encode(st)) for (s, sym), st in states.items()],
                 )
             if batch is not None:
-                db.execute("DELETE FROM pending_jobs WHERE job_id = ?", (job_id,))
+                self._write("DELETE FROM pending_jobs WHERE job_id = ?", [(job_id,)])
                 if last:
-                    db.execute("DELETE FROM job_batches WHERE batch = ?", (batch,))
+                    self._write("DELETE FROM job_batches WHERE batch = ?", [(batch,)])
         self._alerts.update(states)
         if batch is not None:
             del self._job_batch[job_id]

@@ -142,7 +142,7 @@ _loaded: dict[str, StrategyFn] = {}
 
 
 def load(spec: str) -> StrategyFn:
-    """Import ``package.module:function`` (cached)."""
+    """Import ``package.module:function`` (cached). Only for functions named in the config."""
     fn = _loaded.get(spec)
     if fn is None:
         module_name, _, attr = spec.partition(":")
@@ -157,11 +157,90 @@ def load(spec: str) -> StrategyFn:
     return fn
 
 
-def execute(job: StrategyJob) -> Outcome:
-    """Run one job's strategy; exceptions propagate (the worker reports them)."""
-    fn = load(job.function) if job.kind == "python" else BUILTIN.get(job.kind)
+class Refused(Exception):
+    """A job the worker will not run; ``reason`` is its metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+REFUSED_PREFIX = "refused:"  # a refused job's error: "refused:<reason>: <detail>"
+REFUSAL_REASONS = (
+    "unknown_strategy",
+    "kind_mismatch",
+    "function_mismatch",
+    "unloadable",
+    "undecodable_job",
+    "not_a_job",
+)
+
+
+def refusal_reason(error: str) -> str | None:
+    """The reason of a refusal error string; None when the error is not a refusal."""
+    if not error.startswith(REFUSED_PREFIX):
+        return None
+    reason = error[len(REFUSED_PREFIX) :].partition(":")[0]
+    return reason if reason in REFUSAL_REASONS else None
+
+
+class StrategyTable:
+    """The strategies a worker runs: resolved once, by strategy id, from its own config.
+
+    A job names a strategy; its kind and function must be the configured ones, and the function
+    that runs is the one resolved here at start, never one a job names: a job cannot make a
+    worker import anything.
+    """
+
+    def __init__(self, strategies: Iterable[tuple[str, str, str]]) -> None:
+        """``strategies``: (id, kind, function) of each bucketed strategy in the config."""
+        self.kinds: dict[str, tuple[str, str]] = {}
+        self.functions: dict[str, StrategyFn] = {}
+        self.unloadable: dict[str, str] = {}  # strategy id -> why its function could not be loaded
+        for sid, kind, function in strategies:
+            self.kinds[sid] = (kind, function if kind == "python" else "")
+            if kind != "python":
+                fn = BUILTIN.get(kind)
+                if fn is None:
+                    self.unloadable[sid] = f"unknown strategy kind {kind!r}"
+                else:
+                    self.functions[sid] = fn
+                continue
+            try:
+                self.functions[sid] = load(function)
+            except Exception as exc:  # a broken user module costs its strategy's jobs, not the worker
+                self.unloadable[sid] = f"{function}: {type(exc).__name__}: {exc}"
+
+    def resolve(self, job: StrategyJob) -> StrategyFn:
+        """The configured function for this job; raises :class:`Refused` for anything else."""
+        configured = self.kinds.get(job.strategy)
+        if configured is None:
+            raise Refused("unknown_strategy", f"strategy {job.strategy[:128]!r} is not configured here")
+        kind, function = configured
+        if job.kind != kind:
+            raise Refused(
+                "kind_mismatch", f"strategy {job.strategy} is {kind}, the job says {job.kind[:64]!r}"
+            )
+        if job.function != function:
+            raise Refused(
+                "function_mismatch",
+                f"strategy {job.strategy} runs {function or 'a built-in'}, the job names {job.function[:128]!r}",
+            )
+        fn = self.functions.get(job.strategy)
+        if fn is None:
+            raise Refused("unloadable", self.unloadable.get(job.strategy, "not loaded"))
+        return fn
+
+
+def execute(job: StrategyJob, fn: StrategyFn | None = None) -> Outcome:
+    """Run one job with ``fn`` (from a :class:`StrategyTable`), or a built-in kind's function;
+    exceptions propagate (the worker reports them)."""
     if fn is None:
-        raise ValueError(f"unknown strategy kind {job.kind!r}")
+        fn = BUILTIN.get(job.kind)
+        if fn is None:
+            raise ValueError(
+                f"unknown strategy kind {job.kind!r} (user functions run through a StrategyTable)"
+            )
     got = fn(job)
     if got is None:
         return Outcome()

@@ -7,9 +7,14 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shared.clock import Clock
+from shared.metrics import new_registry, serve
 
 log = logging.getLogger("poolwire.alerts.supervisor")
 
@@ -93,3 +98,33 @@ class WorkerPool:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
         await asyncio.gather(*(p.wait() for p in procs))
+
+
+class PoolCollector(Collector):
+    """The worker entry's own metrics: ``worker_failures_total{kind=process_exit}``, ``workers_alive``."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        wf = CounterMetricFamily("poolwire_alerts_worker_failures", "Worker failures", labels=["kind"])
+        wf.add_metric(["process_exit"], self.pool.exits)
+        yield wf
+        alive = GaugeMetricFamily("poolwire_alerts_workers_alive", "Worker processes running")
+        alive.add_metric([], self.pool.alive)
+        yield alive
+
+
+def serve_pool_metrics(pool: WorkerPool, host: str, port: int) -> Any:
+    """Serve the pool's metrics on ``host:port`` (0: off); a port in use is logged, never fatal."""
+    if port <= 0:
+        return None
+    registry = new_registry()
+    registry.register(PoolCollector(pool))
+    try:
+        server = serve(registry, port, host or "127.0.0.1")
+    except OSError as exc:
+        log.error("cannot serve worker metrics on %s:%d: %s", host, port, exc)
+        return None
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -67,6 +67,16 @@ class Due:
     job: StrategyJob | None = None  # built by the job maker, persisted with the claim
 
 
+class PartialBoundary(Exception):
+    """The store failed during a boundary: ``due`` holds what the groups before it claimed (their
+    jobs must still go out); the failed group is left to be evaluated again."""
+
+    def __init__(self, due: list[Due], cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.due = due
+        self.cause = cause
+
+
 # The jobs of what is due (one per Due, in order); they are persisted with the claim.
 JobMaker = Callable[[list[Due]], Sequence[StrategyJob]]
 
@@ -137,14 +147,32 @@ class Throttle:
                     self._universe_adds.setdefault(spec.id, []).append(ticker)
 
     def flush(self) -> int:
-        """Write batched updates (and glob universe growth) to the store; returns tickers written."""
+        """Write batched updates (and glob universe growth) to the store; returns tickers written.
+
+        If the store raises (Redis down), what was not written stays batched for the next flush.
+        """
         adds, self._universe_adds = self._universe_adds, {}
-        for strategy, tickers in adds.items():
-            self.store.add_to_universe(strategy, tickers)
+        while adds:
+            strategy, tickers = next(iter(adds.items()))
+            try:
+                self.store.add_to_universe(strategy, tickers)
+            except BaseException:
+                for s, t in self._universe_adds.items():
+                    adds.setdefault(s, []).extend(t)
+                self._universe_adds = adds
+                raise
+            del adds[strategy]
             self.stats.universe_updates += len(tickers)
         pending, self._pending = self._pending, {}
         if pending:
-            self.store.record_updates(pending)
+            try:
+                self.store.record_updates(pending)
+            except BaseException:
+                for ticker, ns in self._pending.items():
+                    if pending.get(ticker, -1) < ns:
+                        pending[ticker] = ns
+                self._pending = pending
+                raise
         return len(pending)
 
     # -- boundaries ----------------------------------------------------------------------------
@@ -163,11 +191,14 @@ class Throttle:
             boundary = now_ns - now_ns % size
             if self._group_last.get(size, -1) >= boundary:
                 continue
-            if not flushed:
-                self.flush()
-                flushed = True
+            try:
+                if not flushed:
+                    self.flush()
+                    flushed = True
+                due.extend(self.evaluate(boundary, ids, size, make_jobs))
+            except Exception as exc:  # the store failed: this group is evaluated again next time
+                raise PartialBoundary(due, exc) from exc
             self._group_last[size] = boundary
-            due.extend(self.evaluate(boundary, ids, size, make_jobs))
         return due
 
     def evaluate(

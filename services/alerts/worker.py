@@ -10,6 +10,11 @@ With ``--name`` (a worker's id in its results) it is one worker: what the superv
 what a container runs (deploy/compose.yaml). Endpoints default to the ``alerts`` section of the
 config (the service binds both; workers connect, so any number can join).
 
+A worker runs only the strategies of the config it reads (the ``alerts`` section, the same file as
+the service's): each strategy's function is resolved by its id when the worker starts, and a job
+naming another strategy, kind or function is refused with a failed result (``refused:<reason>``),
+counted and logged rate-limited; nothing a job names is ever imported.
+
 A strategy that raises is reported as a failed result. One that runs past the job's time limit is
 interrupted (SIGALRM raises inside it) and reported as timed out; one stuck where Python cannot
 interrupt it (in C code) is ended by a watchdog after twice the limit: the process exits, the
@@ -27,18 +32,27 @@ import signal
 import sys
 import time
 import traceback
+from collections import Counter
 from types import FrameType
 
 import zmq
 
-from services.alerts.strategies import execute
-from services.alerts.supervisor import WorkerPool
+from services.alerts.strategies import REFUSED_PREFIX, Refused, StrategyTable, execute, refusal_reason
+from services.alerts.supervisor import WorkerPool, serve_pool_metrics
 from shared.clock import RealClock
 from shared.config import ConfigError, load_section
 from shared.messages import ENCODER, AlertFired, JobResult, StrategyJob, decode_payload
+from shared.ratelog import RateLimitedLog
 from shared.security import Curve
 
 log = logging.getLogger("poolwire.alerts.worker")
+
+# Jobs carry every changed ticker's bar, zone events and order flow: a bucket over a large universe
+# is megabytes. The bound only stops a peer from making a worker allocate without limit, so it is
+# generous: 64 MiB, or common.max_message_size if that is larger.
+JOBS_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+MAX_ALERT_MESSAGE = 4096  # AlertFired.message's bound on the wire: longer would make the result unreadable
+MAX_SYMBOL = 128
 
 
 class JobTimeout(Exception):
@@ -49,25 +63,51 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise JobTimeout("strategy ran past its time limit")
 
 
-def run_one(job: StrategyJob, worker: str, default_timeout_s: float) -> JobResult:
-    """Execute a job under its time limit; never raises (errors become a failed result)."""
+def refusal(job_id: str, strategy: str, worker: str, reason: str, detail: str) -> JobResult:
+    """The failed result of a job this worker will not run (job_id "" when it could not be read)."""
+    return JobResult(
+        job_id=job_id[:MAX_SYMBOL],
+        strategy=strategy[:MAX_SYMBOL],
+        worker=worker,
+        ok=False,
+        error=f"{REFUSED_PREFIX}{reason}: {detail}"[:500],
+    )
+
+
+def run_one(job: StrategyJob, table: StrategyTable, worker: str, default_timeout_s: float) -> JobResult:
+    """Execute a job under its time limit; never raises (errors become a failed result).
+
+    Only a strategy of ``table`` runs, with the function resolved from the config at start; a job
+    naming anything else is refused (see :meth:`StrategyTable.resolve`) before any code runs.
+    """
+    try:
+        fn = table.resolve(job)
+    except Refused as exc:
+        return refusal(job.job_id, job.strategy, worker, exc.reason, str(exc))
     limit = job.timeout_ms / 1000 if job.timeout_ms > 0 else default_timeout_s
     t0 = time.perf_counter_ns()
     faulthandler.dump_traceback_later(limit * 2 + 1, exit=True)
     signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        outcome = execute(job)
-        alerts = [
-            AlertFired(
-                strategy=job.strategy,
-                symbol=s.symbol,
-                message=s.message,
-                value=float(s.value),
-                bucket_ns=job.bucket_ns,
-                event_ns=job.bucket_ns,
+        outcome = execute(job, fn)
+        alerts = []
+        for s in outcome.signals:
+            symbol = str(s.symbol)
+            if not symbol or len(symbol) > MAX_SYMBOL:
+                raise ValueError(f"signal symbol must be 1-{MAX_SYMBOL} chars, got {len(symbol)}")
+            alerts.append(
+                AlertFired(
+                    strategy=job.strategy,
+                    symbol=symbol,
+                    message=str(s.message)[:MAX_ALERT_MESSAGE],
+                    value=float(s.value),
+                    bucket_ns=job.bucket_ns,
+                    event_ns=job.bucket_ns,
+                )
             )
-            for s in outcome.signals
-        ]
+        used = [str(u) for u in outcome.used_symbols]
+        if any(len(u) > MAX_SYMBOL for u in used):
+            raise ValueError(f"used_symbols must be at most {MAX_SYMBOL} chars each")
         signal.setitimer(signal.ITIMER_REAL, 0)
         return JobResult(
             job_id=job.job_id,
@@ -75,7 +115,7 @@ def run_one(job: StrategyJob, worker: str, default_timeout_s: float) -> JobResul
             worker=worker,
             ok=True,
             alerts=alerts,
-            used_symbols=[str(s) for s in outcome.used_symbols],
+            used_symbols=used,
             duration_ns=time.perf_counter_ns() - t0,
         )
     except BaseException as exc:  # the strategy's failure is the job's, never the worker's
@@ -109,11 +149,58 @@ def _die_with_parent() -> None:
         pass
 
 
+class JobHandler:
+    """A worker's core: one jobs frame in, the results to send back out. Never raises.
+
+    Every job it does not run is counted by reason (``refused``) and logged rate-limited; a frame
+    that does not decode, or a message that is not a job, is answered with a refusal report
+    (job_id ""), which the service counts (its sink accepts no result for it).
+    """
+
+    def __init__(self, table: StrategyTable, name: str, default_timeout_s: float) -> None:
+        self.table = table
+        self.name = name
+        self.default_timeout_s = default_timeout_s
+        self.done = 0
+        self.refused: Counter[str] = Counter()
+        self.ratelog = RateLimitedLog(log)
+
+    def handle(self, payload: bytes) -> list[JobResult]:
+        msgs, n_bad = decode_payload(payload)
+        out: list[JobResult] = []
+        if n_bad:
+            self._refuse("undecodable_job", f"{n_bad} undecodable job message(s)")
+            out.append(refusal("", "", self.name, "undecodable_job", f"{n_bad} message(s)"))
+        for msg in msgs:
+            if not isinstance(msg, StrategyJob):
+                kind = type(msg).__name__
+                self._refuse("not_a_job", f"a {kind} on the jobs socket")
+                out.append(refusal("", "", self.name, "not_a_job", kind))
+                continue
+            result = run_one(msg, self.table, self.name, self.default_timeout_s)
+            reason = None if result.ok else refusal_reason(result.error)
+            if reason is not None:
+                self._refuse(reason, f"job {msg.job_id[:128]!r} refused: {result.error}")
+            self.done += 1
+            out.append(result)
+        return out
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.refused[reason] += 1
+        self.ratelog(reason, "worker %s: %s", self.name, message)
+
+
 def serve(
-    jobs: str, results: str, name: str, default_timeout_s: float, parent: int = 0, curve: Curve | None = None
+    jobs: str,
+    results: str,
+    handler: JobHandler,
+    parent: int = 0,
+    curve: Curve | None = None,
+    max_message_size: int = JOBS_MAX_MESSAGE_SIZE,
 ) -> int:
     """Work until SIGTERM/SIGINT (or, with ``parent``, until that process is gone)."""
     stopping = False
+    name = handler.name
     if parent:
         _die_with_parent()
 
@@ -128,6 +215,7 @@ def serve(
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 4)  # hold few jobs: a slow strategy delays few others
     pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.MAXMSGSIZE, max_message_size)  # a larger frame drops the sender's connection unread
     if curve is not None:
         curve.client(pull)
     pull.connect(jobs)
@@ -138,13 +226,21 @@ def serve(
     push.connect(results)
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
-    done = bad = 0
-    log.info("worker %s: jobs from %s, results to %s", name, jobs, results)
+    log.info(
+        "worker %s: jobs from %s, results to %s; strategies: %s",
+        name,
+        jobs,
+        results,
+        ", ".join(sorted(handler.table.kinds)) or "none configured (every job is refused)",
+    )
+    for sid, why in handler.table.unloadable.items():
+        log.error("worker %s: strategy %s cannot run (its jobs are refused): %s", name, sid, why)
     try:
         while not stopping:
             if parent and os.getppid() != parent:
                 log.warning("worker %s: parent %d is gone, stopping", name, parent)
                 break
+            handler.ratelog.flush()
             if not poller.poll(200):
                 continue
             while not stopping:
@@ -152,28 +248,24 @@ def serve(
                     payload = pull.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                msgs, n_bad = decode_payload(payload)
-                bad += n_bad
-                if n_bad:
-                    log.warning("skipped %d undecodable job message(s)", n_bad)
-                for msg in msgs:
-                    if not isinstance(msg, StrategyJob):
-                        bad += 1
-                        log.warning("skipped a %s on the jobs socket", type(msg).__name__)
-                        continue
-                    result = run_one(msg, name, default_timeout_s)
+                for result in handler.handle(payload):
                     push.send(ENCODER.encode(result))
-                    done += 1
     finally:
-        log.info("worker %s: stopping after %d job(s), %d bad message(s)", name, done, bad)
+        refused = ", ".join(f"{r} {n}" for r, n in sorted(handler.refused.items())) or "none"
+        log.info("worker %s: stopping after %d job(s); refused: %s", name, handler.done, refused)
         pull.close()
         push.close()
         ctx.term()
     return 0
 
 
-def supervise(count: int, jobs: str, results: str, worker_args: list[str]) -> int:
-    """Run ``count`` workers, each started again when it exits, until SIGTERM/SIGINT; then stop them."""
+def supervise(
+    count: int, jobs: str, results: str, worker_args: list[str], metrics_host: str = "", metrics_port: int = 0
+) -> int:
+    """Run ``count`` workers, each started again when it exits, until SIGTERM/SIGINT; then stop them.
+
+    With ``metrics_port``, their exits are exported there (worker_failures_total{kind=process_exit}).
+    """
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
@@ -181,6 +273,7 @@ def supervise(count: int, jobs: str, results: str, worker_args: list[str]) -> in
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         pool = WorkerPool(count, ["--jobs", jobs, "--results", results, *worker_args], RealClock())
+        server = serve_pool_metrics(pool, metrics_host, metrics_port)
         pool.start()
         log.info(
             "running %d alert worker(s), each started again when it exits; jobs from %s, results to %s",
@@ -190,6 +283,8 @@ def supervise(count: int, jobs: str, results: str, worker_args: list[str]) -> in
         )
         await stopping.wait()
         await pool.stop()
+        if server is not None:
+            server.shutdown()
         log.info("stopped %d alert worker(s); %d restart(s) in this run", count, pool.restarts)
         return 0
 
@@ -230,14 +325,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         config = ["--config", args.config] if args.config else []
-        return supervise(cfg.workers, jobs, results, [*config, "--timeout", str(timeout)])
+        return supervise(
+            cfg.workers,
+            jobs,
+            results,
+            [*config, "--timeout", str(timeout)],
+            cfg.metrics_host,
+            cfg.worker_metrics_port,
+        )
+    table = StrategyTable((s.id, s.kind, s.function) for s in cfg.strategies if s.trigger == "bucket")
+    handler = JobHandler(table, args.name or f"worker-{os.getpid()}", timeout)
     return serve(
         jobs,
         results,
-        args.name or f"worker-{os.getpid()}",
-        timeout,
+        handler,
         args.parent,
         Curve(common.curve) if common.curve is not None else None,
+        max(JOBS_MAX_MESSAGE_SIZE, common.max_message_size),
     )
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from services.alerts.config import AlertsConfig
+from services.alerts.core import Alerts, event_strategy_of
 from services.alerts.events import EventEvaluator, EventStrategy
-from services.alerts.service import Alerts, event_strategy_of
 from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec
 from shared.bus import Publisher, Subscriber

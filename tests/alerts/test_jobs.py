@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from services.alerts.config import AlertsConfig
+from services.alerts.core import Alerts
 from services.alerts.frequency import AlertState
-from services.alerts.service import Alerts
 from services.alerts.store_redis import RedisStore
 from services.alerts.strategies import execute
 from services.alerts.throttle import Due, StrategySpec, Throttle

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.alerts.config import AlertsConfig
+from services.alerts.core import Alerts
 from services.alerts.metrics import AlertsCollector
 from services.alerts.orderflow import (
     COMPUTE_BUCKETS_NS,
@@ -17,7 +18,6 @@ from services.alerts.orderflow import (
     MetricsCache,
     swap_flow,
 )
-from services.alerts.service import Alerts
 from services.alerts.store_sqlite import SqliteStore
 from shared.clock import FakeClock
 from shared.messages import OrderFlowMetrics

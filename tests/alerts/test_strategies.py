@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.alerts.config import AlertsConfig
-from services.alerts.service import Alerts
+from services.alerts.core import Alerts
 from services.alerts.store_sqlite import SqliteStore
 from services.alerts.strategies import execute
 from shared.clock import FakeClock

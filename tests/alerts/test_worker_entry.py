@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from services.alerts.config import AlertsConfig
-from services.alerts.service import workers_origin
+from services.alerts.core import workers_origin
 from shared.bus import Puller, Pusher
 from shared.messages import JobResult, StrategyJob, TickerInput
 from tests.e2e.pipeline import children, wait_gone
@@ -88,8 +88,18 @@ async def endpoints() -> AsyncIterator[tuple[str, str, Ventilator]]:
         vent.close()
 
 
-def write_config(tmp_path: Path, jobs: str, results: str, workers: int) -> Path:
-    section = {"jobs": jobs, "results": results, "workers": workers, "spawn_workers": False}
+CROSS = {"id": "cross", "kind": "price_cross", "params": {"level": 0.5}}
+
+
+def write_config(tmp_path: Path, jobs: str, results: str, workers: int, metrics_port: int = 0) -> Path:
+    section = {
+        "jobs": jobs,
+        "results": results,
+        "workers": workers,
+        "spawn_workers": False,
+        "worker_metrics_port": metrics_port,
+        "strategies": [CROSS],  # workers run only what their config names
+    }
     path = tmp_path / "poolwire.yaml"
     path.write_text(yaml.safe_dump({"alerts": section}))
     return path

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from services.alerts.dispatch import Dispatcher
+from services.alerts.strategies import StrategyTable
 from services.alerts.worker import _on_alarm, run_one
 from shared.messages import JobResult, StrategyJob
 
@@ -25,6 +26,14 @@ def job(function: str, tickers: list[str] | None = None, **kw: object) -> Strate
     )
 
 
+def table(function: str) -> StrategyTable:
+    return StrategyTable([("s", "python", f"tests.alerts.user_strategies:{function}")])
+
+
+def run(function: str, timeout_ms: int = 0) -> JobResult:
+    return run_one(job(function, timeout_ms=timeout_ms), table(function), "w", 5.0)
+
+
 @pytest.fixture
 def alarm() -> object:
     old = signal.signal(signal.SIGALRM, _on_alarm)
@@ -33,22 +42,23 @@ def alarm() -> object:
 
 
 def test_run_one_reports_alerts_and_used_symbols(alarm: object) -> None:
-    r = run_one(job("fire_all"), "w", 5.0)
+    r = run("fire_all")
     assert r.ok and [a.symbol for a in r.alerts] == ["pm.a", "pm.b"]
     assert all(a.bucket_ns == 60 * S and a.strategy == "s" for a in r.alerts)
-    r = run_one(job("discover_first"), "w", 5.0)
+    r = run("discover_first")
     assert r.ok and r.used_symbols == ["pm.a"]
 
 
 def test_run_one_turns_errors_and_hangs_into_failed_results(alarm: object) -> None:
-    r = run_one(job("boom"), "w", 5.0)
+    r = run("boom")
     assert not r.ok and "RuntimeError: strategy bug" in r.error
-    r = run_one(job("hang", timeout_ms=100), "w", 5.0)
+    r = run("hang", timeout_ms=100)
     assert not r.ok and "JobTimeout" in r.error
-    r = run_one(job("nope"), "w", 5.0)
-    assert not r.ok and "AttributeError" in r.error
-    r = run_one(StrategyJob(job_id="x", strategy="s", kind="weird", bucket_ns=0, tickers=[]), "w", 5.0)
-    assert not r.ok and "unknown strategy kind" in r.error
+    r = run("nope")  # configured, but the module has no such function: refused, the worker lives on
+    assert not r.ok and r.error.startswith("refused:unloadable:") and "AttributeError" in r.error
+    weird = StrategyJob(job_id="x", strategy="s", kind="weird", bucket_ns=0, tickers=[])
+    r = run_one(weird, table("fire_all"), "w", 5.0)
+    assert not r.ok and r.error.startswith("refused:kind_mismatch:")
 
 
 def result(ok: bool = True) -> JobResult:
