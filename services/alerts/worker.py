@@ -162,6 +162,7 @@ class JobHandler:
         self.name = name
         self.default_timeout_s = default_timeout_s
         self.done = 0
+        self.reconnects = 0  # the jobs connection dropped and made again
         self.refused: Counter[str] = Counter()
         self.ratelog = RateLimitedLog(log)
 
@@ -219,6 +220,9 @@ def serve(
     if curve is not None:
         curve.client(pull)
     pull.connect(jobs)
+    # A frame over the bound makes ZeroMQ drop the connection and, on this connecting side, not
+    # reconnect: the worker would idle forever. So every drop is answered with a new connection.
+    monitor = pull.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
     if curve is not None:
@@ -226,6 +230,7 @@ def serve(
     push.connect(results)
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     log.info(
         "worker %s: jobs from %s, results to %s; strategies: %s",
         name,
@@ -241,7 +246,20 @@ def serve(
                 log.warning("worker %s: parent %d is gone, stopping", name, parent)
                 break
             handler.ratelog.flush()
-            if not poller.poll(200):
+            ready = dict(poller.poll(200))
+            if monitor in ready:
+                while monitor.poll(0):
+                    monitor.recv_multipart()
+                handler.reconnects += 1
+                handler.ratelog(
+                    "jobs connection dropped",
+                    "worker %s: jobs connection dropped (a frame over %d bytes, or the service went away): reconnecting",
+                    name,
+                    max_message_size,
+                )
+                pull.disconnect(jobs)
+                pull.connect(jobs)
+            if pull not in ready:
                 continue
             while not stopping:
                 try:
@@ -252,7 +270,15 @@ def serve(
                     push.send(ENCODER.encode(result))
     finally:
         refused = ", ".join(f"{r} {n}" for r, n in sorted(handler.refused.items())) or "none"
-        log.info("worker %s: stopping after %d job(s); refused: %s", name, handler.done, refused)
+        log.info(
+            "worker %s: stopping after %d job(s); refused: %s; jobs connection dropped %d time(s)",
+            name,
+            handler.done,
+            refused,
+            handler.reconnects,
+        )
+        pull.disable_monitor()
+        monitor.close()
         pull.close()
         push.close()
         ctx.term()
