@@ -197,6 +197,11 @@ async def _jobs(n: int, workers: int) -> float:
     from tests.helpers import python_env, tcp_endpoint
 
     jobs_ep, results_ep = tcp_endpoint(), tcp_endpoint()
+    # workers run only the strategies of their config: the bench's one strategy
+    config = Path(tempfile.mkdtemp()) / "alerts.yaml"
+    config.write_text(
+        "alerts:\n  strategies:\n    - {id: b, kind: price_cross, universe: ['pm.a'], params: {level: 0.5}}\n"
+    )
     pusher = Pusher(jobs_ep, bind=True, hwm=100_000, linger_ms=0)
     puller = Puller(results_ep, bind=True, hwm=100_000)
     procs = [
@@ -211,6 +216,8 @@ async def _jobs(n: int, workers: int) -> float:
                 results_ep,
                 "--name",
                 f"bench-{i}",
+                "--config",
+                str(config),
             ],
             cwd=ROOT,
             env=python_env(),

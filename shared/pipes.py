@@ -20,8 +20,10 @@ from shared.bus import (
     wait_readable,
 )
 from shared.messages import ENCODER, Message, decode_payload
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.bus")
+skip_log = RateLimitedLog(log)
 
 
 @dataclass(slots=True)
@@ -121,7 +123,7 @@ class Puller:
                 msgs, bad = decode_payload(frames[-1]) if len(frames) == 1 else ([], 1)
                 if bad:
                     self.stats.decode_errors += bad
-                    log.warning("skipped %d undecodable message(s) on PULL", bad)
+                    skip_log("pull_undecodable", "skipped %d undecodable message(s) on PULL", bad)
                 out.extend(msgs)
             if out:
                 self.stats.received += len(out)

@@ -25,8 +25,10 @@ from shared.messages import (
     SnapshotRequest,
     decode_payload,
 )
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.snapshot")
+skip_log = RateLimitedLog(log)
 
 SnapshotSource = Callable[[SnapshotRequest], tuple[int, Sequence[Message]]]
 
@@ -64,6 +66,7 @@ class SnapshotServer:
             frames = await self._sock.recv_multipart()
             if len(frames) != 2:
                 self.bad_requests += 1
+                skip_log("frames", "skipped a snapshot request of %d frames (expected 2)", len(frames))
                 continue
             identity, payload = frames
             try:
@@ -72,9 +75,14 @@ class SnapshotServer:
                 request = None
             if not isinstance(request, SnapshotRequest):
                 self.bad_requests += 1
-                log.warning("skipped a malformed snapshot request")
+                skip_log("malformed", "skipped a malformed snapshot request")
                 continue
-            seq, items = self.source(request)
+            try:
+                seq, items = self.source(request)
+            except Exception:  # the owner's bug must not end the server: later requests still get answers
+                self.bad_requests += 1
+                log.exception("the snapshot source failed on %r", request)
+                continue
             header = SnapshotReply(snapshot_seq=seq, count=len(items), publisher=self.publisher_id)
             await self._sock.send_multipart([identity, ENCODER.encode(header), ENCODER.encode(list(items))])
             self.served += 1

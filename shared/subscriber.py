@@ -21,8 +21,10 @@ from shared.bus import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
 from shared.messages import Heartbeat, Message, decode_payload
+from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.bus")
+skip_log = RateLimitedLog(log)
 
 
 @dataclass(slots=True)
@@ -153,7 +155,7 @@ class Subscriber:
         stats.frames += 1
         if len(frames) != 2:
             stats.decode_errors += 1
-            log.warning("skipped a message of %d frames (expected topic + payload)", len(frames))
+            skip_log("frames", "skipped a message of %d frames (expected topic + payload)", len(frames))
             return
         try:
             topic = frames[0].decode()
@@ -163,7 +165,7 @@ class Subscriber:
         msgs, bad = decode_payload(frames[1])
         if bad:
             stats.decode_errors += bad
-            log.warning("skipped %d undecodable message(s) on %r", bad, topic)
+            skip_log("undecodable", "skipped %d undecodable message(s) on %r", bad, topic)
         if not msgs:
             return
         stats.received += len(msgs)
