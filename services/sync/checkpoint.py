@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -155,6 +156,10 @@ class CheckpointStore:
         self.written = 0
         self.failures = 0
         self.skip_log = RateLimitedLog(log, level=logging.ERROR)
+        # one write at a time: a periodic write still running in its thread when the service stops
+        # (cancelling to_thread does not stop the thread) would share the temporary file with the
+        # final write, and one rename would find it gone
+        self._writing = threading.Lock()
 
     def failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -172,12 +177,13 @@ class CheckpointStore:
 
     def store(self, data: bytes) -> bool:
         """Write ``data`` (blocking: run it in a thread from the loop); False if it failed."""
-        t0 = time.perf_counter()
-        try:
-            write(self.path, data)
-        except OSError as exc:
-            self.failed(exc)
-            return False
+        with self._writing:
+            t0 = time.perf_counter()
+            try:
+                write(self.path, data)
+            except OSError as exc:
+                self.failed(exc)
+                return False
         self.written += 1
         log.debug("checkpoint: %d bytes in %.1f ms", len(data), (time.perf_counter() - t0) * 1000)
         return True
