@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -50,6 +50,14 @@ class AlertsCollector(Collector):
         def counter(name: str, doc: str, value: float) -> Metric:
             c = CounterMetricFamily(f"{p}_{name}", doc)
             c.add_metric([], value)
+            return c
+
+        def by_label(
+            name: str, doc: str, label: str, keys: Iterable[str], counts: Mapping[str, int]
+        ) -> Metric:
+            c = CounterMetricFamily(f"{p}_{name}", doc, labels=[label])
+            for key in keys:  # every key, at 0 before its first count
+                c.add_metric([key], counts[key])
             return c
 
         yield counter("strategy_runs", "Strategy jobs dispatched (their universe moved)", st.runs)
@@ -118,32 +126,29 @@ class AlertsCollector(Collector):
         yield counter(
             "skipped_messages", "Input messages skipped (unreadable or unexpected)", a.skipped_messages
         )
-        refused = CounterMetricFamily(
-            f"{p}_results_refused",
+        yield by_label(
+            "results_refused",
             "Messages on the results socket refused: a result for no job in flight here (unknown_job), "
             "of another strategy than its job's (strategy_mismatch), an alert of another strategy in a "
             "result (alert_strategy), not a result (not_a_result)",
-            labels=["reason"],
+            "reason",
+            RESULT_REFUSALS,
+            a.dispatcher.refused,
         )
-        for reason in RESULT_REFUSALS:
-            refused.add_metric([reason], a.dispatcher.refused[reason])
-        yield refused
-        wr = CounterMetricFamily(
-            f"{p}_worker_refusals",
+        yield by_label(
+            "worker_refusals",
             "Jobs the workers refused to run, as their results report",
-            labels=["reason"],
+            "reason",
+            REFUSAL_REASONS,
+            a.worker_refusals,
         )
-        for reason in REFUSAL_REASONS:
-            wr.add_metric([reason], a.worker_refusals[reason])
-        yield wr
-        errs = CounterMetricFamily(
-            f"{p}_loop_errors",
+        yield by_label(
+            "loop_errors",
             "Errors the service's loops survived (store outages), retried",
-            labels=["task"],
+            "task",
+            LOOP_TASKS,
+            a.loop_errors,
         )
-        for task in LOOP_TASKS:
-            errs.add_metric([task], a.loop_errors[task])
-        yield errs
         yield counter(
             "store_write_failures",
             "Store writes that failed, kept and retried (SQLite)",
