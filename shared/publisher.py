@@ -1,7 +1,8 @@
 """PUB side of the bus: numbers, timestamps, batches adaptively and heartbeats what it sends.
 
 ``publish`` queues; the queue is flushed when the event loop next turns (one message when idle,
-so latency stays low; many per frame in a burst) or when ``max_batch`` is reached. The socket is
+so latency stays low; many per frame in a burst) or when ``max_batch`` is reached. A frame carries
+a consecutive run of one topic, so the wire keeps ``seq`` order even when topics interleave. The socket is
 an XPUB, so the sender can wait for its first subscriber. It never blocks: a slow subscriber loses
 messages at its high-water mark and sees them as gaps in ``topic_seq``.
 """
@@ -57,7 +58,10 @@ class Publisher:
         self.seq = 0
         self.started_ns = self.clock.time_ns()
         self._topic_seqs: dict[str, int] = {}
-        self._groups: dict[str, list[Message]] = {}
+        # Consecutive runs of one topic, in publish order; the last run grows while its topic repeats.
+        self._runs: list[tuple[str, list[Message]]] = []
+        self._last_run: list[Message] | None = None
+        self._last_topic = ""
         self._pending = 0
         self._flush_scheduled = False
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -92,11 +96,13 @@ class Publisher:
             msg.publish_ns = self.clock.time_ns()
             self._send(topic.encode(), ENCODER.encode(msg), 1)
             return
-        group = self._groups.get(topic)
-        if group is None:
-            self._groups[topic] = [msg]
+        run = self._last_run
+        if run is not None and topic == self._last_topic:
+            run.append(msg)
         else:
-            group.append(msg)
+            self._last_run = run = [msg]
+            self._last_topic = topic
+            self._runs.append((topic, run))
         self._pending += 1
         if self._pending >= self.max_batch:
             self.flush()
@@ -106,28 +112,33 @@ class Publisher:
 
     def publish_many(self, topic: str, msgs: Sequence[Message]) -> None:
         """Queue several messages of one topic at once (a burst the caller already has)."""
-        group = self._groups.get(topic)
-        if group is None:
-            self._groups[topic] = list(msgs)
+        if not msgs:
+            return
+        run = self._last_run
+        if run is not None and topic == self._last_topic:
+            run.extend(msgs)
         else:
-            group.extend(msgs)
+            self._last_run = run = list(msgs)
+            self._last_topic = topic
+            self._runs.append((topic, run))
         self._pending += len(msgs)
         self.flush()
 
     def flush(self) -> None:
-        """Send everything queued now: one frame per topic, topics in order of first appearance."""
+        """Send everything queued now: one frame per run of one topic, in publish order."""
         self._flush_scheduled = False
         if not self._pending:
             return
-        groups = self._groups
-        self._groups = {}
+        runs = self._runs
+        self._runs = []
+        self._last_run = None
         self._pending = 0
         now = self.clock.time_ns()
         publisher = self.publisher_id
         seq = self.seq
         topic_seqs = self._topic_seqs
         encode = ENCODER.encode
-        for topic, msgs in groups.items():
+        for topic, msgs in runs:
             tseq = topic_seqs.get(topic, 0)
             for msg in msgs:
                 seq += 1

@@ -1,6 +1,7 @@
 """The bus over real sockets; publishers in real processes where the behaviour is about processes."""
 
 import asyncio
+import itertools
 import signal
 
 import msgspec
@@ -65,6 +66,24 @@ async def test_burst_is_batched_and_idle_message_goes_alone() -> None:
             assert pub.stats.frames == 2
     assert [m.price for _, m in got] == [*range(100), -1]  # type: ignore[attr-defined]
     assert [m.topic_seq for _, m in got] == list(range(1, 102))
+
+
+async def test_interleaved_topics_keep_seq_order_on_the_wire() -> None:
+    endpoint = tcp_endpoint()
+    # a, a, b, a, c, c, b: five runs, so five frames, and arrival order is seq order.
+    topics = ["dex.pool.1", "dex.pool.1", "dex.block", "dex.pool.1", "dex.pool.2", "dex.pool.2", "dex.block"]
+    async with Publisher(endpoint, service="sync", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, [""]) as sub:
+            await pub.wait_for_subscriber("", timeout=5)
+            for round_ in range(50):
+                for i, topic in enumerate(topics):
+                    pub.publish(topic, Price(symbol="x", price=round_ * 10 + i))
+            got = await collect(sub, 50 * len(topics))
+            assert pub.stats.frames == 50 * 5
+    seqs = [m.seq for _, m in got]
+    assert all(b > a for a, b in itertools.pairwise(seqs))
+    assert [t for t, _ in got] == topics * 50
+    assert [m.price for _, m in got] == [r * 10 + i for r in range(50) for i in range(len(topics))]  # type: ignore[attr-defined]
 
 
 async def test_slow_joiner_loses_nothing_once_a_subscriber_is_seen() -> None:
