@@ -109,6 +109,11 @@ class RegistryCollector(Collector):
         yield CounterMetricFamily(
             f"{P}_duplicates", "Repeated detections of a known zone", value=st.duplicates
         )
+        yield CounterMetricFamily(
+            f"{P}_expiry_errors",
+            "Zones whose expiry or removal raised (a bug): skipped, the other zones expired",
+            value=st.expiry_errors,
+        )
         yield CounterMetricFamily(f"{P}_prices", "Price updates applied", value=st.prices)
         yield CounterMetricFamily(f"{P}_bad_prices", "Non-finite prices skipped", value=st.bad_prices)
         yield GaugeMetricFamily(

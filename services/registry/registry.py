@@ -150,6 +150,7 @@ class RegistryStats:
     duplicates: int = 0
     prices: int = 0
     bad_prices: int = 0
+    expiry_errors: int = 0  # zones whose expiry (or removal) raised: skipped, the others handled
     last_lag_ns: int = 0  # how late the last advance fired its most overdue timer
     max_lag_ns: int = 0
 
@@ -173,6 +174,8 @@ class Registry:
         self._wheel: TimingWheel[str] = TimingWheel(now_ns)
         self._evict: dict[str, list[tuple[float, int, str]]] = {}
         self._tok = 0
+        # Told of each zone whose expiry raised (a bug), after it is counted; the others go on.
+        self.on_expiry_error: Callable[[str, Exception], None] | None = None
         for tf in rules.timeframes:
             self.stats.tf(tf)
 
@@ -437,12 +440,18 @@ class Registry:
             if entry is None:
                 continue
             zone = entry.zone
-            if entry.side != OUT:
-                late = now_ns - zone.expires_ns
-                self._expire(entry, "ttl", now_ns)
-            else:
-                late = now_ns - zone.ended_ns - grace
-                self._remove(entry, now_ns)
+            try:
+                if entry.side != OUT:
+                    late = now_ns - zone.expires_ns
+                    self._expire(entry, "ttl", now_ns)
+                else:
+                    late = now_ns - zone.ended_ns - grace
+                    self._remove(entry, now_ns)
+            except Exception as exc:  # a bug with one zone: the others still expire
+                self.stats.expiry_errors += 1
+                if self.on_expiry_error is not None:
+                    self.on_expiry_error(zid, exc)
+                continue
             if late > lag:
                 lag = late
         if fired:

@@ -67,6 +67,7 @@ class RegistryService:
         self.clock = ctx.clock
         self.pools = cfg.parsed_pools()
         self.registry = Registry(self.pools.rules(), self.clock.time_ns())
+        self.registry.on_expiry_error = self._expiry_error
         self.limits = Limits(
             timeframes=frozenset(self.pools.timeframes),
             horizon_ns=int(cfg.future_horizon * NS),
@@ -202,6 +203,15 @@ class RegistryService:
         counts["internal"] = counts.get("internal", 0) + 1
         self.skip_log("internal", "handling %s raised; skipped:\n%s", what, traceback.format_exc())
 
+    def _expiry_error(self, zone_id: str, exc: Exception) -> None:
+        """One zone's expiry raised (a bug; counted by the core): logged, the others expire."""
+        self.skip_log(
+            "expiry_error",
+            "expiring zone %r raised; skipped:\n%s",
+            zone_id[:128],
+            "".join(traceback.format_exception(exc)),
+        )
+
     def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
         ttl = d.ttl_ns if isinstance(d, DetectorEvent) else 0
         try:
@@ -275,10 +285,16 @@ class RegistryService:
         while True:
             t0 = time.perf_counter()
             now = self.clock.time_ns()
-            self.registry.advance(now)
+            try:
+                self.registry.advance(now)  # guarded per zone inside
+            except Exception:
+                self.internal(self.bad_events, "the expiry pass")
             if self.detectors is not None:
-                for d in self.detectors.on_time(now):
-                    self.create(d, now)
+                try:
+                    for d in self.detectors.on_time(now):
+                        self.create(d, now)
+                except Exception:
+                    self.internal(self.prices_refused, "the candles' close on time")
             self.emit_safely()
             self.processing.labels("expiry").observe(time.perf_counter() - t0)
             wake = now + int(interval * 1e9)
