@@ -123,6 +123,23 @@ class LocalBook:
         self.neg_risk = False
         self.last_trade_price = ""
 
+    def take_fields(
+        self,
+        tick_size: str | None,
+        last_trade_price: str | None,
+        min_order_size: str | None,
+        neg_risk: bool | None,
+    ) -> None:
+        """The hashed fields a book carries (None: it does not, the known value stays)."""
+        if tick_size is not None:
+            self.tick_size = tick_size
+        if last_trade_price is not None:
+            self.last_trade_price = last_trade_price
+        if min_order_size is not None:
+            self.min_order_size = min_order_size
+        if neg_risk is not None:
+            self.neg_risk = neg_risk
+
     def reset(self, bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> None:
         self.bids = {p: s for p, s in bids if _positive(s)}
         self.asks = {p: s for p, s in asks if _positive(s)}

@@ -1,8 +1,9 @@
-"""Pure readings of venue values: numbers, sides, times and levels, each checked.
+"""Pure readings of venue values and events: numbers, sides, times, levels, and the poolwire
+messages an event makes, each checked.
 
 A value that no valid frame carries (not a number, NaN, infinite, negative, a time outside int64)
-reads as None, and the router counts and skips what holds it (``bad_values``) instead of
-publishing it or raising.
+reads as None, and so does an event that holds one: the router counts and skips it
+(``bad_values``) instead of publishing it or raising.
 """
 
 from __future__ import annotations
@@ -10,18 +11,25 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from services.ingest.protocol import Level, Num, ms_to_ns
-from shared.messages import BookLevel
+from services.ingest.protocol import (
+    BestBidAskEvent,
+    BookEvent,
+    LastTradePriceEvent,
+    Level,
+    Num,
+    TickSizeChangeEvent,
+    ms_to_ns,
+)
+from shared.messages import BookLevel, MarketLifecycle, Price, TickSizeChange, Trade
+
+Side = Literal["buy", "sell"]
+_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 
 
-def side(value: str) -> Literal["buy", "sell"] | None:
-    """``BUY``/``buy``/``Buy`` -> buy, ``SELL``/... -> sell; anything else None."""
-    low = value.lower()
-    if low == "buy":
-        return "buy"
-    if low == "sell":
-        return "sell"
-    return None
+def side(value: str) -> Side | None:
+    """``BUY``/``buy``/``Buy`` -> buy, ``SELL``/... -> sell; anything else None. The one side
+    reader: changes and trades alike."""
+    return _SIDES.get(value.lower())
 
 
 def number(value: Num) -> float | None:
@@ -57,3 +65,116 @@ def levels_best_first(levels: list[Level], descending: bool) -> list[BookLevel] 
             out.append(BookLevel(p, s))
     out.sort(key=lambda lv: lv.price, reverse=descending)
     return out
+
+
+def tick_size(value: str) -> float:
+    """A book's tick size string as a number; 0.0 when unknown or unreadable."""
+    return (number(value) or 0.0) if value else 0.0
+
+
+def book_levels(ev: BookEvent) -> tuple[list[BookLevel], list[BookLevel], int] | None:
+    """A book's (bids best first, asks best first, exchange time in ns); None if one is bad."""
+    bids = levels_best_first(ev.bids or ev.buys or [], descending=True)
+    asks = levels_best_first(ev.asks or ev.sells or [], descending=False)
+    ts_ns = event_ns(ev.timestamp)
+    if bids is None or asks is None or ts_ns is None:
+        return None
+    return bids, asks, ts_ns
+
+
+def trade(ev: LastTradePriceEvent, market: str) -> Trade | None:
+    """``last_trade_price`` -> Trade (``market`` when the event names none)."""
+    p = price(ev.price)
+    size = number(ev.size)
+    fee = number(ev.fee_rate_bps)
+    taker = side(ev.side)
+    ts_ns = event_ns(ev.timestamp)
+    if p is None or size is None or fee is None or taker is None or ts_ns is None:
+        return None
+    return Trade(
+        asset=ev.asset_id,
+        market=ev.market or market,
+        price=p,
+        size=size,
+        side=taker,
+        fee_rate_bps=fee,
+        event_ns=ts_ns,
+    )
+
+
+def tick_size_change(ev: TickSizeChangeEvent, market: str) -> TickSizeChange | None:
+    old = number(ev.old_tick_size or 0.0)
+    new = price(ev.new_tick_size)
+    ts_ns = event_ns(ev.timestamp)
+    if old is None or new is None or ts_ns is None:
+        return None
+    return TickSizeChange(
+        asset=ev.asset_id,
+        market=ev.market or market,
+        old_tick_size=old,
+        new_tick_size=new,
+        event_ns=ts_ns,
+    )
+
+
+def best_bid_ask(ev: BestBidAskEvent) -> tuple[float, float, int] | None:
+    """(best bid, best ask, exchange time in ns); an absent side reads 0.0."""
+    bid = number(ev.best_bid or 0.0)
+    ask = number(ev.best_ask or 0.0)
+    ts_ns = event_ns(ev.timestamp)
+    if bid is None or ask is None or ts_ns is None:
+        return None
+    return bid, ask, ts_ns
+
+
+def mid_price(asset: str, mid: float, bid: float, ask: float, ts_ns: int) -> Price:
+    """The book mid as ``px.pm.<asset>`` carries it."""
+    return Price(symbol=f"pm.{asset}", price=mid, bid=bid, ask=ask, source="book", event_ns=ts_ns)
+
+
+def lifecycle(
+    status: Literal["new", "resolved"],
+    market: str,
+    assets: list[str],
+    winner: str,
+    question: str,
+    ts_ns: int,
+) -> list[MarketLifecycle]:
+    """``new_market`` / ``market_resolved`` -> one MarketLifecycle per asset."""
+    return [
+        MarketLifecycle(
+            asset=asset,
+            market=market,
+            status=status,
+            winning_asset=winner,
+            question=question,
+            event_ns=ts_ns,
+        )
+        for asset in assets
+    ]
+
+
+JSON_START = ("{", "[", b"{", b"[")
+
+
+def text_frame(data: bytes | str) -> Literal["notice", "garbage"] | None:
+    """None for a JSON frame (after blanks); else a server notice or garbage."""
+    stripped = data.strip()
+    if stripped and stripped[:1] in JSON_START:
+        return None
+    return "notice" if is_notice(stripped) else "garbage"
+
+
+def is_notice(text: bytes | str) -> bool:
+    """A short upper-case server notice such as ``NO NEW ASSETS`` (not an error)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            return False
+    return len(text) < 200 and all(ch.isupper() or ch in " _-!." for ch in text)
+
+
+def excerpt(data: bytes | str) -> str:
+    """The start of a frame, for a log line."""
+    return repr(data[:80]) + ("..." if len(data) > 80 else "")
