@@ -1,0 +1,52 @@
+"""One side reader for changes and trades; the skip counters exported on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from services.ingest import parse
+from services.ingest.metrics import IngestCollector
+from services.ingest.planner import Limits
+from services.ingest.pool import ConnectionPool
+from services.ingest.registry import MarketRegistry
+from services.ingest.router import Router
+from shared.messages import BookChange, Message, Trade
+from tests.ingest import frames
+
+
+def test_sides_read_alike_whatever_their_case() -> None:
+    assert {parse.side(s) for s in ("BUY", "Buy", "buy", "bUY")} == {"buy"}
+    assert {parse.side(s) for s in ("SELL", "Sell", "sell")} == {"sell"}
+    assert parse.side("") is None and parse.side("BID") is None
+
+
+def test_a_change_and_a_trade_with_a_mixed_case_side_are_published() -> None:
+    out: list[tuple[str, Message]] = []
+    router = Router(lambda t, m: out.append((t, m)), verify_hashes=False)
+    router.assign([frames.ASSET, frames.ASSET_NO], "c1")
+    router.handle_frame("c1", frames.BOOK_DUMP)
+    router.handle_frame("c1", frames.PRICE_CHANGE.replace('"side":"BUY"', '"side":"Buy"'))
+    router.handle_frame("c1", frames.LAST_TRADE_PRICE.replace('"side":"BUY"', '"side":"Buy"'))
+    changes = [m for _, m in out if isinstance(m, BookChange)]
+    trades = [m for _, m in out if isinstance(m, Trade)]
+    assert [c.side for c in changes] == ["buy", "sell"] and [t.side for t in trades] == ["buy"]
+    assert router.stats.bad_values == 0
+
+
+def scrape(router: Router) -> str:
+    registry = MarketRegistry()
+    pool = ConnectionPool(registry, router, Limits(), lambda cid: None)  # type: ignore[arg-type,return-value]
+    metrics = CollectorRegistry()
+    metrics.register(IngestCollector(pool, router, registry))
+    return generate_latest(metrics).decode()
+
+
+def test_events_for_assets_not_followed_and_legacy_frames_are_exported() -> None:
+    router = Router(lambda t, m: None, verify_hashes=False)
+    router.assign([frames.ASSET], "c1")
+    router.handle_frame("c1", frames.PRICE_CHANGE)  # its second entry's asset is not followed
+    router.handle_frame("c1", frames.LAST_TRADE_PRICE.replace(frames.ASSET, "123"))
+    router.handle_frame("c1", frames.PRICE_CHANGE_LEGACY)
+    text = scrape(router)
+    assert "poolwire_ingest_unknown_assets_total 2.0" in text
+    assert "poolwire_ingest_legacy_events_total 1.0" in text
