@@ -104,12 +104,13 @@ class BarBuilder:
         if bars:
             bar = bars[-1]
             if start != bar.start_ns:
-                bar = self._bar(start, price)
-                if bar is None:
+                found = self._bar(start, price)
+                if found is None:
                     return False
-                if bar.ticks == 0:
-                    bar.ticks = 1
+                if found.ticks == 0:
+                    found.ticks = 1
                     return True
+                bar = found
         else:
             if start < self.closed_before:
                 self.late += 1
