@@ -3,6 +3,8 @@
 poolwire tap [--connect ENDPOINT]... [--pretty] [--count N] [--timeout S] PREFIX...
 poolwire push ENDPOINT JSON
 poolwire snapshot ENDPOINT [PREFIX]
+poolwire record [--connect ENDPOINT]... --out FILE [--count N] [--timeout S] PREFIX...
+poolwire replay FILE --bind ENDPOINT [--speed X | --rate N | --max] [--wait-for PREFIX]...
 poolwire config check FILE
 """
 
@@ -22,6 +24,7 @@ from shared.bus import Pusher, Subscriber, context
 from shared.config import CommonConfig, ConfigError, apply_env, check_file, convert, read_file
 from shared.constants import default_pub_endpoints
 from shared.messages import JSON_DECODER, Message, to_json_dict
+from shared.recording import record, replay
 from shared.schema import json_schema, markdown
 from shared.security import create_keys
 from shared.snapshot import request_snapshot
@@ -141,6 +144,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("endpoint")
     s.add_argument("prefix", nargs="?", default="")
     s.add_argument("--timeout", type=float, default=5.0)
+    r = sub.add_parser("record", help="write every message whose topic matches a prefix to a file")
+    r.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes (default: all)")
+    r.add_argument(
+        "--connect", action="append", metavar="ENDPOINT", help="PUB endpoint(s); default: every service"
+    )
+    r.add_argument("--out", required=True, metavar="FILE")
+    r.add_argument("--count", type=int, default=0, help="stop after N messages")
+    r.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
+    rp = sub.add_parser("replay", help="publish a recording again (its topics and event times)")
+    rp.add_argument("file")
+    rp.add_argument("--bind", required=True, metavar="ENDPOINT", help="PUB endpoint to publish on")
+    pace = rp.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="X times the recorded pace (default 1)")
+    pace.add_argument("--rate", type=float, default=0.0, help="a fixed N messages per second")
+    pace.add_argument("--max", action="store_true", help="as fast as the subscribers take it")
+    rp.add_argument(
+        "--wait-for",
+        action="append",
+        metavar="PREFIX",
+        help="start once a subscriber takes each of these topics (default: any subscriber)",
+    )
+    rp.add_argument("--wait-timeout", type=float, default=30.0, help="give up waiting after S seconds")
     sch = sub.add_parser("schema", help="print the message reference (Markdown) or --json for JSON Schema")
     sch.add_argument("--json", action="store_true")
     c = sub.add_parser("config", help="config tools")
@@ -163,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"server: {server}\nclient: {client}")
         return 0
     try:
-        if args.command in {"tap", "push", "snapshot"}:
+        if args.command in {"tap", "push", "snapshot", "record", "replay"}:
             security.enable(_common(args.config).curve, context())
         if args.command == "tap":
             endpoints = args.connect or default_pub_endpoints()
@@ -172,6 +197,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(push(args.endpoint, args.json))
         if args.command == "snapshot":
             return asyncio.run(snapshot(args.endpoint, args.prefix, args.timeout))
+        if args.command == "record":
+            endpoints = args.connect or default_pub_endpoints()
+            return asyncio.run(record(endpoints, args.prefixes, args.out, args.count, args.timeout))
+        if args.command == "replay":
+            speed = 0.0 if args.max else args.speed
+            return asyncio.run(
+                replay(
+                    args.file,
+                    args.bind,
+                    speed=speed,
+                    rate=args.rate,
+                    wait_for=args.wait_for or ("",),
+                    wait_timeout=args.wait_timeout,
+                )
+            )
         if args.command == "schema":
             print(json_schema() if args.json else markdown())
             return 0

@@ -4,12 +4,14 @@
 so latency stays low; many per frame in a burst) or when ``max_batch`` is reached. A frame carries
 a consecutive run of one topic, so the wire keeps ``seq`` order even when topics interleave. The socket is
 an XPUB, so the sender can wait for its first subscriber. It never blocks: a slow subscriber loses
-messages at its high-water mark and sees them as gaps in ``topic_seq``.
+messages at its high-water mark and sees them as gaps in ``topic_seq``. A ``lossless`` publisher
+(replay) instead keeps what the high-water mark refuses (XPUB_NODROP) until ``drain`` sends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from shared.bus import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
+
+DRAIN_PAUSE_MIN_S = 0.0005
+DRAIN_PAUSE_MAX_S = 0.02
 
 
 @dataclass(slots=True)
@@ -44,6 +49,7 @@ class Publisher:
         batching: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         hwm: int = DEFAULT_HWM,
+        lossless: bool = False,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
@@ -70,6 +76,9 @@ class Publisher:
         self._asock = (ctx or context()).socket(zmq.XPUB)
         self._asock.setsockopt(zmq.SNDHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, 1000)
+        if lossless:
+            self._asock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._backlog: deque[tuple[bytes, bytes]] = deque()  # frames the HWM refused (lossless only)
         security.bind(self._asock, endpoint)
         self._sock = sync_view(self._asock)
         self._closed = False
@@ -154,12 +163,34 @@ class Publisher:
     def _send(self, topic: bytes, payload: bytes, count: int) -> None:
         if self._closed:
             return
-        # PUB never blocks: past the HWM ZeroMQ drops, and subscribers count the gap.
-        self._sock.send_multipart((topic, payload), NOBLOCK)
+        if self._backlog:
+            self._backlog.append((topic, payload))
+        else:
+            try:
+                # Never blocks: past the HWM ZeroMQ drops (subscribers count the gap), or with
+                # XPUB_NODROP refuses, and the frame waits in the backlog for ``drain``.
+                self._sock.send_multipart((topic, payload), NOBLOCK)
+            except zmq.Again:
+                self._backlog.append((topic, payload))
         stats = self.stats
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
+
+    async def drain(self) -> None:
+        """Flush, then wait until every frame the high-water mark refused has been sent."""
+        self.flush()
+        pause = DRAIN_PAUSE_MIN_S
+        while self._backlog and not self._closed:
+            try:
+                self._sock.send_multipart(self._backlog[0], NOBLOCK)
+            except zmq.Again:
+                # An XPUB always polls writable, so the refusal is the only signal: back off and retry.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, DRAIN_PAUSE_MAX_S)
+                continue
+            self._backlog.popleft()
+            pause = DRAIN_PAUSE_MIN_S
 
     def heartbeat(self) -> None:
         hb = Heartbeat(
