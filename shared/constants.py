@@ -54,7 +54,7 @@ PORTS: dict[str, dict[str, int]] = {
     "ingest": {"pub": 5550, "pull": 5551, "snapshot": 5552, "metrics": 9101},
     "sync": {"pub": 5560, "pull": 5561, "snapshot": 5562, "metrics": 9102},
     "registry": {"pub": 5570, "pull": 5571, "snapshot": 5572, "metrics": 9103},
-    "alerts": {"pub": 5580, "jobs": 5581, "results": 5582, "metrics": 9104},
+    "alerts": {"pub": 5580, "jobs": 5581, "results": 5582, "metrics": 9104, "worker_metrics": 9106},
     "simulator": {"ws": 8765, "http": 8766, "metrics": 9105},
 }
 
