@@ -89,6 +89,9 @@ class DetectorsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeframes: list[str] = []  # default: every timeframe in pools
     swing_bars: Annotated[int, msgspec.Meta(ge=1, le=50)] = 2  # N bars each side of a pivot
     fvg_min_gap: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # smallest gap, fraction of price
+    # A candle closes when its symbol's event time passes its end plus this; a tick later than that
+    # is counted as late. A live symbol that goes quiet closes its candles when the wall clock does.
+    allowed_lateness: Duration = Duration(2.0)
 
 
 class RegistryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,10 +1,13 @@
 """Zone detectors over the price stream: candles per timeframe, fair value gaps, swing pivots.
 
-* Candles: a tick at ``t`` belongs to the bucket ``[t // tf * tf, + tf)`` (UTC epoch aligned, so
-  D1 candles run 00:00-24:00 UTC). A candle closes when a tick of a later bucket arrives, or when
-  :meth:`Detectors.on_time` sees its bucket has ended. A *late* tick (its bucket already closed) is
-  dropped and counted: a closed candle is never amended. Empty buckets make no candle; detectors
-  see the candles that exist, in order.
+* Candles (shared/bars.py, on event time): a tick of event time ``t`` belongs to the bucket
+  ``[t // tf * tf, + tf)`` (UTC epoch aligned, so D1 candles run 00:00-24:00 UTC). A candle closes
+  when the symbol's event time passes its end plus the allowed lateness, or, for a live symbol that
+  goes quiet, when the wall clock does (:meth:`Detectors.on_time`). A replayed history is not live:
+  only its own event time closes candles, so it gives the same candles at any speed. A *late* tick
+  (its bucket already closed) is dropped and counted: a closed candle is never amended, and the
+  tick never joins a later one. Empty buckets make no candle; detectors see the candles that
+  exist, in order.
 * Fair value gap (3 candles c1 c2 c3): bullish when ``c3.low > c1.high`` (zone ``[c1.high,
   c3.low]``), bearish when ``c3.high < c1.low`` (zone ``[c3.high, c1.low]``); the gap must be at
   least ``fvg_min_gap`` of the price. Strength: gap / c2's range, capped at 1. Created at c3's close.
@@ -14,8 +17,8 @@
   upper wick ``[max(open, close), high]``; a swing low gives sell-side liquidity (``ssl``) over
   ``[low, min(open, close)]``. Strength 1.
 * State: :meth:`Detectors.state` / :meth:`Detectors.changed` export, per (symbol, timeframe), what
-  the detectors need to continue exactly after a restart (:class:`PairState`: the open candle, the
-  last closed bucket, the closed-candle window FVG and pivots look at); :meth:`Detectors.restore`
+  the detectors need to continue exactly after a restart (:class:`PairState`: the open candles, the
+  last closed bucket, the symbol's watermark, the closed-candle window FVG and pivots look at); :meth:`Detectors.restore`
   imports it. A pair changes only when a tick lands in its open candle or a candle closes.
 """
 
@@ -28,17 +31,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
+from shared.bars import Bar, BarBuilder, Watermark
 
-
-@dataclass(slots=True)
-class Candle:
-    start_ns: int
-    end_ns: int
-    open: float
-    high: float
-    low: float
-    close: float
-    ticks: int = 1
+Candle = Bar  # a candle is shared/bars.py's bar
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +78,14 @@ class PairState(msgspec.Struct, kw_only=True):
     tf_ns: int
     swing_bars: int  # the N the window was kept for
     last_closed_start: int = -1  # ticks of this bucket or earlier are late
-    current: CandleState | None = None  # the open candle
+    current: CandleState | None = None  # the open candle (the newest, when several are open)
     closed: list[CandleState] = []  # oldest first
+    # Open candles older than ``current``, still within the allowed lateness (oldest first), and
+    # the symbol's watermark: its latest event time, whether it is live, and its point.
+    opening: list[CandleState] = []
+    event_ns: int = 0
+    live: bool = False
+    point_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,52 +102,18 @@ class RestoreReport:
     dropped: list[DroppedState] = field(default_factory=list)
 
 
-class CandleBuilder:
-    """Candles of one (symbol, timeframe)."""
+class CandleBuilder(BarBuilder):
+    """Candles of one (symbol, timeframe): shared/bars.py's builder, noting changes for the store."""
 
-    __slots__ = ("changed", "current", "last_closed_start", "late", "tf_ns")
+    __slots__ = ("changed",)
 
     def __init__(self, tf_ns: int) -> None:
-        self.tf_ns = tf_ns
-        self.current: Candle | None = None
-        self.last_closed_start = -1
-        self.late = 0
+        super().__init__(tf_ns)
         self.changed = False  # since the state was last exported
 
-    def on_tick(self, ts_ns: int, price: float) -> Candle | None:
-        """Add a tick; returns the candle it closed, if any."""
-        start = ts_ns - ts_ns % self.tf_ns
-        cur = self.current
-        if cur is not None:
-            if start == cur.start_ns:
-                if price > cur.high:
-                    cur.high = price
-                elif price < cur.low:
-                    cur.low = price
-                cur.close = price
-                cur.ticks += 1
-                self.changed = True
-                return None
-            if start < cur.start_ns:
-                self.late += 1
-                return None
-            self.last_closed_start = cur.start_ns
-        elif start <= self.last_closed_start:
-            self.late += 1
-            return None
-        self.current = Candle(start, start + self.tf_ns, price, price, price, price)
-        self.changed = True
-        return cur
-
-    def on_time(self, now_ns: int) -> Candle | None:
-        """Close the open candle if its bucket has ended; returns it."""
-        cur = self.current
-        if cur is not None and now_ns >= cur.end_ns:
-            self.current = None
-            self.last_closed_start = cur.start_ns
-            self.changed = True
-            return cur
-        return None
+    @property
+    def tf_ns(self) -> int:
+        return self.size_ns
 
 
 def window_size(swing_bars: int) -> int:
@@ -208,14 +175,24 @@ _Pair = tuple[CandleBuilder, PatternDetector]
 
 
 class Detectors:
-    """Every (symbol, timeframe) pair's candle builder and pattern detector."""
+    """Every (symbol, timeframe) pair's candle builder and pattern detector; one watermark per
+    symbol (its prices are one stream: every timeframe's candles close on the same event time)."""
 
-    def __init__(self, timeframes: dict[str, int], swing_bars: int = 2, fvg_min_gap: float = 0.0) -> None:
+    def __init__(
+        self,
+        timeframes: dict[str, int],
+        swing_bars: int = 2,
+        fvg_min_gap: float = 0.0,
+        *,
+        lateness_ns: int = 0,
+    ) -> None:
         self.timeframes = timeframes  # name -> length in ns
         self.swing_bars = swing_bars
         self.fvg_min_gap = fvg_min_gap
+        self.lateness_ns = lateness_ns
         self.stats = DetectorStats(candles=dict.fromkeys(timeframes, 0))
         self._pairs: dict[str, list[_Pair]] = {}
+        self._marks: dict[str, Watermark] = {}
         self._changed: dict[str, None] = {}  # symbols with a builder whose state changed, oldest first
         self._closed: dict[str, None] = {}  # ... of which a candle closed (their windows moved)
 
@@ -226,31 +203,55 @@ class Detectors:
                 (CandleBuilder(ns), PatternDetector(symbol, tf, self.swing_bars, self.fvg_min_gap))
                 for tf, ns in self.timeframes.items()
             ]
+            self._marks[symbol] = Watermark(self.lateness_ns)
         return pairs
 
-    def on_price(self, symbol: str, ts_ns: int, price: float) -> list[Detection]:
+    def on_price(self, symbol: str, ts_ns: int, price: float, now_ns: int | None = None) -> list[Detection]:
+        """A price of event time ``ts_ns`` arriving at wall clock ``now_ns`` (default: ``ts_ns``).
+
+        Candles its event time closes close first; then it joins its own candle, or, if that one
+        is closed, it is counted as late (per timeframe).
+        """
         out: list[Detection] = []
         self._changed[symbol] = None
-        for builder, detector in self._for(symbol):
-            late = builder.late
-            closed = builder.on_tick(ts_ns, price)
-            if builder.late != late:
+        pairs = self._for(symbol)
+        mark = self._marks[symbol]
+        now = ts_ns if now_ns is None else now_ns
+        mark.observe(ts_ns, now)
+        point = mark.point(now)
+        for builder, detector in pairs:
+            if point >= builder.closed_before + builder.size_ns:
+                for candle in builder.close_through(point):
+                    builder.changed = True
+                    self._closed[symbol] = None
+                    out.extend(self._on_close(detector, candle))
+            if builder.add(ts_ns, price):
+                builder.changed = True
+            else:
                 self.stats.late_ticks += 1
-            elif closed is not None:
-                self._closed[symbol] = None
-                out.extend(self._on_close(detector, closed))
         return out
 
     def on_time(self, now_ns: int) -> list[Detection]:
+        """Close the candles of live symbols that went quiet (see shared/bars.py)."""
         out: list[Detection] = []
+        marks = self._marks
         for symbol, pairs in self._pairs.items():
+            point = marks[symbol].point(now_ns)
             for builder, detector in pairs:
-                closed = builder.on_time(now_ns)
-                if closed is not None:
+                if point < builder.closed_before + builder.size_ns:
+                    continue
+                for candle in builder.close_through(point):
+                    builder.changed = True
                     self._changed[symbol] = None
                     self._closed[symbol] = None
-                    out.extend(self._on_close(detector, closed))
+                    out.extend(self._on_close(detector, candle))
         return out
+
+    def next_close_ns(self) -> int | None:
+        """When the wall clock next closes a candle of a live symbol (None: no live symbol)."""
+        shortest = min(self.timeframes.values(), default=0)
+        wakes = [m.next_close_ns(shortest) for m in self._marks.values() if m.live]
+        return min(wakes, default=None)
 
     def _on_close(self, detector: PatternDetector, candle: Candle) -> list[Detection]:
         stats = self.stats
@@ -292,15 +293,21 @@ class Detectors:
 
     def _state(self, pair: _Pair) -> PairState:
         builder, detector = pair
-        cur = builder.current
+        mark = self._marks[detector.symbol]
+        bars = builder.bars
+        closed_before = builder.closed_before
         return PairState(
             symbol=detector.symbol,
             timeframe=detector.timeframe,
-            tf_ns=builder.tf_ns,
+            tf_ns=builder.size_ns,
             swing_bars=detector.n,
-            last_closed_start=builder.last_closed_start,
-            current=None if cur is None else CandleState.of(cur),
+            last_closed_start=closed_before - builder.size_ns if closed_before > 0 else -1,
+            current=CandleState.of(bars[-1]) if bars else None,
+            opening=[CandleState.of(c) for c in bars[:-1]],
             closed=[CandleState.of(c) for c in detector.candles],
+            event_ns=mark.event_ns,
+            live=mark.live,
+            point_ns=mark.last_point,
         )
 
     def restore(self, states: Iterable[PairState]) -> RestoreReport:
@@ -316,8 +323,15 @@ class Detectors:
                 report.dropped.append(DroppedState(st.symbol, st.timeframe, reason))
                 continue
             builder, detector = next(p for p in self._for(st.symbol) if p[1].timeframe == st.timeframe)
-            builder.current = None if st.current is None else st.current.candle()
-            builder.last_closed_start = st.last_closed_start
+            builder.bars = [c.candle() for c in st.opening]
+            if st.current is not None:
+                builder.bars.append(st.current.candle())
+            builder.closed_before = st.last_closed_start + st.tf_ns if st.last_closed_start >= 0 else 0
+            mark = self._marks[st.symbol]
+            if st.event_ns >= mark.event_ns:
+                # A state stored before watermarks (event_ns 0) was closed by the wall clock: live.
+                mark.event_ns, mark.live = st.event_ns, st.live or st.event_ns == 0
+            mark.close_through(st.point_ns)
             detector.candles.clear()
             detector.candles.extend(c.candle() for c in st.closed)
             report.restored += 1
@@ -336,9 +350,10 @@ class Detectors:
         starts = [c.start_ns for c in st.closed]
         if starts != sorted(set(starts)) or (starts and starts[-1] > last):
             return "closed candles out of order"
-        cur = st.current
-        if cur is not None and (
-            cur.start_ns % tf_ns or cur.end_ns != cur.start_ns + tf_ns or cur.start_ns <= last
+        opened = [*st.opening, *([] if st.current is None else [st.current])]
+        starts = [c.start_ns for c in opened]
+        if starts != sorted(set(starts)) or any(
+            c.start_ns % tf_ns or c.end_ns != c.start_ns + tf_ns or c.start_ns <= last for c in opened
         ):
             return "open candle inconsistent"
         return None

@@ -85,7 +85,10 @@ class RegistryService:
         if cfg.detectors.enabled:
             tfs = cfg.detectors.timeframes or list(self.pools.timeframes)
             self.detectors = Detectors(
-                {tf: timeframe_ns(tf) for tf in tfs}, cfg.detectors.swing_bars, cfg.detectors.fvg_min_gap
+                {tf: timeframe_ns(tf) for tf in tfs},
+                cfg.detectors.swing_bars,
+                cfg.detectors.fvg_min_gap,
+                lateness_ns=int(cfg.detectors.allowed_lateness * NS),
             )
             if self.store is not None:  # before the SUB below connects: no tick meets empty candles
                 restore_detectors(self.detectors, self.store)
@@ -251,7 +254,7 @@ class RegistryService:
                             symbols_ok.clear()
                         symbols_ok.add(symbol)
                     if detectors is not None and timely:
-                        for d in detectors.on_price(symbol, ev or now, msg.price):
+                        for d in detectors.on_price(symbol, ev or now, msg.price, now):
                             self.create(d, now)
                     reg.on_price(symbol, msg.price, now)
                 except Exception:
@@ -281,7 +284,6 @@ class RegistryService:
 
     async def expiry_loop(self) -> None:
         interval = self.pools.auto_expire_interval or 30.0
-        tf_lengths = sorted(self.detectors.timeframes.values()) if self.detectors else []
         while True:
             t0 = time.perf_counter()
             now = self.clock.time_ns()
@@ -301,8 +303,10 @@ class RegistryService:
             nxt = self.registry.next_deadline_ns()
             if nxt is not None and nxt < wake:
                 wake = nxt
-            if tf_lengths:  # close candles on time even when a symbol goes quiet
-                wake = min(wake, now - now % tf_lengths[0] + tf_lengths[0])
+            if self.detectors is not None:  # close the candles of live symbols that go quiet
+                close = self.detectors.next_close_ns()
+                if close is not None and close < wake:
+                    wake = close
             self._planned_wake_ns = wake
             self._wake.clear()
             delay = max(0.0, (wake - self.clock.time_ns()) / 1e9)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from services.registry.detectors import Candle, CandleBuilder, Detectors, PatternDetector
+from services.registry.detectors import Candle, Detectors, PatternDetector
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 
 S = 1_000_000_000
@@ -13,20 +13,48 @@ def candle(i: int, o: float, h: float, lo: float, c: float) -> Candle:
 
 
 def test_candle_buckets_and_late_ticks() -> None:
-    b = CandleBuilder(M)
-    assert b.on_tick(T0 + 5 * S, 1.0) is None
-    assert b.on_tick(T0 + 59 * S, 3.0) is None
-    assert b.on_tick(T0 + 30 * S, 0.5) is None
-    closed = b.on_tick(T0 + M, 2.0)  # first tick of the next bucket closes the first
-    assert closed == Candle(T0, T0 + M, 1.0, 3.0, 0.5, 0.5, ticks=3)
-    assert b.on_tick(T0 + 59 * S, 9.0) is None  # late: its candle is closed
-    assert b.late == 1
-    assert b.current is not None and b.current.high == 2.0
-    assert b.on_time(T0 + 2 * M - 1) is None
-    assert b.on_time(T0 + 2 * M) == Candle(T0 + M, T0 + 2 * M, 2.0, 2.0, 2.0, 2.0)
-    assert b.on_tick(T0 + 90 * S, 1.0) is None and b.late == 2  # closed by time: still late
-    assert b.on_tick(T0 + 10 * M, 1.0) is None  # gap of empty buckets: just a new candle
-    assert b.current is not None and b.current.start_ns == T0 + 10 * M
+    det = Detectors({"M1": M})
+
+    def candles() -> list[Candle]:
+        return list(det._pairs["pm.a"][0][1].candles)
+
+    det.on_price("pm.a", T0 + 5 * S, 1.0)
+    det.on_price("pm.a", T0 + 59 * S, 3.0)
+    det.on_price("pm.a", T0 + 30 * S, 0.5)
+    det.on_price("pm.a", T0 + M, 2.0)  # first tick of the next bucket closes the first
+    assert candles() == [Candle(T0, T0 + M, 1.0, 3.0, 0.5, 0.5, ticks=3)]
+    det.on_price("pm.a", T0 + 59 * S, 9.0)  # late: its candle is closed
+    assert det.stats.late_ticks == 1
+    builder = det._pairs["pm.a"][0][0]
+    assert builder.current is not None and builder.current.high == 2.0
+    det.on_time(T0 + 2 * M - 1)
+    assert len(candles()) == 1
+    det.on_time(T0 + 2 * M)
+    assert candles()[-1] == Candle(T0 + M, T0 + 2 * M, 2.0, 2.0, 2.0, 2.0)
+    det.on_price("pm.a", T0 + 90 * S, 1.0, T0 + 2 * M)  # closed by time: still late
+    assert det.stats.late_ticks == 2
+    det.on_price("pm.a", T0 + 10 * M, 1.0)  # gap of empty buckets: just a new candle
+    assert builder.current is not None and builder.current.start_ns == T0 + 10 * M
+    assert len(candles()) == 2
+
+
+def test_candles_close_on_event_time_plus_the_lateness_and_a_replay_is_not_closed_by_the_clock() -> None:
+    det = Detectors({"M1": M}, lateness_ns=2 * S)
+    later = T0 + 86400 * S  # replayed a day later, tick by tick
+    det.on_price("pm.a", T0 + 5 * S, 1.0, later)
+    det.on_price("pm.a", T0 + M, 2.0, later)  # the next bucket; the first waits for the lateness
+    det.on_price("pm.a", T0 + 59 * S, 3.0, later)  # within the lateness: its own candle
+    assert det.on_time(later + 3600 * S) == [] and det.stats.candles == {"M1": 0}  # not live
+    det.on_price("pm.a", T0 + M + 2 * S, 2.5, later)
+    assert det.stats.candles == {"M1": 1} and det.stats.late_ticks == 0
+    assert list(det._pairs["pm.a"][0][1].candles) == [Candle(T0, T0 + M, 1.0, 3.0, 1.0, 3.0, ticks=2)]
+    # live: a quiet symbol's candle closes when the wall clock passes its end plus the lateness
+    det.on_price("pm.b", T0 + 5 * S, 1.0, T0 + 5 * S + 10**6)
+    assert det.next_close_ns() == T0 + M + 2 * S
+    det.on_time(T0 + M + 2 * S - 1)
+    assert det.stats.candles == {"M1": 1}
+    det.on_time(T0 + M + 2 * S)
+    assert det.stats.candles == {"M1": 2}
 
 
 def test_fvg_bullish_and_bearish_on_hand_built_candles() -> None:

@@ -155,9 +155,10 @@ async def test_zones_touches_detectors_snapshot_restart(tmp_path: Path) -> None:
                 topic, touched = await touch_until_seen(pub, sub, "pm.a", 0.5, 0.62)
                 assert topic.startswith("zone.touched.") and touched.zone.touches >= 1
 
-                # Detectors: three one-second candles with a bullish gap, stamped in the future so
-                # that the service's clock never closes them first; a fourth tick closes the third.
-                base = (now // S + 1000) * S
+                # Detectors: three one-second candles with a bullish gap, stamped 1000 s ago (a
+                # replay: not live, the service's clock closes none of them); a tick past the third's
+                # end plus the allowed lateness (2 s) closes it.
+                base = (now // S - 1000) * S
                 for sec, price in [
                     (0, 1.0),
                     (0.5, 1.1),
@@ -166,6 +167,7 @@ async def test_zones_touches_detectors_snapshot_restart(tmp_path: Path) -> None:
                     (2, 1.3),
                     (2.5, 1.6),
                     (3, 1.6),
+                    (5, 1.6),
                 ]:
                     pub.publish("px.pm.b", Price(symbol="pm.b", price=price, event_ns=base + int(sec * S)))
                 topic, fvg = await wait_for(sub, ZoneCreated, timeout=10, symbol="pm.b", kind="fvg_bullish")

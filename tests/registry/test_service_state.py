@@ -57,10 +57,12 @@ async def send_prices(endpoint: str, base_ns: int, ticks: list[tuple[float, floa
 
 
 async def test_fvg_and_swing_pivot_straddling_a_kill_9_are_still_created(tmp_path: Path) -> None:
-    path, cfg = write_config(tmp_path, store_flush_interval="100ms")
+    # No lateness: each tick closes the candles before its own.
+    detectors = {"timeframes": ["S1"], "swing_bars": 2, "allowed_lateness": "0s"}
+    path, cfg = write_config(tmp_path, store_flush_interval="100ms", detectors=detectors)
     db_path = tmp_path / "data" / "registry.sqlite"
-    # In the future, so that the service's clock never closes these candles first.
-    base = (time.time_ns() // S + 1000) * S
+    # 1000 s ago: a replay, not live, so that the service's clock never closes these candles first.
+    base = (time.time_ns() // S - 1000) * S
     with spawn("-m", "services.registry", "--config", str(path)) as proc:
         async with Subscriber(cfg["pub"], ("registry.",)) as health:
             await health.wait_for_publisher("registry", timeout=15)
@@ -78,6 +80,9 @@ async def test_fvg_and_swing_pivot_straddling_a_kill_9_are_still_created(tmp_pat
                     last_closed_start=base + S,
                     current=CandleState(base + 2 * S, base + 3 * S, 1.30, 1.30, 1.30, 1.30),
                     closed=[c0, c1],
+                    event_ns=base + 2 * S,  # the watermark: the latest event time, not live
+                    live=False,
+                    point_ns=base + 2 * S,
                 ),
             )
         proc.send_signal(signal.SIGKILL)
