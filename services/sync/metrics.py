@@ -121,7 +121,7 @@ class SyncCollector(Collector):
         yield CounterMetricFamily(
             f"{P}_swaps_unpublished",
             "Swap events with impossible amounts or price: no dex.swap published",
-            value=svc.swaps_unpublished,
+            value=svc.announce.swaps_unpublished,
         )
         yield CounterMetricFamily(
             f"{P}_block_errors",
@@ -131,6 +131,14 @@ class SyncCollector(Collector):
         yield CounterMetricFamily(
             f"{P}_snapshot_bad_requests", "Malformed snapshot requests skipped", value=svc.snap.bad_requests
         )
+        failures = CounterMetricFamily(
+            f"{P}_startup_failures",
+            "Cold starts and checkpoint resumes that failed (the node down, bad replies) and were retried",
+            labels=["phase"],
+        )
+        for phase, count in svc.retry.failures.items():
+            failures.add_metric([phase], count)
+        yield failures
         yield CounterMetricFamily(
             f"{P}_pools_retried", "Scrapes of failed pools tried again while live", value=svc.pools_retried
         )

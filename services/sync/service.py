@@ -5,57 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from services.sync import amm, checkpoint
-from services.sync.arena import BlockResult, Pool, ResyncNeeded
-from services.sync.buffer import Block
+from services.sync import checkpoint
+from services.sync.announce import Announcer
+from services.sync.arena import Pool, ResyncNeeded
 from services.sync.client import BlockSource, ExExClient, Resync
 from services.sync.config import SyncConfig
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower
 from services.sync.metrics import SyncCollector
+from services.sync.retry import StartupRetry
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_int
 from services.sync.rpc_scraper import RpcScraper
 from services.sync.scraper import Scraper, SimulatorScraper, pool_key
 from services.sync.whitelist import WhitelistGate
 from shared.bus import Publisher, Puller
-from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, px_topic
-from shared.exex import PoolUpdate
 from shared.messages import (
-    BlockUpdate,
-    Message,
     PoolSpec,
-    PoolState,
-    Price,
-    SnapshotRequest,
-    Swap,
 )
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
 
 log = logging.getLogger("poolwire.sync")
-
-
-def pool_state(pool: Pool, block: int, block_hash: bytes) -> PoolState:
-    return PoolState(
-        pool=pool.hex,
-        protocol=pool.protocol,
-        block=block,
-        block_hash="0x" + block_hash.hex(),
-        token0=pool.token0,
-        token1=pool.token1,
-        fee=pool.fee,
-        tick_spacing=pool.tick_spacing,
-        reserve0=str(pool.reserve0),
-        reserve1=str(pool.reserve1),
-        sqrt_price_x96=str(pool.sqrt_price_x96),
-        tick=pool.tick,
-        liquidity=str(pool.liquidity),
-        price=pool.price(),
-    )
 
 
 class SyncService:
@@ -124,15 +98,15 @@ class SyncService:
             cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
         self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
+        self.announce = Announcer(self.pub, self.coord)
         self.snap = SnapshotServer(
             cfg.snapshot,
-            self.snapshot,
+            self.announce.snapshot,
             publisher_id=self.pub.publisher_id,
             max_message_size=ctx.common.max_message_size,
         )
-        self.head_hash = b""
         self.whitelist = WhitelistGate()
-        self.swaps_unpublished = 0
+        self.retry = StartupRetry(ctx.clock, cfg.backoff_initial, cfg.backoff_max)
         self.block_errors = 0  # unforeseen errors applying a block: each resyncs
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)
@@ -146,87 +120,16 @@ class SyncService:
             out.append(self.cfg.v4_pool_manager)
         return out
 
-    # -- publishing -----------------------------------------------------------------------------
-
-    def _head(self) -> tuple[int, bytes]:
-        head = self.coord.processor.head
-        return head if head is not None else (0, b"")
-
-    def publish_pools(self, pools: set[Pool] | list[Pool]) -> None:
-        number, bhash = self._head()
-        now = self.ctx.clock.time_ns()
-        for pool in pools:
-            state = pool_state(pool, number, bhash)
-            state.event_ns = now
-            self.pub.publish(dex_pool_topic(pool.hex), state)
-            symbol = f"dex.{pool.hex}"
-            self.pub.publish(
-                px_topic(symbol), Price(symbol=symbol, price=state.price, source="pool", event_ns=now)
-            )
-
-    def publish_result(self, result: BlockResult, committed: Block | None) -> None:
-        for number, bhash in result.reverted:
-            self.pub.publish(
-                DEX_BLOCK_TOPIC, BlockUpdate(number=number, hash="0x" + bhash.hex(), status="reverted")
-            )
-        self.publish_pools(result.changed)
-        if committed is not None:
-            self.pub.publish(
-                DEX_BLOCK_TOPIC,
-                BlockUpdate(
-                    number=committed.number,
-                    hash="0x" + committed.hash.hex(),
-                    parent_hash="0x" + committed.parent_hash.hex(),
-                    status="committed",
-                    pools_changed=len(result.changed),
-                ),
-            )
-
-    def publish_swaps(self, updates: Sequence[PoolUpdate]) -> None:
-        """``dex.swap.<id>`` for order flow: amounts are the pool's signed deltas (V4's negated)."""
-        pools = self.coord.processor.pools
-        now = self.ctx.clock.time_ns()
-        for ev in updates:
-            if ev.kind != "Swap":
-                continue
-            pool = pools.get(ev.pool)
-            if pool is None or pool.protocol != ev.protocol:
-                continue
-            if not amm.swap_in_range(ev.protocol, ev.amount0, ev.amount1, ev.sqrt_price_x96):
-                self.swaps_unpublished += 1  # impossible amounts or price: nothing to pass on
-                continue
-            sign = -1 if ev.protocol == "v4" else 1
-            price = pool.price() if ev.protocol == "v2" else amm.price_from_sqrt(ev.sqrt_price_x96)
-            self.pub.publish(
-                dex_swap_topic(pool.hex),
-                Swap(
-                    pool=pool.hex,
-                    protocol=ev.protocol,
-                    block=ev.block,
-                    amount0=str(sign * ev.amount0),
-                    amount1=str(sign * ev.amount1),
-                    price=price,
-                    event_ns=now,
-                ),
-            )
-
-    def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
-        number, bhash = self._head()
-        self.pub.flush()
-        items: list[Message] = []
-        for pool in self.coord.processor.pools.values():
-            if dex_pool_topic(pool.hex).startswith(request.prefix) or not request.prefix:
-                items.append(pool_state(pool, number, bhash))
-        return self.pub.seq, items
-
     # -- loops ----------------------------------------------------------------------------------
 
     async def cold_start(self) -> None:
+        """Scrape and replay until it works: a node failing mid-scrape costs an attempt (counted)."""
         self.coord.live = False
         if self.follower is not None:
             await self.follower.connected.wait()  # anchored at the tip before the scrape pins a block
-        await self.coord.cold_start(list(self.coord.specs.values()) or self.cfg.pools)
-        self.publish_pools(list(self.coord.processor.pools.values()))
+        specs = list(self.coord.specs.values()) or self.cfg.pools
+        await self.retry.run("cold_start", lambda: self.coord.cold_start(specs))
+        self.announce.pools(self.coord.processor.pools.values())
 
     async def check_chain(self) -> None:
         """eth_chainId against sync.chain_id (retried until the node answers)."""
@@ -261,27 +164,38 @@ class SyncService:
             **options,
         )
 
-    async def try_resume(self) -> bool:
-        """Resume from the checkpoint if its block is still canonical; False: cold start instead."""
-        assert self.rpc is not None
+    def read_checkpoint(self) -> checkpoint.Checkpoint | None:
+        """The checkpoint if there is one this node can resume from (None: scrape)."""
         try:
             cp = checkpoint.load(self.checkpoint_path)
+            if cp is None:
+                return None
+            for rec in cp.pools:
+                checkpoint.restore(rec, cp.block)
         except Exception as exc:  # unreadable for any reason: scrape instead
             log.warning("checkpoint %s unreadable (%r): scraping", self.checkpoint_path, exc)
-            return False
-        if cp is None:
-            return False
+            return None
         if cp.chain_id and cp.chain_id != self.chain_id:
             log.warning(
                 "checkpoint is of chain %d, the node is chain %d: scraping", cp.chain_id, self.chain_id
             )
-            return False
+            return None
+        return cp
+
+    async def try_resume(self) -> bool:
+        """Resume from the checkpoint if its block is still canonical; False: cold start instead.
+        A node that fails meanwhile costs an attempt (counted), not the checkpoint."""
+        cp = self.read_checkpoint()
+        return cp is not None and await self.retry.run("resume", lambda: self.resume(cp))
+
+    async def resume(self, cp: checkpoint.Checkpoint) -> bool:
+        assert self.rpc is not None
         raw = await self.rpc.call("eth_getBlockByNumber", [hex(cp.block), False])
         header = Header.parse(raw) if raw is not None else None
         if header is None or header.hash != cp.hash:
             log.warning("checkpoint block %d is no longer canonical (reorged away): scraping", cp.block)
             return False
-        pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]
+        pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]  # afresh: an attempt moves them
         if self.follower is not None:
             self.follower.anchor(header)
             self.coord.resume(pools, cp.specs, cp.block, cp.hash, header.timestamp)
@@ -322,7 +236,7 @@ class SyncService:
         if not resumed:
             await self.cold_start()
             return
-        self.publish_pools(list(self.coord.processor.pools.values()))
+        self.announce.pools(self.coord.processor.pools.values())
         known = set(self.coord.processor.pools)
         missing = [spec for spec in self.cfg.pools if pool_key(spec) not in known]
         if missing:
@@ -360,7 +274,7 @@ class SyncService:
             log.error("adding %d pool(s) failed: %r", len(specs), exc)
             return
         log.info("added %d pool(s) while live", len(added))
-        self.publish_pools(added)
+        self.announce.pools(added)
 
     async def live_loop(self) -> None:
         while True:
@@ -376,13 +290,12 @@ class SyncService:
                     continue
                 if item.is_revert:
                     result = proc.revert_block(item.number, item.hash)
-                    self.publish_result(result, None)
+                    self.announce.block(result, committed=False)
                 else:
                     result = proc.apply_block(
                         item.number, item.hash, item.parent_hash, item.updates, item.timestamp
                     )
-                    self.publish_result(result, item)
-                    self.publish_swaps(item.updates)
+                    self.announce.block(result, committed=True, updates=item.updates)
                 proc.skip_log.flush()
                 self.client.assembler.skip_log.flush()
                 if result.stale:
