@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -64,29 +65,40 @@ class SnapshotServer:
     async def _serve(self) -> None:
         while True:
             frames = await self._sock.recv_multipart()
-            if len(frames) != 2:
+            identity, request, error = self._parse(frames)
+            if request is None:
                 self.bad_requests += 1
-                skip_log("frames", "skipped a snapshot request of %d frames (expected 2)", len(frames))
-                continue
-            identity, payload = frames
-            try:
-                request = ONE_DECODER.decode(payload)
-            except Exception:
-                request = None
-            if not isinstance(request, SnapshotRequest):
-                self.bad_requests += 1
-                skip_log("malformed", "skipped a malformed snapshot request")
+                skip_log("bad request", "refused a snapshot request: %s", error)
+                await self._reply(identity, SnapshotReply(snapshot_seq=0, count=0, error=error), [])
                 continue
             try:
                 seq, items = self.source(request)
             except Exception:  # the owner's bug must not end the server: later requests still get answers
                 self.bad_requests += 1
                 log.exception("the snapshot source failed on %r", request)
+                error = "the state owner failed to build the snapshot (see its log)"
+                await self._reply(identity, SnapshotReply(snapshot_seq=0, count=0, error=error), [])
                 continue
-            header = SnapshotReply(snapshot_seq=seq, count=len(items), publisher=self.publisher_id)
-            await self._sock.send_multipart([identity, ENCODER.encode(header), ENCODER.encode(list(items))])
+            await self._reply(identity, SnapshotReply(snapshot_seq=seq, count=len(items)), items)
             self.served += 1
             log.info("snapshot of %d item(s) at seq %d served", len(items), seq)
+
+    @staticmethod
+    def _parse(frames: list[bytes]) -> tuple[bytes, SnapshotRequest | None, str]:
+        identity = frames[0]  # a ROUTER always prefixes the sender's identity
+        if len(frames) != 2:
+            return identity, None, f"a request is one frame, got {len(frames) - 1}"
+        try:
+            request = ONE_DECODER.decode(frames[1])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return identity, None, f"not a SnapshotRequest: {exc}"
+        if not isinstance(request, SnapshotRequest):
+            return identity, None, f"not a SnapshotRequest: a {type(request).__name__}"
+        return identity, request, ""
+
+    async def _reply(self, identity: bytes, header: SnapshotReply, items: Sequence[Message]) -> None:
+        header.publisher = self.publisher_id
+        await self._sock.send_multipart([identity, ENCODER.encode(header), ENCODER.encode(list(items))])
 
     async def close(self) -> None:
         if self._task is not None:
@@ -111,6 +123,8 @@ async def request_snapshot(
         header = ONE_DECODER.decode(frames[0])
         if not isinstance(header, SnapshotReply) or len(frames) != 2:
             raise ValueError(f"malformed snapshot reply from {endpoint}")
+        if header.error:
+            raise ValueError(f"{endpoint} refused the snapshot request: {header.error}")
         items, bad = decode_payload(frames[1])
         if bad:
             log.warning("snapshot from %s: %d item(s) did not decode", endpoint, bad)

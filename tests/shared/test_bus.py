@@ -10,7 +10,16 @@ import zmq
 import zmq.asyncio
 
 from shared.bus import Publisher, PublisherInfo, Puller, Pusher, Subscriber, context
-from shared.messages import ONE_DECODER, DetectorEvent, ForceSubscribe, Message, Price, encode
+from shared.messages import (
+    ONE_DECODER,
+    DetectorEvent,
+    ForceSubscribe,
+    Message,
+    Price,
+    SnapshotReply,
+    SnapshotRequest,
+    encode,
+)
 from shared.snapshot import SnapshotServer, request_snapshot
 from tests.helpers import spawn, tcp_endpoint
 from tests.shared.samples import every_message
@@ -249,6 +258,42 @@ async def test_snapshot_clone_round_trip() -> None:
     assert header.publisher == "owner"
     assert header.count == len(items) == 111
     assert items[0] == Price(symbol="pm.1", price=1)
+
+
+@pytest.mark.parametrize(
+    ("frames", "says"),
+    [
+        ([msgpack({"prefix": "pm."})], "not a SnapshotRequest"),  # no "type"
+        ([b"\xc1garbage"], "not a SnapshotRequest"),
+        ([encode(Price(symbol="pm.1", price=1))], "a Price"),
+        ([encode(SnapshotRequest(prefix="pm.")), b"extra"], "one frame, got 2"),
+    ],
+)
+async def test_a_snapshot_request_that_cannot_be_read_gets_an_error_reply(
+    frames: list[bytes], says: str
+) -> None:
+    endpoint = tcp_endpoint()
+    server = SnapshotServer(
+        endpoint, lambda req: (7, [Price(symbol="pm.1", price=1)]), publisher_id="owner"
+    ).start()
+    client = context().socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(endpoint)
+    try:
+        await client.send_multipart(frames)
+        header_frame, items_frame = await asyncio.wait_for(client.recv_multipart(), 5)
+        header = ONE_DECODER.decode(header_frame)
+        assert isinstance(header, SnapshotReply)
+        assert (header.count, header.snapshot_seq, header.publisher) == (0, 0, "owner")
+        assert says in header.error
+        assert msgspec.msgpack.decode(items_frame) == []
+        assert server.bad_requests == 1
+        # the server goes on answering good requests
+        reply, items = await request_snapshot(endpoint, "pm.", timeout=5)
+        assert (reply.count, reply.error, len(items)) == (1, "", 1)
+    finally:
+        client.close()
+        await server.close()
 
 
 async def test_wait_for_subscriber_times_out_clearly() -> None:
