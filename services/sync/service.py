@@ -97,7 +97,11 @@ class SyncService:
         self.pub = Publisher(
             cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
+        self.whitelist = WhitelistGate()
         self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
+        # a WhitelistAdd's good pools survive a bad neighbour (decoded pool by pool when the shared
+        # schema refuses the whole message); the hook is Puller's ``decode`` (/tmp/brief/sync-shared.diff)
+        self.pull.decode = self.whitelist.decode  # type: ignore[attr-defined, unused-ignore]
         self.announce = Announcer(self.pub, self.coord)
         self.snap = SnapshotServer(
             cfg.snapshot,
@@ -105,7 +109,6 @@ class SyncService:
             publisher_id=self.pub.publisher_id,
             max_message_size=ctx.common.max_message_size,
         )
-        self.whitelist = WhitelistGate()
         self.retry = StartupRetry(ctx.clock, cfg.backoff_initial, cfg.backoff_max)
         self.block_errors = 0  # unforeseen errors applying a block: each resyncs
         self._tasks: set[asyncio.Task[None]] = set()

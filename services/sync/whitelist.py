@@ -1,8 +1,12 @@
 """Pool specs from outside (WhitelistAdd on PULL, ``sync.pools``): each checked on its own.
 
-A WhitelistAdd carries up to 1000 pools; one malformed spec must not cost the others. Every spec
-is checked before anything else sees it (``pool_key`` would raise on it and take its batch down):
-the good ones are added, each bad one is refused with a reason, counted and logged (rate-limited).
+A WhitelistAdd carries up to 1000 pools; one malformed spec must not cost the others. The PULL
+socket's frames are decoded here (:meth:`WhitelistGate.decode`): a WhitelistAdd that the shared
+schema refuses whole because one pool breaks a bound (a negative fee, a 70-character address, a
+wrong type) is decoded again pool by pool, so its good pools survive and each bad one is refused
+(``bad_schema``). Every spec is then checked before anything else sees it (``pool_key`` would raise
+on it and take its batch down): the good ones are added, each bad one is refused with a reason,
+counted and logged (rate-limited).
 """
 
 from __future__ import annotations
@@ -10,9 +14,20 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from services.sync.arena import v4_pool_id
-from shared.messages import Message, PoolSpec, WhitelistAdd
+import msgspec
+
+from services.sync.pool import v4_pool_id
+from shared.messages import (
+    MAX_IDS,
+    ONE_DECODER,
+    RAW_LIST_DECODER,
+    Message,
+    PoolSpec,
+    WhitelistAdd,
+    decode_payload,
+)
 from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.sync.whitelist")
@@ -25,6 +40,7 @@ V3_MAX_TICK_SPACING = 16383  # UniswapV3Factory: 0 < tickSpacing < 16384
 V4_MAX_TICK_SPACING = 32767  # TickMath.MAX_TICK_SPACING (type(int16).max)
 
 REASONS = (
+    "bad_schema",  # a field of the wrong type or outside the shared schema's bounds
     "bad_protocol",
     "bad_address",
     "bad_pool_id",
@@ -90,6 +106,21 @@ def check_spec(spec: PoolSpec) -> None:
         raise SpecError("bad_pool_key", f"the PoolKey's id is 0x{key_id.hex()}, not the pool id given")
 
 
+class _PoolsOneByOne(msgspec.Struct, tag_field="type", tag="WhitelistAdd", kw_only=True):
+    """A WhitelistAdd with its pools left encoded (the envelope as in ``shared.messages.Message``)."""
+
+    publisher: str = ""
+    seq: int = 0
+    topic_seq: int = 0
+    event_ns: int = 0
+    publish_ns: int = 0
+    pools: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_IDS)]
+
+
+_POOLS_ONE_BY_ONE = msgspec.msgpack.Decoder(_PoolsOneByOne)
+_SPEC = msgspec.msgpack.Decoder(PoolSpec)
+
+
 @dataclass
 class WhitelistGate:
     """Sorts what arrives on the PULL socket: the good pools of each WhitelistAdd go through."""
@@ -98,6 +129,55 @@ class WhitelistGate:
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     ignored: dict[str, int] = field(default_factory=dict)  # other message types, by type
     skip_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
+
+    def decode(self, payload: bytes) -> tuple[list[Message], int]:
+        """One PULL frame -> (messages, how many did not decode): the shared decoder, and for what
+        it refuses, a WhitelistAdd read pool by pool (its good pools kept, each bad one refused)."""
+        msgs, bad = decode_payload(payload)
+        if not bad:
+            return msgs, 0
+        try:
+            items: list[bytes | msgspec.Raw] = list(RAW_LIST_DECODER.decode(payload))  # a batch
+        except msgspec.DecodeError:
+            items = [payload]
+        msgs, bad = [], 0
+        for item in items:
+            try:
+                msgs.append(ONE_DECODER.decode(item))
+                continue
+            except msgspec.DecodeError:
+                pass
+            try:
+                add = _POOLS_ONE_BY_ONE.decode(item)
+            except msgspec.DecodeError:
+                bad += 1  # not a WhitelistAdd either: the Puller counts it
+                continue
+            msgs.append(self._one_by_one(add))
+        return msgs, bad
+
+    def _one_by_one(self, add: _PoolsOneByOne) -> WhitelistAdd:
+        good: list[PoolSpec] = []
+        for i, raw in enumerate(add.pools):
+            try:
+                good.append(_SPEC.decode(raw))
+            except msgspec.DecodeError as exc:
+                self.refused["bad_schema"] += 1
+                self.skip_log(
+                    "bad_schema",
+                    "WhitelistAdd from %s: pool %d of %d refused (bad_schema): %s",
+                    add.publisher[:64] or "?",
+                    i,
+                    len(add.pools),
+                    exc,
+                )
+        return WhitelistAdd(
+            publisher=add.publisher,
+            seq=add.seq,
+            topic_seq=add.topic_seq,
+            event_ns=add.event_ns,
+            publish_ns=add.publish_ns,
+            pools=good,
+        )
 
     def take(self, msg: Message) -> list[PoolSpec]:
         """The pools of ``msg`` to add (none if it is not a WhitelistAdd); the rest counted."""

@@ -22,7 +22,7 @@ from services.simulator.exex_chain import SimChain
 from services.simulator.exex_server import ExExServer
 from shared.bus import Subscriber
 from shared.exex import PoolUpdate
-from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, PoolSpec, PoolState, WhitelistAdd
+from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, PoolSpec, PoolState
 from shared.snapshot import request_snapshot
 from tests.helpers import free_port, spawn, tcp_endpoint
 from tests.sync.test_service import assert_matches, spec
@@ -35,6 +35,12 @@ BAD_SPECS = [  # (spec, reason): each passes msgspec's bounds, so only sync's ow
     (PoolSpec(protocol="v4", pool_id="0x" + "12" * 32), "bad_tick_spacing"),
     (PoolSpec(protocol="v4", tick_spacing=60), "bad_pool_key"),
     (PoolSpec(protocol="v3", address="0x" + "ef" * 20, fee=2_000_000), "bad_fee"),
+]
+SCHEMA_BAD: list[Any] = [  # pools outside msgspec's bounds or of the wrong type: refused as bad_schema
+    {"protocol": "v5", "address": "0x" + "ab" * 20},
+    {"protocol": "v2", "address": "0x" + "ab" * 20, "fee": -1},
+    {"protocol": "v3", "address": "0x" + "a" * 80},
+    {"protocol": "v2", "address": 7},
 ]
 UNKNOWN = b"\xee" * 20  # a well-formed pool the chain does not have
 
@@ -60,8 +66,6 @@ def garbage_frames(rng: random.Random) -> list[list[bytes]]:
         [b"\xc1"],  # never valid msgpack
         [b""],
         [msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": "all of them"})],
-        [msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": [{"protocol": "v5"}]})],
-        [msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": [{"protocol": "v2", "fee": -1}]})],
         [msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": [{"protocol": "v2"}] * 1001})],
         [msgspec.msgpack.encode({"type": "NoSuchType"})],
         [msgspec.msgpack.encode("a string")],
@@ -133,8 +137,12 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                 mixed: list[PoolSpec] = [spec for spec, _ in BAD_SPECS]
                 mixed += [PoolSpec(**spec(chain.pools[k])) for k in later]  # type: ignore[arg-type]
                 mixed.append(PoolSpec(protocol="v2", address="0x" + UNKNOWN.hex()))
-                rng.shuffle(mixed)
-                await push.send(ENCODER.encode(WhitelistAdd(pools=mixed)))
+                # and pools the shared schema refuses (the whole message, were they decoded with it)
+                pools: list[Any] = [msgspec.to_builtins(p) for p in mixed] + SCHEMA_BAD
+                rng.shuffle(pools)
+                await push.send(msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": pools}))
+                for bad in SCHEMA_BAD:  # alone in their WhitelistAdd
+                    await push.send(msgspec.msgpack.encode({"type": "WhitelistAdd", "pools": [bad]}))
 
                 # snapshot ROUTER: garbage requests, then a good one still answered
                 bad_requests: list[list[bytes]] = [
@@ -227,6 +235,7 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                 for reason in {r for _, r in BAD_SPECS}:
                     want = sum(1 for _, r in BAD_SPECS if r == reason)
                     assert m[f'poolwire_sync_whitelist_refused_total{{reason="{reason}"}}'] == want, reason
+                assert m['poolwire_sync_whitelist_refused_total{reason="bad_schema"}'] == 2 * len(SCHEMA_BAD)
                 assert m["poolwire_sync_whitelist_accepted_total"] == len(later) + 1
                 assert m["poolwire_sync_snapshot_bad_requests_total"] == len(bad_requests)
                 assert m['poolwire_sync_events_skipped_total{reason="overflow"}'] >= 4

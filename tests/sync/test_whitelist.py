@@ -101,3 +101,52 @@ def test_a_bad_configured_pool_is_a_config_error_naming_it() -> None:
     }
     with pytest.raises(ConfigError, match=r"sync.pools\[1\]: v3 address '0x12'"):
         convert(raw, SyncConfig, "sync")
+
+
+def _add(pools: list[object], **envelope: object) -> bytes:
+    return msgspec.msgpack.encode(
+        {"type": "WhitelistAdd", "publisher": "cli", "seq": 4, **envelope, "pools": pools}
+    )
+
+
+SCHEMA_BAD = [  # each breaks the shared schema itself: msgspec refuses the whole WhitelistAdd
+    {"protocol": "v2", "address": "0x" + "11" * 20, "fee": -1},
+    {"protocol": "v3", "address": "0x" + "a" * 70},
+    {"protocol": "v5", "address": "0x" + "11" * 20},
+    {"protocol": "v2", "address": 17},
+    {"protocol": "v4", "pool_id": "0x" + "33" * 32, "tick_spacing": 2**40},
+    "not a pool",
+]
+
+
+def test_a_pool_outside_the_schema_costs_only_itself() -> None:
+    gate = WhitelistGate()
+    good = [msgspec.to_builtins(spec) for spec in GOOD[:3]]
+    payload = _add([good[0], *SCHEMA_BAD[:3], good[1], *SCHEMA_BAD[3:], good[2]])
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(payload, type=WhitelistAdd)  # what the shared decoder alone does
+    msgs, bad = gate.decode(payload)
+    assert bad == 0 and len(msgs) == 1
+    msg = msgs[0]
+    assert isinstance(msg, WhitelistAdd) and (msg.publisher, msg.seq) == ("cli", 4)
+    assert msg.pools == GOOD[:3]
+    assert gate.take(msg) == GOOD[:3]
+    assert gate.refused["bad_schema"] == len(SCHEMA_BAD)
+
+
+def test_frames_that_are_no_whitelist_add_still_count_as_undecodable() -> None:
+    gate = WhitelistGate()
+    ok = msgspec.msgpack.encode(msgspec.to_builtins(WhitelistAdd(pools=GOOD[:1])))
+    for payload, want_bad in [
+        (b"\xc1", 1),
+        (_add("all of them"), 1),
+        (_add([{"protocol": "v2"}] * 1001), 1),  # over the list bound: refused whole
+        (msgspec.msgpack.encode({"type": "NoSuchType"}), 1),
+        (b"\x92" + ok + _add([SCHEMA_BAD[0], msgspec.to_builtins(GOOD[1])]), 0),  # a batch of two
+        (b"\x92" + ok + b"\xc1", 1),  # not msgpack: the whole frame, as the shared decoder does
+    ]:
+        msgs, bad = gate.decode(payload)
+        assert bad == want_bad, payload[:40]
+        if not bad:  # the batch: each message's good pools
+            assert [p for m in msgs for p in m.pools] == GOOD[:2]  # type: ignore[attr-defined]
+    assert gate.refused["bad_schema"] == 1  # the batch's bad pool: the batch was decoded
