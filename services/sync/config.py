@@ -57,6 +57,9 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_max: Duration = Duration(5.0)
     failed_pool_retry: Duration = Duration(5.0)  # a pool whose scrape failed is tried again after this,
     failed_pool_retry_max: Duration = Duration(300.0)  # doubling up to this while it keeps failing
+    # pools added over PULL (not sync.pools) that the chain does not have: kept and retried up to
+    # this many; more are forgotten, counted (whitelist_missing_dropped_total)
+    whitelist_max_missing: Annotated[int, msgspec.Meta(ge=0)] = 100
     replay_wait: Duration = Duration(30.0)  # how long to wait for the stream to reach the scrape block
 
     def __post_init__(self) -> None:

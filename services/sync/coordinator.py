@@ -27,7 +27,7 @@ from services.sync.arena import EventProcessor, Pool, ResyncNeeded
 from services.sync.client import BlockSource, Resync
 from services.sync.follower import LogFollower
 from services.sync.rpc import Header, RpcError, RpcUnavailable
-from services.sync.scraper import PinUnavailable, Scraper, ScrapeResult, pool_key
+from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, Scraper, ScrapeResult, pool_key
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
 
@@ -85,6 +85,7 @@ class StartupCoordinator:
         self.metrics = StartupMetrics()
         self.processor = self._new_processor()
         self.specs: dict[bytes, PoolSpec] = {}
+        self.absent: dict[bytes, None] = {}  # pools whose last scrape found none on chain, oldest first
         self.live = False
 
     def _new_processor(self) -> EventProcessor:
@@ -147,6 +148,10 @@ class StartupCoordinator:
         self.metrics.pools_failed += len(result.failed)
         for spec, reason in result.failed:
             log.warning("pool 0x%s skipped: %s", pool_key(spec).hex(), reason)
+            if reason.startswith(NOT_ON_CHAIN):
+                self.absent[pool_key(spec)] = None
+        for pool in result.pools:
+            self.absent.pop(pool.key, None)
         return result
 
     async def cold_start(self, specs: Sequence[PoolSpec], attempts: int = 3) -> None:

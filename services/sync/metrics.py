@@ -112,6 +112,16 @@ class SyncCollector(Collector):
         yield CounterMetricFamily(
             f"{P}_whitelist_accepted", "WhitelistAdd pools that passed the checks", value=wl.accepted
         )
+        yield CounterMetricFamily(
+            f"{P}_whitelist_missing_dropped",
+            "Whitelisted pools not on chain beyond sync.whitelist_max_missing: forgotten",
+            value=wl.missing_dropped,
+        )
+        yield GaugeMetricFamily(
+            f"{P}_whitelist_missing",
+            "Whitelisted pools not on chain, kept and retried",
+            value=len(svc.whitelisted_missing()),
+        )
         ignored = CounterMetricFamily(
             f"{P}_pull_ignored", "Messages on PULL that are not a WhitelistAdd, by type", labels=["type"]
         )

@@ -36,7 +36,7 @@ from eth_hash.auto import keccak
 from services.sync import amm
 from services.sync.arena import Pool
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable
-from services.sync.scraper import PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
+from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
 from shared.messages import PoolSpec
 
 log = logging.getLogger("poolwire.sync.scrape")
@@ -74,6 +74,8 @@ def _arg(value: int) -> str:
 def _words(data: Any, n: int) -> list[int]:
     if isinstance(data, Exception):
         raise data
+    if data == "0x":
+        raise ValueError(f"{NOT_ON_CHAIN}: empty eth_call result (no contract at the address)")
     if not isinstance(data, str) or not data.startswith("0x") or len(data) < 2 + 64 * n:
         raise ValueError(f"short or empty eth_call result {str(data)[:80]!r} (no contract?)")
     return [int(data[2 + 64 * i : 66 + 64 * i], 16) for i in range(n)]
@@ -371,7 +373,7 @@ class RpcScraper:
             sqrt, tick, _protocol_fee, lp_fee = _words(replies[0], 4)
             (liquidity,) = _words(replies[1], 1)
             if sqrt == 0:
-                raise ValueError("V4 pool not initialized (unknown pool id?)")
+                raise ValueError(f"{NOT_ON_CHAIN}: V4 pool not initialized (unknown pool id)")
             if spec.tick_spacing <= 0:
                 raise ValueError("V4 pool spec without tick_spacing")
             pool = Pool(

@@ -14,6 +14,8 @@ from services.sync.arena import Pool, parse_hex, v4_pool_id
 from shared.exex import SCRAPE_REPLY_DECODER, FrameReader, ScrapedPoolState, ScrapeRequest, encode_scrape
 from shared.messages import PoolSpec
 
+NOT_ON_CHAIN = "not on chain"  # how a scrape failure's reason starts when the chain has no such pool
+
 
 def pool_key(spec: PoolSpec) -> bytes:
     """A pool's key in the arena and on the ExEx stream: its address, or its V4 pool id."""
@@ -133,7 +135,7 @@ class SimulatorScraper:
                     if not state.found or state.protocol != spec.protocol:
                         missing.append(state.pool)
                         if attempt == self.retries:
-                            result.failed.append((spec, "pool not found at the scrape block"))
+                            result.failed.append((spec, f"{NOT_ON_CHAIN}: not found at the scrape block"))
                         continue
                     result.pools.append(pool_from_state(state, block, spec))
                     progress.done += 1

@@ -109,6 +109,7 @@ class SyncService:
             publisher_id=self.pub.publisher_id,
             max_message_size=ctx.common.max_message_size,
         )
+        self.configured = {pool_key(spec) for spec in cfg.pools}  # never forgotten by the missing cap
         self.retry = StartupRetry(ctx.clock, cfg.backoff_initial, cfg.backoff_max)
         self.block_errors = 0  # unforeseen errors applying a block: each resyncs
         self._tasks: set[asyncio.Task[None]] = set()
@@ -278,6 +279,27 @@ class SyncService:
             return
         log.info("added %d pool(s) while live", len(added))
         self.announce.pools(added)
+        self.cap_missing()
+
+    def whitelisted_missing(self) -> list[bytes]:
+        """Pools added over PULL whose last scrape found them not on chain, oldest first."""
+        coord = self.coord
+        pools = coord.processor.pools
+        return [k for k in coord.absent if k not in self.configured and k in coord.specs and k not in pools]
+
+    def cap_missing(self) -> None:
+        """Keep at most ``whitelist_max_missing`` of them (retried); forget the newest others."""
+        missing = self.whitelisted_missing()
+        for key in missing[self.cfg.whitelist_max_missing :]:
+            del self.coord.specs[key]
+            del self.coord.absent[key]
+            self.whitelist.missing_dropped += 1
+            self.whitelist.skip_log(
+                "missing_dropped",
+                "pool 0x%s is not on chain and %d whitelisted pools already are not: forgotten",
+                key.hex(),
+                self.cfg.whitelist_max_missing,
+            )
 
     async def live_loop(self) -> None:
         while True:

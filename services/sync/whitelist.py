@@ -128,6 +128,7 @@ class WhitelistGate:
     accepted: int = 0
     refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     ignored: dict[str, int] = field(default_factory=dict)  # other message types, by type
+    missing_dropped: int = 0  # whitelisted pools not on chain, over the cap: forgotten
     skip_log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log))
 
     def decode(self, payload: bytes) -> tuple[list[Message], int]:
