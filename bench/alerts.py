@@ -104,7 +104,7 @@ def _bucket_sqlite(path: str, specs: list[StrategySpec], updated: list[str]) -> 
             due = core.throttle.evaluate(boundary, ids, M, build)
             (alone if build is None else with_jobs).append((time.perf_counter() - t0) * 1000)
             assert due
-            core.bars.roll(M)
+            core.bars.roll(M, boundary)
             with core.store.transaction():  # their results, as the service finishes them
                 for d in due:
                     if d.job is not None:

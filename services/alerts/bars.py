@@ -1,56 +1,177 @@
-"""What jobs know of each ticker: the bar of each bucket size, and zone events during it. Pure."""
+"""What jobs know of each ticker: the bar of each bucket size, and zone events during it. Pure.
+
+Bars are shared/bars.py's, on the inputs' *event* time: a price or zone event joins the bar of the
+bucket its event time falls in, even when it arrives after that bucket's boundary, as long as the
+bucket was not evaluated yet (the service evaluates a boundary once its watermark passes it: the
+allowed lateness after it, see core.py). An input for a bucket already evaluated is *late*: counted
+per bucket size, never put into the next bar.
+
+The open bars are the state a kill -9 would lose: :meth:`Bars.dirty_rows` gives the series changed
+since the last call as rows (key -> bytes) for the store, :meth:`Bars.restore` takes them back.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import msgspec
+
+from shared.bars import Bar, BarBuilder
 from shared.messages import AlertZoneEvent, TickerInput
 
 MAX_ZONE_EVENTS = 64  # per ticker per bar: a flood of zone events cannot grow a job without bound
+ROW_PREFIX = "bar:"
+
+
+class SeriesRow(msgspec.Struct, array_like=True):
+    """One (bucket size, ticker) as stored: its open bars, their zone events, the last close."""
+
+    size_ns: int
+    symbol: str
+    closed_before: int
+    bars: list[tuple[int, float, float, float, float, int]]  # start, open, high, low, close, ticks
+    zones: dict[int, list[AlertZoneEvent]]  # bucket start -> its zone events
+    last_close: float
+    updated_ns: int
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC = msgspec.msgpack.Decoder(SeriesRow)
+
+
+class Series:
+    """One ticker's bars of one bucket size."""
+
+    __slots__ = ("builder", "last_close", "updated_ns", "zones")
+
+    def __init__(self, size_ns: int, closed_before: int) -> None:
+        self.builder = BarBuilder(size_ns, closed_before)
+        self.zones: dict[int, list[AlertZoneEvent]] = {}
+        self.last_close = 0.0  # the close of the last closed bar (0.0: none yet)
+        self.updated_ns = 0
+
+    def bar(self, start_ns: int) -> TickerInput:
+        """The job's input for the bucket starting at ``start_ns`` (before it is closed)."""
+        zones = list(self.zones.get(start_ns, ()))
+        c = self.last_close
+        for b in self.builder.bars:
+            if b.start_ns == start_ns:
+                return TickerInput(
+                    open=b.open,
+                    high=b.high,
+                    low=b.low,
+                    close=b.close,
+                    prev_close=c,
+                    updated_ns=self.updated_ns,
+                    zones=zones,
+                )
+        if c == 0.0:  # zone events only, no price yet
+            return TickerInput(updated_ns=self.updated_ns, zones=zones)
+        return TickerInput(
+            open=c, high=c, low=c, close=c, prev_close=c, updated_ns=self.updated_ns, zones=zones
+        )
+
+    def close_through(self, boundary_ns: int) -> None:
+        closed = self.builder.close_through(boundary_ns)
+        if closed:
+            self.last_close = closed[-1].close
+        if self.zones:
+            for start in [s for s in self.zones if s < boundary_ns]:
+                del self.zones[start]
 
 
 class Bars:
-    """Per bucket size: symbol -> the open bar (OHLC, previous close) and its zone events."""
+    """Per bucket size: ticker -> its open bars and their zone events."""
 
     def __init__(self, sizes_ns: Iterable[int]) -> None:
         self.sizes = sorted(set(sizes_ns))
-        self._bars: dict[int, dict[str, TickerInput]] = {s: {} for s in self.sizes}
+        self._series: dict[int, dict[str, Series]] = {s: {} for s in self.sizes}
+        self.closed_before: dict[int, int] = dict.fromkeys(self.sizes, 0)  # per size: evaluated up to
+        self.late: dict[int, int] = dict.fromkeys(self.sizes, 0)  # inputs for an evaluated bucket
+        self._dirty: set[tuple[int, str]] = set()
 
-    def price(self, symbol: str, price: float, ns: int) -> None:
-        for bars in self._bars.values():
-            bar = bars.get(symbol)
-            if bar is None:
-                bars[symbol] = TickerInput(open=price, high=price, low=price, close=price, updated_ns=ns)
-                continue
-            if price > bar.high:
-                bar.high = price
-            if price < bar.low:
-                bar.low = price
-            bar.close = price
-            bar.updated_ns = ns
+    def _get(self, size: int, symbol: str) -> Series:
+        by_symbol = self._series[size]
+        series = by_symbol.get(symbol)
+        if series is None:
+            series = by_symbol[symbol] = Series(size, self.closed_before[size])
+        return series
+
+    def price(self, symbol: str, price: float, event_ns: int) -> None:
+        for size in self.sizes:
+            series = self._get(size, symbol)
+            if series.builder.add(event_ns, price):
+                if event_ns > series.updated_ns:
+                    series.updated_ns = event_ns
+                self._dirty.add((size, symbol))
+            else:
+                self.late[size] += 1
 
     def zone(self, symbol: str, event: AlertZoneEvent) -> None:
-        for bars in self._bars.values():
-            bar = bars.get(symbol)
-            if bar is None:
-                bar = bars[symbol] = TickerInput(updated_ns=event.event_ns)
-            if len(bar.zones) < MAX_ZONE_EVENTS:
-                bar.zones.append(event)
-
-    def inputs(self, size_ns: int, tickers: Iterable[str]) -> dict[str, TickerInput]:
-        bars = self._bars.get(size_ns, {})
-        return {t: bars[t] for t in tickers if t in bars}
-
-    def roll(self, size_ns: int) -> None:
-        """The bar closed: the next one opens at the close (jobs already hold the closed ones)."""
-        bars = self._bars.get(size_ns)
-        if bars is None:
-            return
-        for symbol, bar in bars.items():
-            if bar.close == 0.0 and bar.open == 0.0:  # zone events only, no price yet
-                bars[symbol] = TickerInput(updated_ns=bar.updated_ns)
+        ns = event.event_ns
+        for size in self.sizes:
+            start = ns - ns % size
+            if start < self.closed_before[size]:
+                self.late[size] += 1
                 continue
-            c = bar.close
-            bars[symbol] = TickerInput(
-                open=c, high=c, low=c, close=c, prev_close=c, updated_ns=bar.updated_ns
-            )
+            series = self._get(size, symbol)
+            if ns > series.updated_ns:
+                series.updated_ns = ns
+            events = series.zones.setdefault(start, [])
+            if len(events) < MAX_ZONE_EVENTS:
+                events.append(event)
+                self._dirty.add((size, symbol))
+
+    def inputs(self, size_ns: int, tickers: Iterable[str], boundary_ns: int) -> dict[str, TickerInput]:
+        """The bars of the bucket ending at ``boundary_ns`` of these tickers (those with any input)."""
+        by_symbol = self._series.get(size_ns, {})
+        start = boundary_ns - size_ns
+        return {t: by_symbol[t].bar(start) for t in tickers if t in by_symbol}
+
+    def roll(self, size_ns: int, boundary_ns: int) -> None:
+        """The buckets ending at or before ``boundary_ns`` are evaluated (jobs hold their bars):
+        closed; inputs for them from now on are late."""
+        if boundary_ns <= self.closed_before.get(size_ns, boundary_ns):
+            return
+        self.closed_before[size_ns] = boundary_ns
+        for series in self._series[size_ns].values():
+            series.close_through(boundary_ns)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def dirty_rows(self) -> dict[str, bytes]:
+        """The series changed since the last call, as store rows (key -> body)."""
+        rows: dict[str, bytes] = {}
+        dirty, self._dirty = self._dirty, set()
+        for size, symbol in dirty:
+            s = self._series[size].get(symbol)
+            if s is None:
+                continue
+            bars = [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in s.builder.bars]
+            row = SeriesRow(size, symbol, s.builder.closed_before, bars, s.zones, s.last_close, s.updated_ns)
+            rows[f"{ROW_PREFIX}{size}:{symbol}"] = _ENC.encode(row)
+        return rows
+
+    def undo_dirty(self, keys: Iterable[tuple[int, str]]) -> None:
+        self._dirty.update(keys)
+
+    def restore(self, rows: Mapping[str, bytes]) -> int:
+        """Take back stored series (of sizes still configured); returns how many; bad rows skipped."""
+        n = 0
+        for key, body in rows.items():
+            if not key.startswith(ROW_PREFIX):
+                continue
+            try:
+                row = _DEC.decode(body)
+            except (msgspec.DecodeError, ValueError):
+                continue
+            if row.size_ns not in self._series:
+                continue
+            s = self._get(row.size_ns, row.symbol)
+            s.builder.closed_before = max(row.closed_before, self.closed_before[row.size_ns])
+            s.builder.bars = [Bar(st, st + row.size_ns, o, h, lo, c, t) for st, o, h, lo, c, t in row.bars]
+            s.zones = {int(k): v for k, v in row.zones.items()}
+            s.last_close = row.last_close
+            s.updated_ns = row.updated_ns
+            n += 1
+        return n

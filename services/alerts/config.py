@@ -87,6 +87,10 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cleanup_every: Duration = Duration(86400.0)
     summary_every: Duration = Duration(300.0)
     flush_every: Duration = Duration(0.25)  # ticker updates are batched into the store this often
+    # Inputs are bucketed by their event time; bucket B is evaluated once the inputs' event time
+    # (or the wall clock, while they arrive in real time) passes B plus this. Later inputs for it
+    # are counted as late (poolwire_alerts_late_inputs_total), never put into the next bar.
+    allowed_lateness: Duration = Duration(1.0)
 
     flow_cache_ttl: Duration = Duration(5.0)
     flow_cache_size: int = 4096

@@ -8,7 +8,6 @@ back (:meth:`Alerts.on_result`), time passing (:meth:`Alerts.expire`).
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections import Counter
 from typing import Any
@@ -16,17 +15,24 @@ from typing import Any
 import msgspec
 
 from services.alerts.bars import Bars
-from services.alerts.config import AlertsConfig, StrategyConfig
+from services.alerts.config import AlertsConfig
 from services.alerts.dispatch import Dispatcher, Status
-from services.alerts.events import EventEvaluator, EventStrategy
-from services.alerts.frequency import Policy
+from services.alerts.events import EventEvaluator
+from services.alerts.inputs import FlowLog
 from services.alerts.orderflow import FlowBook, swap_flow
 from services.alerts.sink import AlertSink
 from services.alerts.store import ThrottleStore
-from services.alerts.store_redis import RedisStore
-from services.alerts.store_sqlite import SqliteStore
 from services.alerts.strategies import Signal, refusal_reason
-from services.alerts.throttle import Due, PartialBoundary, StrategySpec, Throttle, size_class
+from services.alerts.throttle import Due, PartialBoundary, Throttle
+from services.alerts.wiring import (
+    event_strategy_of,
+    open_store,
+    policy_of,
+    spec_of,
+    summary_line,
+    workers_origin,
+)
+from shared.bars import Watermark
 from shared.messages import (
     AlertFired,
     AlertZoneEvent,
@@ -49,43 +55,7 @@ log = logging.getLogger("poolwire.alerts")
 NS = 1_000_000_000
 PREFIXES = ("px.", "md.trade.", "dex.swap.", "zone.")
 MAX_DEFERRED = 10_000  # results kept while the store fails; beyond, their jobs time out and retry
-
-
-def open_store(cfg: AlertsConfig, data_dir: str) -> ThrottleStore:
-    if cfg.store == "redis":
-        return RedisStore(
-            cfg.redis_url,
-            prefix=cfg.redis_prefix,
-            large_universe=cfg.large_universe,
-            lease_ns=int(cfg.job_lease * NS),
-        )
-    path = cfg.sqlite_path or os.path.join(data_dir, "alerts.sqlite3")
-    return SqliteStore(path, large_universe=cfg.large_universe)
-
-
-def spec_of(s: StrategyConfig) -> StrategySpec:
-    return StrategySpec.from_universe(s.id, int(s.bucket * NS), s.universe)
-
-
-def event_strategy_of(s: StrategyConfig) -> EventStrategy:
-    return EventStrategy(s.id, s.kind, spec_of(s), s.params)
-
-
-def policy_of(s: StrategyConfig) -> Policy:
-    bar = s.bar if s.bar > 0 else s.bucket
-    return Policy(s.frequency, int(bar * NS), int(s.repeat_interval * NS))
-
-
-def workers_origin(cfg: AlertsConfig) -> str:
-    """Where the workers come from, for the start-up log."""
-    if cfg.workers == 0:
-        return f"expecting external workers on {cfg.jobs} (alerts.workers 0: any number, none spawned)"
-    if not cfg.spawn_workers:
-        return (
-            f"expecting {cfg.workers} external workers on {cfg.jobs} "
-            "(alerts.spawn_workers false: `python -m services.alerts.worker` runs them)"
-        )
-    return f"spawned {cfg.workers} workers on {cfg.jobs}, restarted when they exit"
+__all__ = ["Alerts", "event_strategy_of", "open_store", "workers_origin"]
 
 
 class Alerts:
@@ -94,10 +64,19 @@ class Alerts:
     def __init__(self, cfg: AlertsConfig, store: ThrottleStore) -> None:
         self.cfg = cfg
         self.store = store
+        self.run_id = uuid.uuid4().hex[:12]
         self.strategies = {s.id: s for s in cfg.strategies}
         bucketed = [s for s in cfg.strategies if s.trigger == "bucket"]
         self.throttle = Throttle(store, [spec_of(s) for s in bucketed])
         self.bars = Bars(int(s.bucket * NS) for s in bucketed)
+        # Boundaries are evaluated on the inputs' event time: bucket B once the watermark passes B
+        # plus the allowed lateness. With no input yet the stream counts as live (the wall clock).
+        self.watermark = Watermark(int(cfg.allowed_lateness * NS), live=True)
+        flow_kinds = [s for s in bucketed if s.kind in ("order_flow", "python")]
+        self.flow_log = FlowLog(
+            max((int((s.flow_window + s.bucket) * NS) for s in flow_kinds), default=0), self.run_id
+        )
+        self.urgent = False  # a zone event came in: persist the open bars now, not at the next flush
         self.events = EventEvaluator(event_strategy_of(s) for s in cfg.strategies if s.trigger == "event")
         self._eval_ns = 0  # event evaluations' ids: strictly increasing
         self.flow = FlowBook(
@@ -109,7 +88,6 @@ class Alerts:
         )
         self.dispatcher = Dispatcher(int(cfg.job_timeout * NS), max_in_flight=cfg.max_in_flight)
         self.sink = AlertSink(store, {s.id: policy_of(s) for s in cfg.strategies})
-        self.run_id = uuid.uuid4().hex[:12]
         self._job_n = 0
         # Pending jobs left by a previous run (or a dead instance on Redis) are adopted at the first
         # recover(), then looked for again (renewing this instance's lease) this often.
@@ -122,26 +100,37 @@ class Alerts:
         self.worker_refusals: Counter[str] = Counter()  # jobs workers refused, by reason
         self.loop_errors: Counter[str] = Counter()  # errors the service's loops survived, by loop
         self.universe_sizes: dict[str, int] = {}
-        self._rolled: dict[int, int] = {}  # bucket size -> boundary its bars were last rolled at
+        self._unsaved: dict[str, bytes] = {}  # open-bar rows a failed write left to write again
+        self._unsaved_deletes: list[str] = []
 
     def start(self) -> None:
         self.throttle.start()
         self.universe_sizes = self.store.universe_sizes()
+        rows = self.store.load_inputs()
+        restored = self.bars.restore(rows)
+        flows = self.flow_log.restore(rows, self.flow)
+        if restored or flows:
+            log.info("restored the open bars of %d series and %d order-flow input(s)", restored, flows)
 
     # -- inputs --------------------------------------------------------------------------------
 
     def on_message(self, msg: Message, now_ns: int) -> list[AlertFired]:
         """Note one input; returns the alerts its event-triggered strategies fired (to publish now)."""
+        # An input's time is its event time (at most its arrival: a clock ahead, or a forged time,
+        # cannot put it into a later bar).
+        ev = msg.event_ns if 0 < msg.event_ns < now_ns else now_ns
+        self.watermark.observe(ev, now_ns)
         if isinstance(msg, Price):
             fired = self.events.on_price(msg.symbol, msg.price) if self.events else None
-            self.throttle.note_update(msg.symbol, now_ns)
-            self.bars.price(msg.symbol, msg.price, now_ns)
+            self.throttle.note_update(msg.symbol, ev)
+            self.bars.price(msg.symbol, msg.price, ev)
             if fired:
-                return self._fire(fired, msg.event_ns or now_ns, now_ns)
+                return self._fire(fired, ev, now_ns)
         elif isinstance(msg, Trade):
             symbol = f"pm.{msg.asset}"
-            self.throttle.note_update(symbol, now_ns)
-            self.flow.add(symbol, msg.event_ns or now_ns, msg.price, msg.size, msg.side == "buy")
+            self.throttle.note_update(symbol, ev)
+            self.flow.add(symbol, ev, msg.price, msg.size, msg.side == "buy")
+            self.flow_log.add(symbol, ev, msg.price, msg.size, msg.side == "buy")
         elif isinstance(msg, Swap):
             symbol = f"dex.{msg.pool}"
             flow = swap_flow(msg.amount0, msg.amount1)
@@ -149,13 +138,14 @@ class Alerts:
                 self.skipped_messages += 1
                 self.ratelog("bad swap", "skipped a swap of %s with unreadable amounts", msg.pool[:80])
                 return []
-            self.throttle.note_update(symbol, now_ns)
-            self.flow.add(symbol, msg.event_ns or now_ns, msg.price, flow[0], flow[1])
+            self.throttle.note_update(symbol, ev)
+            self.flow.add(symbol, ev, msg.price, flow[0], flow[1])
+            self.flow_log.add(symbol, ev, msg.price, flow[0], flow[1])
         elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
             z = msg.zone
             event = type(msg).__name__.removeprefix("Zone").lower()
             price = msg.price if isinstance(msg, ZoneTouched) else 0.0
-            self.throttle.note_update(z.symbol, now_ns)
+            self.throttle.note_update(z.symbol, ev)
             zone_event = AlertZoneEvent(
                 event=event,
                 zone_id=z.id,
@@ -164,9 +154,10 @@ class Alerts:
                 top=z.top,
                 bottom=z.bottom,
                 price=price,
-                event_ns=msg.event_ns or now_ns,
+                event_ns=ev,
             )
             self.bars.zone(z.symbol, zone_event)
+            self.urgent = True
             if self.events:
                 fired = self.events.on_zone(z.symbol, zone_event)
                 if fired:
@@ -252,7 +243,7 @@ class Alerts:
         for d in due:
             s = self.strategies[d.strategy]
             size = int(s.bucket * NS)
-            inputs = self.bars.inputs(size, d.tickers)
+            inputs = self.bars.inputs(size, d.tickers, d.bucket_ns)
             if flows and s.kind in ("order_flow", "python"):
                 w = float(s.flow_window)
                 for t in d.tickers:
@@ -279,12 +270,36 @@ class Alerts:
             )
         return jobs
 
-    def _roll(self, now_ns: int) -> None:
+    def _roll(self, point_ns: int) -> None:
         for size in self.bars.sizes:
-            boundary = now_ns - now_ns % size
-            if self._rolled.get(size, -1) < boundary:
-                self._rolled[size] = boundary
-                self.bars.roll(size)
+            self.bars.roll(size, point_ns - point_ns % size)
+
+    def close_point(self, now_ns: int) -> int:
+        """How far buckets are closed at wall clock ``now_ns``: the boundaries at or before it are
+        the ones to evaluate (see shared/bars.py)."""
+        return self.watermark.point(now_ns)
+
+    def flush(self, now_ns: int) -> None:
+        """Write the batched ticker updates and the open bars' changed inputs, in one transaction:
+        a restart after kill -9 takes them back (:meth:`start`). Raises if the store fails (what
+        was not written is kept for the next call)."""
+        with self.store.transaction():
+            self.throttle.flush()
+            self.flow_log.prune(now_ns)
+            rows, deletes = self.flow_log.take()
+            rows.update(self.bars.dirty_rows())
+            self._unsaved.update(rows)
+            self._unsaved_deletes.extend(deletes)
+            self.urgent = False
+            rows, self._unsaved = self._unsaved, {}
+            deletes, self._unsaved_deletes = self._unsaved_deletes, []
+            try:
+                self.store.save_inputs(rows, deletes)
+            except BaseException:
+                rows.update(self._unsaved)
+                self._unsaved = rows
+                self._unsaved_deletes[:0] = deletes
+                raise
 
     # -- results -------------------------------------------------------------------------------
 
@@ -371,28 +386,13 @@ class Alerts:
     def next_wakeup(self, now_ns: int) -> int:
         flush = now_ns + int(self.cfg.flush_every * NS)
         candidates = [flush, self._next_adopt_ns]
-        b = self.throttle.next_boundary(now_ns)
-        if b is not None:
-            candidates.append(b)
+        b = self.throttle.next_boundary(self.close_point(now_ns))
+        if b is not None:  # closed when the wall clock passes it plus the lateness (a live stream)
+            candidates.append(b + self.watermark.lateness_ns)
         d = self.dispatcher.next_deadline()
         if d is not None:
             candidates.append(d)
         return min(candidates)
 
     def summary(self) -> str:
-        st = self.throttle.stats
-        sizes = self.universe_sizes
-        counts = {"small": 0, "medium": 0, "large": 0, "xlarge": 0}
-        for n in sizes.values():
-            counts[size_class(n)] += 1
-        avg = sum(sizes.values()) / len(sizes) if sizes else 0.0
-        return (
-            f"ticker updates: {st.ticker_updates}, universe updates: {st.universe_updates}, "
-            f"total tracked: {self.store.ticker_count()} | strategy runs: {st.runs}, "
-            f"skipped (no update): {st.skipped_no_update}, skipped (bucket dup): {st.skipped_duplicate} | "
-            f"cleanup ops: {st.cleanups}, large intersections: {st.large_intersections}, "
-            f"universe discoveries: {st.discoveries} | universe distribution: small (<=10): {counts['small']}, "
-            f"medium (<=100): {counts['medium']}, large (<=1000): {counts['large']}, "
-            f"xlarge (>1000): {counts['xlarge']} | average universe size: {avg:.0f} tickers "
-            f"across {len(sizes)} strategies"
-        )
+        return summary_line(self.throttle.stats, self.universe_sizes, self.store.ticker_count())

@@ -126,6 +126,15 @@ class AlertsCollector(Collector):
         yield counter(
             "skipped_messages", "Input messages skipped (unreadable or unexpected)", a.skipped_messages
         )
+        late = CounterMetricFamily(
+            f"{p}_late_inputs",
+            "Prices and zone events for a bucket already evaluated (later than the allowed lateness): "
+            "kept out of every bar",
+            labels=["bucket"],
+        )
+        for size, n in a.bars.late.items():
+            late.add_metric([f"{size / 1e9:g}s"], n)
+        yield late
         yield by_label(
             "results_refused",
             "Messages on the results socket refused: a result for no job in flight here (unknown_job), "

@@ -105,16 +105,20 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
                     loop_error("inputs", exc)
                     continue
                 publish(fired)  # event-triggered: out now, not when the loop next turns
+            if alerts.urgent:  # zone events: in the store before the next input, not a flush later
+                try:
+                    alerts.flush(now)
+                except Exception as exc:
+                    loop_error("inputs", exc)
 
     def tick(now: int) -> None:
         alerts.recover(now)  # at start: the jobs a previous run left, ahead of any new bucket
         publish(alerts.retry_deferred(now))
         t0 = time.perf_counter()
-        due = alerts.boundary(now)
+        due = alerts.boundary(alerts.close_point(now))
         if due:
             eval_latency.observe(time.perf_counter() - t0)
-        else:
-            alerts.throttle.flush()
+        alerts.flush(now)
         for status, job in alerts.expire(now):
             log.warning("job %s (%s) attempt %d timed out: %s", job.job_id, job.strategy, job.attempt, status)
 
@@ -215,9 +219,9 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             t.cancel()
         await asyncio.gather(stop, *tasks, return_exceptions=True)
         try:
-            alerts.throttle.flush()
+            alerts.flush(clock.time_ns())
         except Exception as exc:
-            log.error("alerts: the last ticker updates could not be written: %r", exc)
+            log.error("alerts: the last ticker updates and open bars could not be written: %r", exc)
         unfinished = len(alerts.dispatcher.in_flight) + len(alerts.dispatcher.queue)
         if unfinished:
             log.info(

@@ -130,6 +130,12 @@ class ThrottleStore(Protocol):
     def record_updates(self, updates: Mapping[str, int]) -> None:
         """Ticker -> time (ns) of its last update; an older time never replaces a newer one."""
 
+    def save_inputs(self, rows: Mapping[str, bytes], deletes: Sequence[str] = ()) -> None:
+        """Write (replace) rows of the open bars' inputs and delete others: what a restart takes
+        back with :meth:`load_inputs` (alerts' core owns the keys and the bodies)."""
+
+    def load_inputs(self) -> dict[str, bytes]: ...
+
     def ticker_count(self) -> int: ...
 
     def tickers(self) -> list[str]: ...

@@ -164,6 +164,7 @@ class RedisStore:
         self._batches = f"{prefix}JOBS:BATCH"
         self._left = f"{prefix}JOBS:LEFT"
         self._leases = f"{prefix}JOBS:LEASE"
+        self._inputs = f"{prefix}INPUTS:OPEN"
         self._batch_n = 0
         self._claim = self._r.register_script(_CLAIM_LUA)
         self._finish = self._r.register_script(_FINISH_LUA)
@@ -176,6 +177,20 @@ class RedisStore:
     def record_updates(self, updates: Mapping[str, int]) -> None:
         if updates:
             self._r.zadd(self._upd, {t: ns // NS_PER_MS for t, ns in updates.items()}, gt=True)
+
+    def save_inputs(self, rows: Mapping[str, bytes], deletes: Sequence[str] = ()) -> None:
+        if not rows and not deletes:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        if deletes:
+            pipe.hdel(self._inputs, *deletes)
+        if rows:
+            pipe.hset(self._inputs, mapping={k: v.hex() for k, v in rows.items()})
+        pipe.execute()
+
+    def load_inputs(self) -> dict[str, bytes]:
+        raw = self._r.hgetall(self._inputs)
+        return {str(k): as_bytes(v) for k, v in raw.items()}
 
     def ticker_count(self) -> int:
         return int(self._r.zcard(self._upd))

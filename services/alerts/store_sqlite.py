@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS alert_states (strategy TEXT NOT NULL, symbol TEXT NOT
     PRIMARY KEY (strategy, symbol)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_batches (batch INTEGER PRIMARY KEY, jobs BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_jobs (job_id TEXT PRIMARY KEY, batch INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS open_inputs (key TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -181,6 +182,20 @@ class SqliteStore:
                 "ON CONFLICT (ticker) DO UPDATE SET ns = max(ns, excluded.ns)",
                 rows,
             )
+
+    def save_inputs(self, rows: Mapping[str, bytes], deletes: Sequence[str] = ()) -> None:
+        with self._tx():
+            if deletes:
+                self._write("DELETE FROM open_inputs WHERE key = ?", [(k,) for k in deletes])
+            if rows:
+                self._write(
+                    "INSERT INTO open_inputs (key, body) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET body = excluded.body",
+                    list(rows.items()),
+                )
+
+    def load_inputs(self) -> dict[str, bytes]:
+        return {k: bytes(b) for k, b in self._db.execute("SELECT key, body FROM open_inputs")}
 
     def ticker_count(self) -> int:
         return len(self._updates)

@@ -1,0 +1,138 @@
+"""Alerts' bars on event time (shared/bars.py): an input joins the bar of its event time, even when
+it arrives after the boundary, until the boundary is evaluated (its end plus the allowed lateness);
+later it is counted as late, never put into the next bar. The open bars (prices, zone events,
+trades) survive a kill -9: a new core on the same store builds the same jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.alerts.config import AlertsConfig
+from services.alerts.core import Alerts
+from shared.config import convert
+from shared.messages import Price, StrategyJob, Trade, Zone, ZoneTouched
+
+S = 1_000_000_000
+M = 60 * S
+B = 1_700_000_000 * S // M * M + M  # a bucket boundary: the bar [B - M, B) closes there
+L = S  # the default allowed lateness
+
+ZONES = {"id": "zones", "kind": "zone_event", "bucket": "1m", "universe": ["pm.*"]}
+FLOW = {
+    "id": "flow",
+    "kind": "order_flow",
+    "bucket": "1m",
+    "universe": ["pm.*"],
+    "flow_window": "2m",
+    "params": {"metric": "delta", "op": ">", "value": 5},
+}
+
+
+def config(*strategies: dict[str, Any]) -> AlertsConfig:
+    return convert({"strategies": list(strategies)}, AlertsConfig, "alerts")
+
+
+def touch(symbol: str, event_ns: int, price: float = 0.55) -> ZoneTouched:
+    zone = Zone(
+        id=f"H1_{symbol}",
+        symbol=symbol,
+        timeframe="H1",
+        kind="bsl",
+        top=0.6,
+        bottom=0.5,
+        strength=1.0,
+        created_ns=B - 10 * M,
+        expires_ns=B + 10 * M,
+    )
+    return ZoneTouched(zone=zone, price=price, event_ns=event_ns)
+
+
+def evaluate(core: Alerts, now_ns: int) -> list[StrategyJob]:
+    """What the service's ticker does at wall clock ``now_ns``: the jobs of the boundaries closed."""
+    core.boundary(core.close_point(now_ns))
+    return core.dispatcher.ready(now_ns)
+
+
+def start(cfg: AlertsConfig, store: Any) -> Alerts:
+    core = Alerts(cfg, store)
+    core.start()
+    core.recover(B - 2 * M)
+    core.boundary(B - M)  # the bar before: evaluated (nothing in it)
+    return core
+
+
+def test_a_touch_at_the_end_of_a_bar_arriving_after_the_boundary_joins_its_own_bar(
+    store_factory: Any,
+) -> None:
+    core = start(config(ZONES), store_factory())
+    core.on_message(Price(symbol="pm.a", price=0.5, event_ns=B - 30 * S), B - 30 * S)
+    # published 1 ms before the boundary, arriving 0.6 s after it: the boundary is not closed yet
+    core.on_message(touch("pm.a", B - 1_000_000), B + 600_000_000)
+    assert evaluate(core, B + L - 1) == []
+    # a touch of the next bar, arriving before the boundary is evaluated: the next bar's
+    core.on_message(touch("pm.b", B + 100_000_000), B + 700_000_000)
+    (job,) = evaluate(core, B + L)
+    assert job.bucket_ns == B
+    assert [z.event_ns for z in job.inputs["pm.a"].zones] == [B - 1_000_000]
+    assert job.inputs["pm.a"].close == 0.5
+    assert job.inputs.get("pm.b") is None or job.inputs["pm.b"].zones == []
+    (nxt,) = evaluate(core, B + M + L)
+    assert [z.event_ns for z in nxt.inputs["pm.b"].zones] == [B + 100_000_000]
+    assert "pm.a" not in nxt.tickers or nxt.inputs["pm.a"].zones == []
+    assert core.bars.late == {M: 0}
+
+
+def test_an_input_later_than_the_lateness_is_counted_and_kept_out_of_the_next_bar(
+    store_factory: Any,
+) -> None:
+    core = start(config(ZONES), store_factory())
+    core.on_message(Price(symbol="pm.a", price=0.5, event_ns=B - 30 * S), B - 30 * S)
+    (job,) = evaluate(core, B + L)
+    assert job.inputs["pm.a"].zones == []
+    core.on_message(touch("pm.a", B - 1_000_000), B + 2 * S)  # its bar was evaluated
+    core.on_message(Price(symbol="pm.a", price=0.9, event_ns=B - 2 * S), B + 2 * S)
+    assert core.bars.late == {M: 2}
+    core.on_message(Price(symbol="pm.a", price=0.6, event_ns=B + 10 * S), B + 10 * S)
+    (nxt,) = evaluate(core, B + M + L)
+    bar = nxt.inputs["pm.a"]
+    assert bar.zones == [] and (bar.open, bar.high, bar.low, bar.close, bar.prev_close) == (
+        0.6,
+        0.6,
+        0.6,
+        0.6,
+        0.5,
+    )
+
+
+def test_the_open_bar_survives_a_kill_9(store_factory: Any) -> None:
+    cfg = config(ZONES, FLOW)
+    first = start(cfg, store_factory())
+    first.on_message(Price(symbol="pm.a", price=0.5, event_ns=B - 40 * S), B - 40 * S)
+    first.on_message(Trade(asset="a", price=0.5, size=10.0, side="buy", event_ns=B - 35 * S), B - 35 * S)
+    first.flush(B - 35 * S)  # the periodic flush
+    first.on_message(Price(symbol="pm.a", price=0.7, event_ns=B - 30 * S), B - 30 * S)
+    first.on_message(touch("pm.a", B - 20 * S), B - 20 * S)
+    assert first.urgent  # the service writes at once after a batch with a zone event
+    first.flush(B - 20 * S)
+    # kill -9: the core is abandoned without closing anything; a new one on the same store
+    second = start(cfg, store_factory())
+    jobs = {j.strategy: j for j in evaluate(second, B + L)}
+    bar = jobs["zones"].inputs["pm.a"]
+    assert (bar.open, bar.high, bar.low, bar.close) == (0.5, 0.7, 0.5, 0.7)
+    assert [z.event_ns for z in bar.zones] == [B - 20 * S]
+    flow = jobs["flow"].inputs["pm.a"].flow
+    assert flow is not None and flow.delta == 10.0
+
+
+def test_a_replay_of_history_is_evaluated_on_its_own_event_time(store_factory: Any) -> None:
+    """Not live: the wall clock closes nothing, the inputs' event time does."""
+    core = start(config(ZONES), store_factory())
+    later = B + 86400 * S
+    core.on_message(touch("pm.a", B - M + S), later)
+    assert not core.watermark.live
+    assert evaluate(core, later + M) == []
+    core.on_message(Price(symbol="pm.a", price=0.5, event_ns=B + L - 1), later + M)
+    assert evaluate(core, later + M) == []
+    core.on_message(Price(symbol="pm.a", price=0.5, event_ns=B + L), later + M)
+    (job,) = evaluate(core, later + M)
+    assert job.bucket_ns == B and len(job.inputs["pm.a"].zones) == 1
