@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: install node-deps run demo test lint bench clean
+.PHONY: install node-deps run demo test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ test: install node-deps lint
 
 bench: install node-deps
 	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
+
+# The demo pipeline at production scale, sampled every minute: bench/soak.json and bench/soak.png.
+# Not part of `make test`. SMOKE=1: 3 minutes.
+ASSETS  ?= 2000
+EVENTS  ?= 10000
+MINUTES ?= 30
+soak: install node-deps
+	$(BIN)/python -m pip install -q -e '.[dev,soak]'
+	$(BIN)/python -m bench._soak --assets $(ASSETS) --events-per-s $(EVENTS) --minutes $(MINUTES) $(if $(SMOKE),--smoke)
 
 # The image of deploy/Dockerfile, built with podman when installed, else docker. `make image` starts
 # from BASE and installs from the package index, or from WHEELHOUSE (a directory of wheels in the

@@ -1,0 +1,50 @@
+"""The soak's arithmetic and /proc sampling, on known inputs and a real child process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench._soak_stats import histogram_quantile, parents, slope_per_hour, tree_usage
+
+MB = 1024 * 1024
+
+
+def test_slope_is_per_hour_and_flat_is_zero() -> None:
+    assert slope_per_hour([(0, 100.0), (1800, 101.0), (3600, 102.0)]) == pytest.approx(2.0)
+    assert slope_per_hour([(0, 5.0), (60, 5.0), (120, 5.0)]) == 0.0
+    assert slope_per_hour([(0, 5.0)]) == 0.0
+
+
+def test_histogram_quantile_interpolates_inside_its_bucket() -> None:
+    name = "lag_seconds_bucket"
+    # 100 observations: 50 in (0, 0.001], 40 in (0.001, 0.005], 9 in (0.005, 0.05], 1 above
+    metrics = {
+        f"{name}{{le=0.001}}": 50.0,
+        f"{name}{{le=0.005}}": 90.0,
+        f"{name}{{le=0.05}}": 99.0,
+        f"{name}{{le=+Inf}}": 100.0,
+        "lag_seconds_count": 100.0,
+    }
+    assert histogram_quantile(metrics, name, 0.5) == pytest.approx(0.001)
+    assert histogram_quantile(metrics, name, 0.7) == pytest.approx(0.001 + 0.004 * 20 / 40)
+    assert histogram_quantile(metrics, name, 0.99) == pytest.approx(0.05)
+    assert histogram_quantile(metrics, name, 0.999) == pytest.approx(0.05)  # open bucket: its lower edge
+    assert histogram_quantile({}, name, 0.5) is None
+
+
+def test_tree_usage_counts_a_child_process() -> None:
+    code = "import sys; block = bytearray(80 * 1024 * 1024); print('ready', flush=True); sys.stdin.read()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            alone = tree_usage(child.pid)
+            with_child = tree_usage(os.getpid(), parents())
+            assert alone["rss"] >= 80 * MB
+            assert with_child["rss"] >= alone["rss"] + tree_usage(os.getpid(), {})["rss"] * 0.9
+            assert alone["fds"] >= 3 and alone["cpu_s"] >= 0
+        finally:
+            child.kill()
