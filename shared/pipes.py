@@ -11,7 +11,9 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import (
+from shared.messages import ENCODER, Message, decode_payload
+from shared.ratelog import RateLimitedLog
+from shared.sockets import (
     DEFAULT_MAX_MESSAGE_SIZE,
     NOBLOCK,
     context,
@@ -19,8 +21,6 @@ from shared.bus import (
     sync_view,
     wait_readable,
 )
-from shared.messages import ENCODER, Message, decode_payload
-from shared.ratelog import RateLimitedLog
 
 log = logging.getLogger("poolwire.bus")
 skip_log = RateLimitedLog(log)

@@ -19,10 +19,10 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
+from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
 
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02

@@ -24,11 +24,11 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from shared import security
-from shared.bus import context
 from shared.clock import Clock, RealClock
 from shared.config import CONFIG_ENV, CommonConfig, ConfigError, load_section
 from shared.constants import SHUTDOWN_GRACE_S
 from shared.metrics import StatsCollector, new_registry, serve
+from shared.sockets import context
 
 C = TypeVar("C")
 

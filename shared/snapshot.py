@@ -17,7 +17,6 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import DEFAULT_MAX_MESSAGE_SIZE, context
 from shared.messages import (
     ENCODER,
     ONE_DECODER,
@@ -27,6 +26,7 @@ from shared.messages import (
     decode_payload,
 )
 from shared.ratelog import RateLimitedLog
+from shared.sockets import DEFAULT_MAX_MESSAGE_SIZE, context
 
 log = logging.getLogger("poolwire.snapshot")
 skip_log = RateLimitedLog(log)

@@ -17,11 +17,11 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.bus import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
 from shared.messages import Heartbeat, Message, decode_payload
 from shared.ratelog import RateLimitedLog
+from shared.sockets import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
 
 log = logging.getLogger("poolwire.bus")
 skip_log = RateLimitedLog(log)
