@@ -54,7 +54,7 @@ class EventProcessorStats:
     v4_initializes_processed: int = 0
     blocks_committed: int = 0
     reverts_processed: int = 0  # blocks unwound
-    reorgs: int = 0  # parent-hash mismatches that unwound state
+    reorgs: int = 0  # chains replaced: a run of explicit reverts, or a block whose parent is not our head
     errors: int = 0  # all skipped events below
     pool_not_found: int = 0
     invalid_events: int = 0
@@ -98,6 +98,7 @@ class EventProcessor:
         self.journal: deque[BlockJournal] = deque()
         self.head: tuple[int, bytes] | None = None  # (number, hash) of the last applied block
         self.head_timestamp = 0  # its block time in seconds (0: unknown)
+        self._reverting = False  # the last block handled was a revert (one reorg, however deep)
         self.pending: dict[bytes, list[tuple[bytes, PoolUpdate]]] = {}  # pools being added
         self.pending_capacity = 10_000
         self._pending_count = 0
@@ -164,9 +165,10 @@ class EventProcessor:
         result = BlockResult()
         head = self.head
         if head is not None and (number <= head[0] or (parent_hash and head[1] != parent_hash)):
-            self.stats.reorgs += 1
+            self.stats.reorgs += not self._reverting  # reverts just before it: counted there
             self._unwind_to_parent(number, parent_hash, result)
             head = self.head
+        self._reverting = False
         if head is not None and number != head[0] + 1:
             raise ResyncNeeded(f"block {number} does not follow head {head[0]}: blocks missing")
         undo: list[tuple[Any, ...]] = []
@@ -199,6 +201,9 @@ class EventProcessor:
             if block_hash and self.head[1] != block_hash:
                 raise ResyncNeeded(f"revert of block {number} {block_hash.hex()[:10]} which is not our head")
             self._pop(result)
+        if result.reverted and not self._reverting:
+            self.stats.reorgs += 1  # the first revert of a run: the blocks after it replace ours
+            self._reverting = True
         return result
 
     def _unwind_to_parent(self, number: int, parent_hash: bytes, result: BlockResult) -> None:

@@ -23,10 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.sync.arena import EventProcessor, Pool, ResyncNeeded
-from services.sync.client import BlockSource, Resync
-from services.sync.follower import LogFollower
-from services.sync.rpc import Header, RpcError, RpcUnavailable
+from services.sync.arena import BlockResult, EventProcessor, Pool
+from services.sync.catchup import CatchUp, OnBlock
+from services.sync.client import BlockSource
 from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, Scraper, ScrapeResult, pool_key
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
@@ -57,7 +56,11 @@ class StartupMetrics:
     rescrapes: int = 0  # scrapes repeated because the buffer did not cover a pool's snapshot
 
 
-class StartupCoordinator:
+def _unannounced(result: BlockResult, committed: bool, updates: Sequence[PoolUpdate]) -> None:
+    pass
+
+
+class StartupCoordinator(CatchUp):
     def __init__(
         self,
         client: BlockSource,
@@ -84,6 +87,7 @@ class StartupCoordinator:
         self.replay_wait = replay_wait
         self.metrics = StartupMetrics()
         self.processor = self._new_processor()
+        self.on_block: OnBlock = _unannounced  # every block a cold start or a catch-up applies or unwinds
         self.specs: dict[bytes, PoolSpec] = {}
         self.absent: dict[bytes, None] = {}  # pools whose last scrape found none on chain, oldest first
         self.live = False
@@ -216,126 +220,6 @@ class StartupCoordinator:
         self.processor.head = (block, block_hash)
         self.processor.head_timestamp = timestamp
 
-    async def resume_with_catch_up(
-        self,
-        pools: Sequence[Pool],
-        specs: Sequence[PoolSpec],
-        header: Header,
-        follower: LogFollower,
-        attempts: int = 3,
-    ) -> bool:
-        """Resume from a checkpoint with a source that cannot replay the past (the ExEx socket,
-        buffering since before this call): catch up from ``header`` (the checkpoint's block,
-        canonical) with ``follower`` (stepped here, not started: its ranged eth_getLogs) to the node's
-        tip, then replay the socket's buffer on top: its reverts of blocks we applied are unwound from
-        the journal, its blocks already applied (same number and hash) skipped, the others applied
-        (a block of another branch unwinds ours first, as live), and go live. False: the buffer
-        overflowed or was damaged every time, or the blocks do not join up: scrape instead."""
-        t0 = time.perf_counter()
-        self._install(pools, specs, header.number, header.hash, header.timestamp)
-        follower.anchor(header)
-        follower.go_live()  # its blocks on its queue, applied by _catch_up
-        caught_up = 0
-        for attempt in range(1, attempts + 1):
-            try:
-                caught_up += await self._catch_up(follower)
-            except ResyncNeeded as exc:
-                log.warning("catch-up from the checkpoint failed (%s): scraping", exc)
-                return False
-            client = self.client
-            head = self.processor.head
-            assert head is not None
-            if client.buffer_error is not None:
-                log.warning("catch-up attempt %d: %s; buffering again", attempt, client.buffer_error)
-                client.start_buffering(self.buffer_capacity)
-                continue
-            first = client.buffer.first_block
-            if first is not None and first > head[0] + 1:
-                log.info(
-                    "the stream starts at block %d, after our head %d: catching up further", first, head[0]
-                )
-                await follower.clock.sleep(follower.poll_interval)
-                continue
-            try:
-                skipped, replayed = self._replay_over_head()  # no await from here to go_live
-            except ResyncNeeded as exc:
-                log.warning("the stream does not join the caught-up chain (%s): scraping", exc)
-                return False
-            client.go_live()
-            self.live = True
-            head = self.processor.head
-            assert head is not None
-            self.metrics.total_startup_duration_ms = (time.perf_counter() - t0) * 1000
-            log.info(
-                "resumed from the checkpoint at block %d with %d pool(s): %d block(s) caught up over "
-                "JSON-RPC, %d buffered block(s) already applied, %d replayed; live at block %d in %.0f ms",
-                header.number, len(pools), caught_up, skipped, replayed, head[0],
-                self.metrics.total_startup_duration_ms,
-            )  # fmt: skip
-            return True
-        log.warning("could not join the stream to the catch-up in %d attempts: scraping", attempts)
-        return False
-
-    async def _catch_up(self, follower: LogFollower) -> int:
-        """Step the follower to the node's tip, applying its blocks; the number of blocks applied."""
-        proc = self.processor
-        applied = 0
-        delay = follower.backoff_initial
-        while True:
-            try:
-                await follower.step()
-            except (RpcUnavailable, RpcError, ValueError, KeyError, TypeError) as exc:
-                follower.fstats.rpc_failures += 1
-                log.warning("catch-up: %r; retrying in %.2f s", exc, delay)
-                await follower.clock.sleep(delay)
-                delay = min(delay * 2, follower.backoff_max)
-                continue
-            delay = follower.backoff_initial
-            moved = False
-            while not follower.blocks.empty():
-                item = follower.blocks.get_nowait()
-                moved = True
-                if isinstance(item, Resync):
-                    raise ResyncNeeded(item.reason)
-                if item.is_revert:
-                    proc.revert_block(item.number, item.hash)
-                else:
-                    proc.apply_block(item.number, item.hash, item.parent_hash, item.updates, item.timestamp)
-                    applied += 1
-            tip, head = follower.tip, follower.head
-            if tip is not None and head is not None and tip.hash == head.hash:
-                return applied
-            if not moved:  # the chain moved under the step: again, as the follower's next trigger would
-                await follower.clock.sleep(follower.backoff_initial)
-
-    def _replay_over_head(self) -> tuple[int, int]:
-        """The buffer on top of the caught-up chain: (blocks skipped as applied, blocks applied)."""
-        proc = self.processor
-        buffer = self.client.buffer
-        reverts = list(buffer.reverts)
-        stamps = buffer.timestamps()
-        blocks = self.client.take_buffered_blocks()
-        for number, bhash in reverts:  # each came before every block still buffered
-            head = proc.head
-            assert head is not None
-            if proc.applied(number, bhash):
-                proc.revert_block(number, bhash)
-            elif number <= head[0] and proc.hash_at(number) is None:
-                raise ResyncNeeded(f"revert of block {number}, below the journal")
-        skipped = replayed = 0
-        for number, bhash, parent, events in blocks:
-            head = proc.head
-            assert head is not None
-            oldest = proc.journal[0].number if proc.journal else head[0]
-            if proc.applied(number, bhash) or number < oldest:
-                skipped += 1  # applied from JSON-RPC (below the journal: the next ones are checked)
-                continue
-            proc.apply_block(number, bhash, parent, events, stamps.get(number, 0))
-            self.metrics.events_replayed += len(events)
-            self.metrics.blocks_replayed += 1
-            replayed += 1
-        return skipped, replayed
-
     def _replay(self, result: ScrapeResult) -> bool:
         """Install scraped pools, replay the buffer; False if the buffer does not cover the scrape."""
         buffer = self.client.buffer
@@ -357,7 +241,8 @@ class StartupCoordinator:
             self.processor.head = (result.block, result.hash)
             self.processor.head_timestamp = result.timestamp
         for number, bhash, parent, events in blocks:
-            self.processor.apply_block(number, bhash, parent, events, stamps.get(number, 0))
+            done = self.processor.apply_block(number, bhash, parent, events, stamps.get(number, 0))
+            self.on_block(done, True, events)
             self.metrics.events_replayed += len(events)
             self.metrics.blocks_replayed += 1
         self.metrics.replay_duration_ms = (time.perf_counter() - t0) * 1000

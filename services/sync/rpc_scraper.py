@@ -337,7 +337,8 @@ class RpcScraper:
     def _state_calls(self, job: _Job) -> list[tuple[str, str]]:
         spec = job.spec
         if spec.protocol == "v2":
-            return [(spec.address, "0x" + SEL["getReserves()"])]
+            tokens = [] if spec.currency0 and spec.currency1 else ["token0()", "token1()"]
+            return [(spec.address, "0x" + SEL[name]) for name in ("getReserves()", *tokens)]
         if spec.protocol == "v3":
             return [
                 (spec.address, "0x" + SEL[name])
@@ -355,7 +356,10 @@ class RpcScraper:
         spec = job.spec
         if spec.protocol == "v2":
             r0, r1 = _words(replies[0], 2)
-            pool = Pool(job.key, "v2", snapshot_block=block, token0=spec.currency0, token1=spec.currency1)
+            token0, token1 = spec.currency0, spec.currency1
+            if len(replies) == 3:  # the spec did not name them: read from the pair
+                token0, token1 = _address(_words(replies[1], 1)[0]), _address(_words(replies[2], 1)[0])
+            pool = Pool(job.key, "v2", snapshot_block=block, fee=3000, token0=token0, token1=token1)
             pool.reserve0, pool.reserve1 = r0, r1
             return pool
         if spec.protocol == "v3":

@@ -103,6 +103,7 @@ class SyncService:
         # schema refuses the whole message); the hook is Puller's ``decode`` (/tmp/brief/sync-shared.diff)
         self.pull.decode = self.whitelist.decode  # type: ignore[attr-defined, unused-ignore]
         self.announce = Announcer(self.pub, self.coord)
+        self.coord.on_block = self.announce.block  # blocks a cold start or a catch-up applies, too
         self.snap = SnapshotServer(
             cfg.snapshot,
             self.announce.snapshot,
