@@ -11,6 +11,7 @@ import copy
 import hashlib
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ class SimChain:
         self.number = 0
         self.fork = 0
         self.hashes: dict[int, bytes] = {0: self._hash(0)}
+        self.times: dict[int, int] = {}
         self.pools: dict[bytes, SimPool] = {}
         for i in range(pools_per_protocol):
             v2 = SimPool(self.rng.randbytes(20), "v2", reserve0=10**24 + i, reserve1=3 * 10**21)
@@ -134,15 +136,19 @@ class SimChain:
         if len(self.history) > HISTORY_DEPTH + 1:
             del self.history[0]
             self.hashes.pop(n - HISTORY_DEPTH - 1, None)
-        begin = BeginBlock(seq=0, number=n, hash=self.hashes[n], parent_hash=self.hashes[n - 1])
+        self.times[n] = max(self.times.get(n - 1, 0), int(time.time()))  # block time, seconds
+        begin = BeginBlock(
+            seq=0, number=n, hash=self.hashes[n], parent_hash=self.hashes[n - 1], timestamp=self.times[n]
+        )
         return begin, updates, EndBlock(seq=0, number=n, num_updates=len(updates))
 
     def revert(self) -> tuple[BeginBlock, EndBlock]:
         """Unwind the head block; the next block starts a new fork."""
         n = self.number
         begin = BeginBlock(
-            seq=0, number=n, hash=self.hashes[n], parent_hash=self.hashes[n - 1], is_revert=True
-        )
+            seq=0, number=n, hash=self.hashes[n], parent_hash=self.hashes[n - 1], is_revert=True,
+            timestamp=self.times.get(n, 0),
+        )  # fmt: skip
         self.unwind_silently()
         return begin, EndBlock(seq=0, number=n, num_updates=0)
 
