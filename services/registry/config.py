@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from services.registry.detectors import FvgRule
 from services.registry.zones import NS, Rules, TimeframeRules, timeframe_ns
 from shared.config import Duration, Endpoint, Port, convert
 from shared.constants import PORTS, tcp
@@ -89,6 +90,8 @@ class DetectorsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeframes: list[str] = []  # default: every timeframe in pools
     swing_bars: Annotated[int, msgspec.Meta(ge=1, le=50)] = 2  # N bars each side of a pivot
     fvg_min_gap: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # smallest gap, fraction of price
+    # "gap": c3 clears c1 (the default); "body": c2's body must also point in the gap's direction
+    fvg_rule: FvgRule = "gap"
     # A candle closes when its symbol's event time passes its end plus this; a tick later than that
     # is counted as late. A live symbol that goes quiet closes its candles when the wall clock does.
     allowed_lateness: Duration = Duration(2.0)

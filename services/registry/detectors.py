@@ -11,6 +11,8 @@
 * Fair value gap (3 candles c1 c2 c3): bullish when ``c3.low > c1.high`` (zone ``[c1.high,
   c3.low]``), bearish when ``c3.high < c1.low`` (zone ``[c3.high, c1.low]``); the gap must be at
   least ``fvg_min_gap`` of the price. Strength: gap / c2's range, capped at 1. Created at c3's close.
+  With ``fvg_rule: body`` (smartmoneyconcepts' rule) c2's body must also point in the gap's
+  direction: ``c2.close > c2.open`` for a bullish gap, ``<`` for a bearish one.
 * Swing pivots, ``N`` bars each side: a swing high is a candle whose high is strictly above the
   highs of the N candles before and the N after; known only when the N-th later candle closes
   (causal: no look-ahead), so it is created then. It gives buy-side liquidity (``bsl``) over its
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 
@@ -34,6 +37,7 @@ from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 from shared.bars import Bar, BarBuilder, Watermark
 
 Candle = Bar  # a candle is shared/bars.py's bar
+FvgRule = Literal["gap", "body"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +128,21 @@ def window_size(swing_bars: int) -> int:
 class PatternDetector:
     """FVGs and swing pivots over the closed candles of one (symbol, timeframe)."""
 
-    __slots__ = ("candles", "fvg_min_gap", "n", "symbol", "timeframe")
+    __slots__ = ("body_rule", "candles", "fvg_min_gap", "n", "symbol", "timeframe")
 
-    def __init__(self, symbol: str, timeframe: str, swing_bars: int = 2, fvg_min_gap: float = 0.0) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        timeframe: str,
+        swing_bars: int = 2,
+        fvg_min_gap: float = 0.0,
+        fvg_rule: FvgRule = "gap",
+    ) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.n = swing_bars
         self.fvg_min_gap = fvg_min_gap
+        self.body_rule = fvg_rule == "body"
         self.candles: deque[Candle] = deque(maxlen=window_size(swing_bars))
 
     def on_candle(self, c: Candle) -> list[Detection]:
@@ -140,12 +152,13 @@ class PatternDetector:
         if len(cs) >= 3:
             c1, c2, c3 = cs[-3], cs[-2], cs[-1]
             rng = c2.high - c2.low
-            if c3.low > c1.high:
+            body = c2.close - c2.open  # the "body" rule: c2's body points in the gap's direction
+            if c3.low > c1.high and (body > 0 or not self.body_rule):
                 gap = c3.low - c1.high
                 if gap >= self.fvg_min_gap * abs(c3.low):
                     strength = min(1.0, gap / rng) if rng > 0 else 1.0
                     out.append(self._det(FVG_BULLISH, c3.low, c1.high, strength, c3.end_ns))
-            elif c3.high < c1.low:
+            elif c3.high < c1.low and (body < 0 or not self.body_rule):
                 gap = c1.low - c3.high
                 if gap >= self.fvg_min_gap * abs(c1.low):
                     strength = min(1.0, gap / rng) if rng > 0 else 1.0
@@ -185,10 +198,12 @@ class Detectors:
         fvg_min_gap: float = 0.0,
         *,
         lateness_ns: int = 0,
+        fvg_rule: FvgRule = "gap",
     ) -> None:
         self.timeframes = timeframes  # name -> length in ns
         self.swing_bars = swing_bars
         self.fvg_min_gap = fvg_min_gap
+        self.fvg_rule: FvgRule = fvg_rule
         self.lateness_ns = lateness_ns
         self.stats = DetectorStats(candles=dict.fromkeys(timeframes, 0))
         self._pairs: dict[str, list[_Pair]] = {}
@@ -200,7 +215,10 @@ class Detectors:
         pairs = self._pairs.get(symbol)
         if pairs is None:
             pairs = self._pairs[symbol] = [
-                (CandleBuilder(ns), PatternDetector(symbol, tf, self.swing_bars, self.fvg_min_gap))
+                (
+                    CandleBuilder(ns),
+                    PatternDetector(symbol, tf, self.swing_bars, self.fvg_min_gap, self.fvg_rule),
+                )
                 for tf, ns in self.timeframes.items()
             ]
             self._marks[symbol] = Watermark(self.lateness_ns)

@@ -89,6 +89,7 @@ class RegistryService:
                 cfg.detectors.swing_bars,
                 cfg.detectors.fvg_min_gap,
                 lateness_ns=int(cfg.detectors.allowed_lateness * NS),
+                fvg_rule=cfg.detectors.fvg_rule,
             )
             if self.store is not None:  # before the SUB below connects: no tick meets empty candles
                 restore_detectors(self.detectors, self.store)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import msgspec
+import pytest
+
+from services.registry.config import RegistryConfig
 from services.registry.detectors import Candle, Detectors, PatternDetector
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 
@@ -121,3 +125,43 @@ def test_detectors_over_the_price_stream() -> None:
     assert det.stats.late_ticks == 1
     det.on_time(T0 + 5 * M)
     assert det.stats.candles == {"M1": 4, "M5": 1}
+
+
+def test_fvg_rule_body_also_wants_the_middle_body_in_the_gaps_direction() -> None:
+    up_body = [
+        candle(0, 1.0, 1.1, 0.9, 1.05),
+        candle(1, 1.05, 1.5, 1.0, 1.45),
+        candle(2, 1.45, 1.6, 1.3, 1.55),
+    ]
+    # the same gap with c2 closing below its open (a red middle candle)
+    down_body = [*up_body[:1], candle(1, 1.45, 1.5, 1.0, 1.05), up_body[2]]
+    bearish_red = [
+        candle(0, 2.0, 2.1, 1.9, 1.95),
+        candle(1, 1.95, 1.96, 1.5, 1.55),
+        candle(2, 1.55, 1.7, 1.4, 1.45),
+    ]
+    bearish_green = [*bearish_red[:1], candle(1, 1.55, 1.96, 1.5, 1.95), bearish_red[2]]
+
+    def kinds(rule: str, candles: list[Candle]) -> list[str]:
+        d = PatternDetector("pm.a", "M1", swing_bars=5, fvg_rule=rule)  # type: ignore[arg-type]
+        return [x.kind for c in candles for x in d.on_candle(c)]
+
+    assert kinds("gap", up_body) == kinds("body", up_body) == [FVG_BULLISH]
+    assert kinds("gap", down_body) == [FVG_BULLISH] and kinds("body", down_body) == []
+    assert kinds("gap", bearish_red) == kinds("body", bearish_red) == [FVG_BEARISH]
+    assert kinds("gap", bearish_green) == [FVG_BEARISH] and kinds("body", bearish_green) == []
+    # a doji in the middle (open == close) points nowhere
+    doji = [*up_body[:1], candle(1, 1.2, 1.5, 1.0, 1.2), up_body[2]]
+    assert kinds("gap", doji) == [FVG_BULLISH] and kinds("body", doji) == []
+
+
+def test_fvg_rule_is_read_from_the_config_and_defaults_to_gap() -> None:
+    assert RegistryConfig().detectors.fvg_rule == "gap"
+    cfg = msgspec.convert({"detectors": {"fvg_rule": "body"}}, RegistryConfig)
+    assert cfg.detectors.fvg_rule == "body"
+    with pytest.raises(msgspec.ValidationError, match="fvg_rule"):
+        msgspec.convert({"detectors": {"fvg_rule": "wick"}}, RegistryConfig)
+    # the detectors of every pair get it
+    det = Detectors({"M1": M}, fvg_rule="body")
+    det.on_price("pm.a", T0, 1.0)
+    assert all(p.body_rule for _, p in det._pairs["pm.a"])
