@@ -205,6 +205,8 @@ class ScrapedPoolState(msgspec.Struct, array_like=True, omit_defaults=True, gc=F
     fee: int = 0
     tick_spacing: int = 0
     ticks: list[tuple[int, str, str]] = []  # (tick, liquidity_gross, liquidity_net)
+    token0: str = ""  # 0x-hex address (V4: currency0); "" when the scraper does not know it
+    token1: str = ""
 
 
 class ScrapeReply(ExExMessage, kw_only=True):

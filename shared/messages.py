@@ -172,7 +172,9 @@ class Price(Message, kw_only=True):
 
 
 class PoolState(Message, kw_only=True):
-    """``dex.pool.<id>``: a pool's state after a block. Wide integers are decimal strings."""
+    """``dex.pool.<id>``: a pool's state, exact at block ``block``: live, the block that changed it;
+    in a snapshot, the head block sync had applied. ``event_ns`` is that block's timestamp. Wide
+    integers are decimal strings; V2 pools carry their tokens and ``fee`` 3000."""
 
     pool: str  # address (V2/V3) or pool id (V4), 0x-hex
     protocol: Literal["v2", "v3", "v4"]
@@ -191,7 +193,9 @@ class PoolState(Message, kw_only=True):
 
 
 class BlockUpdate(Message, kw_only=True):
-    """``dex.block``: a block applied (committed) or unwound (reverted)."""
+    """``dex.block``: a block applied (committed) or unwound (reverted); ``event_ns`` is the block's
+    timestamp. A committed block comes after its ``pools_changed`` PoolStates on the wire, so a
+    consumer reading in wire order sees them before the block's mark."""
 
     number: int
     hash: str

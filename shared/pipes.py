@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import zmq
@@ -95,9 +95,13 @@ class Puller:
         max_drain: int = 1000,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
+        decode: Callable[[bytes], tuple[list[Message], int]] = decode_payload,
     ) -> None:
-        """``max_message_size``: a larger frame closes its sender's connection unread (-1: no limit)."""
+        """``max_message_size``: a larger frame closes its sender's connection unread (-1: no limit).
+        ``decode``: one payload -> (messages, how many were bad); a service can keep the good parts
+        of a message the shared schema refuses whole (sync: a WhitelistAdd's good pools)."""
         self.stats = PipeStats()
+        self.decode = decode
         self.max_drain = max_drain
         self._asock = (ctx or context()).socket(zmq.PULL)
         self._asock.setsockopt(zmq.RCVHWM, hwm)
@@ -120,7 +124,7 @@ class Puller:
                     frames = self._sock.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     break
-                msgs, bad = decode_payload(frames[-1]) if len(frames) == 1 else ([], 1)
+                msgs, bad = self.decode(frames[-1]) if len(frames) == 1 else ([], 1)
                 if bad:
                     self.stats.decode_errors += bad
                     skip_log("pull_undecodable", "skipped %d undecodable message(s) on PULL", bad)

@@ -101,7 +101,7 @@ class SyncService:
         self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
         # a WhitelistAdd's good pools survive a bad neighbour (decoded pool by pool when the shared
         # schema refuses the whole message); the hook is Puller's ``decode`` (/tmp/brief/sync-shared.diff)
-        self.pull.decode = self.whitelist.decode  # type: ignore[attr-defined, unused-ignore]
+        self.pull.decode = self.whitelist.decode
         self.announce = Announcer(self.pub, self.coord)
         self.coord.on_block = self.announce.block  # blocks a cold start or a catch-up applies, too
         self.snap = SnapshotServer(
