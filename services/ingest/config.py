@@ -56,6 +56,13 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     verify_hashes: bool = True
     hash_check_every: Count = 1  # check every Nth change per asset
     resync_interval: Duration = Duration(30.0)  # at most one resync per asset per interval
+    # resync by REST (GET {rest_url}/book?token_id=); "" or a failed fetch: resubscribe on the socket
+    rest_url: str = "https://clob.polymarket.com"
+    rest_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # requests per second at most
+    rest_timeout: Duration = Duration(5.0)
+    rest_max_wait: Duration = Duration(5.0)  # a request that would queue longer is not sent
+    rest_backoff_base: Duration = Duration(1.0)  # after a failure, equal jitter
+    rest_backoff_cap: Duration = Duration(60.0)
     stop_timeout: Duration = Duration(8.0)
 
     def __post_init__(self) -> None:

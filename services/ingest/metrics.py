@@ -13,6 +13,7 @@ from services.ingest.shard import Shard
 if TYPE_CHECKING:
     from services.ingest.pool import ConnectionPool
     from services.ingest.registry import MarketRegistry
+    from services.ingest.rest import Resyncer
     from services.ingest.router import Router
 
 P = "poolwire_ingest"
@@ -20,8 +21,14 @@ P = "poolwire_ingest"
 
 class IngestCollector(Collector):
     def __init__(
-        self, pool: ConnectionPool, router: Router, registry: MarketRegistry, shard: Shard | None = None
+        self,
+        pool: ConnectionPool,
+        router: Router,
+        registry: MarketRegistry,
+        shard: Shard | None = None,
+        resyncer: Resyncer | None = None,
     ) -> None:
+        self.resyncer = resyncer
         self.pool = pool
         self.router = router
         self.registry = registry
@@ -114,6 +121,7 @@ class IngestCollector(Collector):
         yield counter(
             "resyncs_suppressed", "Resyncs not asked: one already this interval", h.resyncs_suppressed
         )
+        yield from self._resync_metrics()
         yield counter("handoff_duplicates", "Recycling duplicates dropped", r.handoff_duplicates)
         yield counter(
             "not_owner_drops", "Events from a connection that does not own the asset", r.not_owner_drops
@@ -161,3 +169,31 @@ class IngestCollector(Collector):
         yield counter(
             "discovery_cursor_stuck", "Gamma polls stopped by a repeating cursor", self.discovery_cursor_stuck
         )
+
+    def _resync_metrics(self) -> Iterable[Metric]:
+        resyncer = self.resyncer
+        if resyncer is None:
+            return
+        paths = CounterMetricFamily(
+            f"{P}_resync", "Resyncs done, by path (a REST book, or resubscribing)", labels=["path"]
+        )
+        for path, n in resyncer.paths.items():
+            paths.add_metric([path], n)
+        yield paths
+        yield CounterMetricFamily(
+            f"{P}_resync_failed", "Resyncs neither path could do (the socket was down)", value=resyncer.failed
+        )
+        rest = resyncer.rest
+        if rest is None:
+            return
+        yield CounterMetricFamily(f"{P}_rest_requests", "REST book requests sent", value=rest.stats.requests)
+        yield CounterMetricFamily(f"{P}_rest_books", "Good REST books received", value=rest.stats.books)
+        failures = CounterMetricFamily(
+            f"{P}_rest_failures",
+            "REST book fetches that failed (http, timeout, connection, bad_body) or were not sent "
+            "(backoff, busy), by reason",
+            labels=["reason"],
+        )
+        for reason, n in rest.stats.failures.items():
+            failures.add_metric([reason], n)
+        yield failures

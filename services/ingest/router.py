@@ -67,10 +67,8 @@ class Router:
         self.on_lifecycle = on_lifecycle
         self.stats = RouterStats()
         self.assets: dict[str, AssetState] = {}
-        # With ``defer_checks`` (the event loop's call_soon), book hashes are checked once the frames
-        # at hand are routed, after ``before_checks`` (the publisher's flush): SHA-1 over a book is
-        # most of a change's cost, and checked inline it delays every message behind it in a burst.
-        # Without it, once per asset at the end of each frame.
+        # checks after the frames at hand are routed and flushed (``defer_checks``), or at the end
+        # of each frame: hashcheck.py
         self.hashes = HashChecker(
             clock=self.clock,
             resync_interval=resync_interval,
@@ -84,19 +82,14 @@ class Router:
         # hashed fields WebSocket books often lack, from Gamma or a REST book: asset -> (size, neg)
         self.params: dict[str, tuple[str, bool]] = {}
 
-    def set_params(
-        self, assets: Iterable[str], min_order_size: str, neg_risk: bool, tick_size: str = ""
-    ) -> None:
+    def set_params(self, assets: Iterable[str], min_order_size: str, neg_risk: bool) -> None:
         """The market's ``min_order_size`` and ``neg_risk`` (Gamma's ``orderMinSize`` and
-        ``negRisk``, or a REST book's): hashed with the books that do not carry them. A REST
-        book's ``tick_size`` too, when given."""
+        ``negRisk``): hashed with the books that do not carry them (a REST book does)."""
         for asset in assets:
             self.params[asset] = (min_order_size, neg_risk)
             st = self.assets.get(asset)
             if st is not None:
                 st.book.min_order_size, st.book.neg_risk = min_order_size, neg_risk
-                if tick_size:
-                    st.book.tick_size = tick_size
 
     # -- ownership (handoff.py) --------------------------------------------------------------------
 
@@ -314,6 +307,14 @@ class Router:
             ),
         )
         self._mid(st, bid, ask, ts_ns)
+
+    def apply_book(self, ev: BookEvent) -> bool:
+        """A book from elsewhere (a REST resync) applied as the asset's state, whoever owns it;
+        False when the asset is not followed."""
+        st = self.assets.get(ev.asset_id)
+        if st is not None:
+            self._apply_book(st, ev)
+        return st is not None
 
     def run_checks(self) -> int:
         """Check the deferred hashes now; returns how many were checked."""

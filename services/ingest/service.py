@@ -23,6 +23,7 @@ from services.ingest.metrics import IngestCollector
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
 from services.ingest.registry import MarketRegistry
+from services.ingest.rest import RestClient, Resyncer
 from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
 from shared.bus import Publisher, Puller
@@ -52,12 +53,14 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     registry = MarketRegistry()
     pool_ref: list[ConnectionPool] = []
 
-    def on_resync(conn_id: str, asset: str) -> None:
+    async def resubscribe(conn_id: str, asset: str) -> bool:
         info = pool_ref[0].connections.get(conn_id)
-        if info is not None:
-            task = asyncio.get_running_loop().create_task(info.connection.resync(asset))
-            background.add(task)
-            task.add_done_callback(background.discard)
+        return info is not None and await info.connection.resync(asset)
+
+    def on_resync(conn_id: str, asset: str) -> None:
+        resyncer_ref[0].request(conn_id, asset)
+
+    resyncer_ref: list[Resyncer] = []
 
     def on_lifecycle(kind: Literal["new", "resolved"], market: str, assets: list[str], winner: str) -> None:
         if kind == "resolved":
@@ -105,7 +108,22 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         return n
 
     session = aiohttp.ClientSession()
-    background: set[asyncio.Task[object]] = set()
+    rest = (
+        RestClient(
+            session,
+            cfg.rest_url,
+            rate=cfg.rest_rate,
+            timeout=cfg.rest_timeout,
+            max_wait=cfg.rest_max_wait,
+            backoff_base=cfg.rest_backoff_base,
+            backoff_cap=cfg.rest_backoff_cap,
+            clock=ctx.clock,
+        )
+        if cfg.rest_url
+        else None
+    )
+    resyncer = Resyncer(router, rest, resubscribe)
+    resyncer_ref.append(resyncer)
 
     def factory(conn_id: str) -> Connection:
         return Connection(
@@ -142,7 +160,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         stop_timeout=min(cfg.stop_timeout, 5.0),
     )
     pool_ref.append(pool)
-    collector = IngestCollector(pool, router, registry, shard)
+    collector = IngestCollector(pool, router, registry, shard, resyncer)
     ctx.metrics.register(collector)
     collector.snapshot_bad_requests = lambda: snapshots.bad_requests
     gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
@@ -266,9 +284,10 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     try:
         await ctx.stopping.wait()
     finally:
-        for task in [*tasks, *background]:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, *background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await resyncer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pool.stop(), cfg.stop_timeout)
         await session.close()

@@ -1,8 +1,13 @@
-"""A Gamma-like REST endpoint: ``GET /markets/keyset`` paged with ``after_cursor``.
+"""The simulator's HTTP side: Gamma's ``GET /markets/keyset`` paged with ``after_cursor``, the
+CLOB's ``GET /book?token_id=``, and ``/control/*`` to trigger faults.
 
-As upstream: ``limit`` items per page, ``next_cursor`` absent on the last page, a plain
+Gamma as upstream: ``limit`` items per page, ``next_cursor`` absent on the last page, a plain
 ``cursor=`` parameter is ignored (page 1 again), ``closed`` defaults to false, and
-``clobTokenIds`` is a JSON-encoded string. Also ``/control/*`` to trigger the WS server's faults.
+``clobTokenIds`` is a JSON-encoded string. ``/book`` answers the asset's current book in the
+CLOB's REST shape (``market, asset_id, timestamp, hash, bids, asks, min_order_size, tick_size,
+neg_risk, last_trade_price``: unlike the WebSocket's, with ``min_order_size`` and ``neg_risk``);
+an unknown token is a 404, as upstream. ``POST /control/rest {"fault": "error"|"garbage"|""}``
+makes it answer 500, or 200 with a body that is not a book, until turned off.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ class GammaServer:
         self.ws = ws
         self.page_limit = page_limit
         self.requests = 0
+        self.book_requests = 0
+        self.rest_fault = ""  # "error": 500, "garbage": a body that is not a book
         self.app = web.Application()
         self.app.router.add_get("/markets/keyset", self.keyset)
+        self.app.router.add_get("/book", self.book)
         self.app.router.add_get("/control/stats", self.control_stats)
         self.app.router.add_post("/control/{action}", self.control)
 
@@ -61,6 +69,20 @@ class GammaServer:
             body["next_cursor"] = _cursor(last)
         return web.json_response(body)
 
+    async def book(self, request: web.Request) -> web.Response:
+        self.book_requests += 1
+        if self.rest_fault == "error":
+            return web.json_response({"error": "internal error"}, status=500)
+        if self.rest_fault == "garbage":
+            return web.Response(text='{"market":"0x1","bids":[{"price":', content_type="application/json")
+        token = request.query.get("token_id", "")
+        if not token:
+            return web.json_response({"error": "Invalid token id"}, status=400)
+        asset = self.ws.sim.assets.get(token)
+        if asset is None:
+            return web.json_response({"error": "No orderbook exists for the requested token id"}, status=404)
+        return web.json_response(asset.book_doc())
+
     async def control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.ws.stats())
 
@@ -84,6 +106,9 @@ class GammaServer:
         elif action == "resolve":
             open_ = ws.sim.open_markets()
             n = len(await ws.resolve(open_[: int(body.get("markets", 1))]))
+        elif action == "rest":
+            self.rest_fault = str(body.get("fault", ""))
+            n = 1
         elif action == "new_markets":
             n = len(await ws.new_markets(int(body.get("count", 1))))
         else:
