@@ -7,8 +7,11 @@ and, in the 10-field variant (2026-05 books), ``last_trade_price``; the 9-field 
 stops at ``neg_risk``. Levels are ``{"price": str, "size": str}`` holding the wire strings
 verbatim, bids ascending and asks descending (best level last), the order the server lists them in.
 
-The serialized levels are cached per side, and a level's fragment per price: a change re-joins
-one side's cached fragments and encodes one level, not the whole book.
+Serialization is incremental: each side keeps its levels' JSON fragments in price order, a
+change that resizes a level re-encodes that one fragment, and the side's bytes are re-joined (in C)
+only when it changed; the document's head (market, asset) and tail (the four fields after the
+levels) are cached while they stay the same. A check after a resize costs one level's encoding,
+one join and the SHA-1 itself.
 """
 
 from __future__ import annotations
@@ -66,44 +69,108 @@ def _digest(
     last_trade_price: str,
     fields: int,
 ) -> str:
-    parts = [
-        b'{"market":',
-        _enc(market),
-        b',"asset_id":',
-        _enc(asset_id),
-        b',"timestamp":',
-        _enc(timestamp),
-        b',"hash":"","bids":[',
-        bids,
-        b'],"asks":[',
-        asks,
-        b'],"min_order_size":',
-        _enc(min_order_size),
-        b',"tick_size":',
-        _enc(tick_size),
-        b',"neg_risk":true' if neg_risk else b',"neg_risk":false',
-    ]
+    head = _head(market, asset_id)
+    tail = _tail(min_order_size, tick_size, neg_risk, last_trade_price, fields)
+    return _sha1(b"".join((head, _enc(timestamp), _MID, bids, _ASKS, asks, tail))).hexdigest()
+
+
+_sha1 = hashlib.sha1
+_MID = b',"hash":"","bids":['
+_ASKS = b'],"asks":['
+
+
+def _head(market: str, asset_id: str) -> bytes:
+    return b'{"market":' + _enc(market) + b',"asset_id":' + _enc(asset_id) + b',"timestamp":'
+
+
+def _tail(min_order_size: str, tick_size: str, neg_risk: bool, last_trade_price: str, fields: int) -> bytes:
+    tail = (
+        b'],"min_order_size":'
+        + _enc(min_order_size)
+        + b',"tick_size":'
+        + _enc(tick_size)
+        + (b',"neg_risk":true' if neg_risk else b',"neg_risk":false')
+    )
     if fields >= 10:
-        parts += (b',"last_trade_price":', _enc(last_trade_price))
-    parts.append(b"}")
-    return hashlib.sha1(b"".join(parts)).hexdigest()
+        tail += b',"last_trade_price":' + _enc(last_trade_price)
+    return tail + b"}"
+
+
+class _Side:
+    """One side's levels (price string -> size string) and their serialization, kept in order.
+
+    ``order`` (prices in the server's order: bids ascending, asks descending, best last),
+    ``index`` (price -> position) and ``frags`` (each level's JSON, in that order) are None after
+    a level was added or removed, and rebuilt when next needed; a resize replaces one fragment.
+    """
+
+    __slots__ = ("descending", "frags", "index", "joined", "levels", "order")
+
+    def __init__(self, descending: bool) -> None:
+        self.descending = descending
+        self.levels: dict[str, str] = {}
+        self.order: list[str] | None = []
+        self.index: dict[str, int] | None = {}
+        self.frags: list[bytes] | None = []
+        self.joined: bytes | None = b""  # the levels' JSON, comma-joined; None: to join again
+
+    def reset(self, levels: Iterable[tuple[str, str]]) -> None:
+        self.levels = {p: s for p, s in levels if _positive(s)}
+        self.order = self.index = self.frags = self.joined = None
+
+    def set(self, price: str, size: str) -> None:
+        levels = self.levels
+        self.joined = None
+        if _positive(size):
+            if price in levels:
+                levels[price] = size
+                frags = self.frags
+                if frags is not None:
+                    assert self.index is not None
+                    frags[self.index[price]] = _level(price, size)
+                return
+            levels[price] = size
+        elif levels.pop(price, None) is None:
+            return
+        self.order = self.index = self.frags = None
+
+    def prices(self) -> list[str]:
+        order = self.order
+        if order is None:
+            order = self.order = sorted(self.levels, key=float, reverse=self.descending)
+        return order
+
+    def best(self) -> float:
+        order = self.order
+        if order is not None:
+            return float(order[-1]) if order else 0.0
+        if not self.levels:
+            return 0.0
+        return (min if self.descending else max)(map(float, self.levels))
+
+    def json(self) -> bytes:
+        joined = self.joined
+        if joined is None:
+            frags = self.frags
+            if frags is None:
+                order = self.prices()
+                levels = self.levels
+                frags = self.frags = [_level(p, levels[p]) for p in order]
+                self.index = {p: i for i, p in enumerate(order)}
+            joined = self.joined = b",".join(frags)
+        return joined
 
 
 class LocalBook:
-    """Levels of one asset keyed by the price string; size "0" removes a level.
-
-    The price order is kept between updates: most changes only resize a level, so the hash check
-    (which needs the levels sorted) re-sorts a side only after a level was added or removed.
-    """
+    """Levels of one asset keyed by the price string; size "0" removes a level."""
 
     __slots__ = (
-        "_ask_json",
-        "_ask_order",
-        "_bid_json",
-        "_bid_order",
-        "_frags",
-        "asks",
-        "bids",
+        "_asks",
+        "_bids",
+        "_head",
+        "_head_key",
+        "_tail",
+        "_tail_key",
         "last_trade_price",
         "min_order_size",
         "neg_risk",
@@ -111,17 +178,24 @@ class LocalBook:
     )
 
     def __init__(self) -> None:
-        self.bids: dict[str, str] = {}
-        self.asks: dict[str, str] = {}
-        self._bid_order: list[str] | None = []  # prices ascending; None: to sort again
-        self._ask_order: list[str] | None = []  # prices descending
-        self._bid_json: bytes | None = b""  # the side's levels serialized; None: to join again
-        self._ask_json: bytes | None = b""
-        self._frags: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})  # (bids, asks): price -> level
+        self._bids = _Side(descending=False)
+        self._asks = _Side(descending=True)
+        self._head_key: tuple[str, str] | None = None
+        self._head = b""
+        self._tail_key: tuple[str, str, bool, str, int] | None = None
+        self._tail = b""
         self.tick_size = ""
         self.min_order_size = ""
         self.neg_risk = False
         self.last_trade_price = ""
+
+    @property
+    def bids(self) -> dict[str, str]:
+        return self._bids.levels
+
+    @property
+    def asks(self) -> dict[str, str]:
+        return self._asks.levels
 
     def take_fields(
         self,
@@ -141,103 +215,42 @@ class LocalBook:
             self.neg_risk = neg_risk
 
     def reset(self, bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> None:
-        self.bids = {p: s for p, s in bids if _positive(s)}
-        self.asks = {p: s for p, s in asks if _positive(s)}
-        self._bid_order = self._ask_order = None
-        self._bid_json = self._ask_json = None
-        self._frags = ({}, {})
+        self._bids.reset(bids)
+        self._asks.reset(asks)
 
     def apply(self, is_buy: bool, price: str, size: str) -> None:
-        side = self.bids if is_buy else self.asks
-        if is_buy:
-            self._bid_json = None
-            self._frags[0].pop(price, None)
-        else:
-            self._ask_json = None
-            self._frags[1].pop(price, None)
-        if _positive(size):
-            if price not in side:
-                self._forget_order(is_buy)
-            side[price] = size
-        elif side.pop(price, None) is not None:
-            self._forget_order(is_buy)
-
-    def _forget_order(self, is_buy: bool) -> None:
-        if is_buy:
-            self._bid_order = None
-        else:
-            self._ask_order = None
+        (self._bids if is_buy else self._asks).set(price, size)
 
     def best_bid(self) -> float:
-        order = self._bid_order
-        if order is not None:
-            return float(order[-1]) if order else 0.0
-        return max(map(float, self.bids), default=0.0)
+        return self._bids.best()
 
     def best_ask(self) -> float:
-        order = self._ask_order
-        if order is not None:
-            return float(order[-1]) if order else 0.0
-        return min(map(float, self.asks), default=0.0)
-
-    def _bid_prices(self) -> list[str]:
-        order = self._bid_order
-        if order is None:
-            order = self._bid_order = sorted(self.bids, key=float)
-        return order
-
-    def _ask_prices(self) -> list[str]:
-        order = self._ask_order
-        if order is None:
-            order = self._ask_order = sorted(self.asks, key=float, reverse=True)
-        return order
+        return self._asks.best()
 
     def sorted_bids(self) -> list[tuple[str, str]]:
         """Ascending by price (the server's order, best last)."""
-        bids = self.bids
-        return [(p, bids[p]) for p in self._bid_prices()]
+        bids = self._bids.levels
+        return [(p, bids[p]) for p in self._bids.prices()]
 
     def sorted_asks(self) -> list[tuple[str, str]]:
         """Descending by price (the server's order, best last)."""
-        asks = self.asks
-        return [(p, asks[p]) for p in self._ask_prices()]
-
-    def _side_json(self, is_buy: bool) -> bytes:
-        cached = self._bid_json if is_buy else self._ask_json
-        if cached is not None:
-            return cached
-        levels, order, frags = (
-            (self.bids, self._bid_prices(), self._frags[0])
-            if is_buy
-            else (self.asks, self._ask_prices(), self._frags[1])
-        )
-        out = []
-        for p in order:
-            frag = frags.get(p)
-            if frag is None:
-                frag = frags[p] = _level(p, levels[p])
-            out.append(frag)
-        joined = b",".join(out)
-        if is_buy:
-            self._bid_json = joined
-        else:
-            self._ask_json = joined
-        return joined
+        asks = self._asks.levels
+        return [(p, asks[p]) for p in self._asks.prices()]
 
     def hash(self, market: str, asset_id: str, timestamp: str, fields: int = 10) -> str:
         """The book's hash under the ``fields`` (9 or 10) variant."""
-        return _digest(
-            market,
-            asset_id,
-            timestamp,
-            self._side_json(True),
-            self._side_json(False),
-            self.min_order_size,
-            self.tick_size,
-            self.neg_risk,
-            self.last_trade_price,
-            fields,
-        )
+        if self._head_key != (market, asset_id):
+            self._head_key = (market, asset_id)
+            self._head = _head(market, asset_id)
+        key = (self.min_order_size, self.tick_size, self.neg_risk, self.last_trade_price, fields)
+        if self._tail_key != key:
+            self._tail_key = key
+            self._tail = _tail(*key)
+        return _sha1(
+            b"".join(
+                (self._head, _enc(timestamp), _MID, self._bids.json(), _ASKS, self._asks.json(), self._tail)
+            )
+        ).hexdigest()
 
 
 def _positive(size: str) -> bool:

@@ -41,6 +41,31 @@ def number(value: Num) -> float | None:
     return x if x >= 0.0 and math.isfinite(x) else None
 
 
+_INF = math.inf
+
+
+def change_values(price: str, size: str) -> tuple[float, float] | None:
+    """A change's (price > 0, size >= 0), both finite; None if either is not (one call: hot path)."""
+    try:
+        p = float(price)
+        s = float(size)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return (p, s) if 0.0 < p < _INF and 0.0 <= s < _INF else None
+
+
+def best_or(value: str, fallback: float) -> float:
+    """A best bid/ask the server sent (when readable and above 0), else ``fallback``."""
+    if value:
+        try:
+            x = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return fallback
+        if 0.0 < x < _INF:
+            return x
+    return fallback
+
+
 def price(value: Num) -> float | None:
     """A finite price above 0."""
     x = number(value)

@@ -273,11 +273,11 @@ class Router:
 
     def _apply_change(self, st: AssetState, e: PriceChangeEntry, market: str, ts: Num, ts_ns: int) -> None:
         side = parse.side(e.side)
-        price = parse.price(e.price)
-        size = parse.number(e.size)
-        if side is None or price is None or size is None:
+        values = parse.change_values(e.price, e.size)
+        if side is None or values is None:
             self._bad_value(st.asset, "price_change", (e.side, e.price, e.size))
             return
+        price, size = values
         if market:
             st.market = market
         book = st.book
@@ -290,8 +290,8 @@ class Router:
                 self.hashes.on_change(st, str(ts), key)
         else:
             self.hashes.cancel(st.asset)
-        bid = (parse.number(e.best_bid) if e.best_bid else None) or book.best_bid()
-        ask = (parse.number(e.best_ask) if e.best_ask else None) or book.best_ask()
+        bid = parse.best_or(e.best_bid, 0.0) or book.best_bid()
+        ask = parse.best_or(e.best_ask, 0.0) or book.best_ask()
         self._emit(
             f"md.change.{st.asset}",
             BookChange(
