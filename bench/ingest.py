@@ -314,8 +314,9 @@ class _Scale:
             subscribed_s = time.perf_counter() - t0
             pusher.close()
             state = await self.state(http)
-            if state["connections"] != [400] * 50 or state["subscribed"] != SCALE_ASSETS:
-                raise RuntimeError(f"expected 50 connections of 400: {state}")
+            # forced in commands of MAX_IDS, each placed on its own connections: 400s and some 200s
+            if max(state["connections"]) > 400 or state["subscribed"] != SCALE_ASSETS:
+                raise RuntimeError(f"expected 20 000 assets on connections of <= 400: {state}")
             await asyncio.sleep(0.5)
             rss1 = _rss(ingest.pid)
 
