@@ -7,7 +7,6 @@ unwound, blocks already applied skipped) -> live. Every block applied or unwound
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from services.sync.arena import BlockResult, EventProcessor, Pool, ResyncNeeded
 from services.sync.client import BlockSource, Resync
 from services.sync.follower import LogFollower
 from services.sync.rpc import Header, RpcError, RpcUnavailable
+from shared.clock import Clock
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
 
@@ -35,6 +35,7 @@ class CatchUp:
     live: bool
     on_block: OnBlock
     metrics: StartupMetrics
+    clock: Clock
 
     def _install(
         self, pools: Sequence[Pool], specs: Sequence[PoolSpec], block: int, block_hash: bytes, timestamp: int
@@ -56,7 +57,7 @@ class CatchUp:
         the journal, its blocks already applied (same number and hash) skipped, the others applied
         (a block of another branch unwinds ours first, as live), and go live. False: the buffer
         overflowed or was damaged every time, or the blocks do not join up: scrape instead."""
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         self._install(pools, specs, header.number, header.hash, header.timestamp)
         follower.anchor(header)
         follower.go_live()  # its blocks on its queue, applied by _catch_up
@@ -90,7 +91,7 @@ class CatchUp:
             self.live = True
             head = self.processor.head
             assert head is not None
-            self.metrics.total_startup_duration_ms = (time.perf_counter() - t0) * 1000
+            self.metrics.total_startup_duration_ms = (self.clock.monotonic() - t0) * 1000
             log.info(
                 "resumed from the checkpoint at block %d with %d pool(s): %d block(s) caught up over "
                 "JSON-RPC, %d buffered block(s) already applied, %d replayed; live at block %d in %.0f ms",
@@ -105,17 +106,17 @@ class CatchUp:
         """Step the follower to the node's tip, applying its blocks; the number of blocks applied."""
         proc = self.processor
         applied = 0
-        delay = follower.backoff_initial
+        backoff = follower.backoff()
         while True:
             try:
                 await follower.step()
             except (RpcUnavailable, RpcError, ValueError, KeyError, TypeError) as exc:
                 follower.fstats.rpc_failures += 1
+                delay = backoff.next_delay()
                 log.warning("catch-up: %r; retrying in %.2f s", exc, delay)
                 await follower.clock.sleep(delay)
-                delay = min(delay * 2, follower.backoff_max)
                 continue
-            delay = follower.backoff_initial
+            backoff.reset()
             moved = False
             while not follower.blocks.empty():
                 item = follower.blocks.get_nowait()

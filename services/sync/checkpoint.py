@@ -93,15 +93,21 @@ def restore(rec: PoolRecord, block: int) -> Pool:
 
 
 def encode(
-    block: int, block_hash: bytes, pools: Iterable[Pool], specs: Iterable[PoolSpec], chain_id: int = 0
+    block: int,
+    block_hash: bytes,
+    pools: Iterable[Pool],
+    specs: Iterable[PoolSpec],
+    chain_id: int = 0,
+    written_ns: int | None = None,
 ) -> bytes:
-    """A consistent snapshot (call it between blocks, without awaiting in between)."""
+    """A consistent snapshot (call it between blocks, without awaiting in between); ``written_ns``:
+    the clock's time (the wall clock if not given)."""
     return _ENC.encode(
         Checkpoint(
             chain_id=chain_id,
             block=block,
             hash=block_hash,
-            written_ns=time.time_ns(),
+            written_ns=time.time_ns() if written_ns is None else written_ns,
             specs=list(specs),
             pools=[record(p) for p in pools if not p.stale],
         )

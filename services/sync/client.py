@@ -1,11 +1,11 @@
-"""The ExEx socket client: connect with capped exponential backoff, buffer or deliver blocks.
+"""The ExEx socket client: connect with backoff, buffer or deliver blocks.
 
 Buffering mode (during a scrape) keeps blocks in a compact :class:`EventBuffer`; live mode puts
 each :class:`Block` on ``blocks``. Stream damage is never silent:
 
 | what                         | what happens                                                    |
 |------------------------------|-----------------------------------------------------------------|
-| socket unavailable           | retry with exponential backoff, capped at ``backoff_max``       |
+| socket unavailable           | retry with ``shared.backoff.Backoff``, capped at ``backoff_max`` |
 | connection lost              | reconnect; the next block's number and parent hash tell whether |
 |                              | anything was missed (the processor asks for a resync if so)     |
 | Begin/Update/End mismatch    | that block is skipped and counted (the gap then forces a resync)|
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.sync.buffer import Block, BlockAssembler, BufferOverflow, EventBuffer, SequenceGap
+from shared.backoff import Backoff, sleep_or_wake
 from shared.clock import Clock, RealClock
 from shared.exex import MAX_FRAME, FrameReader, PoolUpdate
 from shared.ratelog import RateLimitedLog
@@ -102,18 +103,17 @@ class BlockSource:
         """Deliver blocks on ``blocks`` from now on (call right after taking the buffer)."""
         self.mode = "live"
 
+    def backoff(self) -> Backoff:
+        """A new backoff with this source's settings, on its clock."""
+        return Backoff(self.backoff_initial, self.backoff_max, clock=self.clock)
+
     async def wait_for_block(self, number: int, timeout: float) -> bool:
-        """Wait until a block numbered >= ``number`` arrived; False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        """Wait until a block numbered >= ``number`` arrived; False after ``timeout`` on the clock."""
+        deadline = self.clock.monotonic() + timeout
         while self.last_block < number:
             self._block_seen.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._block_seen.wait(), remaining)
-            except TimeoutError:
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0 or not await sleep_or_wake(self.clock, remaining, self._block_seen):
                 return self.last_block >= number
         return True
 
@@ -195,16 +195,16 @@ class ExExClient(BlockSource):
         self.connected.clear()
 
     async def _connect(self) -> asyncio.StreamReader:
-        delay = self.backoff_initial
+        backoff = self.backoff()
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.path)
             except (FileNotFoundError, ConnectionRefusedError, OSError) as exc:
                 self.stats.connect_failures += 1
+                delay = backoff.next_delay()
                 if self.stats.connect_failures in (1, 10) or self.stats.connect_failures % 100 == 0:
                     log.warning("ExEx socket %s unavailable (%s): retrying in %.2f s", self.path, exc, delay)
                 await self.clock.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
             self._writer = writer
             self.stats.connects += 1
@@ -215,17 +215,19 @@ class ExExClient(BlockSource):
             return reader
 
     async def _run(self) -> None:
-        damaged = 0  # stream damage in a row: a server that keeps sending garbage is backed off
+        damage = self.backoff()  # stream damage in a row: a server that keeps sending garbage is backed off
+        pause = 0.0
         while True:
-            if damaged:
-                await self.clock.sleep(min(self.backoff_initial * 2 ** (damaged - 1), self.backoff_max))
+            if pause:
+                await self.clock.sleep(pause)
+                pause = 0.0
             reader = await self._connect()
             try:
                 while data := await reader.read(1 << 16):
                     for payload in self.frames.feed(data):
                         block = self.assembler.feed(payload)
                         if block is not None:
-                            damaged = 0
+                            damage.reset()
                             self._on_block(block)
                 self.stats.disconnects += 1
                 log.warning("ExEx socket closed by the server: reconnecting")
@@ -237,7 +239,7 @@ class ExExClient(BlockSource):
                     self.stats.sequence_gaps += 1
                 else:
                     self.stats.corrupt_frames += 1
-                damaged += 1
+                pause = damage.next_delay()
                 self.damage_log(
                     type(exc).__name__, "ExEx stream damaged (%s): reconnecting and resyncing", exc
                 )

@@ -77,6 +77,9 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             self.scraper = "rpc" if self.rpc_urls else "simulator"
         if self.scraper == "rpc" and not self.rpc_urls:
             raise ValueError("sync.scraper is rpc but sync.rpc_urls is empty")
+        for base, cap in (("backoff_initial", "backoff_max"), ("failed_pool_retry", "failed_pool_retry_max")):
+            if not 0 < getattr(self, base) <= getattr(self, cap):
+                raise ValueError(f"sync.{base} must be above 0 and at most sync.{cap}")
         for i, spec in enumerate(self.pools):
             try:
                 check_spec(spec)

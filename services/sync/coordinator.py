@@ -19,7 +19,6 @@ already applied skipped) -> live.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from services.sync.arena import BlockResult, EventProcessor, Pool
 from services.sync.catchup import CatchUp, OnBlock
 from services.sync.client import BlockSource
 from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, Scraper, ScrapeResult, pool_key
+from shared.clock import Clock, RealClock
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
 
@@ -74,8 +74,10 @@ class StartupCoordinator(CatchUp):
         add_v2_batch: int = 100,
         add_v3_v4_batch: int = 10,
         replay_wait: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
+        self.clock: Clock = clock or RealClock()
         self.scraper = scraper
         self.journal_depth = journal_depth
         self.buffer_capacity = buffer_capacity
@@ -135,12 +137,12 @@ class StartupCoordinator(CatchUp):
         v2_batch, v3_v4_batch = (
             (self.add_v2_batch, self.add_v3_v4_batch) if live else (self.v2_batch, self.v3_v4_batch)
         )
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         result = await self._scrape_at(v2, v2_batch, at) if v2 else ScrapeResult(0, b"")
-        self.metrics.v2_scraping_duration_ms += (time.perf_counter() - t0) * 1000
+        self.metrics.v2_scraping_duration_ms += (self.clock.monotonic() - t0) * 1000
         self.metrics.v2_pools_scraped += len(result.pools)
         self.metrics.reference_block = result.block
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         if rest:
             more = await self._scrape_at(rest, v3_v4_batch, at)
             self.metrics.v3_v4_pools_scraped += len(more.pools)
@@ -148,7 +150,7 @@ class StartupCoordinator(CatchUp):
             result.failed += more.failed
             if more.block >= result.block:
                 result.block, result.hash, result.timestamp = more.block, more.hash, more.timestamp
-        self.metrics.v3_v4_scraping_duration_ms += (time.perf_counter() - t0) * 1000
+        self.metrics.v3_v4_scraping_duration_ms += (self.clock.monotonic() - t0) * 1000
         self.metrics.pools_failed += len(result.failed)
         for spec, reason in result.failed:
             log.warning("pool 0x%s skipped: %s", pool_key(spec).hex(), reason)
@@ -162,7 +164,7 @@ class StartupCoordinator(CatchUp):
         """Scrape everything and replay the buffer; afterwards blocks arrive on ``client.blocks``."""
         if self.live:
             raise StartupError("AlreadyLive: use add_pools while live")
-        t_start = time.perf_counter()
+        t_start = self.clock.monotonic()
         self.metrics.cold_starts += 1
         for spec in specs:
             self.specs[pool_key(spec)] = spec
@@ -179,7 +181,7 @@ class StartupCoordinator(CatchUp):
                 self.metrics.rescrapes += 1
                 continue
             if self._replay(result):
-                self.metrics.total_startup_duration_ms = (time.perf_counter() - t_start) * 1000
+                self.metrics.total_startup_duration_ms = (self.clock.monotonic() - t_start) * 1000
                 self.client.go_live()  # no await between take and go_live: no block can slip
                 self.live = True
                 log.info(
@@ -232,7 +234,7 @@ class StartupCoordinator(CatchUp):
             log.warning("the buffer starts at block %d, after a pool's snapshot: scraping again", first)
             return False
         self.metrics.events_buffered = len(buffer)
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         stamps = buffer.timestamps()
         blocks = self.client.take_buffered_blocks()
         for pool in result.pools:
@@ -245,7 +247,7 @@ class StartupCoordinator(CatchUp):
             self.on_block(done, True, events)
             self.metrics.events_replayed += len(events)
             self.metrics.blocks_replayed += 1
-        self.metrics.replay_duration_ms = (time.perf_counter() - t0) * 1000
+        self.metrics.replay_duration_ms = (self.clock.monotonic() - t0) * 1000
         return True
 
     async def add_pools(self, specs: Sequence[PoolSpec], attempts: int = 3) -> list[Pool]:

@@ -21,7 +21,6 @@ kept (``keep``) requests a resync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from eth_hash.auto import keccak
 from services.sync.buffer import Block
 from services.sync.client import BlockSource
 from services.sync.rpc import U64_MAX, Header, RpcClient, RpcError, hex_bytes, hex_int
+from shared.backoff import sleep_or_wake
 from shared.clock import Clock
 from shared.exex import PoolUpdate, encode_payload
 
@@ -216,40 +216,38 @@ class LogFollower(BlockSource):
     async def _run(self) -> None:
         if self.ws_url:
             self._ws_task = asyncio.get_running_loop().create_task(self._ws_loop(), name="newHeads")
-        delay = self.backoff_initial
+        backoff = self.backoff()
         while True:
             try:
                 await self.step()
-                delay = self.backoff_initial
+                backoff.reset()
             except Exception as exc:  # RpcUnavailable, RpcError, or any reply of a shape not foreseen
                 self.fstats.rpc_failures += 1
+                delay = backoff.next_delay()
                 log.warning("follower: %r; retrying in %.2f s", exc, delay)
                 await self.clock.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
             self._trigger.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._trigger.wait(), self.poll_interval)
+            await sleep_or_wake(self.clock, self.poll_interval, self._trigger)
             self.fstats.triggers += 1
 
     async def _ws_loop(self) -> None:
         """newHeads as a trigger only; reconnects with backoff; the polling goes on regardless."""
-        delay = self.backoff_initial
+        backoff = self.backoff()
         while True:
             try:
                 async with aiohttp.ClientSession() as session, session.ws_connect(self.ws_url) as ws:
                     await ws.send_json(
                         {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}
                     )
-                    delay = self.backoff_initial
+                    backoff.reset()
                     async for _msg in ws:
                         self.ws_subscribed.set()
                         self._trigger.set()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("newHeads subscription %s: %r", self.ws_url, exc)
             self.ws_subscribed.clear()
-            await self.clock.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            await backoff.wait()
 
     async def _header(self, number: int | str) -> Header | None:
         tag = hex(number) if isinstance(number, int) else number

@@ -1,15 +1,15 @@
 """A small Ethereum JSON-RPC client over aiohttp: single calls and batch requests, retried.
 
 Bad answers are never fatal by themselves: a timeout, a transport error, an HTTP error or a reply
-that is not JSON-RPC is retried with capped exponential backoff (rotating over the configured
-URLs); after ``retries`` the call raises :class:`RpcUnavailable`. A JSON-RPC error *inside* a
+that is not JSON-RPC is retried with ``shared.backoff.Backoff`` on the injected clock (rotating
+over the configured URLs). One retry layer: a call is at most ``retries + 1`` POSTs, whatever
+failed; after them it raises :class:`RpcUnavailable`. A JSON-RPC error *inside* a
 reply (e.g. an eth_call that reverted) is the node's answer: it is not retried here but returned
 (batches) or raised (single calls) as :class:`RpcError`, for the caller to count and skip.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Sequence
@@ -18,6 +18,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
+
+from shared.backoff import Backoff
+from shared.clock import Clock, RealClock
 
 log = logging.getLogger("poolwire.sync.rpc")
 
@@ -71,6 +74,7 @@ class RpcClient:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         max_batch: int = 500,
+        clock: Clock | None = None,
     ) -> None:
         if not urls:
             raise ValueError("no JSON-RPC URL")
@@ -80,6 +84,7 @@ class RpcClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_batch = max_batch
+        self.clock: Clock = clock or RealClock()
         self.stats = RpcStats()
         self._url = 0
         self._ids = itertools.count(1)
@@ -99,38 +104,36 @@ class RpcClient:
             await self._session.close()
             self._session = None
 
-    async def _post(self, body: bytes) -> bytes:
-        """POST with retries; returns the raw reply body."""
-        delay = self.backoff_initial
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.stats.retries += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
-                self._url = (self._url + 1) % len(self.urls)
-            url = self.urls[self._url]
-            try:
-                async with self._get_session().post(url, data=body) as resp:
-                    data = await resp.read()
-                    if resp.status >= 500 or resp.status == 429:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info,
-                            (),
-                            status=resp.status,
-                            message=data[:200].decode(errors="replace"),
-                        )
-                    return data
-            except TimeoutError as exc:
-                self.stats.timeouts += 1
-                last = exc
-            except (aiohttp.ClientError, OSError) as exc:
-                self.stats.transport_errors += 1
-                last = exc
-            if attempt == 0 or attempt == self.retries:
-                log.warning("JSON-RPC %s: %r (attempt %d/%d)", url, last, attempt + 1, self.retries + 1)
-        self.stats.failures += 1
-        raise RpcUnavailable(f"no answer from {self.urls} after {self.retries + 1} attempts: {last!r}")
+    async def _before_retry(self, backoff: Backoff) -> None:
+        """The one retry layer's wait: counted, a backoff on the clock, then the next URL."""
+        self.stats.retries += 1
+        await backoff.wait()
+        self._url = (self._url + 1) % len(self.urls)
+
+    async def _post(self, body: bytes, attempt: int) -> bytes | None:
+        """One POST; the raw reply body, or None after a timeout, a transport or an HTTP error
+        (counted, logged on the first attempt and the last)."""
+        url = self.urls[self._url]
+        try:
+            async with self._get_session().post(url, data=body) as resp:
+                data = await resp.read()
+                if resp.status >= 500 or resp.status == 429:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info,
+                        (),
+                        status=resp.status,
+                        message=data[:200].decode(errors="replace"),
+                    )
+                return data
+        except TimeoutError as exc:
+            self.stats.timeouts += 1
+            failure: Exception = exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.stats.transport_errors += 1
+            failure = exc
+        if attempt == 0 or attempt == self.retries:
+            log.warning("JSON-RPC %s: %r (attempt %d/%d)", url, failure, attempt + 1, self.retries + 1)
+        return None
 
     def _error(self, reply: _Reply) -> RpcError:
         err = reply.error or {}
@@ -142,21 +145,21 @@ class RpcClient:
 
         ``retry_errors``: a JSON-RPC error is retried too (reads that must succeed, e.g. a
         load-balanced node's transient "header not found")."""
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max, clock=self.clock)
         for attempt in range(self.retries + 1):
+            if attempt:
+                await self._before_retry(backoff)
             rid = next(self._ids)
             body = _ENC.encode({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []})
-            data = await self._post(body)
+            data = await self._post(body, attempt)
+            if data is None:
+                continue
             try:
                 reply = _ONE.decode(data)
             except msgspec.DecodeError:
                 reply = None
             if reply is None or (reply.error is None and reply.id != rid):
                 self.stats.garbage += 1
-                if attempt < self.retries:
-                    self.stats.retries += 1
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.backoff_max)
                 continue
             self.stats.requests += 1
             self.stats.calls += 1
@@ -164,13 +167,12 @@ class RpcClient:
                 error = self._error(reply)
                 if not retry_errors or attempt == self.retries:
                     raise error
-                self.stats.retries += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
             return reply.result
         self.stats.failures += 1
-        raise RpcUnavailable(f"{method}: no valid JSON-RPC reply after {self.retries + 1} attempts")
+        raise RpcUnavailable(
+            f"{method}: no valid JSON-RPC reply from {self.urls} after {self.retries + 1} attempts"
+        )
 
     async def batch(self, calls: Sequence[Call]) -> list[Any]:
         """Many calls in JSON-RPC batch requests of at most ``max_batch``.
@@ -186,8 +188,10 @@ class RpcClient:
 
     async def _batch_chunk(self, calls: Sequence[Call], indices: range, out: list[Any]) -> None:
         todo = list(indices)
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max, clock=self.clock)
         for attempt in range(self.retries + 1):
+            if attempt:
+                await self._before_retry(backoff)
             ids: dict[int, int] = {}
             payload = []
             for i in todo:
@@ -195,7 +199,9 @@ class RpcClient:
                 ids[rid] = i
                 method, params = calls[i]
                 payload.append({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-            data = await self._post(_ENC.encode(payload))
+            data = await self._post(_ENC.encode(payload), attempt)
+            if data is None:
+                continue
             try:
                 replies = _MANY.decode(data)
             except msgspec.DecodeError:
@@ -212,10 +218,6 @@ class RpcClient:
             if not todo:
                 return
             self.stats.garbage += 1
-            if attempt < self.retries:
-                self.stats.retries += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
         self.stats.failures += len(todo)
         raise RpcUnavailable(f"{len(todo)} batched call(s) unanswered after {self.retries + 1} attempts")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from services.sync import amm
 from services.sync.arena import Pool
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable
 from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
+from shared.clock import Clock
 from shared.messages import PoolSpec
 
 log = logging.getLogger("poolwire.sync.scrape")
@@ -129,8 +129,10 @@ class RpcScraper:
         progress_interval: float = 5.0,
         pin_by_hash: bool = False,
         on_progress: Callable[[ScrapeProgress], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.rpc = rpc
+        self.clock: Clock = clock or rpc.clock
         self.state_view = state_view
         self.concurrency = max(1, concurrency)
         self.retries = retries
@@ -192,7 +194,7 @@ class RpcScraper:
         done = 0
         progress = self.progress
         progress.done, progress.total, progress.block = 0, total, header.number
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         last_log = t0
         sem = asyncio.Semaphore(self.concurrency)
         kind = "/".join(sorted({s.protocol for s in specs}))
@@ -209,7 +211,7 @@ class RpcScraper:
             progress.done = done
             if self.on_progress is not None:
                 self.on_progress(progress)
-            now = time.perf_counter()
+            now = self.clock.monotonic()
             if now - last_log >= self.progress_interval:
                 last_log = now
                 rate = done / (now - t0)
@@ -241,7 +243,7 @@ class RpcScraper:
         self.stats.pools_failed += len(result.failed)
         result.round_trips = self.rpc.stats.requests - requests0 + 1
         self.stats.round_trips += result.round_trips
-        elapsed = time.perf_counter() - t0
+        elapsed = self.clock.monotonic() - t0
         if total:
             log.info(
                 "scraped %d/%d %s pool(s) at block %d in %.2f s (%.1f pools/s, %d round trips, %d failed)",

@@ -22,6 +22,7 @@ from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_i
 from services.sync.rpc_scraper import RpcScraper
 from services.sync.scraper import Scraper, SimulatorScraper, pool_key
 from services.sync.whitelist import WhitelistGate
+from shared.backoff import Backoff
 from shared.bus import Publisher, Puller
 from shared.messages import (
     PoolSpec,
@@ -46,6 +47,7 @@ class SyncService:
                 backoff_initial=cfg.backoff_initial,
                 backoff_max=cfg.backoff_max,
                 max_batch=cfg.rpc_batch_size,
+                clock=ctx.clock,
             )
         self.client: BlockSource
         self.follower: LogFollower | None = None
@@ -93,6 +95,7 @@ class SyncService:
             add_v2_batch=cfg.v2_add_batch_size,
             add_v3_v4_batch=cfg.v3_v4_add_batch_size,
             replay_wait=cfg.replay_wait,
+            clock=ctx.clock,
         )
         self.pub = Publisher(
             cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
@@ -139,13 +142,14 @@ class SyncService:
     async def check_chain(self) -> None:
         """eth_chainId against sync.chain_id (retried until the node answers)."""
         assert self.rpc is not None
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max, clock=self.clock)
         while True:
             try:
                 chain_id = hex_int(await self.rpc.call("eth_chainId"))
                 break
             except (RpcUnavailable, RpcError, ValueError) as exc:
                 log.warning("eth_chainId: %r; retrying", exc)
-                await self.ctx.clock.sleep(self.cfg.backoff_max)
+                await backoff.wait()
         if self.cfg.chain_id and chain_id != self.cfg.chain_id:
             raise RuntimeError(
                 f"the node at {self.cfg.rpc_urls} is chain {chain_id}, sync.chain_id is {self.cfg.chain_id}"
@@ -253,7 +257,12 @@ class SyncService:
         if not self.coord.live or head is None:
             return None
         return checkpoint.encode(
-            head[0], head[1], self.coord.processor.pools.values(), self.coord.specs.values(), self.chain_id
+            head[0],
+            head[1],
+            self.coord.processor.pools.values(),
+            self.coord.specs.values(),
+            self.chain_id,
+            written_ns=self.clock.time_ns(),
         )
 
     async def checkpoint_loop(self) -> None:
@@ -348,22 +357,20 @@ class SyncService:
 
     async def retry_loop(self) -> None:
         """Scrape pools that failed again, with backoff: a node or socket that was down comes back."""
+        backoff = Backoff(self.cfg.failed_pool_retry, self.cfg.failed_pool_retry_max, clock=self.clock)
         delay: float = self.cfg.failed_pool_retry
         while True:
             await self.clock.sleep(delay)
             missing = self.missing_pools()
-            if not missing:
+            if missing:
+                log.info("retrying %d pool(s) whose scrape failed", len(missing))
+                self.pools_retried += len(missing)
+                await self._add(missing)
+            if self.missing_pools():
+                delay = backoff.next_delay()
+            else:
+                backoff.reset()
                 delay = self.cfg.failed_pool_retry
-                continue
-            log.info("retrying %d pool(s) whose scrape failed", len(missing))
-            self.pools_retried += len(missing)
-            await self._add(missing)
-            still_missing = bool(self.missing_pools())
-            delay = (
-                min(delay * 2, self.cfg.failed_pool_retry_max)
-                if still_missing
-                else self.cfg.failed_pool_retry
-            )
 
     async def whitelist_loop(self) -> None:
         async for msg in self.pull:
