@@ -24,6 +24,8 @@ from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
 from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
 
+# Plain ints: send_multipart combines enum flags on every call (a visible share of a publish).
+MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
 
@@ -169,7 +171,9 @@ class Publisher:
             try:
                 # Never blocks: past the HWM ZeroMQ drops (subscribers count the gap), or with
                 # XPUB_NODROP refuses, and the frame waits in the backlog for ``drain``.
-                self._sock.send_multipart((topic, payload), NOBLOCK)
+                sock = self._sock
+                sock.send(topic, MORE_NOBLOCK)
+                sock.send(payload, NOBLOCK)
             except zmq.Again:
                 self._backlog.append((topic, payload))
         stats = self.stats
@@ -182,13 +186,15 @@ class Publisher:
         self.flush()
         pause = DRAIN_PAUSE_MIN_S
         while self._backlog and not self._closed:
+            topic, payload = self._backlog[0]
             try:
-                self._sock.send_multipart(self._backlog[0], NOBLOCK)
+                self._sock.send(topic, MORE_NOBLOCK)
             except zmq.Again:
                 # An XPUB always polls writable, so the refusal is the only signal: back off and retry.
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, DRAIN_PAUSE_MAX_S)
                 continue
+            self._sock.send(payload, NOBLOCK)  # the frame's first part is in: the second never waits
             self._backlog.popleft()
             pause = DRAIN_PAUSE_MIN_S
 

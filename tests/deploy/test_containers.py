@@ -87,6 +87,7 @@ def compose_specs() -> list[Spec]:
         "ingest": {
             "POOLWIRE_INGEST__WS_URL": demo["ingest"]["ws_url"].replace("127.0.0.1", "simulator"),
             "POOLWIRE_INGEST__GAMMA_URL": demo["ingest"]["gamma_url"].replace("127.0.0.1", "simulator"),
+            "POOLWIRE_INGEST__REST_URL": demo["ingest"]["rest_url"].replace("127.0.0.1", "simulator"),
         },
         "sync": {"POOLWIRE_SYNC__SCRAPE_SOCKET": f"{RETH}/scrape.sock"},
     }

@@ -86,6 +86,7 @@ async def test_make_run_without_a_chain_runs_polymarkets_half(tmp_path: Path) ->
             "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",  # as `make run` does
             "POOLWIRE_INGEST__WS_URL": ws_url,
             "POOLWIRE_INGEST__GAMMA_URL": http_url,
+            "POOLWIRE_INGEST__REST_URL": http_url,
             "POOLWIRE_INGEST__MIN_PENDING": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -161,7 +162,11 @@ async def test_dashboard_reads_metrics_the_services_export(tmp_path: Path) -> No
     exported: set[str] = set()
     pubs = [env[f"POOLWIRE_{s.upper()}__PUB"] for s in services]
     async with simulator(20, events_per_s=200) as (_server, ws_url, http_url):
-        env |= {"POOLWIRE_INGEST__WS_URL": ws_url, "POOLWIRE_INGEST__GAMMA_URL": http_url}
+        env |= {
+            "POOLWIRE_INGEST__WS_URL": ws_url,
+            "POOLWIRE_INGEST__GAMMA_URL": http_url,
+            "POOLWIRE_INGEST__REST_URL": http_url,
+        }
         with ExitStack() as stack:
             sub = stack.enter_context(Subscriber(pubs, ["px."]))
             procs = [stack.enter_context(spawn("-m", f"services.{s}", env=env)) for s in services]

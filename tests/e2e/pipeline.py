@@ -168,6 +168,7 @@ class Endpoints:
             "SIMULATOR__METRICS_PORT": self.sim_metrics,
             "INGEST__WS_URL": f"ws://127.0.0.1:{self.sim_ws}/ws/market",
             "INGEST__GAMMA_URL": self.gamma_url,
+            "INGEST__REST_URL": self.gamma_url,
             "INGEST__PUB": self.ingest_pub,
             "INGEST__PULL": self.ingest_pull,
             "INGEST__SNAPSHOT": self.ingest_snapshot,
