@@ -17,6 +17,18 @@ ALERT = "alert"  # alerts: alert.<strategy>.<symbol>
 HEALTH_SUFFIX = "health"
 
 
+PM_SYMBOL = "pm"  # a Polymarket asset's symbol: pm.<asset>
+DEX_SYMBOL = "dex"  # an on-chain pool's symbol: dex.<pool>
+
+
+def pm_symbol(asset: str) -> str:
+    return f"{PM_SYMBOL}.{asset}"
+
+
+def dex_symbol(pool: str) -> str:
+    return f"{DEX_SYMBOL}.{pool}"
+
+
 def health_topic(service: str) -> str:
     return f"{service}.{HEALTH_SUFFIX}"
 
