@@ -6,8 +6,8 @@ import asyncio
 import time
 from typing import Any
 
-from services.sync.arena import EventProcessor
 from services.sync.follower import LogFollower
+from services.sync.journal import EventProcessor
 from services.sync.rpc import Header, RpcClient
 from services.sync.rpc_scraper import RpcScraper
 from shared.messages import PoolSpec

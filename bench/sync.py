@@ -8,9 +8,10 @@ import tracemalloc
 from typing import Any
 
 from services.sync import amm
-from services.sync.arena import EventProcessor, Pool
 from services.sync.buffer import Block, EventBuffer
 from services.sync.chaingen import ChainGen, block_hash, fresh_pools
+from services.sync.journal import EventProcessor
+from services.sync.pool import Pool
 from shared.exex import PoolUpdate, encode_payload
 
 PER_BLOCK = 200

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from services.sync import amm
-from services.sync.arena import BlockResult, Pool
 from services.sync.coordinator import StartupCoordinator
+from services.sync.journal import BlockResult
+from services.sync.pool import Pool
 from shared.bus import Publisher
 from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, px_topic
 from shared.exex import PoolUpdate

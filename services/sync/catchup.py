@@ -7,23 +7,18 @@ unwound, blocks already applied skipped) -> live. Every block applied or unwound
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from services.sync.arena import BlockResult, EventProcessor, Pool, ResyncNeeded
-from services.sync.client import BlockSource, Resync
 from services.sync.follower import LogFollower
+from services.sync.journal import EventProcessor, ResyncNeeded
+from services.sync.pool import Pool
 from services.sync.rpc import Header, RpcError, RpcUnavailable
+from services.sync.source import BlockSource, Resync
+from services.sync.startup import OnBlock, StartupMetrics
 from shared.clock import Clock
-from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
 
-if TYPE_CHECKING:
-    from services.sync.coordinator import StartupMetrics
-
 log = logging.getLogger("poolwire.sync.startup")
-
-OnBlock = Callable[[BlockResult, bool, Sequence[PoolUpdate]], None]
 
 
 class CatchUp:

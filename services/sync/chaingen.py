@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 
 from services.sync import amm
-from services.sync.arena import Pool
+from services.sync.pool import Pool
 from shared.exex import PoolUpdate
 
 V2_POOL = bytes.fromhex("b4e16d0168e52d35cacd2c6185b44281ec28c9dc")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.sync.arena import Pool
+from services.sync.pool import Pool
 from shared.messages import PoolSpec
 from shared.ratelog import RateLimitedLog
 

@@ -9,23 +9,24 @@ scraper can: the JSON-RPC one) in the seed's smaller live batches (``add_v2_batc
 ``add_v3_v4_batch``), install each pool at its snapshot block and replay its held events after it.
 Other pools are not interrupted.
 
-Resume from a checkpoint: install its pools at its block; a source that can replay the past (the
-log follower) goes live from there. The ExEx socket cannot: it buffers while the log follower,
-stepped here, catches up from the checkpoint to the node's tip (ranged eth_getLogs), then its buffer
-is replayed over the caught-up chain (reverts of blocks applied from JSON-RPC unwound, blocks
-already applied skipped) -> live.
+Resume from a checkpoint (resume.py: when; catchup.py: the ExEx socket's catch-up): install its
+pools at its block; a source that can replay the past (the log follower) goes live from there. The
+ExEx socket cannot: it buffers while the log follower, stepped here, catches up from the checkpoint
+to the node's tip (ranged eth_getLogs), then its buffer is replayed over the caught-up chain
+(reverts of blocks applied from JSON-RPC unwound, blocks already applied skipped) -> live.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from services.sync.arena import BlockResult, EventProcessor, Pool
-from services.sync.catchup import CatchUp, OnBlock
-from services.sync.client import BlockSource
+from services.sync.journal import EventProcessor
+from services.sync.pool import Pool
+from services.sync.resume import Resume, ResumeFrom
 from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, Scraper, ScrapeResult, pool_key
+from services.sync.source import BlockSource
+from services.sync.startup import OnBlock, StartupError, StartupMetrics, unannounced
 from shared.clock import Clock, RealClock
 from shared.exex import PoolUpdate
 from shared.messages import PoolSpec
@@ -33,34 +34,7 @@ from shared.messages import PoolSpec
 log = logging.getLogger("poolwire.sync.startup")
 
 
-class StartupError(Exception):
-    """AlreadyLive / NotLive / a startup that cannot complete (seed's coordinator errors)."""
-
-
-@dataclass(slots=True)
-class StartupMetrics:
-    v2_pools_scraped: int = 0
-    v3_v4_pools_scraped: int = 0
-    pools_failed: int = 0
-    events_buffered: int = 0  # in the buffer when the last cold start replayed it
-    events_replayed: int = 0
-    blocks_replayed: int = 0
-    reference_block: int = 0
-    v2_scraping_duration_ms: float = 0.0
-    v3_v4_scraping_duration_ms: float = 0.0
-    replay_duration_ms: float = 0.0
-    total_startup_duration_ms: float = 0.0
-    cold_starts: int = 0
-    incremental_adds: int = 0  # add_pools calls (live additions)
-    pools_added_live: int = 0
-    rescrapes: int = 0  # scrapes repeated because the buffer did not cover a pool's snapshot
-
-
-def _unannounced(result: BlockResult, committed: bool, updates: Sequence[PoolUpdate]) -> None:
-    pass
-
-
-class StartupCoordinator(CatchUp):
+class StartupCoordinator(Resume):
     def __init__(
         self,
         client: BlockSource,
@@ -89,10 +63,11 @@ class StartupCoordinator(CatchUp):
         self.replay_wait = replay_wait
         self.metrics = StartupMetrics()
         self.processor = self._new_processor()
-        self.on_block: OnBlock = _unannounced  # every block a cold start or a catch-up applies or unwinds
+        self.on_block: OnBlock = unannounced  # every block a cold start or a catch-up applies or unwinds
         self.specs: dict[bytes, PoolSpec] = {}
         self.absent: dict[bytes, None] = {}  # pools whose last scrape found none on chain, oldest first
         self.live = False
+        self.resume_from: ResumeFrom | None = None  # set when a checkpoint may be resumed from
 
     def _new_processor(self) -> EventProcessor:
         proc = EventProcessor(self.journal_depth)

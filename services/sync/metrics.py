@@ -10,9 +10,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.sync.arena import EventProcessor
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower
+from services.sync.journal import EventProcessor
 from services.sync.scraper import ScrapeProgress
 
 P = "poolwire_sync"
@@ -155,7 +155,7 @@ class SyncCollector(Collector):
         if svc.coord.live:
             yield GaugeMetricFamily(
                 f"{P}_pools_missing",
-                "Configured pools not in the arena (scrape failed)",
+                "Configured pools not installed (scrape failed)",
                 value=len(svc.missing_pools()),
             )
 

@@ -27,72 +27,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from eth_hash.auto import keccak
-
-from services.sync import amm
-from services.sync.arena import Pool
+from services.sync.pool_calls import PoolCalls, PoolJob, read_words, signed
 from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable
-from services.sync.scraper import NOT_ON_CHAIN, PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
+from services.sync.scraper import PinUnavailable, ScrapeProgress, ScrapeResult, pool_key
 from shared.clock import Clock
 from shared.messages import PoolSpec
 
 log = logging.getLogger("poolwire.sync.scrape")
-
-
-def _sel(signature: str) -> str:
-    return bytes(keccak(signature.encode()))[:4].hex()
-
-
-SEL = {
-    name: _sel(name)
-    for name in (
-        "getReserves()",
-        "token0()",
-        "token1()",
-        "slot0()",
-        "liquidity()",
-        "tickSpacing()",
-        "fee()",
-        "tickBitmap(int16)",
-        "ticks(int24)",
-        "getSlot0(bytes32)",
-        "getLiquidity(bytes32)",
-        "getTickBitmap(bytes32,int16)",
-        "getTickLiquidity(bytes32,int24)",
-    )
-}
-
-
-def _arg(value: int) -> str:
-    """One ABI word of a (possibly negative) integer, as hex."""
-    return (value % (1 << 256)).to_bytes(32, "big").hex()
-
-
-def _words(data: Any, n: int) -> list[int]:
-    if isinstance(data, Exception):
-        raise data
-    if data == "0x":
-        raise ValueError(f"{NOT_ON_CHAIN}: empty eth_call result (no contract at the address)")
-    if not isinstance(data, str) or not data.startswith("0x") or len(data) < 2 + 64 * n:
-        raise ValueError(f"short or empty eth_call result {str(data)[:80]!r} (no contract?)")
-    return [int(data[2 + 64 * i : 66 + 64 * i], 16) for i in range(n)]
-
-
-def _signed(value: int, bits: int) -> int:
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
-
-
-def _address(word: int) -> str:
-    return "0x" + (word & ((1 << 160) - 1)).to_bytes(20, "big").hex()
-
-
-def word_range(spacing: int) -> tuple[int, int]:
-    """The bitmap words that hold the usable ticks of a pool with this spacing."""
-    return (-(amm.MAX_TICK // spacing)) >> 8, (amm.MAX_TICK // spacing) >> 8
 
 
 @dataclass(slots=True)
@@ -106,16 +50,7 @@ class ScrapeStats:
     ticks: int = 0
 
 
-@dataclass
-class _Job:
-    spec: PoolSpec
-    key: bytes
-    pool: Pool | None = None
-    error: str = ""
-    words: list[int] = field(default_factory=list)
-
-
-class RpcScraper:
+class RpcScraper(PoolCalls):
     can_pin = True  # scrape(at=(number, hash)): pools added while live, at the block our state is at
 
     def __init__(
@@ -189,7 +124,7 @@ class RpcScraper:
         result = ScrapeResult(block=header.number, hash=header.hash, timestamp=header.timestamp)
         requests0 = self.rpc.stats.requests
         tag: Any = {"blockHash": "0x" + header.hash.hex()} if self.pin_by_hash else hex(header.number)
-        jobs = [_Job(spec, pool_key(spec)) for spec in specs]
+        jobs = [PoolJob(spec, pool_key(spec)) for spec in specs]
         total = len(jobs)
         done = 0
         progress = self.progress
@@ -199,7 +134,7 @@ class RpcScraper:
         sem = asyncio.Semaphore(self.concurrency)
         kind = "/".join(sorted({s.protocol for s in specs}))
 
-        async def run(batch: list[_Job]) -> None:
+        async def run(batch: list[PoolJob]) -> None:
             nonlocal done, last_log
             async with sem:
                 try:
@@ -270,10 +205,10 @@ class RpcScraper:
                 replies[i] = reply
         return replies
 
-    async def _batch(self, jobs: list[_Job], block: int, tag: Any) -> None:
+    async def _batch(self, jobs: list[PoolJob], block: int, tag: Any) -> None:
         # round 1: the pool's own state
         calls: list[tuple[str, str]] = []
-        spans: list[tuple[_Job, int, int]] = []
+        spans: list[tuple[PoolJob, int, int]] = []
         for job in jobs:
             start = len(calls)
             try:
@@ -283,7 +218,7 @@ class RpcScraper:
                 continue
             spans.append((job, start, len(calls)))
         replies = await self._calls(calls, tag)
-        deep: list[_Job] = []
+        deep: list[PoolJob] = []
         for job, a, b in spans:
             try:
                 job.pool = self._parse_state(job, replies[a:b], block)
@@ -305,12 +240,12 @@ class RpcScraper:
             spans.append((job, start, len(calls)))
         replies = await self._calls(calls, tag)
         tick_calls: list[tuple[str, str]] = []
-        tick_spans: list[tuple[_Job, list[int], int]] = []
+        tick_spans: list[tuple[PoolJob, list[int], int]] = []
         for job, a, b in spans:
             pool = job.pool
             assert pool is not None
             try:
-                bitmaps = [_words(r, 1)[0] for r in replies[a:b]]
+                bitmaps = [read_words(r, 1)[0] for r in replies[a:b]]
             except (RpcError, ValueError) as exc:
                 job.pool, job.error = None, f"tick bitmap: {exc}"
                 continue
@@ -329,82 +264,9 @@ class RpcScraper:
             try:
                 loaded = []
                 for i, t in enumerate(ticks):
-                    gross, net = _words(replies[a + i], 2)
-                    loaded.append((t, gross, _signed(net, 128)))
+                    gross, net = read_words(replies[a + i], 2)
+                    loaded.append((t, gross, signed(net, 128)))
                 pool.set_ticks(loaded)
                 self.stats.ticks += len(loaded)
             except (RpcError, ValueError) as exc:
                 job.pool, job.error = None, f"ticks: {exc}"
-
-    def _state_calls(self, job: _Job) -> list[tuple[str, str]]:
-        spec = job.spec
-        if spec.protocol == "v2":
-            tokens = [] if spec.currency0 and spec.currency1 else ["token0()", "token1()"]
-            return [(spec.address, "0x" + SEL[name]) for name in ("getReserves()", *tokens)]
-        if spec.protocol == "v3":
-            return [
-                (spec.address, "0x" + SEL[name])
-                for name in ("slot0()", "liquidity()", "tickSpacing()", "fee()", "token0()", "token1()")
-            ]
-        if not self.state_view:
-            raise ValueError("V4 pool but no sync.v4_state_view configured")
-        pid = job.key.hex()
-        return [
-            (self.state_view, "0x" + SEL["getSlot0(bytes32)"] + pid),
-            (self.state_view, "0x" + SEL["getLiquidity(bytes32)"] + pid),
-        ]
-
-    def _parse_state(self, job: _Job, replies: list[Any], block: int) -> Pool:
-        spec = job.spec
-        if spec.protocol == "v2":
-            r0, r1 = _words(replies[0], 2)
-            token0, token1 = spec.currency0, spec.currency1
-            if len(replies) == 3:  # the spec did not name them: read from the pair
-                token0, token1 = _address(_words(replies[1], 1)[0]), _address(_words(replies[2], 1)[0])
-            pool = Pool(job.key, "v2", snapshot_block=block, fee=3000, token0=token0, token1=token1)
-            pool.reserve0, pool.reserve1 = r0, r1
-            return pool
-        if spec.protocol == "v3":
-            sqrt, tick = _words(replies[0], 2)
-            (liquidity,) = _words(replies[1], 1)
-            (spacing,) = _words(replies[2], 1)
-            (fee,) = _words(replies[3], 1)
-            (t0,) = _words(replies[4], 1)
-            (t1,) = _words(replies[5], 1)
-            pool = Pool(
-                job.key, "v3", snapshot_block=block, fee=fee, tick_spacing=_signed(spacing, 24),
-                token0=_address(t0), token1=_address(t1),
-            )  # fmt: skip
-        else:
-            sqrt, tick, _protocol_fee, lp_fee = _words(replies[0], 4)
-            (liquidity,) = _words(replies[1], 1)
-            if sqrt == 0:
-                raise ValueError(f"{NOT_ON_CHAIN}: V4 pool not initialized (unknown pool id)")
-            if spec.tick_spacing <= 0:
-                raise ValueError("V4 pool spec without tick_spacing")
-            pool = Pool(
-                job.key, "v4", snapshot_block=block, fee=lp_fee or spec.fee, tick_spacing=spec.tick_spacing,
-                token0=spec.currency0, token1=spec.currency1,
-            )  # fmt: skip
-        if pool.tick_spacing <= 0:
-            raise ValueError(f"tick spacing {pool.tick_spacing}")
-        pool.sqrt_price_x96, pool.tick, pool.liquidity = sqrt, _signed(tick, 24), liquidity
-        return pool
-
-    def _word_list(self, pool: Pool) -> list[int]:
-        lo, hi = word_range(pool.tick_spacing)
-        if self.word_radius <= 0:
-            return list(range(lo, hi + 1))
-        center = (pool.tick // pool.tick_spacing) >> 8
-        words = set(range(max(lo, center - self.word_radius), min(hi, center + self.word_radius) + 1))
-        return sorted(words | {lo, hi})
-
-    def _bitmap_call(self, job: _Job, word: int) -> tuple[str, str]:
-        if job.spec.protocol == "v3":
-            return job.spec.address, "0x" + SEL["tickBitmap(int16)"] + _arg(word)
-        return self.state_view, "0x" + SEL["getTickBitmap(bytes32,int16)"] + job.key.hex() + _arg(word)
-
-    def _tick_call(self, job: _Job, tick: int) -> tuple[str, str]:
-        if job.spec.protocol == "v3":
-            return job.spec.address, "0x" + SEL["ticks(int24)"] + _arg(tick)
-        return self.state_view, "0x" + SEL["getTickLiquidity(bytes32,int24)"] + job.key.hex() + _arg(tick)

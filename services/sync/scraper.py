@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.sync.arena import Pool, parse_hex, v4_pool_id
+from services.sync.pool import Pool, parse_hex, v4_pool_id
 from shared.exex import SCRAPE_REPLY_DECODER, FrameReader, ScrapedPoolState, ScrapeRequest, encode_scrape
 from shared.messages import PoolSpec
 
@@ -18,7 +18,7 @@ NOT_ON_CHAIN = "not on chain"  # how a scrape failure's reason starts when the c
 
 
 def pool_key(spec: PoolSpec) -> bytes:
-    """A pool's key in the arena and on the ExEx stream: its address, or its V4 pool id."""
+    """A pool's key in sync's state and on the ExEx stream: its address, or its V4 pool id."""
     if spec.protocol == "v4":
         if spec.pool_id:
             return parse_hex(spec.pool_id, 32)

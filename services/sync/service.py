@@ -1,4 +1,9 @@
-"""The sync service: ExEx stream + scraper -> exact pool state -> dex.pool.*, px.dex.*, dex.block."""
+"""The sync service's shell: ExEx stream or log follower + scraper -> exact pool state ->
+dex.pool.*, px.dex.*, dex.block.
+
+Its parts come from build.py, what it publishes is announce.py's; here are the loops: start-up
+(resume from the checkpoint or scrape), live blocks, WhitelistAdd on PULL, pools whose scrape
+failed, periodic checkpoints, and the stop."""
 
 from __future__ import annotations
 
@@ -6,27 +11,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 from services.sync import checkpoint
 from services.sync.announce import Announcer
-from services.sync.arena import Pool, ResyncNeeded
-from services.sync.client import BlockSource, ExExClient, Resync
+from services.sync.build import SyncParts
 from services.sync.config import SyncConfig
-from services.sync.coordinator import StartupCoordinator
-from services.sync.follower import LogFollower
+from services.sync.journal import ResyncNeeded
 from services.sync.metrics import SyncCollector
-from services.sync.retry import StartupRetry
-from services.sync.rpc import Header, RpcClient, RpcError, RpcUnavailable, hex_int
-from services.sync.rpc_scraper import RpcScraper
-from services.sync.scraper import Scraper, SimulatorScraper, pool_key
+from services.sync.rpc import RpcError, RpcUnavailable, hex_int
+from services.sync.scraper import pool_key
+from services.sync.source import Resync
 from services.sync.whitelist import WhitelistGate
 from shared.backoff import Backoff
 from shared.bus import Publisher, Puller
-from shared.messages import (
-    PoolSpec,
-)
+from shared.messages import PoolSpec
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
 
@@ -38,72 +37,25 @@ class SyncService:
         cfg = ctx.config
         self.ctx = ctx
         self.cfg = cfg
-        self.rpc: RpcClient | None = None
-        if cfg.rpc_urls:
-            self.rpc = RpcClient(
-                cfg.rpc_urls,
-                timeout=cfg.rpc_timeout,
-                retries=cfg.rpc_retries,
-                backoff_initial=cfg.backoff_initial,
-                backoff_max=cfg.backoff_max,
-                max_batch=cfg.rpc_batch_size,
-                clock=ctx.clock,
-            )
-        self.client: BlockSource
-        self.follower: LogFollower | None = None
-        if cfg.source == "rpc":
-            assert self.rpc is not None
-            self.follower = self.log_follower(capacity=cfg.buffer_capacity, ws_url=cfg.rpc_ws_url)
-            self.client = self.follower
-        else:
-            self.client = ExExClient(
-                cfg.exex_socket,
-                capacity=cfg.buffer_capacity,
-                backoff_initial=cfg.backoff_initial,
-                backoff_max=cfg.backoff_max,
-                clock=ctx.clock,
-            )
-        scraper: Scraper
-        self.rpc_scraper: RpcScraper | None = None
-        if cfg.scraper == "rpc":
-            assert self.rpc is not None
-            self.rpc_scraper = scraper = RpcScraper(
-                self.rpc,
-                state_view=cfg.v4_state_view,
-                concurrency=cfg.scraping_concurrency,
-                retries=cfg.scrape_retries,
-                word_radius=cfg.v3_word_radius,
-                pin_by_hash=cfg.pin_by_hash,
-            )
-        else:
-            scraper = SimulatorScraper(cfg.scrape_socket, retries=cfg.scrape_retries)
-        self.checkpoint_path = Path(ctx.common.data_dir) / "sync" / "checkpoint.msgpack"
-        # the ExEx source resumes too when there is a node to catch up from (eth_getLogs)
-        self.use_checkpoint = cfg.checkpoint and self.rpc is not None
-        self.checkpoints = checkpoint.CheckpointStore(self.checkpoint_path)
-        self.pools_retried = 0
         self.clock = ctx.clock
+        self.parts = parts = SyncParts(cfg, ctx.clock, ctx.common.data_dir)
+        self.rpc = parts.rpc
+        self.client = parts.client
+        self.follower = parts.follower
+        self.rpc_scraper = parts.rpc_scraper
+        self.coord = parts.coord
+        self.retry = parts.retry
+        self.use_checkpoint = parts.use_checkpoint
+        self.checkpoints = checkpoint.CheckpointStore(parts.checkpoint_path)
+        self.pools_retried = 0
         self.chain_id = cfg.chain_id
-        self.coord = StartupCoordinator(
-            self.client,
-            scraper,
-            journal_depth=cfg.journal_depth,
-            buffer_capacity=cfg.buffer_capacity,
-            incremental_capacity=cfg.incremental_buffer_capacity,
-            v2_batch=cfg.v2_scrape_batch_size,
-            v3_v4_batch=cfg.v3_v4_scrape_batch_size,
-            add_v2_batch=cfg.v2_add_batch_size,
-            add_v3_v4_batch=cfg.v3_v4_add_batch_size,
-            replay_wait=cfg.replay_wait,
-            clock=ctx.clock,
-        )
         self.pub = Publisher(
             cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
         self.whitelist = WhitelistGate()
         self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
         # a WhitelistAdd's good pools survive a bad neighbour (decoded pool by pool when the shared
-        # schema refuses the whole message); the hook is Puller's ``decode`` (/tmp/brief/sync-shared.diff)
+        # schema refuses the whole message): Puller's ``decode`` hook
         self.pull.decode = self.whitelist.decode
         self.announce = Announcer(self.pub, self.coord)
         self.coord.on_block = self.announce.block  # blocks a cold start or a catch-up applies, too
@@ -114,19 +66,11 @@ class SyncService:
             max_message_size=ctx.common.max_message_size,
         )
         self.configured = {pool_key(spec) for spec in cfg.pools}  # never forgotten by the missing cap
-        self.retry = StartupRetry(ctx.clock, cfg.backoff_initial, cfg.backoff_max)
         self.block_errors = 0  # unforeseen errors applying a block: each resyncs
         self._tasks: set[asyncio.Task[None]] = set()
         ctx.bus_stats.add("pub", self.pub.stats)
         ctx.bus_stats.add("pull", self.pull.stats)
         ctx.metrics.register(SyncCollector(lambda: self.coord, self))
-
-    def log_addresses(self) -> list[str]:
-        """What the follower asks eth_getLogs for: V2/V3 pools, and the PoolManager for V4."""
-        out = [s.address for s in self.coord.specs.values() if s.protocol != "v4" and s.address]
-        if self.cfg.v4_pool_manager and any(s.protocol == "v4" for s in self.coord.specs.values()):
-            out.append(self.cfg.v4_pool_manager)
-        return out
 
     # -- loops ----------------------------------------------------------------------------------
 
@@ -156,79 +100,6 @@ class SyncService:
             )
         self.chain_id = chain_id
 
-    def log_follower(self, **options: Any) -> LogFollower:
-        """A log follower on the configured node, addresses and limits (``options``: the rest)."""
-        assert self.rpc is not None
-        cfg = self.cfg
-        return LogFollower(
-            self.rpc,
-            addresses=self.log_addresses,
-            poll_interval=cfg.poll_interval,
-            logs_range=cfg.logs_range,
-            header_batch=cfg.rpc_batch_size,
-            keep=max(cfg.reorg_keep, cfg.journal_depth + 1),
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            clock=self.ctx.clock,
-            **options,
-        )
-
-    def read_checkpoint(self) -> checkpoint.Checkpoint | None:
-        """The checkpoint if there is one this node can resume from (None: scrape)."""
-        try:
-            cp = checkpoint.load(self.checkpoint_path)
-            if cp is None:
-                return None
-            for rec in cp.pools:
-                checkpoint.restore(rec, cp.block)
-        except Exception as exc:  # unreadable for any reason: scrape instead
-            log.warning("checkpoint %s unreadable (%r): scraping", self.checkpoint_path, exc)
-            return None
-        if cp.chain_id and cp.chain_id != self.chain_id:
-            log.warning(
-                "checkpoint is of chain %d, the node is chain %d: scraping", cp.chain_id, self.chain_id
-            )
-            return None
-        return cp
-
-    async def try_resume(self) -> bool:
-        """Resume from the checkpoint if its block is still canonical; False: cold start instead.
-        A node that fails meanwhile costs an attempt (counted), not the checkpoint."""
-        cp = self.read_checkpoint()
-        return cp is not None and await self.retry.run("resume", lambda: self.resume(cp))
-
-    async def resume(self, cp: checkpoint.Checkpoint) -> bool:
-        assert self.rpc is not None
-        raw = await self.rpc.call("eth_getBlockByNumber", [hex(cp.block), False])
-        header = Header.parse(raw) if raw is not None else None
-        if header is None or header.hash != cp.hash:
-            log.warning("checkpoint block %d is no longer canonical (reorged away): scraping", cp.block)
-            return False
-        pools = [checkpoint.restore(rec, cp.block) for rec in cp.pools]  # afresh: an attempt moves them
-        if self.follower is not None:
-            self.follower.anchor(header)
-            self.coord.resume(pools, cp.specs, cp.block, cp.hash, header.timestamp)
-            self.follower.connected.set()
-            return True
-        return await self.resume_exex(pools, cp.specs, header)
-
-    async def resume_exex(self, pools: list[Pool], specs: list[PoolSpec], header: Header) -> bool:
-        """ExEx source: the socket is buffering (started first); catch up from the checkpoint over
-        JSON-RPC (the log follower's ranged eth_getLogs), replay the buffer over it, go live."""
-        assert self.rpc is not None
-        if any(s.protocol == "v4" for s in specs) and not self.cfg.v4_pool_manager:
-            log.warning(
-                "checkpoint has V4 pools, and no sync.v4_pool_manager to catch up their logs: scraping"
-            )
-            return False
-        try:
-            await asyncio.wait_for(self.client.connected.wait(), self.cfg.replay_wait)
-        except TimeoutError:
-            log.warning("ExEx socket not connected in %.0f s: scraping", self.cfg.replay_wait)
-            return False
-        catch_up = self.log_follower()
-        return await self.coord.resume_with_catch_up(pools, specs, header, catch_up)
-
     async def start_up(self) -> None:
         if self.cfg.checkpoint and not self.use_checkpoint:
             log.info(
@@ -239,7 +110,7 @@ class SyncService:
             self.client.start()  # the ExEx socket buffers from now on, before the checkpoint is read
         if self.rpc is not None:
             await self.check_chain()
-        resumed = self.use_checkpoint and await self.try_resume()
+        resumed = self.use_checkpoint and await self.coord.try_resume(self.chain_id)
         if self.follower is not None:
             self.client.start()
         if not resumed:
@@ -346,7 +217,7 @@ class SyncService:
                 await self.cold_start()
 
     def missing_pools(self) -> list[PoolSpec]:
-        """Configured or whitelisted pools that are not in the arena (their scrape failed); not the
+        """Configured or whitelisted pools that are not installed (their scrape failed); not the
         ones being added right now (their events are held)."""
         pools, adding = self.coord.processor.pools, self.coord.processor.pending
         return [

@@ -292,8 +292,8 @@ class Chain:
         return out
 
 
-def arena_view(pools: dict[bytes, Any]) -> dict[bytes, tuple[Any, ...]]:
-    """The same shape as Chain.truth() from sync's arena pools."""
+def pools_view(pools: dict[bytes, Any]) -> dict[bytes, tuple[Any, ...]]:
+    """The same shape as Chain.truth() from sync's pools."""
     out: dict[bytes, tuple[Any, ...]] = {}
     for key, pool in pools.items():
         if pool.protocol == "v2":

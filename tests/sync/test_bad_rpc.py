@@ -20,7 +20,7 @@ from services.sync.rpc import RpcClient
 from services.sync.rpc_scraper import RpcScraper
 from shared.messages import PoolSpec
 from tests.helpers import free_port
-from tests.sync.chain import Chain, Trader, arena_view
+from tests.sync.chain import Chain, Trader, pools_view
 from tests.sync.test_follower import Synced, addresses
 
 FAULTS = ["ok", "http500", "ok", "garbage", "ok", "hang", "ok", "error", "ok", "drop_one", "ok"]
@@ -101,7 +101,7 @@ async def test_scrape_and_follow_through_bad_answers_stay_exact(chain: Chain, pr
             trader.block(8)
             await s.catch_up(timeout=30)
         number, _ = chain.head()
-        assert arena_view(coord.processor.pools) == chain.truth(number)
+        assert pools_view(coord.processor.pools) == chain.truth(number)
     finally:
         await follower.close()
         await rpc.close()

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from services.sync import checkpoint
-from services.sync.arena import Pool
 from services.sync.checkpoint import CheckpointStore
+from services.sync.pool import Pool
 from shared.messages import PoolSpec
 from tests.helpers import free_port, spawn
 from tests.sync.chain import Chain, Trader

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from services.sync.buffer import Block
 from services.sync.chaingen import V3_POOL, block_hash, fresh_pools
-from services.sync.client import BlockSource
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower
 from services.sync.rpc import Header, RpcClient
 from services.sync.scraper import ScrapeResult
+from services.sync.source import BlockSource
 from shared.exex import PoolUpdate, encode_payload
 from shared.messages import PoolSpec
 

@@ -10,15 +10,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from services.sync.arena import ResyncNeeded
-from services.sync.client import Resync
 from services.sync.coordinator import StartupCoordinator
-from services.sync.follower import LogFollower, decode_log
+from services.sync.eth_logs import decode_log
+from services.sync.follower import LogFollower
+from services.sync.journal import ResyncNeeded
 from services.sync.metrics import lag_metrics
 from services.sync.rpc import RpcClient
 from services.sync.rpc_scraper import RpcScraper
+from services.sync.source import Resync
 from shared.messages import PoolSpec
-from tests.sync.chain import Chain, Trader, arena_view
+from tests.sync.chain import Chain, Trader, pools_view
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Synced:
     def check(self) -> None:
         number, _ = self.chain.head()
         assert self.coord.processor.head is not None and self.coord.processor.head[0] == number
-        assert arena_view(self.coord.processor.pools) == self.chain.truth(number)
+        assert pools_view(self.coord.processor.pools) == self.chain.truth(number)
 
 
 def addresses(chain: Chain) -> list[str]:
@@ -194,7 +195,7 @@ async def test_newheads_over_websocket_triggers_the_follower(chain: Chain) -> No
 
 
 def test_decode_log_rejects_garbage() -> None:
-    from services.sync.follower import V2_SYNC
+    from services.sync.eth_logs import V2_SYNC
 
     entry = {
         "topics": [V2_SYNC], "data": "0x12", "address": "0x" + "11" * 20,

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from services.sync.buffer import BlockAssembler, SequenceGap
-from services.sync.follower import V2_SYNC, V3_SWAP, decode_log
+from services.sync.eth_logs import V2_SYNC, V3_SWAP, decode_log
 from services.sync.rpc import Header
 from shared.exex import BeginBlock, CorruptFrame, EndBlock, PoolUpdate, encode_payload
 

@@ -11,14 +11,14 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.sync.arena import Pool
 from services.sync.buffer import Block
-from services.sync.client import BlockSource
 from services.sync.config import SyncConfig
 from services.sync.coordinator import StartupCoordinator
 from services.sync.metrics import SyncCollector
+from services.sync.pool import Pool
 from services.sync.scraper import ScrapeProgress, ScrapeResult, pool_key
 from services.sync.service import SyncService
+from services.sync.source import BlockSource
 from shared.clock import RealClock
 from shared.config import CommonConfig, ConfigError, convert
 from shared.exex import PoolUpdate, encode_payload

@@ -77,7 +77,9 @@ async def serve(endpoints: list[Endpoint], reply: Handler) -> Endpoint:
 
 
 @pytest.mark.parametrize("reply", [http500, garbage], ids=["http500", "garbage"])
-async def test_a_failing_endpoint_gets_retries_plus_one_posts(endpoints: list[Endpoint], reply: Handler) -> None:
+async def test_a_failing_endpoint_gets_retries_plus_one_posts(
+    endpoints: list[Endpoint], reply: Handler
+) -> None:
     ep = await serve(endpoints, reply)
     clock = RecordingClock()
     rpc = RpcClient([ep.url], retries=3, backoff_initial=0.05, backoff_max=2.0, clock=clock)
@@ -111,7 +113,9 @@ async def test_retries_turn_to_the_next_url(endpoints: list[Endpoint]) -> None:
     assert (first.posts, second.posts) == (2, 2)
 
 
-async def test_a_node_error_is_returned_at_once_or_retried_in_the_same_layer(endpoints: list[Endpoint]) -> None:
+async def test_a_node_error_is_returned_at_once_or_retried_in_the_same_layer(
+    endpoints: list[Endpoint],
+) -> None:
     ep = await serve(endpoints, node_error)
     rpc = RpcClient([ep.url], retries=2, clock=RecordingClock())
     try:

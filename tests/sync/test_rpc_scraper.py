@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from services.sync.client import BlockSource
 from services.sync.coordinator import StartupCoordinator
 from services.sync.metrics import SyncCollector
 from services.sync.rpc import Call, RpcClient, RpcError
 from services.sync.rpc_scraper import RpcScraper
 from services.sync.scraper import ScrapeProgress
+from services.sync.source import BlockSource
 from shared.messages import PoolSpec
-from tests.sync.chain import Chain, Trader, arena_view
+from tests.sync.chain import Chain, Trader, pools_view
 
 
 async def test_scrape_equals_the_contracts_after_hundreds_of_random_trades(chain: Chain) -> None:
@@ -33,7 +33,7 @@ async def test_scrape_equals_the_contracts_after_hundreds_of_random_trades(chain
     assert not v2.failed and not rest.failed
     number, bhash = chain.head()
     assert (rest.block, rest.hash) == (number, bhash)
-    got = arena_view({p.key: p for p in v2.pools + rest.pools})
+    got = pools_view({p.key: p for p in v2.pools + rest.pools})
     truth = chain.truth(number)
     assert got == truth
     # the trader did reach many ticks
@@ -121,7 +121,7 @@ async def test_pin_by_hash_names_the_block_by_hash_and_equals_the_contracts(chai
     assert (result.block, result.hash) == (number, bhash)
     assert rpc.blocks == {json.dumps({"blockHash": "0x" + bhash.hex()})}  # EIP-1898, never a number
     assert not result.failed
-    assert arena_view({p.key: p for p in result.pools}) == chain.truth(number)
+    assert pools_view({p.key: p for p in result.pools}) == chain.truth(number)
 
 
 class PrunedRpc(RpcClient):
@@ -168,6 +168,6 @@ async def test_pools_added_live_are_pinned_to_our_head_else_scraped_at_the_lates
         finally:
             await rpc.close()
         assert {p.snapshot_block for p in added} == {expect}
-        assert arena_view({p.key: p for p in added}) == chain.truth(expect)
+        assert pools_view({p.key: p for p in added}) == chain.truth(expect)
         fell_back = "at the latest block" in caplog.text
         assert fell_back == (expect == tip), caplog.text

@@ -13,13 +13,13 @@ import yaml
 from aiohttp import web
 
 from services.sync import checkpoint
-from services.sync.client import ExExClient
+from services.sync.exex_client import ExExClient
 from services.sync.scraper import pool_key
 from shared.bus import Pusher, Subscriber
 from shared.messages import BlockUpdate, Message, PoolSpec, PoolState, Swap, WhitelistAdd
 from shared.snapshot import request_snapshot
 from tests.helpers import spawn, tcp_endpoint
-from tests.sync.chain import Chain, Trader, arena_view
+from tests.sync.chain import Chain, Trader, pools_view
 from tests.sync.test_bad_rpc import FaultyProxy
 
 
@@ -345,7 +345,7 @@ async def test_whitelist_add_over_pull_while_live_on_the_rpc_source(chain: Chain
         cp = checkpoint.load(Path(tmp) / "data" / "sync" / "checkpoint.msgpack")
         assert cp is not None and cp.block == head
         pools = {rec.key: checkpoint.restore(rec, cp.block) for rec in cp.pools}
-        assert arena_view(pools) == chain.truth(head)  # reserves, slot0, liquidity, every tick's net
+        assert pools_view(pools) == chain.truth(head)  # reserves, slot0, liquidity, every tick's net
 
 
 class TipGate(ScrapeGate):
@@ -413,7 +413,7 @@ async def test_a_pool_added_while_the_follower_lags_is_scraped_at_our_head_block
         cp = checkpoint.load(Path(tmp) / "data" / "sync" / "checkpoint.msgpack")
         assert cp is not None and cp.block == head
         pools = {rec.key: checkpoint.restore(rec, cp.block) for rec in cp.pools}
-        assert arena_view(pools) == chain.truth(head)  # every initialized tick's net too
+        assert pools_view(pools) == chain.truth(head)  # every initialized tick's net too
 
 
 async def test_exex_source_kill_9_then_resume_from_the_checkpoint_over_json_rpc(chain: Chain) -> None:

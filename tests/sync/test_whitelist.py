@@ -7,8 +7,8 @@ import logging
 import msgspec
 import pytest
 
-from services.sync.arena import v4_pool_id
 from services.sync.config import SyncConfig
+from services.sync.pool import v4_pool_id
 from services.sync.whitelist import WhitelistGate, check_spec
 from shared.config import ConfigError, convert
 from shared.messages import ForceSubscribe, PoolSpec, WhitelistAdd

@@ -12,7 +12,8 @@ import pytest
 from services.simulator.exex_chain import SimChain
 from services.simulator.exex_server import ExExServer
 from services.sync.buffer import Block, BlockAssembler
-from services.sync.client import ExExClient, Resync
+from services.sync.exex_client import ExExClient
+from services.sync.source import Resync
 from shared.exex import BeginBlock, EndBlock, PoolUpdate, encode_payload
 
 

@@ -1,4 +1,4 @@
-"""The arena: exact tick/liquidity updates, the undo journal, replay after a scrape."""
+"""The event processor: exact tick/liquidity updates, the undo journal, replay after a scrape."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.sync import amm
-from services.sync.arena import EventProcessor, Pool, ResyncNeeded, v4_pool_id
 from services.sync.chaingen import V2_POOL, V3_POOL, V4_POOL, ChainGen, block_hash, fresh_pools
+from services.sync.journal import EventProcessor, ResyncNeeded
+from services.sync.pool import Pool, v4_pool_id
 from shared.exex import PoolUpdate
 
 
@@ -264,7 +265,7 @@ def test_skipped_events_are_logged_rate_limited_and_still_counted_exactly(
         PoolUpdate(seq=0, block=1, tx=0, log=i, pool=V2_POOL, protocol="v2", kind="Sync", reserve0=1 << 112)
         for i in range(50)
     ]
-    with caplog.at_level("WARNING", logger="poolwire.sync.arena"):
+    with caplog.at_level("WARNING", logger="poolwire.sync.apply"):
         proc.apply_block(1, block_hash(1), b"", [*bad_sync, mint(1, 105, 300, 5, log=60)])
         lines = [r.getMessage() for r in caplog.records]
         burst = proc.skip_log.burst
