@@ -234,11 +234,12 @@ def run() -> dict[str, dict[str, Any]]:
         "heap_s": heap_s,
     }
     try:
-        from bench._registry_service import service_figures
+        from bench._registry_service import replay_figures, service_figures
     except ImportError:
         pass
     else:
         out.update(service_figures())
+        out.update(replay_figures())
     return out
 
 
