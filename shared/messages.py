@@ -77,6 +77,7 @@ class SnapshotReply(Message, kw_only=True):
     snapshot_seq: int  # valid at this publisher ``seq``: drop updates with seq <= this
     count: int
     error: Text = ""  # why a request was refused (count 0); empty on success
+    topics: list[str] = []  # each item's topic, in the items' order
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class Publisher:
         self.seq = 0
         self.started_ns = self.clock.time_ns()
         self._topic_seqs: dict[str, int] = {}
+        self._topic_last_seq: dict[str, int] = {}  # the seq of each topic's last message
         # Consecutive runs of one topic, in publish order; the last run grows while its topic repeats.
         self._runs: list[tuple[str, list[Message]]] = []
         self._last_run: list[Message] | None = None
@@ -92,6 +93,7 @@ class Publisher:
         self.seq += 1
         tseq = self._topic_seqs.get(topic, 0) + 1
         self._topic_seqs[topic] = tseq
+        self._topic_last_seq[topic] = self.seq
         msg.publisher = self.publisher_id
         msg.seq = self.seq
         msg.topic_seq = tseq
@@ -148,6 +150,7 @@ class Publisher:
         publisher = self.publisher_id
         seq = self.seq
         topic_seqs = self._topic_seqs
+        last_seqs = self._topic_last_seq
         encode = ENCODER.encode
         for topic, msgs in runs:
             tseq = topic_seqs.get(topic, 0)
@@ -159,6 +162,7 @@ class Publisher:
                 msg.topic_seq = tseq
                 msg.publish_ns = now
             topic_seqs[topic] = tseq
+            last_seqs[topic] = seq
             self.seq = seq
             self._send(topic.encode(), encode(msgs[0]) if len(msgs) == 1 else encode(msgs), len(msgs))
 
@@ -180,6 +184,10 @@ class Publisher:
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
+
+    def position(self, topic: str) -> tuple[int, int]:
+        """``(seq, topic_seq)`` of the last message sent on ``topic``; ``(0, 0)`` if none was."""
+        return self._topic_last_seq.get(topic, 0), self._topic_seqs.get(topic, 0)
 
     async def drain(self) -> None:
         """Flush, then wait until every frame the high-water mark refused has been sent."""

@@ -2,8 +2,12 @@
 
 A client first subscribes to the updates, then sends a SnapshotRequest over a DEALER to the
 owner's ROUTER. The reply is two frames: a SnapshotReply header carrying ``snapshot_seq`` (the
-owner publisher's ``seq`` the state is valid at) and the items (an array of messages). The client
-applies the items, then every update with ``seq > snapshot_seq``.
+owner publisher's ``seq`` the state is valid at) and each item's topic, and the items (an array of
+messages). The client applies the items, then every update with ``seq > snapshot_seq``.
+
+One prefix rule for every owner: an item is in the reply when the topic it was last published
+under starts with the request's ``prefix``. Each item carries the ``publisher``, ``seq`` and
+``topic_seq`` of the last message sent on its topic, so a client can seed its gap check.
 """
 
 from __future__ import annotations
@@ -17,14 +21,20 @@ import zmq
 import zmq.asyncio
 
 from shared import security
+from shared.constants import dex_pool_topic, md_topic, px_topic, zone_topic
 from shared.messages import (
     ENCODER,
     ONE_DECODER,
+    BookSnapshot,
     Message,
+    PoolState,
+    Price,
     SnapshotReply,
     SnapshotRequest,
+    ZoneSnapshotItem,
     decode_payload,
 )
+from shared.publisher import Publisher
 from shared.ratelog import RateLimitedLog
 from shared.sockets import DEFAULT_MAX_MESSAGE_SIZE, context
 
@@ -32,6 +42,21 @@ log = logging.getLogger("poolwire.snapshot")
 skip_log = RateLimitedLog(log)
 
 SnapshotSource = Callable[[SnapshotRequest], tuple[int, Sequence[Message]]]
+
+
+def item_topic(item: Message) -> str:
+    """The topic a state item was last published under (its state is that topic's last message)."""
+    if isinstance(item, ZoneSnapshotItem):
+        zone = item.zone
+        event = "touched" if zone.touches or zone.state == "touched" else "created"
+        return zone_topic(event, zone.timeframe, zone.symbol)
+    if isinstance(item, PoolState):
+        return dex_pool_topic(item.pool)
+    if isinstance(item, BookSnapshot):
+        return md_topic("book", item.asset)
+    if isinstance(item, Price):
+        return px_topic(item.symbol)
+    return ""
 
 
 class SnapshotServer:
@@ -42,14 +67,18 @@ class SnapshotServer:
         endpoint: str,
         source: SnapshotSource,
         *,
-        publisher_id: str,
+        publisher_id: str = "",
+        publisher: Publisher | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
-        """``publisher_id`` is the id of the Publisher whose ``seq`` the snapshots refer to; a request
-        larger than ``max_message_size`` closes its sender's connection unread."""
+        """``publisher`` (or only its id, ``publisher_id``) is the Publisher whose ``seq`` the
+        snapshots refer to; given the Publisher, each item is stamped with its topic's last ``seq``
+        and ``topic_seq``. A request larger than ``max_message_size`` closes its sender's
+        connection unread."""
         self.source = source
-        self.publisher_id = publisher_id
+        self.publisher = publisher
+        self.publisher_id = publisher.publisher_id if publisher is not None else publisher_id
         self.served = 0
         self.bad_requests = 0
         self._sock = (ctx or context()).socket(zmq.ROUTER)
@@ -79,7 +108,8 @@ class SnapshotServer:
                 error = "the state owner failed to build the snapshot (see its log)"
                 await self._reply(identity, SnapshotReply(snapshot_seq=0, count=0, error=error), [])
                 continue
-            await self._reply(identity, SnapshotReply(snapshot_seq=seq, count=len(items)), items)
+            topics, kept = self._select(request.prefix, items)
+            await self._reply(identity, SnapshotReply(snapshot_seq=seq, count=len(kept), topics=topics), kept)
             self.served += 1
             log.info("snapshot of %d item(s) at seq %d served", len(items), seq)
 
@@ -95,6 +125,22 @@ class SnapshotServer:
         if not isinstance(request, SnapshotRequest):
             return identity, None, f"not a SnapshotRequest: a {type(request).__name__}"
         return identity, request, ""
+
+    def _select(self, prefix: str, items: Sequence[Message]) -> tuple[list[str], list[Message]]:
+        """The items whose topic starts with ``prefix``, stamped with their topic's position."""
+        topics: list[str] = []
+        kept: list[Message] = []
+        pub = self.publisher
+        for item in items:
+            topic = item_topic(item)
+            if not topic.startswith(prefix):
+                continue
+            if pub is not None:
+                item.publisher = pub.publisher_id
+                item.seq, item.topic_seq = pub.position(topic)
+            topics.append(topic)
+            kept.append(item)
+        return topics, kept
 
     async def _reply(self, identity: bytes, header: SnapshotReply, items: Sequence[Message]) -> None:
         header.publisher = self.publisher_id

@@ -89,7 +89,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         return pub.seq, router.snapshot(request.prefix)
 
     snapshots = SnapshotServer(
-        cfg.snapshot, snapshot, publisher_id=pub.publisher_id, max_message_size=ctx.common.max_message_size
+        cfg.snapshot, snapshot, publisher=pub, max_message_size=ctx.common.max_message_size
     )
     latency = Histogram(
         "poolwire_ingest_publish_latency_seconds",

@@ -130,7 +130,7 @@ class RegistryService:
         self.snapshots = SnapshotServer(
             cfg.snapshot,
             self.snapshot,
-            publisher_id=self.pub.publisher_id,
+            publisher=self.pub,
             max_message_size=ctx.common.max_message_size,
         )
         collector.snapshot_bad_requests = lambda: self.snapshots.bad_requests

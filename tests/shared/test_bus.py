@@ -18,9 +18,11 @@ from shared.messages import (
     Price,
     SnapshotReply,
     SnapshotRequest,
+    Zone,
+    ZoneSnapshotItem,
     encode,
 )
-from shared.snapshot import SnapshotServer, request_snapshot
+from shared.snapshot import SnapshotServer, item_topic, request_snapshot
 from tests.helpers import spawn, tcp_endpoint
 from tests.shared.samples import every_message
 
@@ -249,15 +251,54 @@ async def test_snapshot_clone_round_trip() -> None:
     state = [Price(symbol=f"pm.{i}", price=i) for i in range(1000)]
     server = SnapshotServer(
         endpoint,
-        lambda req: (42, [p for p in state if p.symbol.startswith(req.prefix)]),
+        lambda req: (42, state),  # the server keeps the items whose topic starts with the prefix
         publisher_id="owner",
     ).start()
-    header, items = await request_snapshot(endpoint, "pm.1", timeout=5)
+    header, items = await request_snapshot(endpoint, "px.pm.1", timeout=5)
     await server.close()
     assert header.snapshot_seq == 42
     assert header.publisher == "owner"
     assert header.count == len(items) == 111
     assert items[0] == Price(symbol="pm.1", price=1)
+    assert header.topics == [f"px.{p.symbol}" for p in items]
+
+
+async def test_snapshot_items_carry_their_topic_and_its_last_numbers() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0) as pub:
+        state = {"pm.1": Price(symbol="pm.1", price=0.0), "pm.2": Price(symbol="pm.2", price=0.0)}
+        for i, symbol in enumerate(["pm.1", "pm.2", "pm.1", "pm.1"]):
+            state[symbol] = Price(symbol=symbol, price=i)
+            pub.publish(f"px.{symbol}", Price(symbol=symbol, price=i))
+        pub.flush()
+        server = SnapshotServer(endpoint, lambda req: (pub.seq, list(state.values())), publisher=pub).start()
+        try:
+            header, items = await request_snapshot(endpoint, "px.pm.1", timeout=5)
+            _, both = await request_snapshot(endpoint, "px.", timeout=5)
+            _, none = await request_snapshot(endpoint, "md.", timeout=5)
+        finally:
+            await server.close()
+    assert (header.snapshot_seq, header.publisher, header.topics) == (4, pub.publisher_id, ["px.pm.1"])
+    assert [(m.publisher, m.seq, m.topic_seq) for m in items] == [(pub.publisher_id, 4, 3)]
+    assert sorted((m.seq, m.topic_seq) for m in both) == [(2, 1), (4, 3)]
+    assert none == []
+
+
+def test_a_zone_items_topic_is_its_last_event() -> None:
+    zone = Zone(
+        id="z",
+        symbol="pm.a",
+        timeframe="S5",
+        kind="fvg_bullish",
+        top=2,
+        bottom=1,
+        strength=1,
+        created_ns=1,
+        expires_ns=2,
+    )
+    assert item_topic(ZoneSnapshotItem(zone=zone)) == "zone.created.S5.pm.a"
+    zone.touches = 1
+    assert item_topic(ZoneSnapshotItem(zone=zone)) == "zone.touched.S5.pm.a"
 
 
 @pytest.mark.parametrize(
@@ -289,7 +330,7 @@ async def test_a_snapshot_request_that_cannot_be_read_gets_an_error_reply(
         assert msgspec.msgpack.decode(items_frame) == []
         assert server.bad_requests == 1
         # the server goes on answering good requests
-        reply, items = await request_snapshot(endpoint, "pm.", timeout=5)
+        reply, items = await request_snapshot(endpoint, "px.pm.", timeout=5)
         assert (reply.count, reply.error, len(items)) == (1, "", 1)
     finally:
         client.close()
