@@ -16,7 +16,8 @@ from services.sync.resume import ResumeFrom
 from services.sync.retry import StartupRetry
 from services.sync.rpc import RpcClient
 from services.sync.rpc_scraper import RpcScraper
-from services.sync.scraper import Scraper, SimulatorScraper
+from services.sync.scraper import Scraper
+from services.sync.simulator_scraper import SimulatorScraper
 from services.sync.source import BlockSource
 from shared.clock import Clock
 

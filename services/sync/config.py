@@ -24,9 +24,10 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # rpc_urls is set, else exex when exex_socket is set; neither is a config error (exit 2)
     source: Literal["auto", "exex", "rpc"] = "auto"
     exex_socket: str = ""  # e.g. /tmp/reth_exex.sock
-    # where pool state is scraped: "auto" = "rpc" when rpc_urls is set, else "simulator"
+    # where pool state is scraped: "auto" = "rpc" (batched eth_calls; needs rpc_urls); "simulator"
+    # (the ExEx simulator's scrape socket, scrape_socket: tests and the demo) only when named
     scraper: Literal["auto", "simulator", "rpc"] = "auto"
-    scrape_socket: str = "/tmp/poolwire_exex_scrape.sock"
+    scrape_socket: str = ""  # the simulator's scrape socket, e.g. /tmp/poolwire-demo-scrape.sock
     rpc_urls: list[str] = []  # JSON-RPC over HTTP, tried in turn on failures
     rpc_ws_url: str = ""  # optional: newHeads subscription as the follower's trigger
     chain_id: int = 0  # checked against eth_chainId at start when not 0
@@ -74,9 +75,14 @@ class SyncConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.source == "exex" and not self.exex_socket:
             raise ValueError("sync.source is exex but sync.exex_socket is empty")
         if self.scraper == "auto":
-            self.scraper = "rpc" if self.rpc_urls else "simulator"
+            self.scraper = "rpc"
         if self.scraper == "rpc" and not self.rpc_urls:
-            raise ValueError("sync.scraper is rpc but sync.rpc_urls is empty")
+            raise ValueError(
+                "no scraper: pool state is read over JSON-RPC: set sync.rpc_urls "
+                "(or sync.scraper: simulator with sync.scrape_socket, the ExEx simulator's)"
+            )
+        if self.scraper == "simulator" and not self.scrape_socket:
+            raise ValueError("sync.scraper is simulator but sync.scrape_socket is empty")
         for base, cap in (("backoff_initial", "backoff_max"), ("failed_pool_retry", "failed_pool_retry_max")):
             if not 0 < getattr(self, base) <= getattr(self, cap):
                 raise ValueError(f"sync.{base} must be above 0 and at most sync.{cap}")

@@ -4,7 +4,6 @@ on top (overlap applied once, the socket's reverts of blocks applied from JSON-R
 from __future__ import annotations
 
 from services.sync.buffer import Block
-from services.sync.chaingen import V3_POOL, block_hash, fresh_pools
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower
 from services.sync.rpc import Header, RpcClient
@@ -12,6 +11,7 @@ from services.sync.scraper import ScrapeResult
 from services.sync.source import BlockSource
 from shared.exex import PoolUpdate, encode_payload
 from shared.messages import PoolSpec
+from tests.sync.chaingen import V3_POOL, block_hash, fresh_pools
 
 CP = 10  # the checkpoint's block
 

@@ -86,7 +86,7 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
             "common": {"heartbeat_interval": "200ms"},
             "sync": {
                 "pub": pub, "pull": pull, "snapshot": snap, "metrics_port": port,
-                "exex_socket": f"{tmp}/exex.sock", "scrape_socket": f"{tmp}/scrape.sock",
+                "exex_socket": f"{tmp}/exex.sock", "scraper": "simulator", "scrape_socket": f"{tmp}/scrape.sock",
                 "pools": [spec(chain.pools[k]) for k in first], "backoff_max": "200ms",
             },
         }  # fmt: skip

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.sync import amm
-from services.sync.chaingen import V2_POOL, V3_POOL, V4_POOL, ChainGen, block_hash, fresh_pools
 from services.sync.journal import EventProcessor, ResyncNeeded
 from services.sync.pool import Pool, v4_pool_id
 from shared.exex import PoolUpdate
+from tests.sync.chaingen import V2_POOL, V3_POOL, V4_POOL, ChainGen, block_hash, fresh_pools
 
 
 def processor(snapshot_block: int = 0, depth: int = 64) -> EventProcessor:

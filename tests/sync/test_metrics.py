@@ -26,6 +26,7 @@ from shared.messages import PoolSpec
 from shared.metrics import StatsCollector
 from shared.runner import ServiceContext
 from tests.helpers import tcp_endpoint
+from tests.sync.test_config import SIMULATED
 
 V2 = PoolSpec(protocol="v2", address="0x" + "11" * 20)
 V3 = PoolSpec(protocol="v3", address="0x" + "22" * 20)
@@ -119,15 +120,15 @@ async def test_startup_figures_and_lag_are_exported_and_live_adds_use_their_batc
 
 
 def test_live_add_batch_sizes_are_validated_config() -> None:
-    cfg = convert({"exex_socket": "/tmp/x.sock"}, SyncConfig, "sync")
+    cfg = convert({**SIMULATED}, SyncConfig, "sync")
     assert (cfg.v2_add_batch_size, cfg.v3_v4_add_batch_size) == (100, 10)  # the seed's incremental()
     assert (cfg.v2_scrape_batch_size, cfg.v3_v4_scrape_batch_size) == (500, 50)
     assert cfg.pin_by_hash is False
     for key in ("v2_add_batch_size", "v3_v4_add_batch_size"):
         with pytest.raises(ConfigError, match=key):
-            convert({"exex_socket": "/tmp/x.sock", key: 0}, SyncConfig, "sync")
+            convert({**SIMULATED, key: 0}, SyncConfig, "sync")
     with pytest.raises(ConfigError):
-        convert({"exex_socket": "/tmp/x.sock", "pin_by_hash": "maybe"}, SyncConfig, "sync")
+        convert({**SIMULATED, "pin_by_hash": "maybe"}, SyncConfig, "sync")
 
 
 @asynccontextmanager

@@ -25,7 +25,7 @@ async def test_pools_are_retried_when_the_chain_comes_up_after_sync() -> None:
             "common": {"heartbeat_interval": "200ms"},
             "sync": {
                 "pub": pub, "pull": tcp_endpoint(), "snapshot": tcp_endpoint(), "metrics_port": 0,
-                "exex_socket": f"{tmp}/exex.sock", "scrape_socket": f"{tmp}/scrape.sock",
+                "exex_socket": f"{tmp}/exex.sock", "scraper": "simulator", "scrape_socket": f"{tmp}/scrape.sock",
                 "pools": [spec(p) for p in chain.pools.values()], "failed_pool_retry": "200ms",
                 "backoff_max": "200ms",
             },
@@ -68,7 +68,7 @@ async def test_whitelisted_pools_not_on_chain_are_capped_the_rest_forgotten_and_
             "common": {"heartbeat_interval": "200ms"},
             "sync": {
                 "pub": pub, "pull": pull, "snapshot": tcp_endpoint(), "metrics_port": port,
-                "exex_socket": f"{tmp}/exex.sock", "scrape_socket": f"{tmp}/scrape.sock",
+                "exex_socket": f"{tmp}/exex.sock", "scraper": "simulator", "scrape_socket": f"{tmp}/scrape.sock",
                 "pools": [spec(chain.pools[keys[0]])], "failed_pool_retry": "100ms",
                 "whitelist_max_missing": 2,
             },

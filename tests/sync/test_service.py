@@ -32,6 +32,7 @@ def assert_matches(states: dict[str, PoolState], chain: SimChain, keys: list[byt
         pool = chain.pools[key]
         state = states["0x" + key.hex()]
         assert state.block == chain.number
+        assert (state.token0, state.token1) == pool.tokens()  # from the scrape reply
         if pool.protocol == "v2":
             assert (state.reserve0, state.reserve1) == (str(pool.reserve0), str(pool.reserve1))
         else:
@@ -50,7 +51,7 @@ async def test_cold_start_live_reorgs_and_whitelist_add_over_real_sockets() -> N
             "common": {"heartbeat_interval": "200ms"},
             "sync": {
                 "pub": pub, "pull": pull, "snapshot": snap, "metrics_port": 0,
-                "exex_socket": f"{tmp}/exex.sock", "scrape_socket": f"{tmp}/scrape.sock",
+                "exex_socket": f"{tmp}/exex.sock", "scraper": "simulator", "scrape_socket": f"{tmp}/scrape.sock",
                 "pools": [spec(chain.pools[k]) for k in first],
             },
         }  # fmt: skip

@@ -13,6 +13,7 @@ from services.sync.whitelist import WhitelistGate, check_spec
 from shared.config import ConfigError, convert
 from shared.messages import ForceSubscribe, PoolSpec, WhitelistAdd
 from shared.ratelog import RateLimitedLog
+from tests.sync.test_config import SIMULATED
 
 C0, C1, HOOKS = "0x" + "0a" * 20, "0x" + "0b" * 20, "0x" + "00" * 20
 KEY_ID = "0x" + v4_pool_id(C0, C1, 3000, 60, HOOKS).hex()
@@ -96,7 +97,7 @@ def test_other_messages_on_pull_are_counted_by_type() -> None:
 
 def test_a_bad_configured_pool_is_a_config_error_naming_it() -> None:
     raw = {
-        "exex_socket": "/tmp/x.sock",
+        **SIMULATED,
         "pools": [msgspec.to_builtins(GOOD[0]), {"protocol": "v3", "address": "0x12"}],
     }
     with pytest.raises(ConfigError, match=r"sync.pools\[1\]: v3 address '0x12'"):
