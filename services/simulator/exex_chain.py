@@ -35,7 +35,14 @@ class SimPool:
     ticks: dict[int, list[int]] = field(default_factory=dict)  # tick -> [gross, net]
     positions: dict[tuple[int, int], int] = field(default_factory=dict)
 
+    def tokens(self) -> tuple[str, str]:
+        """The pool's two tokens (V4: currencies), sorted as the factories sort them; derived from the
+        pool's key, not drawn from the chain's RNG (which would move every later key)."""
+        a, b = (hashlib.sha256(self.key + side).digest()[:20] for side in (b"token0", b"token1"))
+        return "0x" + min(a, b).hex(), "0x" + max(a, b).hex()
+
     def scrape(self) -> ScrapedPoolState:
+        token0, token1 = self.tokens()
         return ScrapedPoolState(
             pool=self.key,
             protocol=self.protocol,  # type: ignore[arg-type]
@@ -47,6 +54,8 @@ class SimPool:
             fee=self.fee,
             tick_spacing=self.spacing,
             ticks=[(t, str(g), str(n)) for t, (g, n) in sorted(self.ticks.items())],
+            token0=token0,
+            token1=token1,
         )
 
 

@@ -23,8 +23,8 @@ def pool_from_state(state: ScrapedPoolState, block: int, spec: PoolSpec | None =
         snapshot_block=block,
         fee=state.fee or (spec.fee if spec else 0),
         tick_spacing=state.tick_spacing or (spec.tick_spacing if spec else 0),
-        token0=spec.currency0 if spec else "",
-        token1=spec.currency1 if spec else "",
+        token0=state.token0 or (spec.currency0 if spec else ""),
+        token1=state.token1 or (spec.currency1 if spec else ""),
     )
     pool.reserve0 = int(state.reserve0)
     pool.reserve1 = int(state.reserve1)
