@@ -1,7 +1,15 @@
-"""ingest benchmarks: decode + normalize + publish rate, a 400-asset subscribe, 20 000 assets over 50
-connections in one process.
+"""ingest benchmarks: end to end through processes, the router in-process, a 400-asset subscribe,
+20 000 assets over 50 connections in one process.
 
-- ``msgs_per_s`` / ``frames_per_s`` / ``published_per_s`` (and ``*_hash_checked``): the Router in
+- ``msgs_per_s`` (end to end): three processes besides this one (``bench/_ingest_sim.py``): the
+  exchange replays pre-framed real-protocol frames (MarketSim's price_changes with the server's
+  hashes, trades) flat out over a real WebSocket; ``python -m services.ingest`` (hash checks on, its
+  default config but for the endpoints) routes them; a consumer process decodes every message on
+  ingest's PUB and counts holes in ``seq``. The figure is the consumer's updates (BookChange + Trade)
+  over the time from its first update to its last; ``e2e_gaps`` the holes (messages lost);
+  ``e2e_cpu_pct`` ingest's CPU over the run. 400 assets on one connection, ~320 k updates.
+
+- ``router_msgs_per_s`` / ``router_frames_per_s`` / ``published_per_s``: the Router in
   this process over recorded simulator frames (400 assets), publishing on a real PUB socket; best
   of 3 passes. An update is a ``price_change`` entry or a trade (a frame holds ~1.9 of them), a
   frame is one WebSocket message.
@@ -29,7 +37,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,9 +45,9 @@ from typing import Any
 
 import aiohttp
 import uvloop
-import yaml
 from aiohttp import web
 
+from bench._ingest_sim import BOOKS, Processes, cpu_s, ingest_metrics, read_line, rss
 from services.ingest.book import LocalBook
 from services.ingest.connection import Connection
 from services.ingest.discovery import discover
@@ -54,11 +61,13 @@ from shared.bus import Publisher, Pusher
 from shared.messages import MAX_IDS, ForceSubscribe
 from tests.ports import free_port, tcp_endpoint
 
-ROOT = Path(__file__).resolve().parent.parent
 SCALE_ASSETS = 20_000  # 50 connections of 400
 REALISTIC_RATE = 5_000.0  # updates/s over 20 000 assets: a busy day on Polymarket
 WARMUP_S = 1.5
 CPU_WINDOW_S = 4.0
+E2E_ASSETS = 400  # one connection
+E2E_STEPS = 150_000  # ~2.15 updates a step
+E2E_SEED = 11
 
 Figures = dict[str, dict[str, Any]]
 
@@ -196,77 +205,7 @@ async def _subscribe_400(rounds: int = 7) -> tuple[float, float]:
 # -- 20 000 assets over 50 connections: the service as a process -------------------------------
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-async def _metrics(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        text = await r.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("poolwire_ingest_"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-class _Scale:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.ws_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.http = f"http://127.0.0.1:{self.http_port}"
-        self.pull = tcp_endpoint()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWIRE_")}
-        env["PYTHONPATH"] = str(ROOT)
-        with (self.tmp / f"{name}.err").open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err
-            )
-        self.procs[name] = proc
-        return proc
-
-    def errors(self, name: str) -> str:
-        return (self.tmp / f"{name}.err").read_text(errors="replace")[-2000:]
-
-    def config(self) -> Path:
-        cfg = {
-            "common": {"data_dir": str(self.tmp / "data"), "log_level": "WARNING"},
-            "ingest": {
-                "pub": tcp_endpoint(),
-                "pull": self.pull,
-                "snapshot": tcp_endpoint(),
-                "metrics_port": self.metrics_port,
-                "ws_url": f"ws://127.0.0.1:{self.ws_port}/ws/market",
-                "gamma_url": "",  # the assets come in ForceSubscribes, after the idle RSS is read
-                "force_unknown_per_minute": SCALE_ASSETS,  # not from discovery: lift the cap
-            },
-        }
-        path = self.tmp / "poolwire.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
+class _Scale(Processes):
     async def rate(self, http: aiohttp.ClientSession, updates_per_s: float) -> None:
         async with http.post(f"{self.http}/bench/rate", json={"updates_per_s": updates_per_s}) as r:
             r.raise_for_status()
@@ -285,32 +224,18 @@ class _Scale:
             found = await discover(http, self.http, limit=1000)
             ids = [a for _, tokens in found.open for a in tokens]
             assert len(ids) == SCALE_ASSETS, len(ids)
-            ingest = self.spawn("ingest", "services.ingest", "--config", str(self.config()))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while True:
-                try:
-                    await _metrics(http, self.metrics_port)
-                    break
-                except aiohttp.ClientError:
-                    if ingest.poll() is not None or loop.time() > deadline:
-                        raise RuntimeError(f"ingest did not start: {self.errors('ingest')}") from None
-                    await asyncio.sleep(0.1)
+            # the assets come in ForceSubscribes, after the idle RSS is read; not from discovery: no cap
+            cfg = self.config(gamma_url="", force_unknown_per_minute=SCALE_ASSETS)
+            ingest = self.spawn("ingest", "services.ingest", "--config", str(cfg))
+            await self.wait_metrics(http, ingest, lambda m: True, 30)
             await asyncio.sleep(1.0)  # settled: imports done, sockets bound, idle
-            rss0 = _rss(ingest.pid)
+            rss0 = rss(ingest.pid)
 
             pusher = Pusher(self.pull, sender="bench")
             t0 = time.perf_counter()
             for i in range(0, len(ids), MAX_IDS):  # a command carries at most MAX_IDS ids
                 await pusher.send(ForceSubscribe(asset_ids=ids[i : i + MAX_IDS]), timeout=10)
-            deadline = loop.time() + 60
-            while True:
-                m = await _metrics(http, self.metrics_port)
-                if m.get('poolwire_ingest_messages_total{type="book"}', 0) >= SCALE_ASSETS:
-                    break
-                if loop.time() > deadline:
-                    raise RuntimeError(f"ingest did not route every book: {m} {self.errors('ingest')}")
-                await asyncio.sleep(0.05)
+            await self.wait_metrics(http, ingest, lambda m: m.get(BOOKS, 0) >= SCALE_ASSETS, 60)
             subscribed_s = time.perf_counter() - t0
             pusher.close()
             state = await self.state(http)
@@ -318,15 +243,15 @@ class _Scale:
             if max(state["connections"]) > 400 or state["subscribed"] != SCALE_ASSETS:
                 raise RuntimeError(f"expected 20 000 assets on connections of <= 400: {state}")
             await asyncio.sleep(0.5)
-            rss1 = _rss(ingest.pid)
+            rss1 = rss(ingest.pid)
 
             await self.rate(http, REALISTIC_RATE)
             await asyncio.sleep(WARMUP_S)
-            s0, c0, w0 = await self.state(http), _cpu_s(ingest.pid), time.perf_counter()
+            s0, c0, w0 = await self.state(http), cpu_s(ingest.pid), time.perf_counter()
             await asyncio.sleep(CPU_WINDOW_S)
-            s1, c1, w1 = await self.state(http), _cpu_s(ingest.pid), time.perf_counter()
+            s1, c1, w1 = await self.state(http), cpu_s(ingest.pid), time.perf_counter()
             await self.rate(http, 0)
-            m = await _metrics(http, self.metrics_port)
+            m = await ingest_metrics(http, self.metrics_port)
             if m.get("poolwire_ingest_reconnects_total", 0) or m.get(
                 "poolwire_ingest_hash_mismatches_total", 0
             ):
@@ -352,6 +277,76 @@ class _Scale:
         }
 
 
+async def _end_to_end(rig: Processes) -> Figures:
+    """Replay -> WebSocket -> ingest process -> PUB -> a consumer process decoding everything."""
+    replay = rig.spawn("replay", "bench._ingest_sim", "replay", str(rig.ws_port), str(E2E_ASSETS), str(E2E_STEPS), str(E2E_SEED))  # fmt: skip
+    ready = (await read_line(replay, 300)).split()
+    if not ready or ready[0] != "ready":
+        raise RuntimeError(f"the replay did not start: {rig.errors('replay')}")
+    updates = int(ready[2])
+    pub = tcp_endpoint()
+    counter = rig.spawn("counter", "bench._ingest_sim", "count", pub, str(updates))
+    ids = list(MarketSim(E2E_ASSETS, seed=E2E_SEED).assets)  # the replay's assets (same seed)
+    cfg = rig.config(heartbeat_s=0.2, pub=pub, assets=ids, gamma_url="", rest_url="", custom_features=False)
+    ingest = rig.spawn("ingest", "services.ingest", "--config", str(cfg))
+    if await read_line(counter, 30) != "live":
+        raise RuntimeError(f"the consumer heard nothing: {rig.errors('counter')} {rig.errors('ingest')}")
+    async with aiohttp.ClientSession() as http:
+        await rig.wait_metrics(http, ingest, lambda m: m.get(BOOKS, 0) >= E2E_ASSETS, 30)
+        assert replay.stdin is not None
+        profile = os.environ.get("BENCH_INGEST_PYSPY")  # a path: py-spy's collapsed stacks of ingest
+        spy = None
+        if profile:
+            spy = subprocess.Popen(["py-spy", "record", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(ingest.pid)])  # fmt: skip
+            await asyncio.sleep(1.0)
+        c0 = cpu_s(ingest.pid)
+        replay.stdin.write(b"go\n")
+        replay.stdin.flush()
+        sent = (await read_line(replay, 600)).split()
+        result = json.loads(await read_line(counter, 600))
+        c1 = cpu_s(ingest.pid)
+        m = await ingest_metrics(http, rig.metrics_port)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.to_thread(spy.wait)
+    if sent[0] != "sent" or int(sent[2]) != updates:
+        raise RuntimeError(f"the replay sent {sent}, expected {updates} updates")
+    for bad in ("hash_mismatches", "hash_unverifiable", "hash_book_mismatches", "reconnects", "decode_errors"):  # fmt: skip
+        if m.get(f"poolwire_ingest_{bad}_total", 0):
+            raise RuntimeError(f"ingest counted {bad}: {m}")
+    if not m.get("poolwire_ingest_hash_checks_total", 0):
+        raise RuntimeError("ingest checked no hash")
+    lost = updates - result["updates"]
+    return {
+        "ingest.msgs_per_s": {
+            "value": result["updates"] / result["seconds"],
+            "unit": "updates/s (end to end)",
+            "goal": ">= 100000",
+        },
+        "ingest.e2e_gaps": {"value": result["gaps"], "unit": "holes in seq", "goal": "<= 0"},
+        "ingest.e2e_lost_updates": {"value": lost, "unit": "updates", "goal": "<= 0"},
+        "ingest.e2e_sender_updates_per_s": {
+            "value": updates / float(sent[3]),
+            "unit": "updates/s (written to the socket)",
+            "goal": "",
+        },
+        "ingest.e2e_cpu_pct": {
+            "value": 100.0 * (c1 - c0) / max(result["seconds"], 1e-9),
+            "unit": "% of core (ingest)",
+            "goal": "",
+        },
+    }
+
+
+async def _e2e() -> Figures:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-e2e-") as tmp:
+        rig = Processes(Path(tmp))
+        try:
+            return await _end_to_end(rig)
+        finally:
+            await asyncio.to_thread(rig.stop_all)
+
+
 async def _scale() -> Figures:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         scale = _Scale(Path(tmp))
@@ -375,7 +370,9 @@ async def _in_process() -> tuple[Rates, Rates, tuple[float, float]]:
 def run() -> Figures:
     (rate_h, frames_h, _pub_h), (rate_n, frames_n, pub_n), (sub_ms, sub_live_ms) = uvloop.run(_in_process())
     scale = uvloop.run(_scale())
+    e2e = uvloop.run(_e2e())
     return {
+        **e2e,
         "ingest.router_msgs_per_s": {"value": rate_h, "unit": "updates/s", "goal": ">= 150000"},
         "ingest.router_frames_per_s": {"value": frames_h, "unit": "frames/s", "goal": ""},
         "ingest.router_msgs_per_s_no_hash": {"value": rate_n, "unit": "updates/s", "goal": ""},
