@@ -53,8 +53,8 @@ from services.ingest.connection import Connection
 from services.ingest.discovery import discover
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
-from services.ingest.registry import MarketRegistry
 from services.ingest.router import Router
+from services.ingest.subscriptions import Subscriptions
 from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer
 from shared.bus import Publisher, Pusher
@@ -135,15 +135,15 @@ def _hash_check_us(n: int = 200_000) -> float:
 
 
 class _Rig:
-    """A registry, router and pool wired as the service wires them, counting routed books."""
+    """The subscription table, router and pool wired as the service wires them, counting routed books."""
 
     def __init__(self, url: str, session: aiohttp.ClientSession, pub: Publisher, target: int) -> None:
-        self.registry = MarketRegistry()
+        self.subscriptions = Subscriptions()
         self.router = Router(pub.publish)
         self.target = target
         self.done = asyncio.Event()
         self.done_at = 0.0
-        self.pool = ConnectionPool(self.registry, self.router, Limits(), self.connection)
+        self.pool = ConnectionPool(self.subscriptions, self.router, Limits(), self.connection)
         self.url = url
         self.session = session
 
@@ -155,12 +155,12 @@ class _Rig:
         return n
 
     def connection(self, conn_id: str, provider: Callable[[], list[str]] | None = None) -> Connection:
-        registry = self.registry
+        subscriptions = self.subscriptions
         return Connection(
             conn_id,
             self.url,
             self.session,
-            provider or (lambda: registry.live_assets(conn_id)),
+            provider or (lambda: subscriptions.live_assets(conn_id)),
             self.on_frame,
             on_connected=self.pool.on_connected,
         )

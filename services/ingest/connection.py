@@ -1,9 +1,11 @@
 """One Polymarket WebSocket connection: subscribe, PING every 10 s, a data-silence watchdog, and
-reconnect with capped exponential backoff and jitter.
+reconnect with capped exponential backoff and jitter (``shared.backoff``), all on the injected clock.
 
 Health is data, not PONG: a connection carrying too many assets is observed to stall silently
 while PING/PONG still works, so when no event arrived for ``silence_timeout`` the connection is
-dropped, reopened and resubscribed (with only its live assets).
+dropped, reopened and resubscribed (with only its live assets). The watchdog is a task of its own
+that sleeps until the silence would be due: a frame only stamps ``last_data`` (a timeout on each
+receive cost ~15 % of the process at 50 k updates/s).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
 
 from services.ingest.protocol import initial_subscribe_frame, operation_frame
+from shared.backoff import Backoff, sleep_or_wake
+from shared.clock import Clock, RealClock
 
 log = logging.getLogger("poolwire.ingest.conn")
 
@@ -38,12 +41,6 @@ class ConnStats:
     pongs: int = 0
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with equal jitter: half fixed, half random (no storms)."""
-    ceiling = min(cap, base * (2.0 ** min(attempt, 30)))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
 class Connection:
     def __init__(
         self,
@@ -61,6 +58,7 @@ class Connection:
         custom_features: bool = False,
         on_connected: Callable[[Connection, list[str]], None] | None = None,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.id = conn_id
         self.url = url
@@ -70,16 +68,17 @@ class Connection:
         self.ping_interval = ping_interval
         self.silence_timeout = silence_timeout
         self.connect_timeout = connect_timeout
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.custom_features = custom_features
         self.on_connected = on_connected
-        self.rng = rng or random.Random()
+        self.clock: Clock = clock or RealClock()
+        self.backoff = Backoff(
+            backoff_base, backoff_cap, clock=self.clock, rng=(rng or random.Random()).random
+        )
         self.stats = ConnStats()
         self.subscribed: set[str] = set()  # what the server holds for this socket now
         self.delivered = asyncio.Event()  # set once the first data frame arrived
-        self.created_at = time.monotonic()
-        self.last_data = 0.0
+        self.created_at = self.clock.monotonic()
+        self.last_data = 0.0  # clock.monotonic() of the last data frame
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -93,7 +92,6 @@ class Connection:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"ingest-conn:{self.id}")
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             got_data = False
             try:
@@ -105,75 +103,85 @@ class Connection:
                 log.warning("%s: connection failed: %r", self.id, exc)
             if self._stop.is_set():
                 break
-            attempt = 0 if got_data else attempt + 1
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self.rng)
+            if got_data:
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
             self.stats.reconnects += 1
-            log.info("%s: reconnecting in %.2f s (attempt %d)", self.id, delay, attempt)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            log.info("%s: reconnecting in %.2f s (failure %d)", self.id, delay, self.backoff.failures)
+            await sleep_or_wake(self.clock, delay, self._stop)
 
     async def _session_once(self) -> bool:
         """One socket's life; returns whether it delivered data."""
         assets = self.assets_provider()
         if not assets:
-            await asyncio.wait_for(self._stop.wait(), self.silence_timeout)
+            await sleep_or_wake(self.clock, self.silence_timeout, self._stop)
             return False
-        ws = await self.session.ws_connect(
-            self.url,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
-            autoping=True,
-            max_msg_size=0,
+        ws = await asyncio.wait_for(
+            self.session.ws_connect(
+                self.url,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                autoping=True,
+                max_msg_size=0,
+            ),
+            self.connect_timeout,
         )
         self._ws = ws
         self.stats.connects += 1
-        ping: asyncio.Task[None] | None = None
+        helpers: list[asyncio.Task[None]] = []
         got = False
+        stats = self.stats
+        monotonic = self.clock.monotonic
+        on_frame = self.on_frame
         try:
             await ws.send_str(initial_subscribe_frame(assets, self.custom_features))
             self.subscribed = set(assets)
             if self.on_connected is not None:
                 self.on_connected(self, assets)
-            ping = asyncio.get_running_loop().create_task(self._ping(ws))
-            last_data = time.monotonic()
+            self.last_data = monotonic()
+            loop = asyncio.get_running_loop()
+            helpers = [loop.create_task(self._ping(ws)), loop.create_task(self._watch_silence(ws))]
             while not self._stop.is_set():
-                remaining = self.silence_timeout - (time.monotonic() - last_data)
-                if remaining <= 0:
-                    self.stats.silence_resets += 1
-                    log.warning("%s: no data for %.1f s: reconnecting", self.id, self.silence_timeout)
-                    return got
-                try:
-                    msg = await ws.receive(timeout=remaining)
-                except TimeoutError:
-                    continue
+                msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
-                    self.stats.frames += 1
+                    stats.frames += 1
                     data = msg.data
                     if data == "PONG":
-                        self.stats.pongs += 1
+                        stats.pongs += 1
                         continue
-                    if self.on_frame(self.id, data):
-                        self.stats.data_frames += 1
-                        last_data = self.last_data = time.monotonic()
+                    if on_frame(self.id, data):
+                        stats.data_frames += 1
+                        self.last_data = monotonic()
                         if not got:
                             got = True
                             self.delivered.set()
-                else:  # CLOSE, CLOSING, CLOSED, ERROR
+                else:  # CLOSE, CLOSING, CLOSED, ERROR (the watchdog closes a silent socket)
                     if msg.type is aiohttp.WSMsgType.ERROR:
-                        self.stats.errors += 1
+                        stats.errors += 1
                     log.info("%s: socket closed (%s)", self.id, msg.type.name)
                     return got
             return got
         finally:
-            if ping is not None:
-                ping.cancel()
-                await asyncio.gather(ping, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             self._ws = None
             self.subscribed = set()
             await ws.close()
 
+    async def _watch_silence(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Close the socket once no data frame came for ``silence_timeout`` (the session ends)."""
+        while not ws.closed:
+            remaining = self.silence_timeout - (self.clock.monotonic() - self.last_data)
+            if remaining <= 0:
+                self.stats.silence_resets += 1
+                log.warning("%s: no data for %.1f s: reconnecting", self.id, self.silence_timeout)
+                await ws.close()
+                return
+            await self.clock.sleep(remaining)
+
     async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while not ws.closed:
-            await asyncio.sleep(self.ping_interval)
+            await self.clock.sleep(self.ping_interval)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_str("PING")
                 self.stats.pings += 1

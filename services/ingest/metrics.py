@@ -12,9 +12,9 @@ from services.ingest.shard import Shard
 
 if TYPE_CHECKING:
     from services.ingest.pool import ConnectionPool
-    from services.ingest.registry import MarketRegistry
     from services.ingest.rest import Resyncer
     from services.ingest.router import Router
+    from services.ingest.subscriptions import Subscriptions
 
 P = "poolwire_ingest"
 
@@ -24,14 +24,14 @@ class IngestCollector(Collector):
         self,
         pool: ConnectionPool,
         router: Router,
-        registry: MarketRegistry,
+        subscriptions: Subscriptions,
         shard: Shard | None = None,
         resyncer: Resyncer | None = None,
     ) -> None:
         self.resyncer = resyncer
         self.pool = pool
         self.router = router
-        self.registry = registry
+        self.subscriptions = subscriptions
         self.shard = shard or Shard()
         self.foreign_static = 0  # assets of the static list that belong to other shards
         self.foreign_discovered = 0  # open assets of other shards at the last discovery poll
@@ -50,7 +50,7 @@ class IngestCollector(Collector):
         )
         info.add_metric([str(self.shard.index), str(self.shard.count)], 1)
         yield info
-        stats = self.pool.get_connection_stats()
+        stats = self.pool.connection_report()
         conns = GaugeMetricFamily(f"{P}_connections", "WebSocket connections by state", labels=["state"])
         live = sum(1 for s in stats if s["is_live"])
         draining = sum(1 for s in stats if s["is_draining"])
@@ -70,10 +70,10 @@ class IngestCollector(Collector):
         yield per
         yield pol
         yield GaugeMetricFamily(
-            f"{P}_capacity_assets", "Total capacity of live connections", value=self.pool.get_total_capacity()
+            f"{P}_capacity_assets", "Total capacity of live connections", value=self.pool.capacity()
         )
         states = GaugeMetricFamily(f"{P}_assets", "Assets known, by state", labels=["state"])
-        for state, n in self.registry.counts().items():
+        for state, n in self.subscriptions.counts().items():
             states.add_metric([state], n)
         yield states
 

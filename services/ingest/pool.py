@@ -10,18 +10,18 @@ replacement delivers, then the old connection drains briefly and closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from services.ingest.connection import Connection
 from services.ingest.planner import ConnView, Limits, plan, should_recycle, total_capacity
-from services.ingest.registry import MarketRegistry
 from services.ingest.router import Router
+from services.ingest.subscriptions import Subscriptions
+from shared.backoff import sleep_or_wake
+from shared.clock import Clock, RealClock
 
 log = logging.getLogger("poolwire.ingest.pool")
 
@@ -31,7 +31,7 @@ ConnectionFactory = Callable[[str], Connection]  # connection id -> a connection
 @dataclass(slots=True)
 class ConnectionInfo:
     connection: Connection
-    created_at: float = field(default_factory=time.monotonic)
+    created_at: float  # clock.monotonic()
     is_draining: bool = False
 
 
@@ -48,7 +48,7 @@ class PoolStats:
 class ConnectionPool:
     def __init__(
         self,
-        registry: MarketRegistry,
+        subscriptions: Subscriptions,
         router: Router,
         limits: Limits,
         factory: ConnectionFactory,
@@ -57,8 +57,9 @@ class ConnectionPool:
         recycle_timeout: float = 30.0,
         handoff_grace: float = 1.0,
         stop_timeout: float = 8.0,
+        clock: Clock | None = None,
     ) -> None:
-        self.registry = registry
+        self.subscriptions = subscriptions
         self.router = router
         self.limits = limits
         self.factory = factory
@@ -66,6 +67,7 @@ class ConnectionPool:
         self.recycle_timeout = recycle_timeout
         self.handoff_grace = handoff_grace
         self.stop_timeout = stop_timeout
+        self.clock: Clock = clock or RealClock()
         self.connections: dict[str, ConnectionInfo] = {}
         self.stats = PoolStats()
         self._ids = itertools.count(1)
@@ -108,8 +110,7 @@ class ConnectionPool:
                 await self._check_for_recycling()
             except Exception:
                 log.exception("subscription pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.subscribe_interval)
+            await sleep_or_wake(self.clock, self.subscribe_interval, self._wake)
             self._wake.clear()
 
     # -- placing assets --------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class ConnectionPool:
         return [
             ConnView(
                 cid,
-                self.registry.connection_stats(cid).total,
+                self.subscriptions.connection_stats(cid).total,
                 info.connection.is_live and not info.is_draining,
             )
             for cid, info in self.connections.items()
@@ -127,19 +128,19 @@ class ConnectionPool:
     async def _process_pending_markets(self, force: bool = False) -> list[str]:
         """Place pending assets; returns the connections that took some."""
         async with self._lock:
-            p = plan(self._views(), self.registry.get_pending_count(), self.limits, force=force)
+            p = plan(self._views(), self.subscriptions.pending_count(), self.limits, force=force)
             used: list[str] = []
             for cid, n in p.fills:
-                assets = self.registry.take_pending_batch(n)
+                assets = self.subscriptions.take_pending_batch(n)
                 if not assets:
                     break
-                self.registry.mark_subscribed(assets, cid)
+                self.subscriptions.mark_subscribed(assets, cid)
                 self.router.assign(assets, cid)
                 await self.connections[cid].connection.subscribe(assets)
                 self.stats.dynamic_subscribes += len(assets)
                 used.append(cid)
             for n in p.opens:
-                assets = self.registry.take_pending_batch(n)
+                assets = self.subscriptions.take_pending_batch(n)
                 if not assets:
                     break
                 used.append(self._open(assets))
@@ -147,10 +148,10 @@ class ConnectionPool:
 
     def _open(self, assets: list[str]) -> str:
         cid = f"c{next(self._ids)}"
-        self.registry.mark_subscribed(assets, cid)
+        self.subscriptions.mark_subscribed(assets, cid)
         self.router.assign(assets, cid)
         conn = self.factory(cid)
-        self.connections[cid] = ConnectionInfo(conn)
+        self.connections[cid] = ConnectionInfo(conn, self.clock.monotonic())
         conn.start()
         self.stats.opened += 1
         log.info("%s: opened with %d assets", cid, len(assets))
@@ -160,10 +161,10 @@ class ConnectionPool:
         """Subscribe these assets now, ahead of the queue and below the minimum; returns the
         connection id that holds the first of them ("" if none could be placed)."""
         self.stats.forced += len(asset_ids)
-        self.registry.add(asset_ids, priority=True, source="force")
+        self.subscriptions.add(asset_ids, priority=True, source="force")
         await self._process_pending_markets(force=True)
         for asset in asset_ids:
-            rec = self.registry.records.get(asset)
+            rec = self.subscriptions.records.get(asset)
             if rec is not None and rec.conn is not None:
                 return rec.conn
         return ""
@@ -171,11 +172,11 @@ class ConnectionPool:
     # -- recycling -------------------------------------------------------------------------------
 
     async def _check_for_recycling(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for cid, info in list(self.connections.items()):
             if info.is_draining:
                 continue
-            s = self.registry.connection_stats(cid)
+            s = self.subscriptions.connection_stats(cid)
             if s.total and s.live == 0:
                 log.info("%s: every asset expired: closing", cid)
                 await self._remove_connection(cid)
@@ -187,19 +188,17 @@ class ConnectionPool:
 
     async def _initiate_recycling(self, old: str) -> None:
         info = self.connections[old]
-        live = self.registry.live_assets(old)
-        expired = self.registry.assets_of(old) - set(live)
+        live = self.subscriptions.live_assets(old)
+        expired = self.subscriptions.assets_of(old) - set(live)
         log.info("%s: recycling (%d live, %d expired)", old, len(live), len(expired))
         new = f"c{next(self._ids)}"
-        self.registry.move(live, new)
+        self.subscriptions.move(live, new)
         self.router.begin_handoff(live, new)
         conn = self.factory(new)
-        self.connections[new] = ConnectionInfo(conn)
+        self.connections[new] = ConnectionInfo(conn, self.clock.monotonic())
         conn.start()
         self.stats.opened += 1
-        try:
-            await asyncio.wait_for(conn.delivered.wait(), self.recycle_timeout)
-        except TimeoutError:
+        if not await sleep_or_wake(self.clock, self.recycle_timeout, conn.delivered):
             log.warning(
                 "%s: replacement %s delivered nothing in %.0f s: keeping the old one",
                 old,
@@ -207,18 +206,18 @@ class ConnectionPool:
                 self.recycle_timeout,
             )
             self.router.abort_handoff(live, new)
-            self.registry.move(live, old)
+            self.subscriptions.move(live, old)
             self.connections.pop(new, None)
             await conn.stop(self.stop_timeout)
             self.stats.closed += 1
             self.stats.recycle_failures += 1
             info.is_draining = False
-            info.created_at = time.monotonic()  # do not retry at once
+            info.created_at = self.clock.monotonic()  # do not retry at once
             return
-        await asyncio.sleep(self.handoff_grace)  # the old socket's frames in flight still count
+        await self.clock.sleep(self.handoff_grace)  # the old socket's frames in flight still count
         await info.connection.stop(self.stop_timeout)
         self.router.complete_handoff(live, new)
-        self.registry.release_connection(old)
+        self.subscriptions.release_connection(old)
         self.router.release(expired)
         self.connections.pop(old, None)
         self.stats.closed += 1
@@ -230,24 +229,24 @@ class ConnectionPool:
         if info is None:
             return
         await info.connection.stop(self.stop_timeout)
-        gone = self.registry.assets_of(cid)
-        back = self.registry.release_connection(cid)
+        gone = self.subscriptions.assets_of(cid)
+        back = self.subscriptions.release_connection(cid)
         self.router.release(gone - set(back))
         self.stats.closed += 1
 
     def on_connected(self, conn: Connection, assets: list[str]) -> None:
         """A (re)connect subscribed only live assets: the expired slots are gone from it."""
         if conn.id in self.connections:
-            dropped = self.registry.drop_expired(conn.id)
+            dropped = self.subscriptions.drop_expired(conn.id)
             self.router.release(dropped)
 
     # -- stats -----------------------------------------------------------------------------------
 
-    def get_connection_stats(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
+    def connection_report(self) -> list[dict[str, Any]]:
+        now = self.clock.monotonic()
         out = []
         for cid, info in self.connections.items():
-            s = self.registry.connection_stats(cid)
+            s = self.subscriptions.connection_stats(cid)
             c = info.connection
             out.append(
                 {
@@ -270,5 +269,5 @@ class ConnectionPool:
             )
         return out
 
-    def get_total_capacity(self) -> int:
+    def capacity(self) -> int:
         return total_capacity(self._views(), self.limits)

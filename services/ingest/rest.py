@@ -24,9 +24,9 @@ from typing import Literal
 import aiohttp
 import msgspec
 
-from services.ingest.connection import backoff_delay
 from services.ingest.protocol import BookEvent, Level, Num
 from services.ingest.router import Router
+from shared.backoff import Backoff
 from shared.clock import Clock, RealClock
 
 FailReason = Literal["http", "timeout", "connection", "bad_body", "backoff", "busy"]
@@ -103,22 +103,19 @@ class RestClient:
         self.interval = 1.0 / rate
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.max_wait = max_wait
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.clock: Clock = clock or RealClock()
-        self.rng = rng or random.Random()
+        self.backoff = Backoff(
+            backoff_base, backoff_cap, clock=self.clock, rng=(rng or random.Random()).random
+        )
         self.stats = RestStats()
         self._next_at = -1e18  # when the next request may go
         self._blocked_until = -1e18  # backing off until then
-        self._failures = 0  # in a row
 
     def _fail(self, reason: FailReason) -> None:
         self.stats.failures[reason] += 1
         if reason in ("backoff", "busy"):
             return
-        self._failures += 1
-        delay = backoff_delay(self._failures - 1, self.backoff_base, self.backoff_cap, self.rng)
-        self._blocked_until = self.clock.monotonic() + delay
+        self._blocked_until = self.clock.monotonic() + self.backoff.next_delay()
 
     async def book(self, asset: str) -> RestBook | None:
         """The asset's book now; None (counted by reason) when it could not be had."""
@@ -150,7 +147,7 @@ class RestClient:
         if book is None:
             self._fail("bad_body")
             return None
-        self._failures = 0
+        self.backoff.reset()
         self.stats.books += 1
         return book
 

@@ -1,6 +1,6 @@
-"""The ingest service: discovery -> registry -> pool of connections -> router -> PUB.
+"""The ingest service: discovery -> subscriptions -> pool of connections -> router -> PUB.
 
-Thin async shell; the logic lives in the pure cores (protocol, book, router, registry, planner).
+Thin async shell; the logic lives in the pure cores (protocol, book, router, subscriptions, planner).
 A ROUTER answers Clone snapshots of the books (and mids) the router holds, so a consumer that
 joins late, recovers from a gap or sees ingest restart gets the current books.
 """
@@ -22,10 +22,10 @@ from services.ingest.force import ForceGate
 from services.ingest.metrics import IngestCollector
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
-from services.ingest.registry import MarketRegistry
 from services.ingest.rest import RestClient, Resyncer
 from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
+from services.ingest.subscriptions import Subscriptions
 from shared.bus import Publisher, Puller
 from shared.messages import ForceSubscribe, MarketLifecycle, Message, SnapshotRequest
 from shared.ratelog import RateLimitedLog
@@ -50,7 +50,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
     ctx.bus_stats.add("pub", pub.stats)
     ctx.bus_stats.add("pull", puller.stats)
-    registry = MarketRegistry()
+    subscriptions = Subscriptions()
     pool_ref: list[ConnectionPool] = []
 
     async def resubscribe(conn_id: str, asset: str) -> bool:
@@ -64,8 +64,8 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
 
     def on_lifecycle(kind: Literal["new", "resolved"], market: str, assets: list[str], winner: str) -> None:
         if kind == "resolved":
-            registry.mark_expired(assets)
-        elif cfg.subscribe_new_markets and registry.add(assets, market=market, source="ws"):
+            subscriptions.mark_expired(assets)
+        elif cfg.subscribe_new_markets and subscriptions.add(assets, market=market, source="ws"):
             pool_ref[0].wake()
 
     router = Router(
@@ -130,7 +130,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
             conn_id,
             cfg.ws_url,
             session,
-            lambda: registry.live_assets(conn_id),
+            lambda: subscriptions.live_assets(conn_id),
             on_frame,
             ping_interval=cfg.ping_interval,
             silence_timeout=cfg.silence_timeout,
@@ -139,6 +139,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
             backoff_cap=cfg.backoff_cap,
             custom_features=cfg.custom_features,
             on_connected=pool.on_connected,
+            clock=ctx.clock,
         )
 
     limits = Limits(
@@ -150,7 +151,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         min_recycle_age=cfg.recycle_age,
     )
     pool = ConnectionPool(
-        registry,
+        subscriptions,
         router,
         limits,
         factory,
@@ -158,9 +159,10 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         recycle_timeout=cfg.recycle_timeout,
         handoff_grace=cfg.handoff_grace,
         stop_timeout=min(cfg.stop_timeout, 5.0),
+        clock=ctx.clock,
     )
     pool_ref.append(pool)
-    collector = IngestCollector(pool, router, registry, shard, resyncer)
+    collector = IngestCollector(pool, router, subscriptions, shard, resyncer)
     ctx.metrics.register(collector)
     collector.snapshot_bad_requests = lambda: snapshots.bad_requests
     gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
@@ -169,7 +171,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     static = shard.mine(cfg.assets)
     collector.foreign_static = len(cfg.assets) - len(static)
     if static:
-        registry.add(static, source="static")
+        subscriptions.add(static, source="static")
 
     async def pull_loop() -> None:
         while True:
@@ -180,7 +182,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                     target = int(getattr(msg, "shard", ANY_SHARD))
                     mine, others = shard.forced(msg.asset_ids, target)
                     collector.forced_ignored += others
-                    admitted = gate.admit(mine, registry.records.__contains__)
+                    admitted = gate.admit(mine, subscriptions.records.__contains__)
                     assets = admitted.taken
                     if admitted.refused:
                         skip_log(
@@ -235,20 +237,20 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                 for token, (size, neg) in res.params.items():
                     router.set_params([token], size, neg)
                 for market, ids in opened:
-                    if cfg.max_assets and len(registry.records) >= cfg.max_assets:
+                    if cfg.max_assets and len(subscriptions.records) >= cfg.max_assets:
                         break
                     if ids:
-                        added += registry.add(ids, market=market, source="gamma")
+                        added += subscriptions.add(ids, market=market, source="gamma")
                 over = shard.mine(a for _, ids in res.closed for a in ids)
                 if res.complete:  # gamma assets no longer listed as open are over
                     listed = {a for _, ids in opened for a in ids}
                     over += [
                         r.asset
-                        for r in registry.records.values()
+                        for r in subscriptions.records.values()
                         if r.source == "gamma" and r.state != "expired" and r.asset not in listed
                     ]
                 now_ns = ctx.clock.time_ns()
-                for asset in registry.mark_expired(over):
+                for asset in subscriptions.mark_expired(over):
                     pub.publish(
                         f"md.market.{asset}", MarketLifecycle(asset=asset, status="expired", event_ns=now_ns)
                     )
@@ -256,7 +258,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                     "gamma: %d pages, %d new assets, %d pending",
                     res.pages,
                     added,
-                    registry.get_pending_count(),
+                    subscriptions.pending_count(),
                 )
                 if added:
                     pool.wake()

@@ -8,8 +8,8 @@ from services.ingest import parse
 from services.ingest.metrics import IngestCollector
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
-from services.ingest.registry import MarketRegistry
 from services.ingest.router import Router
+from services.ingest.subscriptions import Subscriptions
 from shared.messages import BookChange, Message, Trade
 from tests.ingest import frames
 
@@ -34,10 +34,10 @@ def test_a_change_and_a_trade_with_a_mixed_case_side_are_published() -> None:
 
 
 def scrape(router: Router) -> str:
-    registry = MarketRegistry()
-    pool = ConnectionPool(registry, router, Limits(), lambda cid: None)  # type: ignore[arg-type,return-value]
+    subscriptions = Subscriptions()
+    pool = ConnectionPool(subscriptions, router, Limits(), lambda cid: None)  # type: ignore[arg-type,return-value]
     metrics = CollectorRegistry()
-    metrics.register(IngestCollector(pool, router, registry))
+    metrics.register(IngestCollector(pool, router, subscriptions))
     return generate_latest(metrics).decode()
 
 

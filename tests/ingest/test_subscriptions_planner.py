@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from services.ingest.planner import ConnView, Limits, plan, should_recycle, total_capacity
-from services.ingest.registry import MarketRegistry
+from services.ingest.subscriptions import Subscriptions
 
 L = Limits()
 
@@ -53,15 +53,15 @@ def test_recycle_decision() -> None:
     assert not should_recycle(0, 0, 1e9, L)
 
 
-def test_registry_lifecycle_and_pollution() -> None:
-    r = MarketRegistry()
+def test_subscription_lifecycle_and_pollution() -> None:
+    r = Subscriptions()
     assert r.add(ids(10)) == 10 and r.add(ids(10)) == 0
-    assert r.get_pending_count() == 10
+    assert r.pending_count() == 10
     r.add(["a7", "p1"], priority=True)
     batch = r.take_pending_batch(4)
     assert batch == ["a7", "p1", "a0", "a1"]
     r.mark_subscribed(batch, "c1")
-    assert r.get_pending_count() == 7
+    assert r.pending_count() == 7
     assert r.mark_expired(["a0", "a0", "zz"]) == ["a0"]
     s = r.connection_stats("c1")
     assert (s.total, s.expired, s.live) == (4, 1, 3) and s.pollution == 0.25
@@ -78,7 +78,7 @@ def test_registry_lifecycle_and_pollution() -> None:
 
 
 def test_expired_slots_dropped_on_resubscribe() -> None:
-    r = MarketRegistry()
+    r = Subscriptions()
     r.add(ids(4))
     r.mark_subscribed(r.take_pending_batch(4), "c1")
     r.mark_expired(["a1", "a2"])

@@ -1,4 +1,4 @@
-"""The market registry: every asset ingest knows, pending -> subscribed(connection) -> expired.
+"""The subscription table: every asset ingest knows, pending -> subscribed(connection) -> expired.
 
 Pure bookkeeping, no sockets. Fed by Gamma discovery, the static list in config, ``new_market`` /
 ``market_resolved`` events and ``force_subscribe`` requests (which jump the pending queue).
@@ -38,7 +38,7 @@ class ConnectionStats:
         return self.expired / self.total if self.total else 0.0
 
 
-class MarketRegistry:
+class Subscriptions:
     def __init__(self) -> None:
         self.records: dict[str, AssetRecord] = {}
         self._pending: dict[str, None] = {}  # insertion-ordered queue
@@ -67,7 +67,7 @@ class MarketRegistry:
                 self._priority[asset] = None
         return added
 
-    def get_pending_count(self) -> int:
+    def pending_count(self) -> int:
         return len(self._pending) + len(self._priority)
 
     def take_pending_batch(self, max_size: int) -> list[str]:
