@@ -9,10 +9,10 @@ from typing import Any
 
 from services.sync import amm
 from services.sync.buffer import Block, EventBuffer
-from tests.sync.chaingen import ChainGen, block_hash, fresh_pools
 from services.sync.journal import EventProcessor
 from services.sync.pool import Pool
 from shared.exex import PoolUpdate, encode_payload
+from tests.sync.chaingen import ChainGen, block_hash, fresh_pools
 
 PER_BLOCK = 200
 
