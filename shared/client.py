@@ -44,7 +44,9 @@ async def follow(
     """Clone pattern: the owner's state, then every later update, across owner restarts.
 
     Yields ``("snapshot", SnapshotReply)`` (reset your state), ``("snapshot", item)`` for each item
-    of the state, then ``(topic, update)``. When the owner restarts (a new ``started_ns`` under the
+    of the state (its topic is in the reply's ``topics``), then ``(topic, update)``. Each item's
+    ``topic_seq`` seeds the gap check of its topic, so an update lost between the snapshot and the
+    next update on that topic is counted as a gap. When the owner restarts (a new ``started_ns`` under the
     same publisher id, or a new id of the same service once the old one is dead) it fetches the
     state again and starts over with a new SnapshotReply.
     """
@@ -56,6 +58,8 @@ async def follow(
             header, items = await request_snapshot(snapshot_endpoint, prefix, timeout)
             owner = await sub.wait_for_publisher(publisher=header.publisher, timeout=timeout)
             incarnation = owner.started_ns
+            for item, topic in zip(items, header.topics, strict=False):
+                sub.seed(item.publisher, topic, item.topic_seq)
             yield "snapshot", header
             for item in items:
                 yield "snapshot", item

@@ -196,6 +196,14 @@ class Subscriber:
                 self.stats.restarts += 1
         seqs[topic] = last.topic_seq
 
+    def seed(self, publisher: str, topic: str, topic_seq: int) -> None:
+        """Start ``topic``'s gap check at ``topic_seq`` (a snapshot item's): the next update on it
+        from ``publisher`` must be ``topic_seq + 1``, or a gap is counted."""
+        if topic_seq <= 0:
+            return
+        seqs = self._seqs.setdefault(publisher, {})
+        seqs[topic] = max(seqs.get(topic, 0), topic_seq)
+
     def _on_heartbeat(self, hb: Heartbeat) -> None:
         now = self.clock.monotonic()
         info = self.publishers.get(hb.publisher)

@@ -1,7 +1,10 @@
 """The consumer API: subscribe() and follow() (Clone: snapshot, then only newer updates)."""
 
 import asyncio
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from shared.bus import Publisher
 from shared.client import follow, subscribe
@@ -102,3 +105,28 @@ async def test_follow_fetches_the_state_again_when_the_owner_restarts() -> None:
     await server.close()
     prices = [(t, m.symbol, m.price) for t, m in got if isinstance(m, Price)]
     assert prices == [("snapshot", "a", 1.0), ("snapshot", "a", 2.0), ("px.b", "b", 3.0)]
+
+
+async def test_follow_seeds_each_topics_gap_check_from_its_snapshot_item(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pub_ep, snap_ep = tcp_endpoint(), tcp_endpoint()
+    async with Publisher(pub_ep, service="registry", heartbeat_interval=0.05) as pub:
+        for price in (1.0, 2.0, 3.0):  # px.a's topic_seq reaches 3 before anyone follows
+            pub.publish("px.a", Price(symbol="a", price=price))
+        pub.flush()
+        server = SnapshotServer(snap_ep, lambda _: (pub.seq, [Price(symbol="a", price=3.0)]), publisher=pub)
+        server.start()
+        stream = follow(pub_ep, snap_ep, "px.")
+        header = await asyncio.wait_for(anext(stream), 10)
+        item = await asyncio.wait_for(anext(stream), 10)
+        assert isinstance(header[1], SnapshotReply) and header[1].topics == ["px.a"]
+        assert item[0] == "snapshot" and item[1].topic_seq == 3
+        pub._topic_seqs["px.a"] += 1  # topic_seq 4 is lost on the way: the next update is 5
+        with caplog.at_level(logging.WARNING, "poolwire.bus"):
+            pub.publish("px.a", Price(symbol="a", price=5.0))
+            topic, update = await asyncio.wait_for(anext(stream), 10)
+        await stream.aclose()
+        await server.close()
+    assert (topic, update.topic_seq) == ("px.a", 5)
+    assert "gap on px.a" in caplog.text and "1 message(s) lost" in caplog.text
