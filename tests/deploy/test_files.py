@@ -81,7 +81,11 @@ def test_real_config_is_complete_but_for_syncs_chain_which_it_names() -> None:
     assert len(problems) == 1 and problems[0].startswith("sync: no block source")
     assert "rpc_urls" in problems[0] and "exex_socket" in problems[0]
     assert check_file(CONFIG, RPC) == []
-    assert check_file(CONFIG, {"POOLWIRE_SYNC__EXEX_SOCKET": "/tmp/reth_exex.sock"}) == []
+    # a Reth ExEx socket for blocks; the pools' state is still scraped over JSON-RPC
+    exex = {"POOLWIRE_SYNC__EXEX_SOCKET": "/tmp/reth_exex.sock"}
+    assert check_file(CONFIG, exex | RPC | {"POOLWIRE_SYNC__SOURCE": "exex"}) == []
+    (problem,) = check_file(CONFIG, exex)  # no simulator assumed: it says what to set
+    assert problem.startswith("sync: no scraper") and "rpc_urls" in problem
     raw = yaml.safe_load(CONFIG.read_text())
     assert raw["ingest"]["ws_url"].startswith("wss://ws-subscriptions-clob.polymarket.com")
     assert raw["ingest"]["gamma_url"] == "https://gamma-api.polymarket.com"
