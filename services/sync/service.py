@@ -62,7 +62,7 @@ class SyncService:
         self.snap = SnapshotServer(
             cfg.snapshot,
             self.announce.snapshot,
-            publisher_id=self.pub.publisher_id,
+            publisher=self.pub,
             max_message_size=ctx.common.max_message_size,
         )
         self.configured = {pool_key(spec) for spec in cfg.pools}  # never forgotten by the missing cap
