@@ -62,19 +62,13 @@ class RegistryCollector(Collector):
             labels=["timeframe", "state"],
         )
         held = GaugeMetricFamily(f"{P}_zones_held", "Zones held now, every state", labels=["timeframe"])
-        counts: dict[tuple[str, str], int] = {}
-        for tf in by_tf:
-            for state in ("active", "touched", "grace"):
-                counts[(tf, state)] = 0
-        for zone in list(reg.zones()):
-            key = (zone.timeframe, zone.state if zone.state != "expired" else "grace")
-            counts[key] = counts.get(key, 0) + 1
-        totals: dict[str, int] = {}
-        for (tf, state), n in counts.items():
-            zones.add_metric([tf, state], n)
-            totals[tf] = totals.get(tf, 0) + n
-        for tf, n in totals.items():
-            held.add_metric([tf], n)
+        # Counted by the core as zones change: a scrape (on the HTTP server's thread) never walks
+        # the zone dicts the event loop is changing.
+        for tf, s in by_tf.items():
+            zones.add_metric([tf, "active"], s.active - s.touched_now)
+            zones.add_metric([tf, "touched"], s.touched_now)
+            zones.add_metric([tf, "grace"], s.grace)
+            held.add_metric([tf], s.active + s.grace)
         yield zones
         yield held
         yield GaugeMetricFamily(f"{P}_size", "len(registry): every zone held, grace included", value=len(reg))
@@ -85,7 +79,8 @@ class RegistryCollector(Collector):
             labels=["reason"],
         )
         reasons = dict.fromkeys(EVENT_REASONS, 0)
-        for by_reason in (dict(st.rejected), self.extra() if self.extra is not None else {}):
+        # dict() copies in one C call; iterating the live dicts fails when the loop adds a reason.
+        for by_reason in (dict(st.rejected), dict(self.extra()) if self.extra is not None else {}):
             for reason, n in by_reason.items():
                 reasons[reason] = reasons.get(reason, 0) + n
         for reason, n in reasons.items():
@@ -97,7 +92,7 @@ class RegistryCollector(Collector):
                 "Prices skipped before the detectors and zones saw them, by reason",
                 labels=["reason"],
             )
-            for reason, n in {**dict.fromkeys(PRICE_REASONS, 0), **self.prices_refused()}.items():
+            for reason, n in {**dict.fromkeys(PRICE_REASONS, 0), **dict(self.prices_refused())}.items():
                 refused.add_metric([reason], n)
             yield refused
         if self.snapshot_bad_requests is not None:

@@ -141,6 +141,8 @@ class TimeframeStats:
     expired_evicted: int = 0
     removed: int = 0
     active: int = 0  # active + touched, now
+    touched_now: int = 0  # of which touched
+    grace: int = 0  # expired, kept for the grace period, now
 
 
 @dataclass(slots=True)
@@ -314,7 +316,10 @@ class Registry:
         if book is None:
             book = tfs[zone.timeframe] = _Book()
         book.add(zone)
-        self.stats.by_tf[zone.timeframe].active += 1
+        st = self.stats.by_tf[zone.timeframe]
+        st.active += 1
+        if zone.state == "touched":
+            st.touched_now += 1
         heap = self._evict.get(zone.timeframe)
         if heap is not None:
             _push(heap, (zone.strength, zone.created_ns, zone.id))
@@ -379,7 +384,10 @@ class Registry:
         zone = entry.zone
         book = self._books[zone.symbol][zone.timeframe]
         del book.zones[zone.id]
-        self.stats.by_tf[zone.timeframe].active -= 1
+        st = self.stats.by_tf[zone.timeframe]
+        st.active -= 1
+        if zone.state == "touched":
+            st.touched_now -= 1
         self._unplace(self._index[zone.symbol], entry)
 
     def _expire(self, entry: _Entry, reason: str, now_ns: int) -> None:
@@ -397,6 +405,7 @@ class Registry:
             st.expired_evicted += 1
         self.events.append(ZoneExpired(zone=_copy(zone), reason=reason, event_ns=now_ns))  # type: ignore[arg-type]
         zone.state = "grace"
+        st.grace += 1  # _remove takes it off again
         if self.rules.grace_ns > 0:
             self._wheel.schedule(zone.id, now_ns + self.rules.grace_ns)
         else:
@@ -406,7 +415,10 @@ class Registry:
     def _remove(self, entry: _Entry, now_ns: int) -> None:
         zone = entry.zone
         del self._entries[zone.id]
-        self.stats.by_tf[zone.timeframe].removed += 1
+        st = self.stats.by_tf[zone.timeframe]
+        st.removed += 1
+        if zone.state == "grace":
+            st.grace -= 1
         self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=now_ns))
 
     def _evict_one(self, timeframe: str, now_ns: int) -> None:
@@ -482,7 +494,7 @@ class Registry:
                     zone.ended_ns = now_ns
                 entry = _Entry(zone, zone.bottom, zone.top, FILL_NONE)
                 self._entries[zone.id] = entry
-                self.stats.tf(zone.timeframe)
+                self.stats.tf(zone.timeframe).grace += 1
                 self._wheel.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
             count += 1
         return count
@@ -572,8 +584,11 @@ class Registry:
     def _touch(self, entry: _Entry, price: float, now_ns: int) -> None:
         zone = entry.zone
         zone.touches += 1
-        zone.state = "touched"
-        self.stats.by_tf[zone.timeframe].touched += 1
+        st = self.stats.by_tf[zone.timeframe]
+        if zone.state != "touched":
+            zone.state = "touched"
+            st.touched_now += 1
+        st.touched += 1
         self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=now_ns))
 
     def _put(self, idx: _SymbolIndex, entry: _Entry, side: int) -> None:
