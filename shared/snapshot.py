@@ -80,6 +80,7 @@ class SnapshotServer:
         self.publisher = publisher
         self.publisher_id = publisher.publisher_id if publisher is not None else publisher_id
         self.served = 0
+        self.answered = asyncio.Event()  # set once a snapshot has been served
         self.bad_requests = 0
         self._sock = (ctx or context()).socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -111,6 +112,7 @@ class SnapshotServer:
             topics, kept = self._select(request.prefix, items)
             await self._reply(identity, SnapshotReply(snapshot_seq=seq, count=len(kept), topics=topics), kept)
             self.served += 1
+            self.answered.set()
             log.info("snapshot of %d item(s) at seq %d served", len(items), seq)
 
     @staticmethod

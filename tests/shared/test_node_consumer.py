@@ -7,6 +7,7 @@ import pytest
 
 from shared.bus import Publisher
 from shared.messages import Message, Price, Zone, ZoneCreated
+from shared.snapshot import SnapshotServer
 from tests.helpers import ROOT, require_binary, tcp_endpoint
 
 EXAMPLE = ROOT / "examples" / "node"
@@ -69,3 +70,44 @@ async def test_node_consumer_decodes_messages_batches_and_gaps(node: str) -> Non
     assert all(line["publisher"] == pub.publisher_id for line in lines)
     gaps = [json.loads(line) for line in err.decode().splitlines() if '"gap"' in line]
     assert gaps == [{"gap": "px.pm.a", "publisher": pub.publisher_id, "missed": 2}]
+
+
+async def test_node_consumer_follows_an_owner_from_its_snapshot(node: str) -> None:
+    endpoint, snap = tcp_endpoint(), tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0.05) as pub:
+        state = {s: Price(symbol=s, price=p) for s, p in (("pm.a", 0.4), ("pm.b", 0.7))}
+        for price in state.values():  # published before the consumer: only the snapshot has them
+            pub.publish(f"px.{price.symbol}", Price(symbol=price.symbol, price=price.price))
+        pub.flush()
+        server = SnapshotServer(snap, lambda _: (pub.seq, list(state.values())), publisher=pub).start()
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            str(EXAMPLE / "consumer.mjs"),
+            "--count",
+            "5",
+            "--snapshot",
+            snap,
+            endpoint,
+            "px.",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await pub.wait_for_subscriber("px.", timeout=20)
+        await asyncio.wait_for(server.answered.wait(), 20)  # the consumer heard the stream, then asked
+        pub._topic_seqs["px.pm.a"] += 1  # one update on px.pm.a lost after the snapshot
+        pub.publish("px.pm.a", Price(symbol="pm.a", price=0.45))
+        pub.publish("px.pm.b", Price(symbol="pm.b", price=0.75))
+        pub.flush()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        await server.close()
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert lines[0]["snapshot"] == pub.publisher_id and lines[0]["count"] == 2
+    assert [(d["topic"], d["price"], d["topic_seq"], d.get("snapshot")) for d in lines[1:]] == [
+        ("px.pm.a", 0.4, 1, True),
+        ("px.pm.b", 0.7, 1, True),
+        ("px.pm.a", 0.45, 3, None),
+        ("px.pm.b", 0.75, 2, None),
+    ]
+    gaps = [json.loads(line) for line in err.decode().splitlines() if '"gap"' in line]
+    assert gaps == [{"gap": "px.pm.a", "publisher": pub.publisher_id, "missed": 1}]
