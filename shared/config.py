@@ -1,8 +1,8 @@
 """One YAML file, validated into msgspec Structs; a wrong value stops start-up naming its key.
 
-The file has a ``common`` section and one section per service (``ingest``, ``sync``, ``registry``,
-``alerts``, ``simulator``). Each service owns the Struct of its section (``services/<name>/config.py``)
-and reads only ``common`` and its own section. ``poolwire config check FILE`` validates them all.
+The file has a ``common`` section and one section per service. Each service owns the Struct of its
+section (``services/<name>/config.py``), registers it as a ``poolwire.config`` entry point, and
+reads only ``common`` and its own section. ``poolwire config check FILE`` validates them all.
 
 Durations read as ``250ms``, ``30s``, ``120m``, ``6h``, ``2d`` (or a bare number of seconds).
 Environment overrides: ``POOLWIRE_<SECTION>__<KEY>[__<KEY>...]=value`` (value read as YAML), e.g.
@@ -11,11 +11,13 @@ Environment overrides: ``POOLWIRE_<SECTION>__<KEY>[__<KEY>...]=value`` (value re
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
 import typing
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,14 +32,15 @@ ENV_PREFIX = "POOLWIRE_"
 CONFIG_ENV = "POOLWIRE_CONFIG"
 DEFAULT_CONFIG_PATH = "deploy/poolwire.yaml"
 
-# Where each section's Struct lives; the CLI imports them to check a whole file.
-SECTIONS: dict[str, str] = {
-    "ingest": "services.ingest.config:IngestConfig",
-    "sync": "services.sync.config:SyncConfig",
-    "registry": "services.registry.config:RegistryConfig",
-    "alerts": "services.alerts.config:AlertsConfig",
-    "simulator": "services.simulator.config:SimulatorConfig",
-}
+# Each service registers its config section as an entry point of this group (pyproject.toml:
+# ``[project.entry-points."poolwire.config"]``, name -> "module:Struct"), so shared/ names none.
+SECTION_GROUP = "poolwire.config"
+
+
+@functools.cache
+def sections() -> dict[str, str]:
+    """``section -> "module:Struct"`` of every registered config section."""
+    return {ep.name: ep.value for ep in entry_points(group=SECTION_GROUP)}
 
 Endpoint = Annotated[
     str,
@@ -104,11 +107,12 @@ def read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: expected a mapping at the top, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SECTIONS) - {"common"})
+    known = sections()
+    unknown = sorted(set(data) - set(known) - {"common"})
     if unknown:
         raise ConfigError(
             f"config file {p}: unknown section(s) {', '.join(unknown)}; "
-            f"expected common, {', '.join(SECTIONS)}"
+            f"expected common, {', '.join(known) or '(no service is installed: pip install -e .)'}"
         )
     return data
 
@@ -220,7 +224,7 @@ def load_section(
 
 
 def section_type(section: str) -> type[Any]:
-    module_name, _, attr = SECTIONS[section].partition(":")
+    module_name, _, attr = sections()[section].partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attr)  # type: ignore[no-any-return]
 
@@ -236,7 +240,7 @@ def check_file(path: str | os.PathLike[str], environ: Mapping[str, str] | None =
         convert(raw.get("common"), CommonConfig, "common")
     except ConfigError as exc:
         problems.append(str(exc))
-    for section in SECTIONS:
+    for section in sections():
         if section not in raw:
             continue
         try:
