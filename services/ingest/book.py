@@ -7,17 +7,16 @@ and, in the 10-field variant (2026-05 books), ``last_trade_price``; the 9-field 
 stops at ``neg_risk``. Levels are ``{"price": str, "size": str}`` holding the wire strings
 verbatim, bids ascending and asks descending (best level last), the order the server lists them in.
 
-Serialization is incremental: each side keeps its levels' JSON fragments in price order, a
-change that resizes a level re-encodes that one fragment, and the side's bytes are re-joined (in C)
-only when it changed; the document's head (market, asset) and tail (the four fields after the
-levels) are cached while they stay the same. A check after a resize costs one level's encoding,
-one join and the SHA-1 itself.
+Serialization is incremental: each side keeps its levels' JSON, comma-joined, in price order, and a
+change splices the one level's fragment in or out of it; the document's head (market, asset) and
+tail (the four fields after the levels) are cached while they stay the same. A check after a
+resize costs one level's encoding, a scan and a copy of the side's bytes, and the SHA-1 itself.
 """
 
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 import msgspec
@@ -100,71 +99,111 @@ def _tail(min_order_size: str, tick_size: str, neg_risk: bool, last_trade_price:
 class _Side:
     """One side's levels (price string -> size string) and their serialization, kept in order.
 
-    ``order`` holds the prices in the server's order (bids ascending, asks descending, best last),
-    ``keys`` their numbers (negated for asks: always ascending, for bisect) and ``frags`` each
-    level's JSON: a resize replaces one fragment, an added or removed level is inserted or deleted
-    in place (no re-sort). After a reset they are rebuilt when next needed.
+    ``order`` holds the prices ascending by number (for bisect with the C ``float`` as key) and
+    ``joined`` the levels' JSON, comma-joined, in the server's order (asks descending, best last). A change splices ``joined`` in place (the level's
+    fragment is found by its unique ``{"price":..,`` prefix, a scan in C): a resize replaces one
+    fragment, an added or removed level inserts or deletes one (its place by bisect on the prices'
+    numbers, no re-sort). No per-level copies are kept: a book costs its levels and one bytes
+    object a side. After a reset both are rebuilt when next needed.
     """
 
-    __slots__ = ("descending", "frags", "joined", "keys", "levels", "order")
+    __slots__ = ("descending", "joined", "levels", "order")
 
     def __init__(self, descending: bool) -> None:
         self.descending = descending
         self.levels: dict[str, str] = {}
         self.order: list[str] | None = []
-        self.keys: list[float] = []
-        self.frags: list[bytes] = []
-        self.joined: bytes | None = b""  # the levels' JSON, comma-joined; None: to join again
+        self.joined: bytearray | None = bytearray()  # None: to build again from the levels
 
     def reset(self, levels: Iterable[tuple[str, str]]) -> None:
         self.levels = {p: s for p, s in levels if _positive(s)}
         self.order = self.joined = None
 
-    def set(self, price: str, size: str) -> None:
+    def set(self, price: str, size: str, positive: bool | None = None) -> None:
+        """Set a level (``positive``: whether ``size`` is above 0, when the caller already knows)."""
         levels = self.levels
-        self.joined = None
-        positive = _positive(size)
-        if positive and price in levels:
-            levels[price] = size
-            order = self.order
-            if order is not None:  # a scan in C: cheaper than a float and a bisect at book depths
-                self.frags[order.index(price)] = _level(price, size)
-            return
+        if positive is None:
+            positive = _positive(size)
+        old = levels.get(price)
         if positive:
             levels[price] = size
-            if self.order is not None:
-                key = -float(price) if self.descending else float(price)
-                i = bisect_right(self.keys, key)  # after equal numbers: as a stable sort puts it
-                self.keys.insert(i, key)
-                self.order.insert(i, price)
-                self.frags.insert(i, _level(price, size))
-        elif levels.pop(price, None) is not None and self.order is not None:
-            i = self.order.index(price)
-            del self.keys[i], self.order[i], self.frags[i]
+            joined = self.joined
+            if old is not None:
+                if joined is not None:  # in place: a memmove, no new bytes
+                    pre = _prefix(price)
+                    at = joined.find(pre)
+                    joined[at : at + len(pre) + len(_enc(old)) + 8] = pre + b'"size":' + _enc(size) + b"}"
+                return
+            order = self.order
+            if order is None:
+                return
+            descending = self.descending
+            # ascending by number; among equal numbers in the server's order (asks: reversed)
+            if descending:
+                i = bisect_left(order, float(price), key=float)
+            else:
+                i = bisect_right(order, float(price), key=float)
+            order.insert(i, price)
+            if joined is not None:
+                frag = _level(price, size)
+                # the level after it in the JSON: the next price up (bids) or down (asks)
+                j = i - 1 if descending else i + 1
+                if len(order) == 1:
+                    joined[:] = frag
+                elif 0 <= j < len(order):
+                    at = joined.find(_prefix(order[j]))
+                    joined[at:at] = frag + b","
+                else:
+                    joined += b"," + frag
+        elif old is not None:
+            del levels[price]
+            order = self.order
+            if order is None:
+                return
+            order.remove(price)
+            joined = self.joined
+            if joined is not None:
+                pre = _prefix(price)
+                at = joined.find(pre)
+                end = at + len(pre) + len(_enc(old)) + 8
+                if end < len(joined):  # not the last: its comma goes with it
+                    del joined[at : end + 1]
+                else:
+                    del joined[max(0, at - 1) :]
 
     def prices(self) -> list[str]:
+        """Ascending by number (asks: the reverse of the server's order)."""
         order = self.order
         if order is None:
-            levels = self.levels
-            order = self.order = sorted(levels, key=float, reverse=self.descending)
-            self.keys = [-float(p) for p in order] if self.descending else [float(p) for p in order]
-            self.frags = [_level(p, levels[p]) for p in order]
+            order = sorted(self.levels, key=float, reverse=self.descending)
+            if self.descending:
+                order.reverse()
+            self.order = order
         return order
+
+    def server_order(self) -> list[str]:
+        """The server's order: bids ascending, asks descending (best last)."""
+        return self.prices()[::-1] if self.descending else self.prices()
 
     def best(self) -> float:
         order = self.order
         if order is not None:
-            return float(order[-1]) if order else 0.0
+            return float(order[0 if self.descending else -1]) if order else 0.0
         if not self.levels:
             return 0.0
         return (min if self.descending else max)(map(float, self.levels))
 
-    def json(self) -> bytes:
+    def json(self) -> bytearray:
         joined = self.joined
         if joined is None:
-            self.prices()
-            joined = self.joined = b",".join(self.frags)
+            levels = self.levels
+            joined = self.joined = bytearray(b",".join([_level(p, levels[p]) for p in self.server_order()]))
         return joined
+
+
+def _prefix(price: str) -> bytes:
+    """The start of a level's fragment, unique in its side (prices are the side's keys)."""
+    return b'{"price":' + _enc(price) + b","
 
 
 class LocalBook:
@@ -224,8 +263,9 @@ class LocalBook:
         self._bids.reset(bids)
         self._asks.reset(asks)
 
-    def apply(self, is_buy: bool, price: str, size: str) -> None:
-        (self._bids if is_buy else self._asks).set(price, size)
+    def apply(self, is_buy: bool, price: str, size: str, positive: bool | None = None) -> None:
+        """Set a level; ``positive``: whether ``size`` is above 0, when the caller has read it."""
+        (self._bids if is_buy else self._asks).set(price, size, positive)
 
     def best_bid(self) -> float:
         return self._bids.best()
@@ -236,12 +276,12 @@ class LocalBook:
     def sorted_bids(self) -> list[tuple[str, str]]:
         """Ascending by price (the server's order, best last)."""
         bids = self._bids.levels
-        return [(p, bids[p]) for p in self._bids.prices()]
+        return [(p, bids[p]) for p in self._bids.server_order()]
 
     def sorted_asks(self) -> list[tuple[str, str]]:
         """Descending by price (the server's order, best last)."""
         asks = self._asks.levels
-        return [(p, asks[p]) for p in self._asks.prices()]
+        return [(p, asks[p]) for p in self._asks.server_order()]
 
     def hash(self, market: str, asset_id: str, timestamp: str, fields: int = 10) -> str:
         """The book's hash under the ``fields`` (9 or 10) variant."""

@@ -4,8 +4,8 @@
 (checking the server's SHA-1 hash), and publishes through the ``publish(topic, msg)`` callable:
 
 - ``md.book.<asset>`` BookSnapshot, ``md.change.<asset>`` BookChange, ``md.trade.<asset>`` Trade,
-  ``md.tick_size.<asset>`` TickSizeChange, ``md.market.<asset>`` MarketLifecycle;
-- ``px.pm.<asset>`` Price (the book mid) whenever the mid changes.
+  ``md.tick_size.<asset>`` TickSizeChange, ``md.market.<asset>`` MarketLifecycle, and
+  ``px.pm.<asset>`` Price (the book mid) whenever the mid changes (shared.constants' builders).
 
 The work is split: ``parse.py`` reads venue values and builds the messages, ``handoff.py`` says
 which connection may publish an asset (ownership, the recycling handoff), ``hashcheck.py`` checks
@@ -34,9 +34,8 @@ from services.ingest.protocol import (
 )
 from services.ingest.state import AssetState, Broadcasts, RouterStats, book_snapshot, snapshot
 from shared.clock import Clock, RealClock
+from shared.constants import md_topic, pm_symbol, px_topic
 from shared.messages import BookChange, BookSnapshot, Message
-
-__all__ = ["AssetState", "LifecycleHandler", "Publish", "Router", "RouterStats"]
 
 Publish = Callable[[str, Message], None]
 LifecycleKind = Literal["new", "resolved"]
@@ -234,7 +233,7 @@ class Router:
 
     def _mid(self, st: AssetState, bid: float, ask: float, ts_ns: int) -> None:
         if bid > 0.0 and ask > 0.0 and (bid + ask) * 0.5 != st.mid:
-            self._emit(f"px.pm.{st.asset}", st.set_mid(bid, ask, ts_ns))
+            self._emit(px_topic(pm_symbol(st.asset)), st.set_mid(bid, ask, ts_ns))
 
     def _unknown_asset(self, asset: str, kind: str) -> None:
         self.stats.unknown_assets += 1
@@ -281,7 +280,7 @@ class Router:
         if market:
             st.market = market
         book = st.book
-        book.apply(side == "buy", e.price, e.size)
+        book.apply(side == "buy", e.price, e.size, size > 0.0)
         st.book_ns = ts_ns
         key = e.hash
         if key:
@@ -293,7 +292,7 @@ class Router:
         bid = parse.best_or(e.best_bid, 0.0) or book.best_bid()
         ask = parse.best_or(e.best_ask, 0.0) or book.best_ask()
         self._emit(
-            f"md.change.{st.asset}",
+            st.change_topic,
             BookChange(
                 asset=st.asset,
                 market=st.market,
@@ -344,7 +343,7 @@ class Router:
         st.booked = True
         st.book_ns = ts_ns
         self._emit(
-            f"md.book.{st.asset}",
+            md_topic("book", st.asset),
             BookSnapshot(
                 asset=st.asset,
                 market=st.market,
@@ -366,7 +365,7 @@ class Router:
             return
         st.book.last_trade_price = ev.price  # part of the hashed document
         self.hashes.cancel(st.asset)
-        self._emit(f"md.trade.{st.asset}", trade)
+        self._emit(md_topic("trade", st.asset), trade)
 
     def _apply_tick_size(self, st: AssetState, ev: TickSizeChangeEvent) -> None:
         change = parse.tick_size_change(ev, st.market)
@@ -375,7 +374,7 @@ class Router:
             return
         st.book.tick_size = ev.new_tick_size
         self.hashes.cancel(st.asset)
-        self._emit(f"md.tick_size.{st.asset}", change)
+        self._emit(md_topic("tick_size", st.asset), change)
 
     def _apply_best_bid_ask(self, st: AssetState, ev: BestBidAskEvent) -> None:
         read = parse.best_bid_ask(ev)
@@ -395,6 +394,6 @@ class Router:
         if not assets:
             return
         for msg in parse.lifecycle(kind, market, assets, winner, question, ts_ns):
-            self._emit(f"md.market.{msg.asset}", msg)
+            self._emit(md_topic("market", msg.asset), msg)
         if self.on_lifecycle is not None:
             self.on_lifecycle(kind, market, list(assets), winner)

@@ -27,6 +27,7 @@ from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
 from services.ingest.subscriptions import Subscriptions
 from shared.bus import Publisher, Puller
+from shared.constants import md_topic
 from shared.messages import ForceSubscribe, MarketLifecycle, Message, SnapshotRequest
 from shared.ratelog import RateLimitedLog
 from shared.runner import ServiceContext
@@ -252,7 +253,8 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
                 now_ns = ctx.clock.time_ns()
                 for asset in subscriptions.mark_expired(over):
                     pub.publish(
-                        f"md.market.{asset}", MarketLifecycle(asset=asset, status="expired", event_ns=now_ns)
+                        md_topic("market", asset),
+                        MarketLifecycle(asset=asset, status="expired", event_ns=now_ns),
                     )
                 log.info(
                     "gamma: %d pages, %d new assets, %d pending",

@@ -11,7 +11,11 @@ from services.ingest import parse
 from services.ingest.book import LocalBook
 from services.ingest.handoff import Ownership
 from services.ingest.hashcheck import UNPINNED
+from shared.constants import md_topic, pm_symbol, px_topic
 from shared.messages import BookLevel, BookSnapshot, Message, Price
+
+BOOK_TOPICS = md_topic("book", "")  # the roots of an asset's topics: root + asset
+PRICE_TOPICS = px_topic(pm_symbol(""))
 
 
 @dataclass(slots=True)
@@ -44,6 +48,7 @@ class AssetState(Ownership):
         "book",
         "book_ns",
         "booked",
+        "change_topic",
         "checks",
         "hash",
         "last_resync",
@@ -57,6 +62,7 @@ class AssetState(Ownership):
     def __init__(self, asset: str, owner: str) -> None:
         super().__init__(owner)
         self.asset = asset
+        self.change_topic = md_topic("change", asset)  # the hot one: built once
         self.market = ""
         self.book = LocalBook()
         self.booked = False  # a book was applied (and published): the local book is the state
@@ -140,8 +146,8 @@ def topic_filter(root: str, prefix: str) -> Callable[[str], bool] | None:
 def snapshot(states: Iterable[tuple[str, AssetState]], prefix: str = "") -> list[Message]:
     """For each asset, its book (``md.book.<asset>``, once one was published) and its mid
     (``px.pm.<asset>``, once known), kept when the topic starts with ``prefix``."""
-    books = topic_filter("md.book.", prefix)
-    prices = topic_filter("px.pm.", prefix)
+    books = topic_filter(BOOK_TOPICS, prefix)
+    prices = topic_filter(PRICE_TOPICS, prefix)
     items: list[Message] = []
     if books is None and prices is None:
         return items
