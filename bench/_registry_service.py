@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from services.registry.detectors import Detectors
 from services.registry.registry import Registry
 from services.registry.zones import Rules, TimeframeRules, ZoneError, timeframe_ns
 from shared.bus import Publisher, Pusher, Subscriber
-from shared.messages import DetectorEvent, Price, ZoneCreated, ZoneTouched
+from shared.messages import DetectorEvent, Heartbeat, Price, ZoneCreated, ZoneTouched
 from shared.snapshot import request_snapshot
 from tests.ports import free_port
 
@@ -74,8 +76,8 @@ async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
                 pub.publish("px.pm.x", Price(symbol="pm.x", price=p))
                 if k % 5000 == 4999:
                     await asyncio.sleep(0)
-                    for _, m in sub._drain():
-                        touches += isinstance(m, ZoneTouched)
+                    for _, msgs in sub._drain():  # (topic, the frame's messages)
+                        touches += sum(isinstance(m, ZoneTouched) for m in msgs)
             pub.publish("px.pm.m", Price(symbol="pm.m", price=0.5))
             pub.publish("px.pm.m", Price(symbol="pm.m", price=1.5))
             done = False
@@ -191,9 +193,28 @@ def _reference(ticks: list[tuple[str, int, float]]) -> set[tuple[str, str, str, 
     return {(z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns) for z in reg.active()}
 
 
-async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]]) -> dict[str, Any]:
+def _metric(text: str, name: str) -> float:
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def _heartbeat_gaps(endpoint: str, gaps: list[float], stop: asyncio.Event) -> None:
+    """The registry's heartbeats by their publish time: a gap over the interval is its loop blocked."""
+    async with Subscriber(endpoint, ("registry.health",)) as sub:
+        last = 0
+        while not stop.is_set():
+            for _, m in await sub.recv_batch(timeout=0.2):
+                if isinstance(m, Heartbeat):
+                    if last:
+                        gaps.append((m.publish_ns - last) / 1e9)
+                    last = m.publish_ns
+
+
+async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid: int) -> dict[str, Any]:
     zones: set[tuple[str, str, str, float, float, int]] = set()
     marked = False
+    gaps: list[float] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_heartbeat_gaps(cfg["pub"], gaps, stop))
 
     def take(batch: list[tuple[str, Any]]) -> None:
         nonlocal marked
@@ -217,12 +238,17 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]]) -> d
         while not any(isinstance(m, ZoneCreated) for _, m in await sub.recv_batch(timeout=30)):
             pass
         pub.publish("px.pm.marker", Price(symbol="pm.marker", price=3.0))
+        profile = os.environ.get("BENCH_REGISTRY_PYSPY")  # a path: py-spy's raw stacks of the registry
+        spy = None
+        if profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(pid)])  # fmt: skip
+            await asyncio.sleep(1.0)
         t0 = time.perf_counter()
         for k, (sym, t, p) in enumerate(ticks):
             pub.publish(f"px.{sym}", Price(symbol=sym, price=p, event_ns=t))
             if k % 5000 == 4999:
                 await pub.drain()
-                take(sub._drain())
+                take([(topic, m) for topic, msgs in sub._drain() for m in msgs])
         pub.publish("px.pm.marker", Price(symbol="pm.marker", price=1.5))
         await pub.drain()
         while not marked:
@@ -231,13 +257,16 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]]) -> d
                 raise TimeoutError("the marker's touch never came")
             take(batch)
         elapsed = time.perf_counter() - t0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.to_thread(spy.wait)
+        await asyncio.sleep(1.5)  # one more heartbeat after the burst
+        stop.set()
+        await watcher
         url = f"http://127.0.0.1:{cfg['metrics_port']}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=60).read().decode())
-        late = next(
-            float(line.split()[1])
-            for line in text.splitlines()
-            if line.startswith("poolwire_registry_late_ticks_total ")
-        )
+        late = _metric(text, "poolwire_registry_late_ticks_total")
+        lag_max = _metric(text, "poolwire_registry_wheel_lag_max_seconds")
         # The zones held (none expire or are evicted here), from the Clone snapshot: the events,
         # 3-4 per tick, would overrun this reader's SUB queue.
         _, items = await request_snapshot(cfg["snapshot"], "zone.", timeout=120)
@@ -245,7 +274,14 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]]) -> d
             z = item.zone  # type: ignore[attr-defined]
             if z.symbol != "pm.marker":
                 zones.add((z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns))
-    return {"ticks_per_s": len(ticks) / elapsed, "late": late, "zones": zones}
+    return {
+        "ticks_per_s": len(ticks) / elapsed,
+        "late": late,
+        "zones": zones,
+        "heartbeat_gap_max_s": max(gaps, default=0.0),
+        "heartbeats": len(gaps) + 1,
+        "wheel_lag_max_s": lag_max,
+    }
 
 
 def replay_figures() -> dict[str, dict[str, Any]]:
@@ -276,7 +312,7 @@ def replay_figures() -> dict[str, dict[str, Any]]:
             text=True,
         )
         try:
-            res = asyncio.run(_replay(cfg, ticks))
+            res = asyncio.run(_replay(cfg, ticks, proc.pid))
         finally:
             proc.terminate()
             try:
@@ -294,6 +330,8 @@ def replay_figures() -> dict[str, dict[str, Any]]:
             "zones": len(reference),
             "zones_differing": len(res["zones"] ^ reference),
             "late_ticks": res["late"],
+            "heartbeat_gap_max_s": round(res["heartbeat_gap_max_s"], 3),  # interval 1 s; 3 s is a miss
+            "wheel_lag_max_s": res["wheel_lag_max_s"],
             "note": f"{REPLAY_TICKS} recorded ticks of {REPLAY_SYMBOLS} symbols x "
             f"{len(REPLAY_TIMEFRAMES)} timeframes as fast as possible, SQLite store",
         }
@@ -301,5 +339,6 @@ def replay_figures() -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    print(service_figures())
+    if sys.argv[1:] != ["replay"]:
+        print(service_figures())
     print(replay_figures())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.registry.detectors import Detectors
-from services.registry.registry import Registry
+from services.registry.registry import LAG_BOUNDS_NS, Registry
 from services.registry.store import ZoneStore
 from services.registry.validate import EVENT_REASONS, PRICE_REASONS
 
@@ -111,10 +111,18 @@ class RegistryCollector(Collector):
         )
         yield CounterMetricFamily(f"{P}_prices", "Price updates applied", value=st.prices)
         yield CounterMetricFamily(f"{P}_bad_prices", "Non-finite prices skipped", value=st.bad_prices)
-        yield GaugeMetricFamily(
+        counts = list(st.lag_counts)  # one C call: the loop may bump it meanwhile
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, n in zip(LAG_BOUNDS_NS, counts, strict=False):
+            cumulative += n
+            buckets.append((repr(bound / 1e9), cumulative))
+        buckets.append(("+Inf", cumulative + counts[-1]))
+        yield HistogramMetricFamily(
             f"{P}_wheel_lag_seconds",
-            "How late the last expiry pass fired its most overdue timer",
-            value=st.last_lag_ns / 1e9,
+            "How late each timer (a zone's TTL or grace end) was handled after its deadline",
+            buckets=buckets,
+            sum_value=st.lag_sum_ns / 1e9,
         )
         yield GaugeMetricFamily(
             f"{P}_wheel_lag_max_seconds", "The largest wheel lag seen", value=st.max_lag_ns / 1e9

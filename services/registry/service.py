@@ -58,6 +58,10 @@ EVENT_NAMES: dict[type[Message], str] = {
     ZoneRemoved: "removed",
 }
 ZONE_EVENTS = tuple(EVENT_NAMES.values())
+# The most one loop turn spends on input before it publishes and lets the other tasks (the expiry
+# timer, heartbeats, snapshots) run: a burst of replayed ticks held the loop for 15 s otherwise.
+TURN_BUDGET_S = 0.002
+EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
 
 
 class RegistryService:
@@ -227,61 +231,90 @@ class RegistryService:
 
     # ------------------------------------------------------------------------------------------
     async def price_loop(self) -> None:
+        while True:
+            batch = await self.sub.recv_batch()
+            start = 0
+            while start < len(batch):
+                start = self.prices(batch, start)
+                await asyncio.sleep(0)  # recv_batch does not yield while prices are queued
+
+    def prices(self, batch: list[tuple[str, Message]], start: int) -> int:
+        """Handle the prices of ``batch`` from ``start`` for at most TURN_BUDGET_S, publish what
+        they caused; returns where it stopped."""
         reg = self.registry
         detectors = self.detectors
         clock = self.clock
         symbols_ok = self._symbols_ok
-        horizon = self.limits.horizon_ns
-        while True:
-            batch = await self.sub.recv_batch()
-            t0 = time.perf_counter()
-            now = clock.time_ns()
-            latest = now + horizon
-            oldest = 0
-            for _, msg in batch:
-                if not isinstance(msg, Price):
-                    continue
-                try:
-                    symbol, ev = msg.symbol, msg.event_ns
-                    timely = True
-                    if symbol not in symbols_ok or (ev and not MIN_TIME_NS <= ev <= latest):
-                        refusal = check_price_input(symbol, ev, now, self.limits)
-                        if refusal is not None:
-                            self.refuse_price(refusal)
-                            if refusal.reason != "bad_time":
-                                continue
-                            timely = False  # touches zones, but no candle at that time
-                        if len(symbols_ok) > 100_000:
-                            symbols_ok.clear()
-                        symbols_ok.add(symbol)
-                    if detectors is not None and timely:
-                        for d in detectors.on_price(symbol, ev or now, msg.price, now):
-                            self.create(d, now)
-                    reg.on_price(symbol, msg.price, now)
-                except Exception:
-                    self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
-                if oldest == 0 and msg.publish_ns:
-                    oldest = msg.publish_ns
-            if self.emit_safely() and oldest:
-                self.event_latency.observe(max(0, clock.time_ns() - oldest) / 1e9)
-            self.processing.labels("prices").observe(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        until = t0 + TURN_BUDGET_S
+        now = clock.time_ns()
+        latest = now + self.limits.horizon_ns
+        oldest = 0
+        i = start
+        n = len(batch)
+        while i < n:
+            if not i & 63 and i > start and time.perf_counter() > until:
+                break
+            msg = batch[i][1]
+            i += 1
+            if not isinstance(msg, Price):
+                continue
+            try:
+                symbol, ev = msg.symbol, msg.event_ns
+                timely = True
+                if symbol not in symbols_ok or (ev and not MIN_TIME_NS <= ev <= latest):
+                    refusal = check_price_input(symbol, ev, now, self.limits)
+                    if refusal is not None:
+                        self.refuse_price(refusal)
+                        if refusal.reason != "bad_time":
+                            continue
+                        timely = False  # touches zones, but no candle at that time
+                    if len(symbols_ok) > 100_000:
+                        symbols_ok.clear()
+                    symbols_ok.add(symbol)
+                if detectors is not None and timely:
+                    for d in detectors.on_price(symbol, ev or now, msg.price, now):
+                        self.create(d, now)
+                reg.on_price(symbol, msg.price, now)
+            except Exception:
+                self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
+            if oldest == 0 and msg.publish_ns:
+                oldest = msg.publish_ns
+        if self.emit_safely() and oldest:
+            self.event_latency.observe(max(0, clock.time_ns() - oldest) / 1e9)
+        self.processing.labels("prices").observe(time.perf_counter() - t0)
+        return i
 
     async def detector_loop(self) -> None:
         while True:
             msgs = await self.puller.recv_batch()
-            t0 = time.perf_counter()
-            now = self.clock.time_ns()
-            for msg in msgs:
-                try:
-                    refusal = check_event(msg, now, self.limits)
-                    if refusal is not None:
-                        self.bad(*refusal)
-                    elif isinstance(msg, DetectorEvent):
-                        self.create(msg, now)
-                except Exception:
-                    self.internal(self.bad_events, f"a {type(msg).__name__} from {msg.publisher[:128]!r}")
-            self.emit_safely()
-            self.processing.labels("detector_events").observe(time.perf_counter() - t0)
+            start = 0
+            while start < len(msgs):
+                start = self.detector_events(msgs, start)
+                await asyncio.sleep(0)
+
+    def detector_events(self, msgs: list[Message], start: int) -> int:
+        """Like :meth:`prices`, for detector events from PULL."""
+        t0 = time.perf_counter()
+        until = t0 + TURN_BUDGET_S
+        now = self.clock.time_ns()
+        i = start
+        while i < len(msgs):
+            msg = msgs[i]
+            i += 1
+            try:
+                refusal = check_event(msg, now, self.limits)
+                if refusal is not None:
+                    self.bad(*refusal)
+                elif isinstance(msg, DetectorEvent):
+                    self.create(msg, now)
+            except Exception:
+                self.internal(self.bad_events, f"a {type(msg).__name__} from {msg.publisher[:128]!r}")
+            if not i & 63 and time.perf_counter() > until:
+                break
+        self.emit_safely()
+        self.processing.labels("detector_events").observe(time.perf_counter() - t0)
+        return i
 
     async def expiry_loop(self) -> None:
         interval = self.pools.auto_expire_interval or 30.0
@@ -289,9 +322,14 @@ class RegistryService:
             t0 = time.perf_counter()
             now = self.clock.time_ns()
             try:
-                self.registry.advance(now)  # guarded per zone inside
+                self.registry.advance(now, EXPIRY_CHUNK)  # guarded per zone inside
             except Exception:
                 self.internal(self.bad_events, "the expiry pass")
+            if self.registry.due_backlog:  # a big pass: publish this chunk, let the loop turn
+                self.emit_safely()
+                self.processing.labels("expiry").observe(time.perf_counter() - t0)
+                await asyncio.sleep(0)
+                continue
             if self.detectors is not None:
                 try:
                     for d in self.detectors.on_time(now):

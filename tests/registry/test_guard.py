@@ -165,7 +165,7 @@ async def test_the_expiry_loop_survives_a_failing_pass_and_logs_it(
         passes = 0
         second = asyncio.Event()
 
-        def failing(now_ns: int) -> int:
+        def failing(now_ns: int, limit: int | None = None) -> int:
             nonlocal passes
             passes += 1
             if passes >= 2:

@@ -1,0 +1,242 @@
+"""Timers on time: the wheel lag is a histogram, and no loop holds the event loop for a whole burst
+(prices, detector events and expiry passes are handled a bounded piece per loop turn)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+import services.registry.service as service_module
+from services.registry.config import RegistryConfig
+from services.registry.metrics import RegistryCollector
+from services.registry.registry import LAG_BOUNDS_NS, Registry
+from services.registry.service import RegistryService
+from services.registry.zones import FVG_BULLISH, Rules, TimeframeRules
+from shared.clock import RealClock
+from shared.config import CommonConfig
+from shared.messages import DetectorEvent, Message, Price, ZoneCreated, ZoneExpired, ZoneRemoved
+from shared.metrics import StatsCollector
+from shared.runner import ServiceContext
+from tests.helpers import tcp_endpoint
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+def rules(grace_ns: int = 60 * S) -> Rules:
+    return Rules(timeframes={"H1": TimeframeRules(ttl_ns=3600 * S)}, grace_ns=grace_ns)
+
+
+def lag_samples(reg: Registry) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in RegistryCollector(reg, None, None).collect():
+        if family.name.startswith("poolwire_registry_wheel_lag"):
+            for sample in family.samples:
+                out[sample.name + sample.labels.get("le", "")] = sample.value
+    return out
+
+
+def test_each_timer_lateness_lands_in_its_histogram_bucket() -> None:
+    reg = Registry(rules(), T0)
+    for i in range(10):  # deadlines 1 ms apart: handled at the last one, 9, 8, ... 0 ms late
+        reg.create("pm.a", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, 1.0, T0 + i * MS, T0)
+    assert reg.advance(T0 + 3600 * S + 9 * MS) == 10
+    m = lag_samples(reg)
+    assert m["poolwire_registry_wheel_lag_seconds_count"] == 10
+    assert m["poolwire_registry_wheel_lag_seconds_sum"] == pytest.approx(sum(range(10)) / 1000)
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.0005"] == 1  # the one on time
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.001"] == 2
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.005"] == 6
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.01"] == 10
+    assert m["poolwire_registry_wheel_lag_seconds_bucket+Inf"] == 10
+    assert m["poolwire_registry_wheel_lag_max_seconds"] == pytest.approx(0.009)
+    # The grace ends are timers too: 40 ms late.
+    reg.advance(T0 + 3660 * S + 49 * MS)
+    m = lag_samples(reg)
+    assert m["poolwire_registry_wheel_lag_seconds_count"] == 20
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.03"] == 10
+    assert m["poolwire_registry_wheel_lag_seconds_bucket0.05"] == 20
+    assert m["poolwire_registry_wheel_lag_max_seconds"] == pytest.approx(0.04)
+    assert len(LAG_BOUNDS_NS) + 1 == len(reg.stats.lag_counts)
+
+
+def events_of(reg: Registry) -> list[tuple[str, str, str]]:
+    return [(type(e).__name__, e.zone.id, e.zone.state) for e in reg.drain()]  # type: ignore[attr-defined]
+
+
+def test_an_expiry_pass_in_pieces_gives_the_events_of_one_pass() -> None:
+    whole, pieces = Registry(rules(), T0), Registry(rules(), T0)
+    for reg in (whole, pieces):
+        for i in range(1000):
+            reg.create(f"pm.{i % 7}", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, 1.0, T0 + i, T0)
+        reg.drain()
+    later = T0 + 3600 * S + S
+    whole.advance(later)
+    calls = 0
+    while True:
+        calls += 1
+        pieces.advance(later, 128)
+        if not pieces.due_backlog:
+            break
+    assert calls == 8
+    assert events_of(pieces) == events_of(whole)
+    assert len(pieces) == len(whole) == 1000  # all in grace
+
+
+def test_a_zone_filled_while_waiting_in_the_backlog_keeps_its_grace_period() -> None:
+    reg = Registry(rules(), T0)
+    zones = [reg.create("pm.a", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, 1.0, T0, T0) for i in range(3)]
+    reg.on_price("pm.a", 10.0, T0)  # above every zone
+    reg.drain()
+    due = T0 + 3600 * S
+    assert reg.advance(due, 1) == 1
+    assert reg.due_backlog == 2
+    reg.on_price("pm.a", 0.5, due)  # falls through the other two: touched and filled
+    assert [e for e in events_of(reg) if e[0] != "ZoneTouched"] == [
+        ("ZoneExpired", zones[0].id, "expired"),  # type: ignore[union-attr]
+        ("ZoneExpired", zones[2].id, "expired"),  # type: ignore[union-attr]
+        ("ZoneExpired", zones[1].id, "expired"),  # type: ignore[union-attr]
+    ]
+    assert reg.advance(due, 10) == 0  # their TTL timers are stale: nothing removed early
+    assert reg.due_backlog == 0
+    assert events_of(reg) == []
+    assert reg.advance(due + 60 * S) == 3
+    assert {e[0] for e in events_of(reg)} == {"ZoneRemoved"}
+
+
+@asynccontextmanager
+async def service() -> AsyncIterator[RegistryService]:
+    config = msgspec.convert(
+        {
+            "pub": tcp_endpoint(),
+            "pull": tcp_endpoint(),
+            "snapshot": tcp_endpoint(),
+            "prices": [tcp_endpoint()],
+            "store": "",
+            "pools": {"H1": {"ttl": "2h"}},
+        },
+        RegistryConfig,
+    )
+    ctx = ServiceContext(
+        name="registry",
+        common=CommonConfig(),
+        config=config,
+        clock=RealClock(),
+        metrics=CollectorRegistry(),
+        bus_stats=StatsCollector(),
+    )
+    svc = RegistryService(ctx)
+    svc.pub.start()
+    try:
+        yield svc
+    finally:
+        svc.sub.close()
+        svc.puller.close()
+        await svc.pub.close()
+        await svc.snapshots.close()
+
+
+async def other_task_turns_during(loop_task: asyncio.Task[None], done: asyncio.Event) -> int:
+    """How many times another task ran before ``done``."""
+    turns = 0
+    async with asyncio.timeout(30):
+        while not done.is_set():
+            await asyncio.sleep(0)
+            turns += 1
+    loop_task.cancel()
+    await asyncio.gather(loop_task, return_exceptions=True)
+    return turns
+
+
+async def test_a_burst_of_prices_is_handled_over_many_loop_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """recv_batch returns without yielding while prices are queued: the loop yields itself."""
+    monkeypatch.setattr(service_module, "TURN_BUDGET_S", 0.0)  # one piece (64 prices) per turn
+    async with service() as svc:
+        burst: list[tuple[str, Message]] = [
+            ("px.pm.a", Price(symbol="pm.a", price=1.0 + (k % 50) / 10, event_ns=0)) for k in range(6400)
+        ]
+        svc.registry.create("pm.a", "H1", "custom", 3.05, 3.0, 1.0, T0, T0)
+        svc.registry.drain()
+        handed = False
+        done = asyncio.Event()
+
+        async def recv_batch(timeout: float | None = None) -> list[tuple[str, Message]]:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return burst
+            done.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(svc.sub, "recv_batch", recv_batch)
+        published: list[int] = []
+        monkeypatch.setattr(svc.pub, "publish", lambda topic, msg: published.append(1))
+        turns = await other_task_turns_during(asyncio.create_task(svc.price_loop()), done)
+        assert turns >= 99  # 100 pieces, a turn after each
+        assert svc.registry.stats.prices == 6400  # every price handled, none twice
+        reference = Registry(svc.registry.rules, T0)
+        reference.create("pm.a", "H1", "custom", 3.05, 3.0, 1.0, T0, T0)
+        for _, price in burst:
+            reference.on_price("pm.a", price.price, T0)  # type: ignore[attr-defined]
+        assert svc.registry.stats.by_tf["H1"].touched == reference.stats.by_tf["H1"].touched == 255
+        assert len(published) == 255
+
+
+async def test_a_burst_of_detector_events_is_handled_over_many_loop_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "TURN_BUDGET_S", 0.0)
+    async with service() as svc:
+        burst: list[Message] = [
+            DetectorEvent(
+                detector="d", symbol="pm.a", timeframe="H1", kind="custom", top=2.0 + k, bottom=1.0 + k
+            )
+            for k in range(640)
+        ]
+        handed = False
+        done = asyncio.Event()
+
+        async def recv_batch(timeout: float | None = None) -> list[Message]:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return burst
+            done.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        monkeypatch.setattr(svc.puller, "recv_batch", recv_batch)
+        created: list[Message] = []
+        monkeypatch.setattr(svc.pub, "publish", lambda topic, msg: created.append(msg))
+        turns = await other_task_turns_during(asyncio.create_task(svc.detector_loop()), done)
+        assert turns >= 9
+        assert len(created) == 640 and all(isinstance(m, ZoneCreated) for m in created)
+
+
+async def test_a_big_expiry_pass_is_published_over_many_loop_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with service() as svc:
+        clock_now = svc.clock.time_ns()
+        for k in range(2000):  # all past their TTL already
+            svc.registry.create(
+                "pm.a", "H1", "custom", 2.0 + k, 1.0 + k, 1.0, clock_now - 3 * 3600 * S, clock_now
+            )
+        svc.registry.drain()
+        sent: list[Message] = []
+        monkeypatch.setattr(svc.pub, "publish", lambda topic, msg: sent.append(msg))
+        task = asyncio.create_task(svc.expiry_loop())
+        turns = 0
+        async with asyncio.timeout(30):
+            while sum(isinstance(m, ZoneExpired) for m in sent) < 2000:
+                await asyncio.sleep(0)
+                turns += 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert turns >= 3  # 2 000 zones, 500 a turn
+        assert not any(isinstance(m, ZoneRemoved) for m in sent)  # their grace has not run out
