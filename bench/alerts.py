@@ -11,6 +11,10 @@
 - ``alerts.trades_per_s``: trades into the per-symbol order-flow engines (200 symbols).
 - ``alerts.flow_metrics_us``: one uncached metrics computation over a full 1 000-trade buffer.
 - ``alerts.jobs_per_s``: strategy jobs through 2 real worker processes (push, run, result back).
+- ``alerts.bytes_per_symbol``: Python heap per symbol (tracemalloc, the slope between 50 and 150
+  symbols) of a core at the default config with a price_cross, an order_flow and an event-triggered
+  zone_event strategy, every order-flow buffer full; ``alerts.bytes_per_zone_event``: each zone
+  event held in an open bar on top of that.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.alerts.config import AlertsConfig, StrategyConfig
 from services.alerts.orderflow import FlowBook
@@ -164,7 +168,6 @@ def bench_trades() -> dict[str, dict[str, Any]]:
         (
             symbols[rng.randrange(200)],
             1_700_000_000 * S + i * 100_000,
-            0.5,
             rng.random() * 10,
             rng.random() < 0.5,
         )
@@ -175,8 +178,8 @@ def bench_trades() -> dict[str, dict[str, Any]]:
         book = FlowBook()
         add = book.add
         t0 = time.perf_counter()
-        for sym, ns, price, size, buy in trades:
-            add(sym, ns, price, size, buy)
+        for sym, ns, size, buy in trades:
+            add(sym, ns, size, buy)
         best = max(best, n / (time.perf_counter() - t0))
     eng = book.engines[symbols[0]]
     now = eng.last_ns
@@ -271,11 +274,94 @@ def bench_jobs() -> dict[str, dict[str, Any]]:
     return {"alerts.jobs_per_s": {"value": round(rate), "unit": "jobs/s", "goal": ">= 5000"}}
 
 
+MEMORY_STRATEGIES = [
+    StrategyConfig(id="cross", kind="price_cross", universe=["pm.*"], params={"level": 0.5}),
+    StrategyConfig(
+        id="flow", kind="order_flow", universe=["pm.*"], params={"metric": "delta", "op": ">", "value": 1e9}
+    ),
+    StrategyConfig(id="touch", kind="zone_event", trigger="event", universe=["pm.*"]),
+]
+
+
+def _state_bytes(symbols: int, seconds: int, trades_per_s: int, zones_per_bar: int, path: str) -> int:
+    """Python heap held by one Alerts core after ``seconds`` of event time over ``symbols`` symbols
+    (each second: a price and ``trades_per_s`` trades per symbol; ``zones_per_bar`` zone touches
+    in every symbol's last bar), flushed every 250 ms and evaluated every second as the shell does."""
+    import tracemalloc
+
+    from shared.messages import Trade, Zone, ZoneTouched
+
+    cfg = AlertsConfig(strategies=MEMORY_STRATEGIES, workers=0, sqlite_path=path)
+    t0 = 1_700_000_000 * S - 1_700_000_000 * S % M
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    alerts = Alerts(cfg, SqliteStore(path))
+    alerts.start()
+    assets = [f"{10**76 + i * 7919}" for i in range(symbols)]  # Polymarket-sized asset ids
+    rng = random.Random(5)
+    for sec in range(seconds):
+        for q in range(4):
+            ev = t0 + sec * S + q * S // 4
+            for asset in assets:
+                for k in range(trades_per_s // 4 + (q < trades_per_s % 4)):
+                    side: Literal["buy", "sell"] = "buy" if rng.random() < 0.5 else "sell"
+                    alerts.on_message(Trade(asset=asset, price=0.5, size=1.0 + k, side=side, event_ns=ev), ev)
+                if q == 0:
+                    alerts.on_message(
+                        Price(symbol=f"pm.{asset}", price=0.4 + rng.random() / 5, event_ns=ev), ev
+                    )
+            alerts.flush(ev)
+        now = t0 + (sec + 1) * S
+        alerts.boundary(alerts.close_point(now))
+        alerts.dispatcher.queue.clear()  # no workers: what the jobs hold is not per-symbol state
+    ev = t0 + seconds * S
+    for asset in assets:
+        for i in range(zones_per_bar):
+            zone = Zone(
+                id=f"M1_2023-11-14T22:13:00_{i:08x}",
+                symbol=f"pm.{asset}",
+                timeframe="M1",
+                kind="fvg_bullish",
+                top=0.6,
+                bottom=0.5,
+                strength=1.0,
+                created_ns=ev,
+                expires_ns=ev + 3600 * S,
+            )
+            alerts.on_message(ZoneTouched(zone=zone, price=0.55, event_ns=ev), ev)
+    alerts.flush(ev)
+    for asset in assets[:1]:
+        alerts.flow.metrics(f"pm.{asset}", 60.0, ev)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    alerts.store.close()
+    return used
+
+
+def bench_memory() -> dict[str, dict[str, Any]]:
+    """Bytes of state per symbol with every order-flow buffer full (tick buffer, delta and CVD
+    histories: 410 s at 3 trades/s), the persisted trades' window, the open bar with one zone
+    touch: the slope between 50 and 150 symbols (what the service grows by per symbol). And what
+    each further zone event held in an open bar costs (up to alerts.max_zone_events a bar)."""
+    with tempfile.TemporaryDirectory() as d:
+        small = _state_bytes(50, 410, 3, 1, f"{d}/a.sqlite3")
+        large = _state_bytes(150, 410, 3, 1, f"{d}/b.sqlite3")
+        one = _state_bytes(100, 5, 3, 1, f"{d}/c.sqlite3")
+        many = _state_bytes(100, 5, 3, 33, f"{d}/d.sqlite3")
+    return {
+        "alerts.bytes_per_symbol": {"value": round((large - small) / 100), "unit": "B", "goal": "<= 30000"},
+        "alerts.bytes_per_zone_event": {"value": round((many - one) / (100 * 32)), "unit": "B", "goal": ""},
+    }
+
+
 def run() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     out.update(bench_bucket())
     out.update(bench_trades())
     out.update(bench_jobs())
+    out.update(bench_memory())
     return out
 
 

@@ -19,7 +19,6 @@ import msgspec
 from shared.bars import Bar, BarBuilder
 from shared.messages import AlertZoneEvent, TickerInput
 
-MAX_ZONE_EVENTS = 64  # per ticker per bar: a flood of zone events cannot grow a job without bound
 ROW_PREFIX = "bar:"
 
 
@@ -83,8 +82,11 @@ class Series:
 class Bars:
     """Per bucket size: ticker -> its open bars and their zone events."""
 
-    def __init__(self, sizes_ns: Iterable[int]) -> None:
+    def __init__(self, sizes_ns: Iterable[int], max_zone_events: int = 64) -> None:
         self.sizes = sorted(set(sizes_ns))
+        # per ticker per bar: a flood of zone events cannot grow the state or a job without bound
+        self.max_zone_events = max_zone_events
+        self.zones_dropped = 0  # zone events over that bound (counted once per event)
         self._series: dict[int, dict[str, Series]] = {s: {} for s in self.sizes}
         self.closed_before: dict[int, int] = dict.fromkeys(self.sizes, 0)  # per size: evaluated up to
         self.late: dict[int, int] = dict.fromkeys(self.sizes, 0)  # inputs for an evaluated bucket
@@ -109,6 +111,7 @@ class Bars:
 
     def zone(self, symbol: str, event: AlertZoneEvent) -> None:
         ns = event.event_ns
+        dropped = False
         for size in self.sizes:
             start = ns - ns % size
             if start < self.closed_before[size]:
@@ -118,9 +121,12 @@ class Bars:
             if ns > series.updated_ns:
                 series.updated_ns = ns
             events = series.zones.setdefault(start, [])
-            if len(events) < MAX_ZONE_EVENTS:
-                events.append(event)
+            if len(events) < self.max_zone_events:
+                events.append(event)  # the same object in every size's bar
                 self._dirty.add((size, symbol))
+            else:
+                dropped = True
+        self.zones_dropped += dropped
 
     def inputs(self, size_ns: int, tickers: Iterable[str], boundary_ns: int) -> dict[str, TickerInput]:
         """The bars of the bucket ending at ``boundary_ns`` of these tickers (those with any input)."""

@@ -97,6 +97,8 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     flow_tick_buffer: int = 1000
     flow_delta_history: int = 200
     flow_cvd_history: int = 400
+    # zone events kept per ticker per open bar (a flood guard; more are counted and dropped)
+    max_zone_events: int = 64
 
     strategies: list[StrategyConfig] = []
 
@@ -107,6 +109,11 @@ class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("job_timeout must be > 0")
         if self.job_lease <= 0:
             raise ValueError("job_lease must be > 0")
+        for key in ("flow_tick_buffer", "flow_delta_history", "flow_cvd_history", "flow_cache_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1")
+        if self.max_zone_events < 1:
+            raise ValueError("max_zone_events must be >= 1")
         seen: set[str] = set()
         for s in self.strategies:
             if s.id in seen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -33,6 +34,7 @@ from services.alerts.wiring import (
     workers_origin,
 )
 from shared.bars import Watermark
+from shared.constants import dex_symbol, pm_symbol
 from shared.messages import (
     AlertFired,
     AlertZoneEvent,
@@ -68,7 +70,7 @@ class Alerts:
         self.strategies = {s.id: s for s in cfg.strategies}
         bucketed = [s for s in cfg.strategies if s.trigger == "bucket"]
         self.throttle = Throttle(store, [spec_of(s) for s in bucketed])
-        self.bars = Bars(int(s.bucket * NS) for s in bucketed)
+        self.bars = Bars((int(s.bucket * NS) for s in bucketed), cfg.max_zone_events)
         # Boundaries are evaluated on the inputs' event time: bucket B once the watermark passes B
         # plus the allowed lateness. With no input yet the stream counts as live (the wall clock).
         self.watermark = Watermark(int(cfg.allowed_lateness * NS), live=True)
@@ -120,46 +122,49 @@ class Alerts:
         # cannot put it into a later bar).
         ev = msg.event_ns if 0 < msg.event_ns < now_ns else now_ns
         self.watermark.observe(ev, now_ns)
+        # Symbols are interned: every table keyed by one holds the same string, not a copy each.
         if isinstance(msg, Price):
-            fired = self.events.on_price(msg.symbol, msg.price) if self.events else None
-            self.throttle.note_update(msg.symbol, ev)
-            self.bars.price(msg.symbol, msg.price, ev)
+            symbol = intern(msg.symbol)
+            fired = self.events.on_price(symbol, msg.price) if self.events else None
+            self.throttle.note_update(symbol, ev)
+            self.bars.price(symbol, msg.price, ev)
             if fired:
                 return self._fire(fired, ev, now_ns)
         elif isinstance(msg, Trade):
-            symbol = f"pm.{msg.asset}"
+            symbol = intern(pm_symbol(msg.asset))
             self.throttle.note_update(symbol, ev)
-            self.flow.add(symbol, ev, msg.price, msg.size, msg.side == "buy")
-            self.flow_log.add(symbol, ev, msg.price, msg.size, msg.side == "buy")
+            self.flow.add(symbol, ev, msg.size, msg.side == "buy")
+            self.flow_log.add(symbol, ev, msg.size, msg.side == "buy")
         elif isinstance(msg, Swap):
-            symbol = f"dex.{msg.pool}"
+            symbol = intern(dex_symbol(msg.pool))
             flow = swap_flow(msg.amount0, msg.amount1)
             if flow is None:
                 self.skipped_messages += 1
                 self.ratelog("bad swap", "skipped a swap of %s with unreadable amounts", msg.pool[:80])
                 return []
             self.throttle.note_update(symbol, ev)
-            self.flow.add(symbol, ev, msg.price, flow[0], flow[1])
-            self.flow_log.add(symbol, ev, msg.price, flow[0], flow[1])
+            self.flow.add(symbol, ev, flow[0], flow[1])
+            self.flow_log.add(symbol, ev, flow[0], flow[1])
         elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
             z = msg.zone
             event = type(msg).__name__.removeprefix("Zone").lower()
             price = msg.price if isinstance(msg, ZoneTouched) else 0.0
-            self.throttle.note_update(z.symbol, ev)
+            symbol = intern(z.symbol)
+            self.throttle.note_update(symbol, ev)
             zone_event = AlertZoneEvent(
                 event=event,
                 zone_id=z.id,
-                timeframe=z.timeframe,
-                kind=z.kind,
+                timeframe=intern(z.timeframe),
+                kind=intern(z.kind),
                 top=z.top,
                 bottom=z.bottom,
                 price=price,
                 event_ns=ev,
             )
-            self.bars.zone(z.symbol, zone_event)
+            self.bars.zone(symbol, zone_event)
             self.urgent = True
             if self.events:
-                fired = self.events.on_zone(z.symbol, zone_event)
+                fired = self.events.on_zone(symbol, zone_event)
                 if fired:
                     return self._fire(fired, zone_event.event_ns, now_ns)
         else:
@@ -293,6 +298,8 @@ class Alerts:
             self.urgent = False
             rows, self._unsaved = self._unsaved, {}
             deletes, self._unsaved_deletes = self._unsaved_deletes, []
+            for key in deletes:  # expired before a failed write could be retried: never written
+                rows.pop(key, None)
             try:
                 self.store.save_inputs(rows, deletes)
             except BaseException:

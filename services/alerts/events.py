@@ -95,22 +95,17 @@ class EventEvaluator:
         self._crosses: dict[str, tuple[_Cross, ...]] = {}
         self._zones: dict[str, tuple[_ZoneRule, ...]] = {}
         self._last: dict[str, float] = {}  # previous price of symbols some price_cross watches
-
-    def __bool__(self) -> bool:
-        return bool(self.strategies)
-
-    def _resolve(self, symbol: str) -> None:
-        crosses = []
-        zones = []
+        self._cross_rules: list[_Cross] = []
+        self._zone_rules: list[_ZoneRule] = []
         for s in self.strategies.values():
-            if not s.covers(symbol):
-                continue
             p = s.params
             if s.kind == "price_cross":
                 direction = p.get("direction", "any")
-                crosses.append(_Cross(s.id, float(p["level"]), direction != "down", direction != "up"))
+                self._cross_rules.append(
+                    _Cross(s.id, float(p["level"]), direction != "down", direction != "up")
+                )
             else:
-                zones.append(
+                self._zone_rules.append(
                     _ZoneRule(
                         s.id,
                         frozenset(p.get("events", ["touched"])),
@@ -118,8 +113,15 @@ class EventEvaluator:
                         frozenset(p.get("kinds", [])),
                     )
                 )
-        self._crosses[symbol] = tuple(crosses)
-        self._zones[symbol] = tuple(zones)
+
+    def __bool__(self) -> bool:
+        return bool(self.strategies)
+
+    def _resolve(self, symbol: str) -> None:
+        """The rules covering ``symbol``: tuples of the shared rule objects (a symbol costs its
+        two tuples, not copies of every rule)."""
+        self._crosses[symbol] = tuple(r for r in self._cross_rules if self.strategies[r.id].covers(symbol))
+        self._zones[symbol] = tuple(r for r in self._zone_rules if self.strategies[r.id].covers(symbol))
 
     def on_price(self, symbol: str, price: float) -> list[tuple[str, Signal]]:
         """The price_cross strategies the step from the symbol's previous price to ``price`` fires."""

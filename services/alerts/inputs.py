@@ -1,13 +1,17 @@
 """The order-flow inputs (trades, swaps) kept in the store while a job may still read them. Pure.
 
 Order-flow metrics are computed at a boundary over the last ``flow_window`` of event time; a
-kill -9 would take the trades of that window with it. Each one is a row (``flow:<event time>:<run>:<n>``)
-written with the ticker updates and deleted once it is older than the longest window plus its
-bucket; a restart feeds them back into the :class:`FlowBook`.
+kill -9 would take the trades of that window with it. The trades read since the last flush are
+written with the ticker updates as one row (``flow:<newest event time>:<run>:<n>``: the batch's
+symbols once, then each trade's symbol index, event time and signed size), deleted once its newest
+trade is older than the longest window plus its bucket; a restart feeds them back into the
+:class:`FlowBook`. What this holds in memory is one entry per flush of that span (~480 at the
+defaults), whatever the number of symbols or trades.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 
@@ -18,16 +22,13 @@ from services.alerts.orderflow import FlowBook
 ROW_PREFIX = "flow:"
 
 
-class FlowRow(msgspec.Struct, array_like=True):
-    symbol: str
-    event_ns: int
-    price: float
-    size: float
-    buy: bool
+class FlowBatch(msgspec.Struct, array_like=True):
+    symbols: list[str]
+    trades: list[tuple[int, int, float]]  # (index in symbols, event time, signed size: - sell)
 
 
 _ENC = msgspec.msgpack.Encoder()
-_DEC = msgspec.msgpack.Decoder(FlowRow)
+_DEC = msgspec.msgpack.Decoder(FlowBatch)
 
 
 class FlowLog:
@@ -38,37 +39,44 @@ class FlowLog:
         self.keep_ns = keep_ns
         self.run_id = run_id
         self._n = 0
-        self._new: dict[str, bytes] = {}
-        self._kept: deque[tuple[int, str]] = deque()  # (event time, key), in arrival order
+        self._symbols: dict[str, int] = {}  # the pending batch's symbols -> index
+        self._trades: list[tuple[int, int, float]] = []
+        self._newest = 0  # the pending batch's newest event time
+        self._kept: deque[tuple[int, str]] = deque()  # (newest event time, key) of written batches
         self._expired: list[str] = []
 
-    def add(self, symbol: str, event_ns: int, price: float, size: float, buy: bool) -> None:
+    def add(self, symbol: str, event_ns: int, size: float, buy: bool) -> None:
         if self.keep_ns <= 0:
             return
-        self._n += 1
-        key = f"{ROW_PREFIX}{event_ns:020d}:{self.run_id}:{self._n}"
-        self._new[key] = _ENC.encode(FlowRow(symbol, event_ns, price, size, buy))
-        self._kept.append((event_ns, key))
+        index = self._symbols.setdefault(symbol, len(self._symbols))
+        self._trades.append((index, event_ns, size if buy else -size))
+        if event_ns > self._newest:
+            self._newest = event_ns
 
     def prune(self, now_ns: int) -> None:
-        """Forget the rows older than what any job may still read (in arrival order: a late row
-        behind a newer one waits for it)."""
+        """Forget the batches older than what any job may still read (in the order written: a
+        batch behind a newer one waits for it)."""
         cutoff = now_ns - self.keep_ns
         kept = self._kept
         while kept and kept[0][0] < cutoff:
-            _, key = kept.popleft()
-            if self._new.pop(key, None) is None:  # written already: delete it
-                self._expired.append(key)
+            self._expired.append(kept.popleft()[1])
 
     def take(self) -> tuple[dict[str, bytes], list[str]]:
-        """The rows to write and the keys to delete since the last call."""
-        new, self._new = self._new, {}
+        """The rows to write (the batch read since the last call) and the keys to delete."""
+        new: dict[str, bytes] = {}
+        if self._trades:
+            self._n += 1
+            key = f"{ROW_PREFIX}{self._newest:020d}:{self.run_id}:{self._n}"
+            new[key] = _ENC.encode(FlowBatch(list(self._symbols), self._trades))
+            self._kept.append((self._newest, key))
+            self._symbols, self._trades, self._newest = {}, [], 0
         expired, self._expired = self._expired, []
         return new, expired
 
     def restore(self, rows: Mapping[str, bytes], book: FlowBook) -> int:
-        """Feed stored rows back into ``book`` in event-time order, and keep them; returns how many."""
-        found: list[tuple[str, FlowRow]] = []
+        """Feed stored batches back into ``book`` in event-time order, and keep them; returns how
+        many trades."""
+        found: list[tuple[str, FlowBatch]] = []
         for key, body in rows.items():
             if not key.startswith(ROW_PREFIX):
                 continue
@@ -76,11 +84,19 @@ class FlowLog:
                 found.append((key, _DEC.decode(body)))
             except (msgspec.DecodeError, ValueError):
                 self._expired.append(key)
-        found.sort(key=lambda kr: kr[0])
-        for key, row in found:
-            if self.keep_ns > 0:
-                book.add(row.symbol, row.event_ns, row.price, row.size, row.buy)
-                self._kept.append((row.event_ns, key))
-            else:
-                self._expired.append(key)
-        return len(found) if self.keep_ns > 0 else 0
+        if self.keep_ns <= 0:
+            self._expired += [key for key, _ in found]
+            return 0
+        found.sort(key=lambda kb: kb[0])
+        trades: list[tuple[int, str, float]] = []
+        for key, batch in found:
+            newest = 0
+            for index, event_ns, signed in batch.trades:
+                if 0 <= index < len(batch.symbols):
+                    trades.append((event_ns, batch.symbols[index], signed))
+                    newest = max(newest, event_ns)
+            self._kept.append((newest, key))
+        trades.sort(key=lambda t: t[0])  # stable: ties keep the order they were read in
+        for event_ns, symbol, signed in trades:
+            book.add(symbol, event_ns, abs(signed), math.copysign(1.0, signed) > 0)
+        return len(trades)

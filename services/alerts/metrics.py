@@ -135,6 +135,11 @@ class AlertsCollector(Collector):
         for size, n in a.bars.late.items():
             late.add_metric([f"{size / 1e9:g}s"], n)
         yield late
+        yield counter(
+            "zone_events_dropped",
+            "Zone events over alerts.max_zone_events for their ticker's open bar: kept out of it",
+            a.bars.zones_dropped,
+        )
         yield by_label(
             "results_refused",
             "Messages on the results socket refused: a result for no job in flight here (unknown_job), "

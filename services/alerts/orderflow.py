@@ -1,7 +1,8 @@
 """Order flow per symbol (seed 002): delta, CVD, buy/sell volume, imbalance, trades per second.
 
-Pure and synchronous. One :class:`FlowEngine` per symbol holds bounded deques (seed sizes: tick
-buffer 1000, delta history 200, CVD history 400), so memory stays flat whatever the trade rate.
+Pure and synchronous. One :class:`FlowEngine` per symbol holds fixed-size columnar rings (seed
+sizes: tick buffer 1000, delta history 200, CVD history 400; 16 bytes an entry, 25.6 kB a symbol
+with all three full), so memory stays flat whatever the trade rate.
 :class:`FlowBook` routes trades to engines and answers metrics through :class:`MetricsCache`, a
 TTL cache (5 s default) keyed by (symbol, window) and bounded in entries, so strategies grouped by
 symbol compute metrics once per symbol per check.
@@ -20,9 +21,10 @@ Definitions (aggressor side decides buy or sell):
 from __future__ import annotations
 
 import time
+from array import array
 from bisect import bisect_left
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from shared.messages import OrderFlowMetrics
@@ -44,8 +46,87 @@ COMPUTE_BUCKETS_NS = (
 )
 
 
+class Ring:
+    """A fixed-capacity ring of (int64 time, float64 value) in two ``array`` columns, the oldest
+    overwritten: 16 bytes an entry once full, whatever the rate. The columns grow to the capacity
+    (a symbol that trades little costs little), are then trimmed to it exactly and wrap."""
+
+    __slots__ = ("_head", "capacity", "descents", "times", "values")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("a ring holds at least one entry")
+        self.capacity = capacity
+        self.times = array("q")
+        self.values = array("d")
+        self._head = -1  # once full: the oldest entry, overwritten next (-1: not full yet)
+        # neighbours (oldest first) whose time goes back: 0 means the times are sorted
+        self.descents = 0
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def maxlen(self) -> int:
+        return self.capacity
+
+    def append(self, t: int, v: float) -> None:
+        times = self.times
+        i = self._head
+        if i >= 0:  # full: overwrite the oldest
+            cap = self.capacity
+            j = i + 1
+            if j == cap:
+                j = 0
+            if cap > 1:
+                if times[j] < times[i]:  # the oldest pair leaves
+                    self.descents -= 1
+                if t < times[i - 1]:  # the newest pair comes (index -1 wraps to the end)
+                    self.descents += 1
+            times[i] = t
+            self.values[i] = v
+            self._head = j
+            return
+        if times and t < times[-1]:
+            self.descents += 1
+        times.append(t)
+        self.values.append(v)
+        if len(times) == self.capacity:  # full: drop the arrays' growth slack, wrap from now on
+            self.times = times[:]
+            self.values = self.values[:]
+            self._head = 0
+
+    def newest_first(self) -> tuple[array[int], array[float]]:
+        """Copies of both columns, newest entry first (C-level slices)."""
+        h = self._head
+        t, v = self.times, self.values
+        if h <= 0:
+            return t[::-1], v[::-1]
+        return t[h - 1 :: -1] + t[: h - 1 : -1], v[h - 1 :: -1] + v[: h - 1 : -1]
+
+    def oldest_first(self) -> tuple[array[int], array[float]]:
+        """Copies of both columns, oldest entry first."""
+        h = self._head
+        t, v = self.times, self.values
+        if h <= 0:
+            return t[:], v[:]
+        return t[h:] + t[:h], v[h:] + v[:h]
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        """(time, value), oldest first."""
+        return zip(*self.oldest_first(), strict=True)
+
+    @property
+    def oldest_value(self) -> float:
+        return self.values[max(self._head, 0)]
+
+    @property
+    def nbytes(self) -> int:
+        return (len(self.times) + len(self.values)) * 8
+
+
 class FlowEngine:
-    """One symbol's trades and histories."""
+    """One symbol's trades and histories, in fixed-size columnar rings (bytes: :attr:`nbytes`)."""
 
     __slots__ = (
         "_cur_delta",
@@ -72,9 +153,9 @@ class FlowEngine:
         interval_ns: int = NS,
     ) -> None:
         self.symbol = symbol
-        self.ticks: deque[tuple[int, float, float]] = deque(maxlen=tick_buffer)  # (ns, price, signed size)
-        self.delta_history: deque[tuple[int, float]] = deque(maxlen=delta_history)  # (slot start, delta)
-        self.cvd_history: deque[tuple[int, float]] = deque(maxlen=cvd_history)  # (slot end, CVD then)
+        self.ticks = Ring(tick_buffer)  # (event time, signed size): + buy, - sell; arrival order
+        self.delta_history = Ring(delta_history)  # (slot start, delta in it)
+        self.cvd_history = Ring(cvd_history)  # (slot end, CVD then)
         self.interval_ns = interval_ns
         self.cvd = 0.0
         self.buy_volume = 0.0  # totals since start
@@ -84,9 +165,14 @@ class FlowEngine:
         self._cur_slot = -1
         self._cur_delta = 0.0
 
-    def add(self, ns: int, price: float, size: float, buy: bool) -> None:
+    @property
+    def nbytes(self) -> int:
+        """The rings' bytes (at most 16 per entry of tick buffer, delta and CVD history)."""
+        return self.ticks.nbytes + self.delta_history.nbytes + self.cvd_history.nbytes
+
+    def add(self, ns: int, size: float, buy: bool) -> None:
         signed = size if buy else -size
-        self.ticks.append((ns, price, signed))
+        self.ticks.append(ns, signed)
         if buy:
             self.buy_volume += size
         else:
@@ -97,8 +183,8 @@ class FlowEngine:
         slot = ns - ns % self.interval_ns
         if slot != self._cur_slot:
             if self._cur_slot >= 0:
-                self.delta_history.append((self._cur_slot, self._cur_delta))
-                self.cvd_history.append((self._cur_slot + self.interval_ns, self.cvd))
+                self.delta_history.append(self._cur_slot, self._cur_delta)
+                self.cvd_history.append(self._cur_slot + self.interval_ns, self.cvd)
             self._cur_slot = slot
             self._cur_delta = 0.0
         self._cur_delta += signed
@@ -116,27 +202,45 @@ class FlowEngine:
         if ns >= self._cur_slot:
             return self.cvd - self._cur_delta  # the CVD when the latest interval began
         history = self.cvd_history
-        for end, cvd in reversed(history):
+        ends, cvds = history.newest_first()
+        for end, cvd in zip(ends, cvds, strict=True):
             if end <= ns:
                 return cvd
-        if history and len(history) == history.maxlen:
-            return history[0][1]  # history was trimmed: the best we still know
+        if len(history) == history.capacity:
+            return history.oldest_value  # history was trimmed: the best we still know
         return 0.0
 
     def metrics(self, window_s: float, now_ns: int) -> OrderFlowMetrics:
+        """The trades of ``[now - window, now]``: newest first (in arrival order) until the first
+        one older than the window, those after ``now`` left out."""
         start = now_ns - int(window_s * NS)
-        buy = sell = 0.0
-        n = 0
-        for ns, _price, signed in reversed(self.ticks):
-            if ns < start:
-                break
-            if ns > now_ns:
-                continue
-            n += 1
-            if signed > 0:
-                buy += signed
-            else:
-                sell -= signed
+        ticks = self.ticks
+        if ticks.descents == 0 and self.last_ns <= now_ns:
+            # Times sorted, none after now (the usual case): the window is a suffix, found by
+            # bisection; its sizes summed in the same order as the loop below (the same floats).
+            times, sizes = ticks.oldest_first()
+            window = sizes[bisect_left(times, start) :][::-1]
+            n = len(window)
+            buy = sell = 0.0
+            for signed in window:
+                if signed > 0:
+                    buy += signed
+                else:
+                    sell -= signed
+        else:
+            buy = sell = 0.0
+            n = 0
+            times, sizes = ticks.newest_first()
+            for ns, signed in zip(times, sizes, strict=True):
+                if ns < start:
+                    break
+                if ns > now_ns:
+                    continue
+                n += 1
+                if signed > 0:
+                    buy += signed
+                else:
+                    sell -= signed
         total = buy + sell
         delta = buy - sell
         return OrderFlowMetrics(
@@ -237,11 +341,11 @@ class FlowBook:
             eng = self.engines[symbol] = FlowEngine(symbol, tick_buffer=tb, delta_history=dh, cvd_history=ch)
         return eng
 
-    def add(self, symbol: str, ns: int, price: float, size: float, buy: bool) -> None:
+    def add(self, symbol: str, ns: int, size: float, buy: bool) -> None:
         eng = self.engines.get(symbol)
         if eng is None:
             eng = self.engine(symbol)
-        eng.add(ns, price, size, buy)
+        eng.add(ns, size, buy)
 
     def metrics(self, symbol: str, window_s: float, now_ns: int) -> OrderFlowMetrics | None:
         """Cached metrics of a symbol (None for a symbol never traded)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import deque
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -28,11 +31,11 @@ T0 = 1_700_000_000 * S
 
 def test_hand_computed_window() -> None:
     eng = FlowEngine("pm.1")
-    #          t (s)  price size  buy?
-    trades = [(0.0, 0.50, 10.0, True), (0.5, 0.51, 4.0, False), (1.2, 0.52, 6.0, True),
-              (2.0, 0.50, 3.0, False), (3.5, 0.49, 8.0, False), (4.0, 0.50, 5.0, True)]  # fmt: skip
-    for t, price, size, buy in trades:
-        eng.add(T0 + int(t * S), price, size, buy)
+    #          t (s) size  buy?
+    trades = [(0.0, 10.0, True), (0.5, 4.0, False), (1.2, 6.0, True),
+              (2.0, 3.0, False), (3.5, 8.0, False), (4.0, 5.0, True)]  # fmt: skip
+    for t, size, buy in trades:
+        eng.add(T0 + int(t * S), size, buy)
     now = T0 + 4 * S
     # whole history: buys 10+6+5 = 21, sells 4+3+8 = 15
     m = eng.metrics(10.0, now)
@@ -56,28 +59,116 @@ def test_no_trades_in_window_and_empty_engine() -> None:
     eng = FlowEngine("x")
     m = eng.metrics(5.0, T0)
     assert (m.trades, m.delta, m.imbalance, m.cvd_change) == (0, 0.0, 0.0, 0.0)
-    eng.add(T0, 1.0, 2.0, True)
+    eng.add(T0, 2.0, True)
     m = eng.metrics(5.0, T0 + 60 * S)
     assert (m.trades, m.cvd, m.cvd_change) == (0, 2.0, 0.0)
 
 
-def test_deques_are_bounded() -> None:
+def test_rings_are_bounded_and_exact() -> None:
     eng = FlowEngine("x", tick_buffer=1000, delta_history=200, cvd_history=400)
+    assert eng.nbytes == 0  # columns grow with the trades, up to their capacity
     for i in range(5000):
-        eng.add(T0 + i * S, 1.0, 1.0, i % 2 == 0)
+        eng.add(T0 + i * S, 1.0, i % 2 == 0)
     assert len(eng.ticks) == 1000
     assert len(eng.delta_history) == 200
     assert len(eng.cvd_history) == 400
+    assert eng.nbytes == (1000 + 200 + 400) * 16  # no growth slack left once full
+    assert [t for t, _ in eng.ticks] == [T0 + i * S for i in range(4000, 5000)]  # oldest first
     assert eng.trades == 5000 and eng.buy_volume == 2500 and eng.cvd == 0.0
+
+
+class DequeEngine:
+    """The engine as it was (tuples in deques): the reference the rings must equal exactly."""
+
+    def __init__(self, tick_buffer: int, delta_history: int, cvd_history: int) -> None:
+        self.ticks: deque[tuple[int, float]] = deque(maxlen=tick_buffer)
+        self.cvd_history: deque[tuple[int, float]] = deque(maxlen=cvd_history)
+        self.delta_history: deque[tuple[int, float]] = deque(maxlen=delta_history)
+        self.cvd = 0.0
+        self.slot = -1
+        self.slot_delta = 0.0
+
+    def add(self, ns: int, size: float, buy: bool) -> None:
+        signed = size if buy else -size
+        self.ticks.append((ns, signed))
+        slot = ns - ns % S
+        if slot != self.slot:
+            if self.slot >= 0:
+                self.delta_history.append((self.slot, self.slot_delta))
+                self.cvd_history.append((self.slot + S, self.cvd))
+            self.slot, self.slot_delta = slot, 0.0
+        self.slot_delta += signed
+        self.cvd += signed
+
+    def cvd_at(self, ns: int) -> float:
+        if self.slot < 0:
+            return 0.0
+        if ns >= self.slot + S:
+            return self.cvd
+        if ns >= self.slot:
+            return self.cvd - self.slot_delta
+        for end, cvd in reversed(self.cvd_history):
+            if end <= ns:
+                return cvd
+        if len(self.cvd_history) == self.cvd_history.maxlen:
+            return self.cvd_history[0][1]
+        return 0.0
+
+    def figures(self, window_s: float, now_ns: int) -> tuple[int, float, float, float]:
+        start = now_ns - int(window_s * S)
+        buy = sell = 0.0
+        n = 0
+        for ns, signed in reversed(self.ticks):
+            if ns < start:
+                break
+            if ns > now_ns:
+                continue
+            n += 1
+            if signed > 0:
+                buy += signed
+            else:
+                sell -= signed
+        return n, buy, sell, self.cvd - self.cvd_at(start)
+
+
+@pytest.mark.parametrize("late_share", [0.0, 0.02, 0.2])
+@pytest.mark.parametrize("seed", range(5))
+def test_rings_give_the_deques_figures(seed: int, late_share: float) -> None:
+    """Random trades (in order, or some out of order; bursts, quiet seconds, zero sizes) through
+    small rings that wrap many times: every window's figures equal the deque engine's, bit for
+    bit, on the sorted path (bisection) and the general one."""
+    rng = random.Random(seed)
+    sizes = (rng.randint(1, 50), rng.randint(1, 20), rng.randint(1, 30))
+    eng = FlowEngine("x", tick_buffer=sizes[0], delta_history=sizes[1], cvd_history=sizes[2])
+    ref = DequeEngine(*sizes)
+    ns = T0
+    for i in range(3000):
+        ns += rng.choice((0, 1, S // 7, S, 5 * S))
+        at = ns - rng.randrange(3 * S) if rng.random() < late_share else ns
+        size, buy = rng.choice((0.0, rng.random() * 100, float(rng.randint(1, 9)))), rng.random() < 0.5
+        eng.add(at, size, buy)
+        ref.add(at, size, buy)
+        if i % 37 == 0:
+            for window in (0.5, 1.0, 3.0, 10.0, 60.0):
+                now = ns + rng.choice((0, S // 2, 2 * S))
+                m = eng.metrics(window, now)
+                assert (m.trades, m.buy_volume, m.sell_volume, m.cvd_change) == ref.figures(window, now)
+                assert m.cvd == ref.cvd
+            # the ring's count of times going back (0: the bisection path) is kept exactly
+            order = [t for t, _ in ref.ticks]
+            assert eng.ticks.descents == sum(b < a for a, b in pairwise(order))
+    assert list(eng.ticks) == list(ref.ticks)
+    assert list(eng.delta_history) == list(ref.delta_history)
+    assert list(eng.cvd_history) == list(ref.cvd_history)
 
 
 async def test_cache_hits_then_expires_with_the_clock() -> None:
     clock = FakeClock()
     book = FlowBook(ttl_ns=5 * S)
-    book.add("pm.1", clock.time_ns(), 0.5, 3.0, True)
+    book.add("pm.1", clock.time_ns(), 3.0, True)
     first = book.metrics("pm.1", 60.0, clock.time_ns())
     assert first is not None and first.buy_volume == 3.0
-    book.add("pm.1", clock.time_ns(), 0.5, 1.0, False)
+    book.add("pm.1", clock.time_ns(), 1.0, False)
     await clock.advance_and_settle(4.9)
     again = book.metrics("pm.1", 60.0, clock.time_ns())
     assert again is first  # cached: the sell is not seen yet
@@ -111,8 +202,8 @@ def test_cache_is_bounded_oldest_out() -> None:
 
 def test_metrics_for_groups_by_symbol() -> None:
     book = FlowBook()
-    book.add("a", T0, 1.0, 1.0, True)
-    book.add("b", T0, 1.0, 2.0, False)
+    book.add("a", T0, 1.0, True)
+    book.add("b", T0, 2.0, False)
     got = book.metrics_for({"a": {60.0, 10.0}, "b": {60.0}, "zzz": {60.0}}, T0)
     assert sorted(got) == [("a", 10.0), ("a", 60.0), ("b", 60.0)]
     assert book.cache.stats.computations == 3
@@ -136,7 +227,7 @@ def test_compute_latency_histogram_through_the_collector(tmp_path: Path) -> None
 
     try:
         for i in range(1000):
-            core.flow.add("pm.a", T0 + i * S // 100, 0.5, 1.0, i % 3 == 0)
+            core.flow.add("pm.a", T0 + i * S // 100, 1.0, i % 3 == 0)
         core.flow.metrics_for({"pm.a": {5.0, 60.0}}, T0 + 10 * S)
         core.flow.metrics_for({"pm.a": {5.0, 60.0}}, T0 + 10 * S)  # cached: not computed again
         stats = core.flow.cache.stats
