@@ -166,10 +166,13 @@ class PatternDetector:
         n = self.n
         if len(cs) == 2 * n + 1:
             pivot = cs[n]
-            others = [cs[i] for i in range(2 * n + 1) if i != n]
-            if all(pivot.high > o.high for o in others):
+            highs = [o.high for o in cs]
+            del highs[n]
+            if pivot.high > max(highs):
                 out.append(self._det(BSL, pivot.high, max(pivot.open, pivot.close), 1.0, c.end_ns))
-            if all(pivot.low < o.low for o in others):
+            lows = [o.low for o in cs]
+            del lows[n]
+            if pivot.low < min(lows):
                 out.append(self._det(SSL, min(pivot.open, pivot.close), pivot.low, 1.0, c.end_ns))
         return out
 
@@ -243,6 +246,20 @@ class Detectors:
                     builder.changed = True
                     self._closed[symbol] = None
                     out.extend(self._on_close(detector, candle))
+            bars = builder.bars
+            if bars:
+                bar = bars[-1]
+                if bar.start_ns <= ts_ns < bar.end_ns:
+                    # The newest open candle's bucket (most ticks): BarBuilder.add's own update,
+                    # without the call (6 timeframes a tick).
+                    if price > bar.high:
+                        bar.high = price
+                    elif price < bar.low:
+                        bar.low = price
+                    bar.close = price
+                    bar.ticks += 1
+                    builder.changed = True
+                    continue
             if builder.add(ts_ns, price):
                 builder.changed = True
             else:

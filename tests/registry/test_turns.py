@@ -240,3 +240,14 @@ async def test_a_big_expiry_pass_is_published_over_many_loop_turns(monkeypatch: 
         await asyncio.gather(task, return_exceptions=True)
         assert turns >= 3  # 2 000 zones, 500 a turn
         assert not any(isinstance(m, ZoneRemoved) for m in sent)  # their grace has not run out
+
+
+async def test_a_turn_ends_soon_after_the_next_planned_timer() -> None:
+    async with service() as svc:
+        now = T0
+        svc._planned_wake_ns = now + 60 * S  # nothing due for a minute: the longest turn
+        assert svc.turn_budget(now) == service_module.TURN_MAX_S
+        svc._planned_wake_ns = now + 3 * MS  # a timer in 3 ms: the turn ends at most 2 ms after it
+        assert svc.turn_budget(now) == pytest.approx(0.003 + service_module.TURN_BUDGET_S)
+        svc._planned_wake_ns = now - 1 * MS  # already due: the shortest turn
+        assert svc.turn_budget(now) == service_module.TURN_BUDGET_S
