@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from services.ingest.shard import Shard
 
@@ -17,6 +20,30 @@ if TYPE_CHECKING:
     from services.ingest.subscriptions import Subscriptions
 
 P = "poolwire_ingest"
+go_float = cast(Callable[[float], str], _untyped_go_float)  # a bound as the exposition writes it
+PUBLISH_LATENCY_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025)
+
+
+class LatencyHistogram:
+    """A histogram the hot path fills with a bisect and two adds, exported when scraped
+    (prometheus_client's takes a lock per observation: ~5 % of the process at 50 k frames/s)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = sorted(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # a value on a bound is in its bucket
+        self.total += seconds
+
+    def metric(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(go_float(b), n) for b, n in zip(self.bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", cumulative[-1]))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
 
 
 class IngestCollector(Collector):
@@ -43,6 +70,7 @@ class IngestCollector(Collector):
         self.force_refused: dict[str, int] = {}  # ForceSubscribe ids refused, by reason
         self.pull_ignored: dict[str, int] = {}  # messages on PULL that are not commands, by type
         self.snapshot_bad_requests: Callable[[], int] = lambda: 0
+        self.publish_latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS)
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(
@@ -122,6 +150,9 @@ class IngestCollector(Collector):
             "resyncs_suppressed", "Resyncs not asked: one already this interval", h.resyncs_suppressed
         )
         yield from self._resync_metrics()
+        yield self.publish_latency.metric(
+            f"{P}_publish_latency_seconds", "From a frame's arrival to its messages queued for publishing"
+        )
         yield counter("handoff_duplicates", "Recycling duplicates dropped", r.handoff_duplicates)
         yield counter(
             "not_owner_drops", "Events from a connection that does not own the asset", r.not_owner_drops

@@ -13,13 +13,12 @@ import time
 from typing import Literal
 
 import aiohttp
-from prometheus_client import Histogram
 
 from services.ingest.config import IngestConfig
 from services.ingest.connection import Connection
 from services.ingest.discovery import discover
 from services.ingest.force import ForceGate
-from services.ingest.metrics import IngestCollector
+from services.ingest.metrics import PUBLISH_LATENCY_BUCKETS, IngestCollector, LatencyHistogram
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
 from services.ingest.rest import RestClient, Resyncer
@@ -92,12 +91,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     snapshots = SnapshotServer(
         cfg.snapshot, snapshot, publisher=pub, max_message_size=ctx.common.max_message_size
     )
-    latency = Histogram(
-        "poolwire_ingest_publish_latency_seconds",
-        "From a frame's arrival to its messages queued for publishing",
-        buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025),
-        registry=ctx.metrics,
-    )
+    latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS)
     observe = latency.observe
     handle = router.handle_frame
     perf = time.perf_counter
@@ -166,6 +160,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     collector = IngestCollector(pool, router, subscriptions, shard, resyncer)
     ctx.metrics.register(collector)
     collector.snapshot_bad_requests = lambda: snapshots.bad_requests
+    collector.publish_latency = latency
     gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
     collector.force_refused = gate.refused
 

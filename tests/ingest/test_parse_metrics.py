@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from services.ingest import parse
-from services.ingest.metrics import IngestCollector
+from services.ingest.metrics import PUBLISH_LATENCY_BUCKETS, IngestCollector
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
 from services.ingest.router import Router
@@ -50,3 +50,26 @@ def test_events_for_assets_not_followed_and_legacy_frames_are_exported() -> None
     text = scrape(router)
     assert "poolwire_ingest_unknown_assets_total 2.0" in text
     assert "poolwire_ingest_legacy_events_total 1.0" in text
+
+
+def test_publish_latency_is_exported_as_prometheus_clients_own_histogram_would() -> None:
+    """The hot path's lock-free histogram scrapes exactly like prometheus_client's Histogram fed
+    the same values (bounds inclusive: a value on a bound is in that bucket)."""
+    router = Router(lambda t, m: None, verify_hashes=False)
+    subscriptions = Subscriptions()
+    pool = ConnectionPool(subscriptions, router, Limits(), lambda cid: None)  # type: ignore[arg-type,return-value]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    collector = IngestCollector(pool, router, subscriptions)
+    ours.register(collector)
+    name = "poolwire_ingest_publish_latency_seconds"
+    reference = Histogram(name, "x", buckets=PUBLISH_LATENCY_BUCKETS, registry=theirs)
+    for seconds in (0.0, 3e-6, 5e-6, 7e-6, 1e-5, 4e-5, 2.5e-4, 0.003, 0.025, 0.2, 1.5):
+        collector.publish_latency.observe(seconds)
+        reference.observe(seconds)
+
+    def series(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return [line for line in lines if line.startswith(name) and "_created" not in line]
+
+    assert series(ours) == series(theirs)
+    assert f'{name}_bucket{{le="5e-06"}} 3.0' in series(ours)
