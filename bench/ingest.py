@@ -8,6 +8,7 @@
   ingest's PUB and counts holes in ``seq``. The figure is the consumer's updates (BookChange + Trade)
   over the time from its first update to its last; ``e2e_gaps`` the holes (messages lost);
   ``e2e_cpu_pct`` ingest's CPU over the run. 400 assets on one connection, ~320 k updates.
+  ``BENCH_INGEST_PYSPY=path`` records py-spy's collapsed stacks of ingest during the run.
 
 - ``router_msgs_per_s`` / ``router_frames_per_s`` / ``published_per_s``: the Router in
   this process over recorded simulator frames (400 assets), publishing on a real PUB socket; best
