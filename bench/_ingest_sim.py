@@ -167,9 +167,13 @@ class Replay:
     async def send(self, writer: asyncio.StreamWriter) -> None:
         await self.go.wait()
         t0 = time.perf_counter()
-        for chunk in self.chunks:
-            writer.write(chunk)
-            await writer.drain()
+        try:
+            for chunk in self.chunks:
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError as exc:  # ingest went away: the bench reports it, never waits
+            print(f"broken {exc!r}", flush=True)
+            return
         print(f"sent {self.frames} {self.updates} {time.perf_counter() - t0:.4f}", flush=True)
 
 

@@ -303,8 +303,8 @@ async def _end_to_end(rig: Processes) -> Figures:
         c0 = cpu_s(ingest.pid)
         replay.stdin.write(b"go\n")
         replay.stdin.flush()
-        sent = (await read_line(replay, 600)).split()
-        result = json.loads(await read_line(counter, 600))
+        result = json.loads(await read_line(counter, 600))  # ends 5 s after the last message
+        sent = (await read_line(replay, 30)).split()
         c1 = cpu_s(ingest.pid)
         m = await ingest_metrics(http, rig.metrics_port)
         if spy is not None:
