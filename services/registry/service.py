@@ -20,6 +20,7 @@ from services.registry.config import RegistryConfig
 from services.registry.detectors import Detection, Detectors
 from services.registry.logs import RateLimitFilter
 from services.registry.metrics import RegistryCollector
+from services.registry.outbox import Outbox
 from services.registry.registry import Registry
 from services.registry.restore import restore_detectors, stored_zones
 from services.registry.store import ZoneStore
@@ -142,16 +143,16 @@ class RegistryService:
             max_message_size=ctx.common.max_message_size,
         )
         collector.snapshot_bad_requests = lambda: self.snapshots.bad_requests
+        self.outbox = Outbox(self.store, self.publish) if self.store is not None else None
 
     # ------------------------------------------------------------------------------------------
-    def emit(self) -> int:
-        """Publish the core's events and note the changes for the store."""
+    def emit(self, oldest_ns: int = 0) -> int:
+        """Note the core's events' changes for the store and publish them once written (the
+        outbox); ``oldest_ns``: the publish time of the oldest price that caused them."""
         events = self.registry.drain()
         store = self.store
-        publish = self.pub.publish
         for event in events:
             zone = event.zone  # type: ignore[attr-defined]
-            publish(zone_topic(EVENT_NAMES[type(event)], zone.timeframe, zone.symbol), event)
             if store is not None:
                 if isinstance(event, ZoneRemoved):
                     store.removed(zone.id)
@@ -159,23 +160,31 @@ class RegistryService:
                     store.changed(zone)
             if isinstance(event, ZoneCreated) and zone.expires_ns < self._planned_wake_ns:
                 self._wake.set()
-        if store is not None and events:
-            # Persist before the publisher's flush (it runs when the loop turns): a consumer never
-            # sees a zone that a registry killed right after would forget.
-            self.flush_store()
+        if self.outbox is None:
+            self.publish(events, oldest_ns)
+        elif events:
+            self.outbox.send(events, oldest_ns)
         return len(events)
 
-    def emit_safely(self) -> int:
+    def publish(self, events: list[Message], oldest_ns: int = 0) -> None:
+        publish = self.pub.publish
+        for event in events:
+            zone = event.zone  # type: ignore[attr-defined]
+            publish(zone_topic(EVENT_NAMES[type(event)], zone.timeframe, zone.symbol), event)
+        if events and oldest_ns:
+            self.event_latency.observe(max(0, self.clock.time_ns() - oldest_ns) / 1e9)
+
+    def emit_safely(self, oldest_ns: int = 0) -> int:
         """:meth:`emit` for the loops: an exception (a bug) is counted and logged, never the end."""
         try:
-            return self.emit()
+            return self.emit(oldest_ns)
         except Exception:
             self.internal(self.bad_events, "the zone events")
             return 0
 
     def flush_store(self, *, detector_symbols: int | None = 0) -> None:
-        """One transaction: the zones' changes, and the changed candles of ``detector_symbols``
-        symbols (None: all of them).
+        """Write the zones' pending changes, and the changed candles of ``detector_symbols``
+        symbols (None: all of them), through the outbox.
 
         Candles change with every tick. Written before each publish, or all at once each second,
         they cost the price -> zone hop 7-10 ms at p99 with 2 000 symbols at 10 k prices/s; the
@@ -183,12 +192,20 @@ class RegistryService:
         not yet written; a detection that fires again after the restart gets the same zone id (a
         counted duplicate).
         """
-        assert self.store is not None
+        assert self.store is not None and self.outbox is not None
         if self.detectors is not None and detector_symbols != 0:
             self.store.states_changed(self.detectors.changed(detector_symbols))
-        self.store.flush()
+        self.outbox.send([])
+
+    async def next_turn(self) -> None:
+        """Let the other tasks run; hold the input while the store is behind."""
+        await asyncio.sleep(0)
+        if self.outbox is not None:
+            await self.outbox.wait_room()
 
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
+        if self.outbox is not None:  # every zone in the reply is announced before its seq
+            self.outbox.settle_now()
         prefix = request.prefix
         items: list[Message] = []
         for zone in self.registry.active():
@@ -240,7 +257,7 @@ class RegistryService:
             start = 0
             while start < len(batch):
                 start = self.prices(batch, start)
-                await asyncio.sleep(0)  # recv_batch does not yield while prices are queued
+                await self.next_turn()  # recv_batch does not yield while prices are queued
 
     def turn_budget(self, now_ns: int) -> float:
         """Seconds this turn may spend on input: up to TURN_BUDGET_S past the next planned timer."""
@@ -289,8 +306,7 @@ class RegistryService:
                 self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
             if oldest == 0 and msg.publish_ns:
                 oldest = msg.publish_ns
-        if self.emit_safely() and oldest:
-            self.event_latency.observe(max(0, clock.time_ns() - oldest) / 1e9)
+        self.emit_safely(oldest)
         self.processing.labels("prices").observe(time.perf_counter() - t0)
         return i
 
@@ -300,7 +316,7 @@ class RegistryService:
             start = 0
             while start < len(msgs):
                 start = self.detector_events(msgs, start)
-                await asyncio.sleep(0)
+                await self.next_turn()
 
     def detector_events(self, msgs: list[Message], start: int) -> int:
         """Like :meth:`prices`, for detector events from PULL."""
@@ -337,7 +353,7 @@ class RegistryService:
             if self.registry.due_backlog:  # a big pass: publish this chunk, let the loop turn
                 self.emit_safely()
                 self.processing.labels("expiry").observe(time.perf_counter() - t0)
-                await asyncio.sleep(0)
+                await self.next_turn()
                 continue
             if self.detectors is not None:
                 try:
@@ -416,6 +432,8 @@ class RegistryService:
             asyncio.create_task(self.expiry_loop(), name="expiry"),
             asyncio.create_task(self.log_loop(), name="skip-log"),
         ]
+        if self.outbox is not None:
+            tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         if self.store is not None:
             tasks.append(asyncio.create_task(self.flush_loop(), name="store-flush"))
             if self.detectors is not None:
@@ -432,13 +450,16 @@ class RegistryService:
                 task.cancel()
             await asyncio.gather(stop, *tasks, return_exceptions=True)
             self.emit()
+            if self.outbox is not None:
+                self.outbox.close()  # the writes in flight, then their events
             await self.snapshots.close()
             self.sub.close()
             self.puller.close()
             await self.pub.close()
             if self.store is not None:
-                self.flush_store(detector_symbols=None)
-                self.store.close()
+                if self.detectors is not None:
+                    self.store.states_changed(self.detectors.changed(None))
+                self.store.close()  # a last write, here on the loop: the outbox is closed
             self.skip_log.flush()
             self.log_filter.remove()
             log.info("stopped with %d zone(s) held", len(self.registry))

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -43,6 +45,21 @@ _DECODE_STATE = msgspec.msgpack.Decoder(PairState).decode
 StateKey = tuple[str, str]  # (symbol, timeframe)
 
 
+@dataclass(slots=True)
+class Batch:
+    """The changes one transaction writes: taken on the loop, written on any thread, settled back
+    on the loop (a failed one gives back what newer changes have not replaced)."""
+
+    dirty: dict[str, Zone]
+    removed: set[str]
+    states: dict[StateKey, PairState]
+    states_removed: set[StateKey]
+    zone_rows: list[tuple[str, bytes]]
+    state_rows: list[tuple[str, str, bytes]]
+    rows: int
+    error: Exception | None = None
+
+
 class ZoneStore:
     def __init__(
         self,
@@ -58,7 +75,11 @@ class ZoneStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retry_interval = retry_interval
         self.clock = clock
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout)
+        # Written by the service's store thread (one write at a time, under _lock), read at start.
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, timeout=busy_timeout, check_same_thread=False
+        )
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
@@ -131,50 +152,96 @@ class ZoneStore:
         """Write what changed since the last good flush in one transaction; returns rows written.
 
         On failure everything stays pending (see the module's doc); ``force`` ignores the wait
-        between retries.
+        between retries. :meth:`take`, :meth:`write` and :meth:`settle` are its three steps, for a
+        caller that writes on another thread.
         """
+        batch = self.take(force=force)
+        if batch is None:
+            return 0
+        try:
+            self.write(batch)
+        except BaseException:
+            self.settle(batch)
+            raise
+        return self.settle(batch)
+
+    def take(self, *, force: bool = False) -> Batch | None:
+        """The pending changes, encoded now (zones change in place later), as one batch; None when
+        there are none or a failure's retry wait is not over."""
         rows = self.pending
         if not rows or (not force and self.failing and self.clock() < self._retry_at):
-            return 0
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT OR REPLACE INTO zones (id, body) VALUES (?, ?)",
-                [(zid, _ENCODE(z)) for zid, z in self._dirty.items()],
-            )
-            db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in self._removed])
-            db.executemany(
-                "INSERT OR REPLACE INTO detector_state (symbol, timeframe, body) VALUES (?, ?, ?)",
-                [(sym, tf, _ENCODE(st)) for (sym, tf), st in self._states.items()],
-            )
-            db.executemany(
-                "DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", self._states_removed
-            )
-            db.execute("COMMIT")
-        except Exception as exc:  # disk full, locked, I/O error: nothing written, nothing dropped
-            self._rollback()
-            self.failures += 1
-            self.failing = True
-            self._retry_at = self.clock() + self.retry_interval
-            self.fail_log(
-                "write",
-                "store write to %s failed (%s): %d change(s) kept, retried in %.1f s",
-                self.path,
-                exc,
-                rows,
-                self.retry_interval,
-            )
-            return 0
-        except BaseException:
-            self._rollback()
-            raise
+            return None
+        dirty, states = self._dirty, self._states
+        batch = Batch(
+            dirty,
+            self._removed,
+            states,
+            self._states_removed,
+            [(zid, _ENCODE(z)) for zid, z in dirty.items()],
+            [(sym, tf, _ENCODE(st)) for (sym, tf), st in states.items()],
+            rows,
+        )
         self._dirty, self._removed, self._states, self._states_removed = {}, set(), {}, set()
-        if self.failing:
-            self.failing = False
-            log.warning("store %s writable again: %d pending change(s) written", self.path, rows)
-        self.writes += rows
-        return rows
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        """One transaction (any thread; one at a time). A failure is kept in ``batch.error``."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT OR REPLACE INTO zones (id, body) VALUES (?, ?)", batch.zone_rows)
+                db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in batch.removed])
+                db.executemany(
+                    "INSERT OR REPLACE INTO detector_state (symbol, timeframe, body) VALUES (?, ?, ?)",
+                    batch.state_rows,
+                )
+                db.executemany(
+                    "DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", batch.states_removed
+                )
+                db.execute("COMMIT")
+            except Exception as exc:  # disk full, locked, I/O error: nothing written, nothing dropped
+                self._rollback()
+                batch.error = exc
+            except BaseException as exc:
+                self._rollback()
+                batch.error = RuntimeError(f"interrupted: {exc!r}")
+                raise
+
+    def settle(self, batch: Batch) -> int:
+        """Account for a written batch (on the loop); returns rows written. A failed batch's
+        changes are pending again, except those newer changes replaced."""
+        rows = batch.rows
+        if batch.error is None:
+            if self.failing:
+                self.failing = False
+                log.warning("store %s writable again: %d pending change(s) written", self.path, rows)
+            self.writes += rows
+            return rows
+        for zid, zone in batch.dirty.items():
+            if zid not in self._dirty and zid not in self._removed:
+                self._dirty[zid] = zone
+        for zid in batch.removed:
+            if zid not in self._dirty:
+                self._removed.add(zid)
+        for key, st in batch.states.items():
+            if key not in self._states and key not in self._states_removed:
+                self._states[key] = st
+        for key in batch.states_removed:
+            if key not in self._states:
+                self._states_removed.add(key)
+        self.failures += 1
+        self.failing = True
+        self._retry_at = self.clock() + self.retry_interval
+        self.fail_log(
+            "write",
+            "store write to %s failed (%s): %d change(s) kept, retried in %.1f s",
+            self.path,
+            batch.error,
+            self.pending,
+            self.retry_interval,
+        )
+        return 0
 
     def _rollback(self) -> None:
         if not self._db.in_transaction:  # SQLite already rolled back (e.g. on SQLITE_FULL)

@@ -1,0 +1,136 @@
+"""Zone events go out only after the store committed their changes, in order, with the commit on a
+thread of its own; a failed write keeps its changes and the events still go out."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.registry.outbox import Outbox
+from services.registry.store import Batch, ZoneStore
+from shared.messages import Message, Zone, ZoneCreated
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def zone(i: int, touches: int = 0) -> Zone:
+    return Zone(
+        id=f"H1_{i:06d}",
+        symbol="pm.a",
+        timeframe="H1",
+        kind="custom",
+        top=2.0 + i,
+        bottom=1.0 + i,
+        strength=1.0,
+        created_ns=T0,
+        expires_ns=T0 + 3600 * S,
+        touches=touches,
+    )
+
+
+def stored(path: Path) -> dict[str, bytes]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT id, body FROM zones"))
+
+
+class GatedStore(ZoneStore):
+    """Writes wait for the test's go-ahead; records what was committed when each event went out."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.threads: set[str] = set()
+
+    def write(self, batch: Batch) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.entered.set()
+        assert self.gate.wait(10)
+        super().write(batch)
+
+
+async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "z.sqlite")
+    seen: list[tuple[str, set[str]]] = []
+
+    def publish(events: list[Message], oldest_ns: int) -> None:
+        for e in events:
+            seen.append((e.zone.id, set(stored(store.path))))  # type: ignore[attr-defined]
+
+    outbox = Outbox(store, publish)
+    runner = asyncio.create_task(outbox.run())
+    try:
+        for i in range(3):
+            store.changed(zone(i))
+            outbox.send([ZoneCreated(zone=zone(i))])
+        outbox.send([ZoneCreated(zone=zone(99))])  # nothing new to write: still behind the others
+        assert await asyncio.to_thread(store.entered.wait, 10)  # the first write is held
+        for _ in range(20):  # the outbox task runs: it has nothing to publish yet
+            await asyncio.sleep(0)
+        assert seen == []
+        assert outbox.in_flight == 4
+        store.gate.set()
+        async with asyncio.timeout(10):
+            while outbox.in_flight:
+                await asyncio.sleep(0.001)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        outbox.close()
+    assert [zid for zid, _ in seen] == ["H1_000000", "H1_000001", "H1_000002", "H1_000099"]
+    for n, (zid, committed) in enumerate(seen[:3]):
+        assert zid in committed  # each event out only once its zone was in the file
+        assert len(committed) >= n + 1
+    assert store.threads == {"registry-store_0"}
+    store.close()
+
+
+async def test_settle_now_publishes_what_waits_before_returning(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "z.sqlite")
+    store.gate.set()
+    out: list[str] = []
+    outbox = Outbox(store, lambda events, _: out.extend(e.zone.id for e in events))  # type: ignore[attr-defined]
+    store.changed(zone(1))
+    outbox.send([ZoneCreated(zone=zone(1))])
+    outbox.settle_now()
+    assert out == ["H1_000001"] and outbox.in_flight == 0
+    assert set(stored(store.path)) == {"H1_000001"}
+    outbox.close()
+    store.close()
+
+
+async def test_a_failed_write_gives_back_what_newer_changes_did_not_replace(tmp_path: Path) -> None:
+    store = ZoneStore(tmp_path / "z.sqlite", retry_interval=0.0)
+    out: list[str] = []
+    outbox = Outbox(store, lambda events, _: out.extend(e.zone.id for e in events))  # type: ignore[attr-defined]
+    blocker = sqlite3.connect(store.path, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    store.changed(zone(1, touches=0))
+    store.changed(zone(2, touches=0))
+    outbox.send([ZoneCreated(zone=zone(1)), ZoneCreated(zone=zone(2))])
+    store.changed(zone(2, touches=5))  # newer than the batch in flight
+    outbox.settle_now()
+    assert out == ["H1_000001", "H1_000002"]  # published all the same
+    assert store.failures == 1 and store.failing
+    assert store.pending == 2
+    blocker.rollback()
+    blocker.close()
+    assert store.flush() == 2
+    assert not store.failing
+    reopened = ZoneStore(store.path)
+    assert {z.id: z.touches for z in reopened.load()} == {"H1_000001": 0, "H1_000002": 5}
+    reopened.close()
+    outbox.close()
+    store.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> object:
+    before = set(threading.enumerate())
+    yield None
+    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("registry-store")]
