@@ -48,6 +48,10 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> No
         await asyncio.sleep(0.002)
 
 
+def equals(read: Callable[[], int], target: int) -> Callable[[], bool]:
+    return lambda: read() == target
+
+
 async def advance(clock: FakeClock, seconds: float, sleepers: int) -> None:
     """Move the fake clock once the expected number of timers are waiting on it, so that none of
     them is registered after the move (and measured from the later time)."""
@@ -86,7 +90,7 @@ async def test_ping_every_interval_silence_reset_at_the_timeout_and_reconnect_af
 
         for second in range(10, 60, 10):  # the ping and the watchdog wait on the clock
             await advance(clock, 10.0, sleepers=2)
-            await until(lambda s=second: conn.stats.pongs == s // 10, f"the PONG at {second} s")
+            await until(equals(lambda: conn.stats.pongs, second // 10), f"the PONG at {second} s")
         assert sim_conn.pings == 5
         await advance(clock, 9.9, sleepers=2)  # 59.9 s without data (PONGs are not data)
         assert conn.stats.silence_resets == 0 and conn.is_live
@@ -120,7 +124,7 @@ async def test_a_connection_that_never_connects_backs_off_doubling_on_the_clock(
         conn.start()
         ceilings = [1.0, 2.0, 4.0, 8.0, 8.0]
         for i, ceiling in enumerate(ceilings, start=1):
-            await until(lambda i=i: conn.stats.errors == i, f"failure {i}")
+            await until(equals(lambda: conn.stats.errors, i), f"failure {i}")
             await advance(clock, ceiling / 2 - 0.01, sleepers=1)  # never sooner than half the ceiling
             assert conn.stats.errors == i
             await advance(clock, ceiling / 2 + 0.01, sleepers=1)
