@@ -132,7 +132,7 @@ class _Side:
                 if joined is not None:  # in place: a memmove, no new bytes
                     pre = _prefix(price)
                     at = joined.find(pre)
-                    joined[at : at + len(pre) + len(_enc(old)) + 8] = pre + b'"size":' + _enc(size) + b"}"
+                    joined[at : at + len(pre) + len(_enc(old)) + 8] = b'%b"size":%b}' % (pre, _enc(size))
                 return
             order = self.order
             if order is None:
@@ -203,7 +203,7 @@ class _Side:
 
 def _prefix(price: str) -> bytes:
     """The start of a level's fragment, unique in its side (prices are the side's keys)."""
-    return b'{"price":' + _enc(price) + b","
+    return b'{"price":%b,' % _enc(price)
 
 
 class LocalBook:
