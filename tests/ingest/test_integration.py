@@ -71,7 +71,8 @@ async def simulator(
 
 
 async def until(cond: Callable[[], bool], event: asyncio.Event | None, timeout: float, what: str) -> None:
-    """Wait for ``cond`` to hold, re-checking whenever ``event`` fires (or each loop turn)."""
+    """Wait for ``cond`` to hold, re-checking whenever ``event`` fires (or every 2 ms: a spin on
+    ``sleep(0)`` would take a core from the process under test)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():
@@ -83,7 +84,7 @@ async def until(cond: Callable[[], bool], event: asyncio.Event | None, timeout: 
             with suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(remaining, 0.25))
         else:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.002)
 
 
 async def scraped_until(cond: Callable[[], Awaitable[bool]], timeout: float) -> None:
