@@ -45,24 +45,46 @@ def number(value: Num) -> float | None:
 _INF = math.inf
 
 
+# Wire price strings already read: prices sit on a tick grid and repeat (a dict hit costs a
+# fifth of float() on a string); bounded, cleared when full.
+_PRICES: dict[str, float] = {}
+PRICE_CACHE_MAX = 4096
+
+
+def price_value(text: str) -> float | None:
+    """A price string's value when finite and above 0; None otherwise."""
+    x = _PRICES.get(text)
+    if x is not None:
+        return x
+    try:
+        x = float(text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not 0.0 < x < _INF:
+        return None
+    if len(_PRICES) >= PRICE_CACHE_MAX:
+        _PRICES.clear()
+    _PRICES[text] = x
+    return x
+
+
 def change_values(price: str, size: str) -> tuple[float, float] | None:
     """A change's (price > 0, size >= 0), both finite; None if either is not (one call: hot path)."""
+    p = price_value(price)
+    if p is None:
+        return None
     try:
-        p = float(price)
         s = float(size)
     except (TypeError, ValueError, OverflowError):
         return None
-    return (p, s) if 0.0 < p < _INF and 0.0 <= s < _INF else None
+    return (p, s) if 0.0 <= s < _INF else None
 
 
 def best_or(value: str, fallback: float) -> float:
     """A best bid/ask the server sent (when readable and above 0), else ``fallback``."""
     if value:
-        try:
-            x = float(value)
-        except (TypeError, ValueError, OverflowError):
-            return fallback
-        if 0.0 < x < _INF:
+        x = price_value(value)
+        if x is not None:
             return x
     return fallback
 
