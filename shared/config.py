@@ -42,6 +42,7 @@ def sections() -> dict[str, str]:
     """``section -> "module:Struct"`` of every registered config section."""
     return {ep.name: ep.value for ep in entry_points(group=SECTION_GROUP)}
 
+
 Endpoint = Annotated[
     str,
     msgspec.Meta(pattern=r"^(tcp://[^:]+:\d+|ipc://.+|inproc://.+)$", description="zmq endpoint"),
