@@ -245,9 +245,10 @@ def count(endpoint: str, want_updates: int) -> None:
 # -- the bench's side: the processes it runs ----------------------------------------------------
 
 
-def cpu_s(pid: int) -> float:
-    """A process's CPU time so far (utime + stime), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_s(pid: int, thread: int | None = None) -> float:
+    """A process's (or one of its threads') CPU time so far (utime + stime), seconds."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
