@@ -26,6 +26,9 @@ from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, def
 
 # Plain ints: send_multipart combines enum flags on every call (a visible share of a publish).
 MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+# pyzmq's Socket.send is a Python layer (routing_id, group, Frame checks) over the Cython send:
+# calling the Cython send for our bytes saves ~0.5 us a call, ~1 us a message (two parts).
+_zmq_send = zmq.backend.Socket.send
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
 
@@ -176,8 +179,8 @@ class Publisher:
                 # Never blocks: past the HWM ZeroMQ drops (subscribers count the gap), or with
                 # XPUB_NODROP refuses, and the frame waits in the backlog for ``drain``.
                 sock = self._sock
-                sock.send(topic, MORE_NOBLOCK)
-                sock.send(payload, NOBLOCK)
+                _zmq_send(sock, topic, MORE_NOBLOCK)
+                _zmq_send(sock, payload, NOBLOCK)
             except zmq.Again:
                 self._backlog.append((topic, payload))
         stats = self.stats
