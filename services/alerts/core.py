@@ -40,6 +40,7 @@ from shared.messages import (
     AlertZoneEvent,
     JobResult,
     Message,
+    OrderFlowMetrics,
     Price,
     StrategyJob,
     Swap,
@@ -104,6 +105,7 @@ class Alerts:
         self.universe_sizes: dict[str, int] = {}
         self._unsaved: dict[str, bytes] = {}  # open-bar rows a failed write left to write again
         self._unsaved_deletes: list[str] = []
+        self._next_close: int | None = self.throttle.next_boundary(0)  # the next boundary to evaluate
 
     def start(self) -> None:
         self.throttle.start()
@@ -113,6 +115,10 @@ class Alerts:
         flows = self.flow_log.restore(rows, self.flow)
         if restored or flows:
             log.info("restored the open bars of %d series and %d order-flow input(s)", restored, flows)
+        else:
+            # Nothing open to close: the first input's event time says whether the stream is live
+            # (the wall clock closes its buckets too) or a replay of history (only its event time).
+            self.watermark.live = False
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class Alerts:
         # cannot put it into a later bar).
         ev = msg.event_ns if 0 < msg.event_ns < now_ns else now_ns
         self.watermark.observe(ev, now_ns)
+        self._close_passed(now_ns)
         # Symbols are interned: every table keyed by one holds the same string, not a copy each.
         if isinstance(msg, Price):
             symbol = intern(msg.symbol)
@@ -172,6 +179,21 @@ class Alerts:
             self.ratelog("unexpected message", "skipped a %s on the inputs", type(msg).__name__)
         return []
 
+    def _close_passed(self, now_ns: int) -> None:
+        """Evaluate the boundaries this input closed (its event time, or the wall clock, passed
+        them plus the lateness) before it is applied: whatever the speed of the stream, a boundary
+        is evaluated with the inputs before its close point and none after (replay = live)."""
+        point = self.watermark.point(now_ns)
+        if self._next_close is None or point < self._next_close:
+            return
+        try:
+            self.boundary(point)
+        except Exception as exc:  # the store failed: the ticker evaluates it again
+            self.loop_errors["inputs"] += 1
+            self.ratelog(
+                "inputs error", "alerts: boundary at an input: %s: %s (retried)", type(exc).__name__, exc
+            )
+
     def _fire(self, fired: list[tuple[str, Signal]], event_ns: int, now_ns: int) -> list[AlertFired]:
         """Frequency control for what one message fired (its own evaluation); states persisted."""
         self._eval_ns = max(now_ns, self._eval_ns + 1)
@@ -219,15 +241,19 @@ class Alerts:
         """Evaluate due buckets (their jobs persisted with the claims), queue the jobs, roll the bars.
 
         If the store fails, the jobs already claimed are queued, the bars are kept and the error
-        raised: the failed bucket is evaluated at the next call.
+        raised: the failed bucket is evaluated at the next call. Nothing closes before the first
+        input (``now_ns`` 0).
         """
+        if now_ns <= 0:
+            return []
         try:
-            due = self.throttle.run_due(now_ns, lambda ds: self._jobs(ds, now_ns))
+            due = self.throttle.run_due(now_ns, self._jobs)
         except PartialBoundary as exc:
             self._submit(exc.due)
             raise exc.cause from None
         self._submit(due)
         self._roll(now_ns)
+        self._next_close = self.throttle.next_boundary(now_ns)
         return due
 
     def _submit(self, due: list[Due]) -> None:
@@ -235,15 +261,22 @@ class Alerts:
             if d.job is not None:
                 self.dispatcher.submit(d.job)
 
-    def _jobs(self, due: list[Due], now_ns: int) -> list[StrategyJob]:
-        """One job per due strategy: its changed tickers and their inputs (closed bars, flow)."""
-        wanted: dict[str, set[float]] = {}
+    def _jobs(self, due: list[Due]) -> list[StrategyJob]:
+        """One job per due strategy: its changed tickers and their inputs (closed bars, flow).
+
+        Order flow is as of the boundary (the window ending at ``bucket_ns``, trades after it left
+        out), not of the moment it is evaluated: the same at any speed of the stream."""
+        wanted: dict[int, dict[str, set[float]]] = {}
         for d in due:
             s = self.strategies[d.strategy]
             if s.kind in ("order_flow", "python"):
+                by_symbol = wanted.setdefault(d.bucket_ns, {})
                 for t in d.tickers:
-                    wanted.setdefault(t, set()).add(float(s.flow_window))
-        flows = self.flow.metrics_for(wanted, now_ns) if wanted else {}
+                    by_symbol.setdefault(t, set()).add(float(s.flow_window))
+        flows: dict[tuple[str, float, int], OrderFlowMetrics] = {}
+        for boundary, by_symbol in wanted.items():
+            for (t, w), metrics in self.flow.metrics_for(by_symbol, boundary).items():
+                flows[(t, w, boundary)] = metrics
         jobs: list[StrategyJob] = []
         for d in due:
             s = self.strategies[d.strategy]
@@ -252,7 +285,7 @@ class Alerts:
             if flows and s.kind in ("order_flow", "python"):
                 w = float(s.flow_window)
                 for t in d.tickers:
-                    m = flows.get((t, w))
+                    m = flows.get((t, w, d.bucket_ns))
                     if m is not None:
                         bar = inputs.get(t)
                         # A copy: the bar is every job's of this bucket, the window this strategy's.

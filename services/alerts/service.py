@@ -105,6 +105,8 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
                     loop_error("inputs", exc)
                     continue
                 publish(fired)  # event-triggered: out now, not when the loop next turns
+            if alerts.dispatcher.queue:  # the batch's event time closed a boundary: its jobs out now
+                push_ready()
             if alerts.urgent:  # zone events: in the store before the next input, not a flush later
                 try:
                     alerts.flush(now)

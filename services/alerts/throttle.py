@@ -29,6 +29,7 @@ from shared.messages import StrategyJob
 
 UniverseMode = Literal["list", "glob", "discover"]
 
+MAX_PASSED = 1000  # boundaries passed over that one call evaluates, per bucket size
 SIZE_CLASSES: tuple[tuple[str, int], ...] = (("small", 10), ("medium", 100), ("large", 1000))
 
 
@@ -111,6 +112,7 @@ class Throttle:
         self._group_last: dict[int, int] = {}  # bucket_ns -> last boundary evaluated here
         self._globs: list[StrategySpec] = []
         self._pending: dict[str, int] = {}
+        self._latest_ns = 0  # the latest update noted here
         self._known: set[str] = set()
         self._universe_adds: dict[str, list[str]] = {}
         for spec in strategies:
@@ -140,6 +142,8 @@ class Throttle:
         pending = self._pending
         if pending.get(ticker, -1) < ns:
             pending[ticker] = ns
+            if ns > self._latest_ns:
+                self._latest_ns = ns
         if ticker not in self._known:
             self._known.add(ticker)
             for spec in self._globs:
@@ -184,21 +188,33 @@ class Throttle:
         return min(now_ns - now_ns % s + s for s in self._groups)
 
     def run_due(self, now_ns: int, make_jobs: JobMaker | None = None) -> list[Due]:
-        """Evaluate every bucket group whose boundary passed since it was last evaluated here."""
+        """Evaluate every bucket group whose boundary passed since it was last evaluated here.
+
+        When ``now_ns`` moved more than a bucket since (a replay's event time, a stalled loop), the
+        boundaries passed over are evaluated too, in order, as a live run evaluates each: those
+        that can hold an update (up to a bucket after the latest one noted, at most
+        ``MAX_PASSED``); the ones after that would find nothing changed and are not claimed.
+        """
         due: list[Due] = []
         flushed = False
         for size, ids in self._groups.items():
             boundary = now_ns - now_ns % size
-            if self._group_last.get(size, -1) >= boundary:
+            last = self._group_last.get(size, -1)
+            if last >= boundary:
                 continue
-            try:
-                if not flushed:
-                    self.flush()
-                    flushed = True
-                due.extend(self.evaluate(boundary, ids, size, make_jobs))
-            except Exception as exc:  # the store failed: this group is evaluated again next time
-                raise PartialBoundary(due, exc) from exc
-            self._group_last[size] = boundary
+            # before the first evaluation here (last -1): the latest boundary alone
+            passed = range(last + size, min(boundary, self._latest_ns + size + 1) if last >= 0 else 0, size)
+            if len(passed) > MAX_PASSED:  # a jump of the clock, not a gap in a stream: the first ones
+                passed = passed[:MAX_PASSED]
+            for b in (*passed, boundary):
+                try:
+                    if not flushed:
+                        self.flush()
+                        flushed = True
+                    due.extend(self.evaluate(b, ids, size, make_jobs))
+                except Exception as exc:  # the store failed: this boundary is evaluated again next time
+                    raise PartialBoundary(due, exc) from exc
+                self._group_last[size] = b
         return due
 
     def evaluate(

@@ -95,7 +95,7 @@ def test_glob_and_discovered_universes(store_factory: Any) -> None:
     assert t.discover("d", ["pm.1"]) is True
     assert t.discover("d", ["pm.1"]) is False  # unchanged: not a new discovery
     assert t.stats.discoveries == 1
-    clock.advance(S)
+    clock.advance(1)
     t.note_update("pm.2", clock.time_ns())
     t.note_update("dex.b", clock.time_ns())
     clock.set_ns(boundary(clock))
@@ -147,3 +147,21 @@ def test_older_update_never_replaces_newer(store_factory: Any) -> None:
     store.record_updates({"a": 2_000_000_000})
     store.record_updates({"a": 1_000_000_000})
     assert store.last_update("a") == 2_000_000_000
+
+
+def test_boundaries_passed_over_are_evaluated_in_order(store_factory: Any) -> None:
+    """A replay's event time can pass several boundaries at once: each one that can hold an update
+    is evaluated, in order, as a live run would; the empty stretch after them is not claimed."""
+    clock = FakeClock()
+    t = Throttle(store_factory(), specs(("s", M, ["pm.a", "pm.b"])))
+    t.start()
+    b0 = boundary(clock)
+    assert t.run_due(b0) == []
+    t.note_update("pm.a", b0 + S)
+    t.note_update("pm.b", b0 + M + S)
+    due = t.run_due(b0 + 10 * M)
+    assert [(d.bucket_ns, d.since_ns, sorted(d.tickers)) for d in due] == [
+        (b0 + M, b0, ["pm.a", "pm.b"]),
+        (b0 + 2 * M, b0 + M, ["pm.b"]),
+    ]
+    assert t.stats.evaluations == 4  # b0, b0 + M, b0 + 2M, b0 + 10M: not the 7 empty ones between
