@@ -170,6 +170,48 @@ def bytes_per_zone() -> tuple[float, float]:
     return struct_only, total
 
 
+def bytes_per_symbol(
+    timeframes: dict[str, int], swing_bars: int = 2, lateness_ns: int = 2 * S
+) -> dict[str, float]:
+    """Per symbol, with every buffer full: the detectors' state (candle builders with the open
+    candles the lateness keeps, the closed-candle windows, the watermark), the core's price index
+    and books, the symbol itself; and its stored form (PairStates, what waits for the store)."""
+    from services.registry.detectors import Detectors, window_size
+
+    n = 2_000
+    small, large = min(timeframes.values()), max(timeframes.values())
+    ticks = (window_size(swing_bars) + 1) * (large // small)  # every window full, in each timeframe
+    start = T0 - T0 % large
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    det = Detectors(timeframes, swing_bars, lateness_ns=lateness_ns)
+    reg = Registry(Rules(timeframes={tf: TimeframeRules(ttl_ns=DAY) for tf in timeframes}), T0)
+    symbols_ok: set[str] = set()
+    rng = random.Random(3)
+    for i in range(n):
+        sym = f"pm.{i:064x}"  # a Polymarket token id's length
+        symbols_ok.add(sym)
+        price = 1.0
+        for k in range(ticks):
+            price *= 1 + rng.gauss(0, 0.01)
+            det.on_price(sym, start + k * small + small // 2, price, start + k * small + small // 2)
+            reg.on_price(sym, price, T0)
+        # a tick just into the next bucket: the last one stays open within the lateness
+        det.on_price(sym, start + ticks * small + 1, price, start + ticks * small + 1)
+    det.changed()
+    reg.drain()
+    gc.collect()
+    state = (tracemalloc.get_traced_memory()[0] - base) / n
+    full = sum(len(b.bars) for pairs in det._pairs.values() for b, _ in pairs) / n
+    windows = sum(len(d.candles) for pairs in det._pairs.values() for _, d in pairs) / n
+    base = tracemalloc.get_traced_memory()[0]
+    stored = det.state()
+    pending = (tracemalloc.get_traced_memory()[0] - base - _list_bytes(stored)) / n
+    tracemalloc.stop()
+    return {"state": state, "pending_store": pending, "open_candles": full, "window_candles": windows}
+
+
 def _list_bytes(items: list[Any]) -> int:
     import sys
 
@@ -225,6 +267,20 @@ def run() -> dict[str, dict[str, Any]]:
     struct_b, total_b = bytes_per_zone()
     out["registry.bytes_per_zone"] = {"value": struct_b, "unit": "B", "goal": "<= 300"}
     out["registry.bytes_per_zone_indexed"] = {"value": total_b, "unit": "B", "goal": "<= 1000"}
+    from services.registry.zones import timeframe_ns
+
+    for name, tfs in (("default", ["H1", "H4", "D1"]), ("demo", ["S5", "S15", "M1"])):
+        per = bytes_per_symbol({tf: timeframe_ns(tf) for tf in tfs})
+        out[f"registry.bytes_per_symbol_{name}"] = {
+            "value": per["state"],
+            "unit": "B",
+            "timeframes": tfs,
+            "swing_bars": 2,
+            "allowed_lateness_s": 2,
+            "store_pending_B": per["pending_store"],  # PairStates handed to the store, until written
+            "open_candles": per["open_candles"],
+            "window_candles": per["window_candles"],
+        }
     ratio, wheel_s, heap_s = wheel_vs_heap()
     out["registry.wheel_vs_heap_ratio"] = {
         "value": ratio,

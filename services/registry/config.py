@@ -95,6 +95,8 @@ class DetectorsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A candle closes when its symbol's event time passes its end plus this; a tick later than that
     # is counted as late. A live symbol that goes quiet closes its candles when the wall clock does.
     allowed_lateness: Duration = Duration(2.0)
+    # Symbols whose candles are kept; one more drops the least recently ticked (0: no limit).
+    max_symbols: Annotated[int, msgspec.Meta(ge=0)] = 100_000
 
 
 class RegistryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -26,7 +26,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -143,12 +142,15 @@ class PatternDetector:
         self.n = swing_bars
         self.fvg_min_gap = fvg_min_gap
         self.body_rule = fvg_rule == "body"
-        self.candles: deque[Candle] = deque(maxlen=window_size(swing_bars))
+        # The window, oldest first (a list: an empty deque alone takes ~620 bytes, one per pair).
+        self.candles: list[Candle] = []
 
     def on_candle(self, c: Candle) -> list[Detection]:
-        self.candles.append(c)
-        out: list[Detection] = []
         cs = self.candles
+        cs.append(c)
+        if len(cs) > 2 * self.n + 1 and len(cs) > 3:
+            del cs[0]
+        out: list[Detection] = []
         if len(cs) >= 3:
             c1, c2, c3 = cs[-3], cs[-2], cs[-1]
             rng = c2.high - c2.low
@@ -185,6 +187,7 @@ class DetectorStats:
     candles: dict[str, int] = field(default_factory=dict)  # per timeframe
     detections: dict[str, int] = field(default_factory=dict)  # per kind
     late_ticks: int = 0
+    evicted_symbols: int = 0  # dropped for max_symbols, least recently ticked first
 
 
 _Pair = tuple[CandleBuilder, PatternDetector]
@@ -202,14 +205,19 @@ class Detectors:
         *,
         lateness_ns: int = 0,
         fvg_rule: FvgRule = "gap",
+        max_symbols: int = 0,
     ) -> None:
+        """``max_symbols`` (0: no limit): a new symbol past it drops the state of the symbol ticked
+        least recently (its open candles and windows; :meth:`take_evicted` names it for the store)."""
         self.timeframes = timeframes  # name -> length in ns
+        self.max_symbols = max_symbols
+        self._evicted: list[str] = []
         self.swing_bars = swing_bars
         self.fvg_min_gap = fvg_min_gap
         self.fvg_rule: FvgRule = fvg_rule
         self.lateness_ns = lateness_ns
         self.stats = DetectorStats(candles=dict.fromkeys(timeframes, 0))
-        self._pairs: dict[str, list[_Pair]] = {}
+        self._pairs: dict[str, list[_Pair]] = {}  # least recently ticked first
         self._marks: dict[str, Watermark] = {}
         self._changed: dict[str, None] = {}  # symbols with a builder whose state changed, oldest first
         self._closed: dict[str, None] = {}  # ... of which a candle closed (their windows moved)
@@ -217,6 +225,8 @@ class Detectors:
     def _for(self, symbol: str) -> list[_Pair]:
         pairs = self._pairs.get(symbol)
         if pairs is None:
+            if self.max_symbols and len(self._pairs) >= self.max_symbols:
+                self._evict(next(iter(self._pairs)))
             pairs = self._pairs[symbol] = [
                 (
                     CandleBuilder(ns),
@@ -227,6 +237,23 @@ class Detectors:
             self._marks[symbol] = Watermark(self.lateness_ns)
         return pairs
 
+    def _evict(self, symbol: str) -> None:
+        del self._pairs[symbol]
+        del self._marks[symbol]
+        self._changed.pop(symbol, None)
+        self._closed.pop(symbol, None)
+        self._evicted.append(symbol)
+        self.stats.evicted_symbols += 1
+
+    def take_evicted(self) -> list[str]:
+        """The symbols evicted since the last call (their stored states are stale)."""
+        out, self._evicted = self._evicted, []
+        return out
+
+    @property
+    def symbols(self) -> int:
+        return len(self._pairs)
+
     def on_price(self, symbol: str, ts_ns: int, price: float, now_ns: int | None = None) -> list[Detection]:
         """A price of event time ``ts_ns`` arriving at wall clock ``now_ns`` (default: ``ts_ns``).
 
@@ -235,7 +262,12 @@ class Detectors:
         """
         out: list[Detection] = []
         self._changed[symbol] = None
-        pairs = self._for(symbol)
+        all_pairs = self._pairs
+        pairs = all_pairs.pop(symbol, None)
+        if pairs is None:
+            pairs = self._for(symbol)
+            del all_pairs[symbol]
+        all_pairs[symbol] = pairs  # the most recently ticked last
         mark = self._marks[symbol]
         now = ts_ns if now_ns is None else now_ns
         mark.observe(ts_ns, now)
@@ -367,8 +399,7 @@ class Detectors:
                 # A state stored before watermarks (event_ns 0) was closed by the wall clock: live.
                 mark.event_ns, mark.live = st.event_ns, st.live or st.event_ns == 0
             mark.close_through(st.point_ns)
-            detector.candles.clear()
-            detector.candles.extend(c.candle() for c in st.closed)
+            detector.candles[:] = [c.candle() for c in st.closed][-window_size(self.swing_bars) :]
             report.restored += 1
             report.resized += st.swing_bars != self.swing_bars
         return report

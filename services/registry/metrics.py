@@ -140,6 +140,14 @@ class RegistryCollector(Collector):
             yield CounterMetricFamily(
                 f"{P}_late_ticks", "Ticks for a closed candle, dropped", value=ds.late_ticks
             )
+            yield GaugeMetricFamily(
+                f"{P}_detector_symbols", "Symbols whose candles are kept", value=self.detectors.symbols
+            )
+            yield CounterMetricFamily(
+                f"{P}_detector_symbols_evicted",
+                "Symbols whose candles were dropped for detectors.max_symbols (least recently ticked)",
+                value=ds.evicted_symbols,
+            )
         if self.store is not None:
             yield CounterMetricFamily(
                 f"{P}_store_rows_written", "Rows written to the store", value=self.store.writes

@@ -99,6 +99,7 @@ class RegistryService:
                 cfg.detectors.fvg_min_gap,
                 lateness_ns=int(cfg.detectors.allowed_lateness * NS),
                 fvg_rule=cfg.detectors.fvg_rule,
+                max_symbols=cfg.detectors.max_symbols,
             )
             if self.store is not None:  # before the SUB below connects: no tick meets empty candles
                 restore_detectors(self.detectors, self.store)
@@ -193,8 +194,13 @@ class RegistryService:
         counted duplicate).
         """
         assert self.store is not None and self.outbox is not None
-        if self.detectors is not None and detector_symbols != 0:
-            self.store.states_changed(self.detectors.changed(detector_symbols))
+        if self.detectors is not None:
+            evicted = self.detectors.take_evicted()  # before their newer states, if they came back
+            if evicted:
+                tfs = self.detectors.timeframes
+                self.store.states_removed([(sym, tf) for sym in evicted for tf in tfs])
+            if detector_symbols != 0:
+                self.store.states_changed(self.detectors.changed(detector_symbols))
         self.outbox.send([])
 
     async def next_turn(self) -> None:
@@ -458,6 +464,8 @@ class RegistryService:
             await self.pub.close()
             if self.store is not None:
                 if self.detectors is not None:
+                    tfs = self.detectors.timeframes
+                    self.store.states_removed([(s, tf) for s in self.detectors.take_evicted() for tf in tfs])
                     self.store.states_changed(self.detectors.changed(None))
                 self.store.close()  # a last write, here on the loop: the outbox is closed
             self.skip_log.flush()

@@ -165,3 +165,28 @@ def test_fvg_rule_is_read_from_the_config_and_defaults_to_gap() -> None:
     det = Detectors({"M1": M}, fvg_rule="body")
     det.on_price("pm.a", T0, 1.0)
     assert all(p.body_rule for _, p in det._pairs["pm.a"])
+
+
+def test_max_symbols_drops_the_least_recently_ticked_symbol() -> None:
+    det = Detectors({"M1": M}, max_symbols=3)
+    for sym in ("pm.a", "pm.b", "pm.c"):
+        det.on_price(sym, T0, 1.0)
+    det.on_price("pm.a", T0 + 1, 1.1)  # a is now the most recently ticked: b is the oldest
+    det.on_price("pm.d", T0 + 2, 1.0)
+    assert det.symbols == 3
+    assert det.take_evicted() == ["pm.b"]
+    assert det.take_evicted() == []
+    assert det.stats.evicted_symbols == 1
+    assert {st.symbol for st in det.state()} == {"pm.a", "pm.c", "pm.d"}
+    assert {st.symbol for st in det.changed()} == {"pm.a", "pm.c", "pm.d"}  # b's change is gone
+    det.on_price("pm.b", T0 + 3, 2.0)  # comes back with fresh candles; c goes
+    assert det.take_evicted() == ["pm.c"]
+    (b,) = [st for st in det.state() if st.symbol == "pm.b"]
+    assert b.current is not None and b.current.open == 2.0 and b.closed == []
+
+
+def test_no_limit_keeps_every_symbol() -> None:
+    det = Detectors({"M1": M}, max_symbols=0)
+    for i in range(500):
+        det.on_price(f"pm.{i}", T0, 1.0)
+    assert det.symbols == 500 and det.take_evicted() == []
