@@ -8,7 +8,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from services.registry.detectors import Detectors
-from services.registry.registry import LAG_BOUNDS_NS, Registry
+from services.registry.registry import Registry
+from services.registry.stats import LAG_BOUNDS_NS
 from services.registry.store import ZoneStore
 from services.registry.validate import EVENT_REASONS, PRICE_REASONS
 

@@ -10,11 +10,7 @@ Structures (see zones.py for the touch and fill rules):
 * ``id -> entry``: O(1) get/update/delete; each (symbol, timeframe) has its own book, so expiring
   an H1 zone never touches an H4 zone, however their ranges overlap;
 * one :class:`~services.registry.wheel.TimingWheel` holds every TTL and every grace period;
-* a price index per symbol: zones above the last price sit in a min-heap on their lower reach,
-  zones below in a max-heap on their upper reach, zones containing it in two heaps on both edges.
-  A price update pops only the zones it enters or leaves: O(1) when it touches nothing, O(log n)
-  per zone it does touch, however many zones the symbol has. Heap entries are invalidated lazily
-  (a token per move) and compacted when the garbage outweighs the live entries;
+* a price index per symbol (price_index.py): which zones a price update enters or leaves;
 * capacity: at most ``max_per_tf`` active zones per timeframe (all symbols). Creating one more
   evicts the weakest active zone of that timeframe (lowest strength, then oldest created_ns),
   which expires with reason ``evicted`` (counted);
@@ -24,19 +20,17 @@ Structures (see zones.py for the touch and fill rules):
 
 from __future__ import annotations
 
-import heapq
-import math
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
+from services.registry.books import Book, WeakestFirst
+from services.registry.price_index import OUT, Entry, PriceIndex
+from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
 from services.registry.wheel import TimingWheel
 from services.registry.zones import (
-    FILL_DOWN,
     FILL_NONE,
     FILL_SIDE,
-    FILL_UP,
     Rules,
     ZoneError,
     check_range,
@@ -45,132 +39,7 @@ from services.registry.zones import (
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 
 MAX_TTL_NS = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
-# Upper bounds (le) of the wheel-lag histogram's buckets, in ns: fine around the goals (p99 5 ms,
-# max 50 ms); the wheel's tick is 1 ms.
-LAG_BOUNDS_NS = tuple(
-    int(ms * 1_000_000)
-    for ms in (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 250, 500, 1000, 2500, 10_000)
-)
-
 _copy: Callable[[Zone], Zone] = Zone.__copy__  # type: ignore[attr-defined]
-_push = heapq.heappush
-_pop = heapq.heappop
-
-# Where a zone sits relative to its symbol's last price.
-PENDING = 0  # no price seen yet for the symbol
-ABOVE = 1
-BELOW = 2
-INSIDE = 3
-OUT = 4  # not in the price index (expired, in grace, removed)
-LOOSE = 5  # active, just popped from a heap, about to be placed again
-
-
-class _Entry:
-    __slots__ = ("fill", "hi", "lo", "side", "tok", "zone")
-
-    def __init__(self, zone: Zone, lo: float, hi: float, fill: int) -> None:
-        self.zone = zone
-        self.lo = lo
-        self.hi = hi
-        self.fill = fill
-        self.side = OUT
-        self.tok = 0
-
-
-class _Book:
-    """The active zones of one (symbol, timeframe), plus a lazily sorted span list for overlaps."""
-
-    __slots__ = ("max_height", "recent", "spans", "zones")
-
-    def __init__(self) -> None:
-        self.zones: dict[str, Zone] = {}
-        self.spans: list[tuple[float, float, str]] = []  # sorted by bottom; may hold dead ids
-        self.recent: list[tuple[float, float, str]] = []  # unsorted, newest
-        self.max_height = 0.0
-
-    def add(self, zone: Zone) -> None:
-        self.zones[zone.id] = zone
-        self.recent.append((zone.bottom, zone.top, zone.id))
-        height = zone.top - zone.bottom
-        if height > self.max_height:
-            self.max_height = height
-        if len(self.recent) > 1024 and len(self.recent) > len(self.zones):
-            self._merge()
-
-    def _merge(self) -> None:
-        zones = self.zones
-        spans = [s for s in self.spans if s[2] in zones]
-        spans.extend(s for s in self.recent if s[2] in zones)
-        spans.sort()
-        self.spans = spans
-        self.recent = []
-
-    def overlapping(self, bottom: float, top: float) -> list[str]:
-        if not self.zones:
-            return []
-        if len(self.recent) > 32:
-            self._merge()
-        zones = self.zones
-        found = [i for b, t, i in self.recent if b <= top and t >= bottom and i in zones]
-        spans = self.spans
-        n = len(spans)
-        j = bisect_left(spans, (bottom - self.max_height,))
-        while j < n:
-            b, t, i = spans[j]
-            if b > top:
-                break
-            if t >= bottom and i in zones:
-                found.append(i)
-            j += 1
-        return found
-
-
-class _SymbolIndex:
-    __slots__ = ("above", "below", "in_hi", "in_lo", "live", "pending", "price", "stale")
-
-    def __init__(self) -> None:
-        self.price = math.nan  # last price; nan until the first one
-        self.above: list[tuple[float, int, _Entry]] = []  # min-heap on lo
-        self.below: list[tuple[float, int, _Entry]] = []  # min-heap on -hi
-        self.in_hi: list[tuple[float, int, _Entry]] = []  # min-heap on hi
-        self.in_lo: list[tuple[float, int, _Entry]] = []  # min-heap on -lo
-        self.pending: dict[str, _Entry] = {}
-        self.live = 0  # heap entries that are valid
-        self.stale = 0  # heap entries invalidated but not yet popped
-
-
-@dataclass(slots=True)
-class TimeframeStats:
-    created: int = 0
-    touched: int = 0
-    expired_ttl: int = 0
-    expired_filled: int = 0
-    expired_evicted: int = 0
-    removed: int = 0
-    active: int = 0  # active + touched, now
-    touched_now: int = 0  # of which touched
-    grace: int = 0  # expired, kept for the grace period, now
-
-
-@dataclass(slots=True)
-class RegistryStats:
-    by_tf: dict[str, TimeframeStats] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
-    duplicates: int = 0
-    prices: int = 0
-    bad_prices: int = 0
-    expiry_errors: int = 0  # zones whose expiry (or removal) raised: skipped, the others handled
-    last_lag_ns: int = 0  # how late the last advance fired its most overdue timer
-    max_lag_ns: int = 0
-    # How late each timer fired (TTL or grace end), by LAG_BOUNDS_NS bucket (the last: beyond).
-    lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BOUNDS_NS) + 1))
-    lag_sum_ns: int = 0
-
-    def tf(self, timeframe: str) -> TimeframeStats:
-        st = self.by_tf.get(timeframe)
-        if st is None:
-            st = self.by_tf[timeframe] = TimeframeStats()
-        return st
 
 
 class Registry:
@@ -180,12 +49,11 @@ class Registry:
         self.rules = rules
         self.events: list[Message] = []
         self.stats = RegistryStats()
-        self._entries: dict[str, _Entry] = {}
-        self._books: dict[str, dict[str, _Book]] = {}  # symbol -> tf -> book
-        self._index: dict[str, _SymbolIndex] = {}
+        self._entries: dict[str, Entry] = {}
+        self._books: dict[str, dict[str, Book]] = {}  # symbol -> tf -> book
+        self._prices = PriceIndex(self.stats, self._touch, self._fill)
         self._wheel: TimingWheel[str] = TimingWheel(now_ns)
-        self._evict: dict[str, list[tuple[float, int, str]]] = {}
-        self._tok = 0
+        self._weakest = WeakestFirst()
         self._due: deque[str] = deque()  # fired by the wheel, not yet handled (advance's limit)
         # Told of each zone whose expiry raised (a bug), after it is counted; the others go on.
         self.on_expiry_error: Callable[[str, Exception], None] | None = None
@@ -228,8 +96,11 @@ class Registry:
         return self._wheel.next_deadline_ns()
 
     def last_price(self, symbol: str) -> float | None:
-        idx = self._index.get(symbol)
-        return None if idx is None or idx.price != idx.price else idx.price
+        return self._prices.last_price(symbol)
+
+    def on_price(self, symbol: str, price: float, now_ns: int) -> None:
+        """A price of ``symbol``: touch the zones the move enters, fill those it crosses."""
+        self._prices.on_price(symbol, price, now_ns)
 
     def drain(self) -> list[Message]:
         """The events since the last drain, oldest first."""
@@ -318,27 +189,22 @@ class Registry:
     def _insert(self, zone: Zone, tolerance: float) -> None:
         """Index an active zone and schedule its TTL (no event)."""
         tol = tolerance * abs(zone.top)
-        entry = _Entry(zone, zone.bottom - tol, zone.top + tol, FILL_SIDE.get(zone.kind, FILL_NONE))
+        entry = Entry(zone, zone.bottom - tol, zone.top + tol, FILL_SIDE.get(zone.kind, FILL_NONE))
         self._entries[zone.id] = entry
         tfs = self._books.get(zone.symbol)
         if tfs is None:
             tfs = self._books[zone.symbol] = {}
         book = tfs.get(zone.timeframe)
         if book is None:
-            book = tfs[zone.timeframe] = _Book()
+            book = tfs[zone.timeframe] = Book()
         book.add(zone)
         st = self.stats.by_tf[zone.timeframe]
         st.active += 1
         if zone.state == "touched":
             st.touched_now += 1
-        heap = self._evict.get(zone.timeframe)
-        if heap is not None:
-            _push(heap, (zone.strength, zone.created_ns, zone.id))
+        self._weakest.push(zone)
         self._wheel.schedule(zone.id, zone.expires_ns)
-        idx = self._index.get(zone.symbol)
-        if idx is None:
-            idx = self._index[zone.symbol] = _SymbolIndex()
-        self._place(idx, entry)
+        self._prices.place(entry)
 
     def update(
         self,
@@ -359,9 +225,7 @@ class Registry:
         check_range(new_top, new_bottom, new_strength)
         if new_strength != zone.strength:
             zone.strength = new_strength
-            heap = self._evict.get(zone.timeframe)
-            if heap is not None:
-                _push(heap, (new_strength, zone.created_ns, zone.id))
+            self._weakest.push(zone)
         if new_top != zone.top or new_bottom != zone.bottom:
             zone.top = new_top
             zone.bottom = new_bottom
@@ -372,9 +236,7 @@ class Registry:
             tol = self.rules.timeframes[zone.timeframe].hit_tolerance * abs(new_top)
             entry.lo = new_bottom - tol
             entry.hi = new_top + tol
-            idx = self._index[zone.symbol]
-            self._unplace(idx, entry)
-            self._place(idx, entry)
+            self._prices.replace(entry)
         return zone
 
     def delete(self, zone_id: str, now_ns: int) -> bool:
@@ -391,7 +253,7 @@ class Registry:
     # ------------------------------------------------------------------------------------------
     # Lifecycle
 
-    def _deactivate(self, entry: _Entry) -> None:
+    def _deactivate(self, entry: Entry) -> None:
         zone = entry.zone
         book = self._books[zone.symbol][zone.timeframe]
         del book.zones[zone.id]
@@ -399,9 +261,9 @@ class Registry:
         st.active -= 1
         if zone.state == "touched":
             st.touched_now -= 1
-        self._unplace(self._index[zone.symbol], entry)
+        self._prices.unplace(entry)
 
-    def _expire(self, entry: _Entry, reason: str, now_ns: int) -> None:
+    def _expire(self, entry: Entry, reason: str, now_ns: int) -> None:
         """Active -> expired (event) -> grace; removal scheduled after the grace period."""
         self._deactivate(entry)
         zone = entry.zone
@@ -423,7 +285,20 @@ class Registry:
             self._wheel.cancel(zone.id)
             self._remove(entry, now_ns)
 
-    def _remove(self, entry: _Entry, now_ns: int) -> None:
+    def _touch(self, entry: Entry, price: float, now_ns: int) -> None:
+        zone = entry.zone
+        zone.touches += 1
+        st = self.stats.by_tf[zone.timeframe]
+        if zone.state != "touched":
+            zone.state = "touched"
+            st.touched_now += 1
+        st.touched += 1
+        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=now_ns))
+
+    def _fill(self, entry: Entry, now_ns: int) -> None:
+        self._expire(entry, "filled", now_ns)
+
+    def _remove(self, entry: Entry, now_ns: int) -> None:
         zone = entry.zone
         del self._entries[zone.id]
         st = self.stats.by_tf[zone.timeframe]
@@ -433,24 +308,14 @@ class Registry:
         self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=now_ns))
 
     def _evict_one(self, timeframe: str, now_ns: int) -> None:
-        heap = self._evict.get(timeframe)
-        active = self.stats.by_tf[timeframe].active
-        if heap is None or len(heap) > 2 * active + 64:
-            heap = [
-                (z.strength, z.created_ns, z.id)
-                for tfs in self._books.values()
-                if (book := tfs.get(timeframe)) is not None
-                for z in book.zones.values()
-            ]
-            heapq.heapify(heap)
-            self._evict[timeframe] = heap
-        entries = self._entries
-        while heap:
-            strength, _, zid = _pop(heap)
-            entry = entries.get(zid)
-            if entry is not None and entry.side != OUT and entry.zone.strength == strength:
-                self._expire(entry, "evicted", now_ns)
-                return
+        def active(zone_id: str) -> Zone | None:
+            entry = self._entries.get(zone_id)
+            return None if entry is None or entry.side == OUT else entry.zone
+
+        books = (book for tfs in self._books.values() if (book := tfs.get(timeframe)) is not None)
+        zid = self._weakest.pop(timeframe, self.stats.by_tf[timeframe].active, active, books)
+        if zid is not None:
+            self._expire(self._entries[zid], "evicted", now_ns)
 
     def advance(self, now_ns: int, limit: int | None = None) -> int:
         """Fire every TTL and grace period due at ``now_ns``; returns how many were handled.
@@ -526,182 +391,9 @@ class Registry:
                 zone.state = "grace"
                 if zone.ended_ns <= 0:
                     zone.ended_ns = now_ns
-                entry = _Entry(zone, zone.bottom, zone.top, FILL_NONE)
+                entry = Entry(zone, zone.bottom, zone.top, FILL_NONE)
                 self._entries[zone.id] = entry
                 self.stats.tf(zone.timeframe).grace += 1
                 self._wheel.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
             count += 1
         return count
-
-    # ------------------------------------------------------------------------------------------
-    # The price index
-
-    def _place(self, idx: _SymbolIndex, entry: _Entry) -> None:
-        """Put an entry in the index by where it lies relative to the last price (no touch)."""
-        price = idx.price
-        if price != price:  # no price yet
-            entry.side = PENDING
-            idx.pending[entry.zone.id] = entry
-            return
-        self._put(idx, entry, ABOVE if entry.lo > price else BELOW if entry.hi < price else INSIDE)
-
-    def _unplace(self, idx: _SymbolIndex, entry: _Entry) -> None:
-        side = entry.side
-        entry.side = OUT
-        entry.tok = 0
-        if side == PENDING:
-            del idx.pending[entry.zone.id]
-            return
-        if side in (LOOSE, OUT):
-            return
-        n = 2 if side == INSIDE else 1
-        idx.live -= n
-        idx.stale += n
-        if idx.stale > 1024 and idx.stale > idx.live:
-            self._compact(idx)
-
-    def _compact(self, idx: _SymbolIndex) -> None:
-        """Drop invalidated heap entries, in place (a move loop may hold a heap)."""
-        live = 0
-        for heap in (idx.above, idx.below, idx.in_hi, idx.in_lo):
-            heap[:] = [item for item in heap if item[2].tok == item[1]]
-            heapq.heapify(heap)
-            live += len(heap)
-        idx.live = live
-        idx.stale = 0
-
-    def on_price(self, symbol: str, price: float, now_ns: int) -> None:
-        """A price of ``symbol``: touch the zones the move enters, fill those it crosses."""
-        idx = self._index.get(symbol)
-        self.stats.prices += 1
-        if idx is None:
-            if not math.isfinite(price):
-                self.stats.bad_prices += 1
-                return
-            idx = self._index[symbol] = _SymbolIndex()
-            idx.price = price
-            return
-        last = idx.price
-        if price > last:
-            if price == math.inf:
-                self.stats.bad_prices += 1
-                return
-            idx.price = price
-            above = idx.above
-            if above and above[0][0] <= price:
-                self._move_up(idx, price, now_ns)
-            else:
-                in_hi = idx.in_hi
-                if in_hi and in_hi[0][0] < price:
-                    self._move_up(idx, price, now_ns)
-        elif price < last:
-            if price == -math.inf:
-                self.stats.bad_prices += 1
-                return
-            idx.price = price
-            below = idx.below
-            if below and -below[0][0] >= price:
-                self._move_down(idx, price, now_ns)
-            else:
-                in_lo = idx.in_lo
-                if in_lo and -in_lo[0][0] > price:
-                    self._move_down(idx, price, now_ns)
-        elif price != price:
-            self.stats.bad_prices += 1
-        elif last != last:  # first price after zones were created
-            idx.price = price
-            pending = idx.pending
-            idx.pending = {}
-            for entry in pending.values():
-                self._place(idx, entry)
-
-    def _touch(self, entry: _Entry, price: float, now_ns: int) -> None:
-        zone = entry.zone
-        zone.touches += 1
-        st = self.stats.by_tf[zone.timeframe]
-        if zone.state != "touched":
-            zone.state = "touched"
-            st.touched_now += 1
-        st.touched += 1
-        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=now_ns))
-
-    def _put(self, idx: _SymbolIndex, entry: _Entry, side: int) -> None:
-        self._tok += 1
-        tok = entry.tok = self._tok
-        entry.side = side
-        if side == BELOW:
-            _push(idx.below, (-entry.hi, tok, entry))
-            idx.live += 1
-        elif side == ABOVE:
-            _push(idx.above, (entry.lo, tok, entry))
-            idx.live += 1
-        else:
-            _push(idx.in_hi, (entry.hi, tok, entry))
-            _push(idx.in_lo, (-entry.lo, tok, entry))
-            idx.live += 2
-
-    def _move_up(self, idx: _SymbolIndex, price: float, now_ns: int) -> None:
-        above = idx.above
-        while above and above[0][0] <= price:
-            _, tok, entry = _pop(above)
-            if entry.tok != tok:
-                idx.stale -= 1
-                continue
-            idx.live -= 1
-            entry.side = LOOSE
-            entry.tok = 0
-            self._touch(entry, price, now_ns)
-            if entry.hi < price:  # crossed it in one move
-                if entry.fill == FILL_UP:
-                    self._expire(entry, "filled", now_ns)
-                else:
-                    self._put(idx, entry, BELOW)
-            else:
-                self._put(idx, entry, INSIDE)
-        in_hi = idx.in_hi
-        while in_hi and in_hi[0][0] < price:
-            _, tok, entry = _pop(in_hi)
-            if entry.tok != tok:
-                idx.stale -= 1
-                continue
-            idx.live -= 2  # this entry and its in_lo twin, which is now stale
-            idx.stale += 1
-            entry.side = LOOSE
-            entry.tok = 0
-            if entry.fill == FILL_UP:
-                self._expire(entry, "filled", now_ns)
-            else:
-                self._put(idx, entry, BELOW)
-
-    def _move_down(self, idx: _SymbolIndex, price: float, now_ns: int) -> None:
-        below = idx.below
-        while below and -below[0][0] >= price:
-            _, tok, entry = _pop(below)
-            if entry.tok != tok:
-                idx.stale -= 1
-                continue
-            idx.live -= 1
-            entry.side = LOOSE
-            entry.tok = 0
-            self._touch(entry, price, now_ns)
-            if entry.lo > price:
-                if entry.fill == FILL_DOWN:
-                    self._expire(entry, "filled", now_ns)
-                else:
-                    self._put(idx, entry, ABOVE)
-            else:
-                self._put(idx, entry, INSIDE)
-        in_lo = idx.in_lo
-        while in_lo and -in_lo[0][0] > price:
-            _, tok, entry = _pop(in_lo)
-            if entry.tok != tok:
-                idx.stale -= 1
-                continue
-            idx.live -= 2
-            idx.stale += 1
-            entry.side = LOOSE
-            entry.tok = 0
-            if entry.fill == FILL_DOWN:
-                self._expire(entry, "filled", now_ns)
-            else:
-                self._put(idx, entry, ABOVE)

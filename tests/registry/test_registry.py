@@ -420,7 +420,7 @@ def test_price_index_compacts_and_stays_correct_under_churn() -> None:
             reg.on_price("pm.x", rng.uniform(0, 100), now)
         now += 2 * S
         reg.advance(now)
-    idx = reg._index["pm.x"]
+    idx = reg._prices.by_symbol["pm.x"]
     assert reg.active_count("S1") == 0 and len(reg) == 0
     assert idx.live == 0
     assert sum(map(len, (idx.above, idx.below, idx.in_hi, idx.in_lo))) <= 2 * 1024 + 2000

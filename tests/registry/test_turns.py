@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 import services.registry.service as service_module
 from services.registry.config import RegistryConfig
 from services.registry.metrics import RegistryCollector
-from services.registry.registry import LAG_BOUNDS_NS, Registry
+from services.registry.registry import Registry
 from services.registry.service import RegistryService
+from services.registry.stats import LAG_BOUNDS_NS
 from services.registry.zones import FVG_BULLISH, Rules, TimeframeRules
 from shared.clock import RealClock
 from shared.config import CommonConfig
