@@ -7,6 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from services.alerts.events import check_params
+from services.alerts.params import parse
 from shared.config import Duration, Endpoint, Port
 from shared.constants import PORTS, tcp
 
@@ -50,6 +51,11 @@ class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 check_params(self.kind, self.params)
             except ValueError as exc:
                 raise ValueError(f"strategy {self.id} (trigger: event): {exc}") from None
+        elif self.kind != "python":
+            try:  # the built-ins' params are checked here, not at the first job
+                parse(self.kind, self.params)
+            except ValueError as exc:
+                raise ValueError(f"strategy {self.id}: {exc}") from None
 
 
 class AlertsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

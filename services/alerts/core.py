@@ -11,19 +11,20 @@ import logging
 import uuid
 from collections import Counter
 from sys import intern
-from typing import Any
 
 import msgspec
 
 from services.alerts.bars import Bars
 from services.alerts.config import AlertsConfig
-from services.alerts.dispatch import Dispatcher, Status
+from services.alerts.dispatch import Dispatcher
 from services.alerts.events import EventEvaluator
 from services.alerts.inputs import FlowLog
 from services.alerts.orderflow import FlowBook, swap_flow
+from services.alerts.params import ZONE_EVENT_NAMES
+from services.alerts.results import Results
 from services.alerts.sink import AlertSink
 from services.alerts.store import ThrottleStore
-from services.alerts.strategies import Signal, refusal_reason
+from services.alerts.strategies import Signal
 from services.alerts.throttle import Due, PartialBoundary, Throttle
 from services.alerts.wiring import (
     event_strategy_of,
@@ -34,7 +35,7 @@ from services.alerts.wiring import (
     workers_origin,
 )
 from shared.bars import Watermark
-from shared.constants import dex_symbol, pm_symbol
+from shared.constants import ZONE, dex_swap_topic, dex_symbol, md_topic, pm_symbol, px_topic
 from shared.messages import (
     AlertFired,
     AlertZoneEvent,
@@ -56,12 +57,11 @@ from shared.ratelog import RateLimitedLog
 log = logging.getLogger("poolwire.alerts")
 
 NS = 1_000_000_000
-PREFIXES = ("px.", "md.trade.", "dex.swap.", "zone.")
-MAX_DEFERRED = 10_000  # results kept while the store fails; beyond, their jobs time out and retry
+PREFIXES = (px_topic(""), md_topic("trade", ""), dex_swap_topic(""), f"{ZONE}.")  # what alerts reads
 __all__ = ["Alerts", "event_strategy_of", "open_store", "workers_origin"]
 
 
-class Alerts:
+class Alerts(Results):
     """Everything but the sockets' loops: testable with a fake clock and no processes."""
 
     def __init__(self, cfg: AlertsConfig, store: ThrottleStore) -> None:
@@ -154,7 +154,7 @@ class Alerts:
             self.flow_log.add(symbol, ev, flow[0], flow[1])
         elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
             z = msg.zone
-            event = type(msg).__name__.removeprefix("Zone").lower()
+            event = ZONE_EVENT_NAMES[type(msg)]
             price = msg.price if isinstance(msg, ZoneTouched) else 0.0
             symbol = intern(z.symbol)
             self.throttle.note_update(symbol, ev)
@@ -340,88 +340,6 @@ class Alerts:
                 self._unsaved = rows
                 self._unsaved_deletes[:0] = deletes
                 raise
-
-    # -- results -------------------------------------------------------------------------------
-
-    def on_result(self, result: JobResult, now_ns: int) -> tuple[Status, list[Any], int]:
-        """A job's result: the alerts to publish now (states persisted, job finished in the store).
-
-        Only a result for a job in flight, of that job's strategy, is taken (see
-        :meth:`Dispatcher.check`); an alert in it of another strategy is dropped. Both are counted
-        in ``dispatcher.refused`` and logged rate-limited. If the store fails while the result is
-        handled, the job is in flight again and the result kept in ``deferred``, handled again by
-        :meth:`retry_deferred`.
-        """
-        if not result.job_id and refusal_reason(result.error) is not None:
-            self._worker_refusal(result)  # a worker's report of a job it could not even read
-            return "refused", [], 0
-        status, job, latency = self.dispatcher.complete(result, now_ns)
-        if status == "refused":
-            self.ratelog(
-                "refused result",
-                "refused a result from %s for job %r (strategy %r): %s",
-                result.worker[:64],
-                result.job_id[:64],
-                result.strategy[:64],
-                self.dispatcher.check(result),
-            )
-            self._worker_refusal(result)
-            return status, [], latency
-        if status != "done" or job is None:
-            if status == "failed" and job is not None:
-                log.warning("job %s (%s) failed twice: %s", result.job_id, result.strategy, result.error)
-                self.store.finish_job(job.job_id, {})
-            if status in ("retry", "failed"):
-                self._worker_refusal(result)
-            return status, [], latency
-        alerts = [a for a in result.alerts if a.strategy == job.strategy]
-        if len(alerts) < len(result.alerts):
-            n = len(result.alerts) - len(alerts)
-            self.dispatcher.refused["alert_strategy"] += n
-            self.ratelog(
-                "refused alert", "dropped %d alert(s) of another strategy in a result of %s", n, job.strategy
-            )
-        try:
-            if result.used_symbols and self.throttle.discover(job.strategy, result.used_symbols):
-                self.universe_sizes[job.strategy] = len(set(result.used_symbols))
-            return status, self.sink.accept(job, alerts, now_ns), latency
-        except Exception as exc:
-            self.dispatcher.restore(job, now_ns, latency)
-            if len(self.deferred) < MAX_DEFERRED:
-                self.deferred.append(result)
-            self.store_errors += 1
-            self.ratelog(
-                "store error", "result of job %s kept to handle again: store failed: %r", job.job_id, exc
-            )
-            return "deferred", [], latency
-
-    def retry_deferred(self, now_ns: int) -> list[AlertFired]:
-        """Handle again the results the store failed on; the alerts to publish."""
-        pending, self.deferred = self.deferred, []
-        out: list[AlertFired] = []
-        for i, result in enumerate(pending):
-            status, fired, _ = self.on_result(result, now_ns)
-            out += fired
-            if status == "deferred":  # still failing: the rest waits too, in order
-                self.deferred += pending[i + 1 :]
-                break
-        return out
-
-    def _worker_refusal(self, result: JobResult) -> None:
-        reason = refusal_reason(result.error) if not result.ok else None
-        if reason is not None:
-            self.worker_refusals[reason] += 1
-            self.ratelog(
-                f"worker refusal {reason}", "worker %s refused a job: %s", result.worker[:64], result.error
-            )
-
-    def expire(self, now_ns: int) -> list[tuple[Status, StrategyJob]]:
-        """Jobs past their deadline: retried once, then failed (and finished in the store)."""
-        out = self.dispatcher.expire(now_ns)
-        for status, job in out:
-            if status == "failed":
-                self.store.finish_job(job.job_id, {})
-        return out
 
     def next_wakeup(self, now_ns: int) -> int:
         flush = now_ns + int(self.cfg.flush_every * NS)

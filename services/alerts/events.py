@@ -19,33 +19,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.alerts.params import EVENT_KINDS, PriceCross, StrategyParams, ZoneEventRule, parse
 from services.alerts.strategies import Signal
 from services.alerts.throttle import StrategySpec
 from shared.messages import AlertZoneEvent
 
-EVENT_KINDS = ("price_cross", "zone_event")
-DIRECTIONS = ("up", "down", "any")
-ZONE_EVENTS = ("created", "touched", "expired", "removed")
 
-
-def check_params(kind: str, params: Mapping[str, Any]) -> None:
-    """Raise ValueError naming what is wrong with an event strategy's params."""
-    if kind == "price_cross":
-        level = params.get("level")
-        if isinstance(level, bool) or not isinstance(level, int | float):
-            raise ValueError(f"params.level must be a number, got {level!r}")
-        if params.get("direction", "any") not in DIRECTIONS:
-            raise ValueError(f"params.direction must be one of {', '.join(DIRECTIONS)}")
-    elif kind == "zone_event":
-        events = params.get("events", ["touched"])
-        if not isinstance(events, list) or not all(e in ZONE_EVENTS for e in events):
-            raise ValueError(f"params.events must be a list of {', '.join(ZONE_EVENTS)}; got {events!r}")
-        for key in ("timeframes", "kinds"):
-            value = params.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"params.{key} must be a list of strings; got {value!r}")
-    else:
+def check_params(kind: str, params: Mapping[str, Any]) -> StrategyParams:
+    """An event strategy's params as their struct; ValueError naming what is wrong."""
+    if kind not in EVENT_KINDS:
         raise ValueError(f"kind {kind} cannot be event-triggered (only {', '.join(EVENT_KINDS)})")
+    return parse(kind, params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,51 +52,23 @@ class EventStats:
     signals: int = 0  # of which fired (before frequency control)
 
 
-@dataclass(slots=True)
-class _Cross:
-    id: str
-    level: float
-    up: bool
-    down: bool
-
-
-@dataclass(slots=True)
-class _ZoneRule:
-    id: str
-    events: frozenset[str]
-    timeframes: frozenset[str]
-    kinds: frozenset[str]
-
-
 class EventEvaluator:
     """Which event strategies a message fires. Universes are resolved once per symbol and cached."""
 
     def __init__(self, strategies: Iterable[EventStrategy]) -> None:
         self.strategies = {s.id: s for s in strategies}
-        for s in self.strategies.values():
-            check_params(s.kind, s.params)
         self.stats = EventStats()
-        self._crosses: dict[str, tuple[_Cross, ...]] = {}
-        self._zones: dict[str, tuple[_ZoneRule, ...]] = {}
+        self._crosses: dict[str, tuple[tuple[str, PriceCross], ...]] = {}
+        self._zones: dict[str, tuple[tuple[str, ZoneEventRule], ...]] = {}
         self._last: dict[str, float] = {}  # previous price of symbols some price_cross watches
-        self._cross_rules: list[_Cross] = []
-        self._zone_rules: list[_ZoneRule] = []
+        self._cross_rules: list[tuple[str, PriceCross]] = []
+        self._zone_rules: list[tuple[str, ZoneEventRule]] = []
         for s in self.strategies.values():
-            p = s.params
-            if s.kind == "price_cross":
-                direction = p.get("direction", "any")
-                self._cross_rules.append(
-                    _Cross(s.id, float(p["level"]), direction != "down", direction != "up")
-                )
-            else:
-                self._zone_rules.append(
-                    _ZoneRule(
-                        s.id,
-                        frozenset(p.get("events", ["touched"])),
-                        frozenset(p.get("timeframes", [])),
-                        frozenset(p.get("kinds", [])),
-                    )
-                )
+            p = check_params(s.kind, s.params)
+            if isinstance(p, PriceCross):
+                self._cross_rules.append((s.id, p))
+            elif isinstance(p, ZoneEventRule):
+                self._zone_rules.append((s.id, p))
 
     def __bool__(self) -> bool:
         return bool(self.strategies)
@@ -120,8 +76,8 @@ class EventEvaluator:
     def _resolve(self, symbol: str) -> None:
         """The rules covering ``symbol``: tuples of the shared rule objects (a symbol costs its
         two tuples, not copies of every rule)."""
-        self._crosses[symbol] = tuple(r for r in self._cross_rules if self.strategies[r.id].covers(symbol))
-        self._zones[symbol] = tuple(r for r in self._zone_rules if self.strategies[r.id].covers(symbol))
+        self._crosses[symbol] = tuple(r for r in self._cross_rules if self.strategies[r[0]].covers(symbol))
+        self._zones[symbol] = tuple(r for r in self._zone_rules if self.strategies[r[0]].covers(symbol))
 
     def on_price(self, symbol: str, price: float) -> list[tuple[str, Signal]]:
         """The price_cross strategies the step from the symbol's previous price to ``price`` fires."""
@@ -137,12 +93,10 @@ class EventEvaluator:
         if prev is None or prev == price:
             return []
         out: list[tuple[str, Signal]] = []
-        for r in rules:
-            level = r.level
-            if r.up and prev < level <= price:
-                out.append((r.id, Signal(symbol, f"{symbol} crossed above {level:g} at {price:g}", price)))
-            elif r.down and prev > level >= price:
-                out.append((r.id, Signal(symbol, f"{symbol} crossed below {level:g} at {price:g}", price)))
+        for sid, p in rules:
+            word = p.crossed(prev, price)
+            if word is not None:
+                out.append((sid, Signal(symbol, p.text(symbol, word, price), price)))
         self.stats.signals += len(out)
         return out
 
@@ -155,14 +109,6 @@ class EventEvaluator:
         if not rules:
             return []
         self.stats.evaluations += len(rules)
-        out: list[tuple[str, Signal]] = []
-        for r in rules:
-            if (
-                z.event in r.events
-                and (not r.timeframes or z.timeframe in r.timeframes)
-                and (not r.kinds or z.kind in r.kinds)
-            ):
-                text = f"{symbol} {z.event} {z.timeframe} {z.kind} zone {z.bottom:g}-{z.top:g}"
-                out.append((r.id, Signal(symbol, text, z.price)))
+        out = [(sid, Signal(symbol, p.text(symbol, z), z.price)) for sid, p in rules if p.matches(z)]
         self.stats.signals += len(out)
         return out

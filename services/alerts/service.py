@@ -23,8 +23,10 @@ from services.alerts.config import AlertsConfig
 from services.alerts.core import NS, PREFIXES, Alerts, open_store, workers_origin
 from services.alerts.metrics import AlertsCollector
 from services.alerts.supervisor import WorkerPool
+from shared.backoff import sleep_or_wake
 from shared.bus import Publisher, Puller, Pusher, Subscriber
 from shared.constants import alert_topic
+from shared.lifecycle import run_loops
 from shared.messages import AlertFired, JobResult
 from shared.runner import ServiceContext
 
@@ -134,12 +136,7 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             alerts.ratelog.flush()
             wake.clear()
             delay = (alerts.next_wakeup(clock.time_ns()) - clock.time_ns()) / NS
-            sleeper = asyncio.ensure_future(clock.sleep(max(delay, 0.0)))
-            waiter = asyncio.ensure_future(wake.wait())
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            sleeper.cancel()
-            waiter.cancel()
-            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            await sleep_or_wake(clock, max(delay, 0.0), wake)
 
     async def results() -> None:
         while True:
@@ -190,16 +187,6 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             except Exception as exc:
                 loop_error("summary", exc)
 
-    tasks = [
-        asyncio.create_task(coro, name=name)
-        for name, coro in (
-            ("inputs", inputs()),
-            ("ticker", ticker()),
-            ("results", results()),
-            ("cleanup", cleanup()),
-            ("summary", summary()),
-        )
-    ]
     log.info(
         "alerts: %d strategies (%d event-triggered), store %s; jobs on %s, results on %s",
         len(cfg.strategies),
@@ -209,17 +196,16 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
         cfg.results,
     )
     log.info("alerts: %s", workers_origin(cfg))
-    stop = asyncio.create_task(ctx.stopping.wait())
+    loops = {
+        "inputs": inputs(),
+        "ticker": ticker(),
+        "results": results(),
+        "cleanup": cleanup(),
+        "summary": summary(),
+    }
     try:
-        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not stop and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+        await run_loops(ctx.stopping, loops)
     finally:
-        stop.cancel()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(stop, *tasks, return_exceptions=True)
         try:
             alerts.flush(clock.time_ns())
         except Exception as exc:

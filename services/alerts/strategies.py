@@ -17,11 +17,11 @@ discovery)::
 from __future__ import annotations
 
 import importlib
-import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from services.alerts.params import OrderFlowRule, PercentMove, PriceCross, ZoneEventRule, parse_as
 from shared.messages import StrategyJob, TickerInput
 
 
@@ -48,86 +48,44 @@ def _bars(job: StrategyJob) -> Iterable[tuple[str, TickerInput]]:
 
 
 def price_cross(job: StrategyJob) -> list[Signal]:
-    """params: level (float), direction "up" | "down" | "any" (default any).
-
-    Fires when the bar crossed the level: from the previous close (or the bar's open when there is
-    none) to the close.
-    """
-    level = float(job.params["level"])
-    direction = job.params.get("direction", "any")
+    """params: :class:`~services.alerts.params.PriceCross`. Fires when the bar crossed the level:
+    from the previous close (or the bar's open when there is none) to the close."""
+    p = parse_as(PriceCross, job.params)
     out = []
     for t, bar in _bars(job):
-        start = bar.prev_close or bar.open
-        up = start < level <= bar.close
-        down = start > level >= bar.close
-        if (up and direction in ("up", "any")) or (down and direction in ("down", "any")):
-            word = "above" if up else "below"
-            out.append(Signal(t, f"{t} crossed {word} {level:g} at {bar.close:g}", bar.close))
+        word = p.crossed(bar.prev_close or bar.open, bar.close)
+        if word is not None:
+            out.append(Signal(t, p.text(t, word, bar.close), bar.close))
     return out
 
 
 def percent_move(job: StrategyJob) -> list[Signal]:
-    """params: pct (float, > 0), direction "up" | "down" | "any" (default any)."""
-    pct = float(job.params["pct"])
-    direction = job.params.get("direction", "any")
+    """params: :class:`~services.alerts.params.PercentMove`."""
+    p = parse_as(PercentMove, job.params)
     out = []
     for t, bar in _bars(job):
-        start = bar.prev_close or bar.open
-        if start <= 0:
-            continue
-        move = (bar.close - start) / start * 100.0
-        if (move >= pct and direction in ("up", "any")) or (move <= -pct and direction in ("down", "any")):
+        move = p.moved(bar.prev_close or bar.open, bar.close)
+        if move is not None:
             out.append(Signal(t, f"{t} moved {move:+.2f}% to {bar.close:g}", move))
     return out
 
 
 def zone_event(job: StrategyJob) -> list[Signal]:
-    """params: events (default ["touched"]), timeframes and kinds (optional filters)."""
-    events = set(job.params.get("events", ["touched"]))
-    tfs = set(job.params.get("timeframes", []))
-    kinds = set(job.params.get("kinds", []))
-    out = []
-    for t, bar in _bars(job):
-        for z in bar.zones:
-            if z.event in events and (not tfs or z.timeframe in tfs) and (not kinds or z.kind in kinds):
-                out.append(
-                    Signal(t, f"{t} {z.event} {z.timeframe} {z.kind} zone {z.bottom:g}-{z.top:g}", z.price)
-                )
-    return out
-
-
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-}
-FLOW_FIELDS = (
-    "delta",
-    "cvd",
-    "cvd_change",
-    "imbalance",
-    "trades_per_s",
-    "buy_volume",
-    "sell_volume",
-    "trades",
-)
+    """params: :class:`~services.alerts.params.ZoneEventRule`."""
+    p = parse_as(ZoneEventRule, job.params)
+    return [Signal(t, p.text(t, z), z.price) for t, bar in _bars(job) for z in bar.zones if p.matches(z)]
 
 
 def order_flow(job: StrategyJob) -> list[Signal]:
-    """params: metric (one of FLOW_FIELDS), op (">", ">=", "<", "<="), value."""
-    metric = job.params["metric"]
-    if metric not in FLOW_FIELDS:
-        raise ValueError(f"unknown order-flow metric {metric!r}; expected one of {', '.join(FLOW_FIELDS)}")
-    op = _OPS[job.params.get("op", ">")]
-    threshold = float(job.params["value"])
+    """params: :class:`~services.alerts.params.OrderFlowRule`."""
+    p = parse_as(OrderFlowRule, job.params)
     out = []
     for t, bar in _bars(job):
         if bar.flow is None:
             continue
-        v = float(getattr(bar.flow, metric))
-        if op(v, threshold):
-            out.append(Signal(t, f"{t} {metric} {v:g} {job.params.get('op', '>')} {threshold:g}", v))
+        v = float(getattr(bar.flow, p.metric))
+        if p.holds(v):
+            out.append(Signal(t, f"{t} {p.metric} {v:g} {p.op} {p.value:g}", v))
     return out
 
 

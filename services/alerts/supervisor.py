@@ -13,11 +13,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.backoff import Backoff
 from shared.clock import Clock
 from shared.metrics import new_registry, serve
 
 log = logging.getLogger("poolwire.alerts.supervisor")
 
+# restart delays: shared.backoff's capped doubling with jitter, 0.1-0.2 s at first, at most 5 s
 RESTART_DELAY_S = 0.2
 RESTART_DELAY_MAX_S = 5.0
 
@@ -49,7 +51,7 @@ class WorkerPool:
         return proc
 
     async def _keep(self, index: int) -> None:
-        delay = RESTART_DELAY_S
+        backoff = Backoff(RESTART_DELAY_S, RESTART_DELAY_MAX_S, clock=self.clock)
         while not self._stopping:
             proc = await self._spawn(index)
             code = await proc.wait()
@@ -57,6 +59,7 @@ class WorkerPool:
                 return
             self.exits += 1
             self.restarts += 1
+            delay = backoff.next_delay()
             log.warning(
                 "worker %d (pid %d) exited with %s: starting another in %.1f s (restart %d)",
                 index,
@@ -66,7 +69,6 @@ class WorkerPool:
                 self.restarts,
             )
             await self.clock.sleep(delay)
-            delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

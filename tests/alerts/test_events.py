@@ -47,10 +47,15 @@ def zone_event(event: str = "touched", tf: str = "H1", kind: str = "fvg_bullish"
     [
         ({"id": "p", "kind": "percent_move", "trigger": "event", "params": {"pct": 1}}, "only price_cross"),
         (cross(frequency="once_per_bar_close"), "once_per_bar_close needs bar closes"),
-        (cross(params={"level": "high"}), "params.level must be a number"),
-        (cross(params={"direction": "sideways"}), "params.direction"),
-        (touch(params={"events": ["poked"]}), "params.events"),
-        (touch(params={"kinds": "bsl"}), "params.kinds"),
+        (cross(params={"level": "high"}), r"Expected `float`, got `str` - at `\$\.level`"),
+        (cross(params={"level": True}), r"Expected `float`, got `bool` - at `\$\.level`"),
+        (cross(params={"direction": "sideways"}), r"Invalid enum value 'sideways' - at `\$\.direction`"),
+        (cross(params={"levle": 1}), "unknown field `levle`"),
+        (touch(params={"events": ["poked"]}), r"Invalid enum value 'poked' - at `\$\.events\[0\]`"),
+        (touch(params={"kinds": "bsl"}), r"Expected `array`, got `str` - at `\$\.kinds`"),
+        # bucketed built-ins are checked at load too
+        ({"id": "m", "kind": "percent_move", "params": {}}, "strategy m: params: Object missing required field `pct`"),
+        ({"id": "f", "kind": "order_flow", "params": {"metric": "delta", "value": 1, "op": "!="}}, r"\$\.op"),
     ],
 )
 def test_event_strategies_validated_at_load(strategy: dict[str, Any], error: str) -> None:
