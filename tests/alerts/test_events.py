@@ -54,7 +54,10 @@ def zone_event(event: str = "touched", tf: str = "H1", kind: str = "fvg_bullish"
         (touch(params={"events": ["poked"]}), r"Invalid enum value 'poked' - at `\$\.events\[0\]`"),
         (touch(params={"kinds": "bsl"}), r"Expected `array`, got `str` - at `\$\.kinds`"),
         # bucketed built-ins are checked at load too
-        ({"id": "m", "kind": "percent_move", "params": {}}, "strategy m: params: Object missing required field `pct`"),
+        (
+            {"id": "m", "kind": "percent_move", "params": {}},
+            "strategy m: params: Object missing required field `pct`",
+        ),
         ({"id": "f", "kind": "order_flow", "params": {"metric": "delta", "value": 1, "op": "!="}}, r"\$\.op"),
     ],
 )
