@@ -20,18 +20,20 @@ from services.registry.detectors import Detectors
 from services.registry.registry import Registry
 from services.registry.zones import Rules, TimeframeRules, ZoneError, timeframe_ns
 from shared.bus import Publisher, Pusher, Subscriber
+from shared.constants import ZONE, health_topic, px_topic
 from shared.messages import DetectorEvent, Heartbeat, Price, ZoneCreated, ZoneTouched
 from shared.snapshot import request_snapshot
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+ZONE_PREFIX = f"{ZONE}."  # every zone event
 N_PRICES = 200_000
 N_ZONES = 1_000
 
 
 async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
     async with (
-        Subscriber(cfg["pub"], ("zone.",)) as sub,
+        Subscriber(cfg["pub"], (ZONE_PREFIX,)) as sub,
         Publisher(cfg["prices"][0], service="ingest", heartbeat_interval=0.5) as pub,
     ):
         await sub.wait_for_publisher("registry", timeout=30)
@@ -61,8 +63,8 @@ async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
                 created += sum(isinstance(m, ZoneCreated) for _, m in batch)
             # Warm up: make sure the service's SUB has joined our PUB.
             for _ in range(100):
-                pub.publish("px.pm.m", Price(symbol="pm.m", price=0.5))
-                pub.publish("px.pm.m", Price(symbol="pm.m", price=1.5))
+                pub.publish(px_topic("pm.m"), Price(symbol="pm.m", price=0.5))
+                pub.publish(px_topic("pm.m"), Price(symbol="pm.m", price=1.5))
                 batch = await sub.recv_batch(timeout=0.2)
                 if any(isinstance(m, ZoneTouched) for _, m in batch):
                     break
@@ -73,13 +75,13 @@ async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
             t0 = time.perf_counter()
             touches = 0
             for k, p in enumerate(prices):
-                pub.publish("px.pm.x", Price(symbol="pm.x", price=p))
+                pub.publish(px_topic("pm.x"), Price(symbol="pm.x", price=p))
                 if k % 5000 == 4999:
                     await asyncio.sleep(0)
                     for _, msgs in sub._drain():  # (topic, the frame's messages)
                         touches += sum(isinstance(m, ZoneTouched) for m in msgs)
-            pub.publish("px.pm.m", Price(symbol="pm.m", price=0.5))
-            pub.publish("px.pm.m", Price(symbol="pm.m", price=1.5))
+            pub.publish(px_topic("pm.m"), Price(symbol="pm.m", price=0.5))
+            pub.publish(px_topic("pm.m"), Price(symbol="pm.m", price=1.5))
             done = False
             while not done:
                 batch = await sub.recv_batch(timeout=60)
@@ -199,7 +201,7 @@ def _metric(text: str, name: str) -> float:
 
 async def _heartbeat_gaps(endpoint: str, gaps: list[float], stop: asyncio.Event) -> None:
     """The registry's heartbeats by their publish time: a gap over the interval is its loop blocked."""
-    async with Subscriber(endpoint, ("registry.health",)) as sub:
+    async with Subscriber(endpoint, (health_topic("registry"),)) as sub:
         last = 0
         while not stop.is_set():
             for _, m in await sub.recv_batch(timeout=0.2):
@@ -223,11 +225,11 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
                 marked = True
 
     async with (
-        Subscriber(cfg["pub"], ("zone.",)) as sub,
+        Subscriber(cfg["pub"], (ZONE_PREFIX,)) as sub,
         Publisher(cfg["prices"][0], service="replay", heartbeat_interval=0.5) as pub,
     ):
         await sub.wait_for_publisher("registry", timeout=30)
-        await pub.wait_for_subscriber("px.", timeout=30)
+        await pub.wait_for_subscriber(px_topic(""), timeout=30)
         # A marker zone: its touch, sent after the last tick, comes back after every tick is handled.
         pusher = Pusher(cfg["pull"], sender="bench")
         try:
@@ -237,7 +239,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             pusher.close()
         while not any(isinstance(m, ZoneCreated) for _, m in await sub.recv_batch(timeout=30)):
             pass
-        pub.publish("px.pm.marker", Price(symbol="pm.marker", price=3.0))
+        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=3.0))
         profile = os.environ.get("BENCH_REGISTRY_PYSPY")  # a path: py-spy's raw stacks of the registry
         spy = None
         if profile:
@@ -245,11 +247,11 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             await asyncio.sleep(1.0)
         t0 = time.perf_counter()
         for k, (sym, t, p) in enumerate(ticks):
-            pub.publish(f"px.{sym}", Price(symbol=sym, price=p, event_ns=t))
+            pub.publish(px_topic(sym), Price(symbol=sym, price=p, event_ns=t))
             if k % 5000 == 4999:
                 await pub.drain()
                 take([(topic, m) for topic, msgs in sub._drain() for m in msgs])
-        pub.publish("px.pm.marker", Price(symbol="pm.marker", price=1.5))
+        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=1.5))
         await pub.drain()
         while not marked:
             batch = await sub.recv_batch(timeout=120)
@@ -269,7 +271,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
         lag_max = _metric(text, "poolwire_registry_wheel_lag_max_seconds")
         # The zones held (none expire or are evicted here), from the Clone snapshot: the events,
         # 3-4 per tick, would overrun this reader's SUB queue.
-        _, items = await request_snapshot(cfg["snapshot"], "zone.", timeout=120)
+        _, items = await request_snapshot(cfg["snapshot"], ZONE_PREFIX, timeout=120)
         for item in items:
             z = item.zone  # type: ignore[attr-defined]
             if z.symbol != "pm.marker":

@@ -176,7 +176,8 @@ def bytes_per_symbol(
     """Per symbol, with every buffer full: the detectors' state (candle builders with the open
     candles the lateness keeps, the closed-candle windows, the watermark), the core's price index
     and books, the symbol itself; and its stored form (PairStates, what waits for the store)."""
-    from services.registry.detectors import Detectors, window_size
+    from services.registry.detectors import Detectors
+    from services.registry.patterns import window_size
 
     n = 2_000
     small, large = min(timeframes.values()), max(timeframes.values())

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from services.registry.detectors import FvgRule
+from services.registry.patterns import FvgRule
 from services.registry.zones import NS, Rules, TimeframeRules, timeframe_ns
 from shared.config import Duration, Endpoint, Port, convert
 from shared.constants import PORTS, tcp

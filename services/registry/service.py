@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from pathlib import Path
 
 from prometheus_client import Histogram
 
 from services.registry.config import RegistryConfig
-from services.registry.detectors import Detection, Detectors
+from services.registry.detectors import Detectors
+from services.registry.intake import Intake
 from services.registry.logs import RateLimitFilter
 from services.registry.metrics import RegistryCollector
 from services.registry.outbox import Outbox
@@ -26,19 +26,14 @@ from services.registry.restore import restore_detectors, stored_zones
 from services.registry.store import ZoneStore
 from services.registry.validate import (
     MAX_TTL_NS,
-    MIN_TIME_NS,
     Limits,
-    Refusal,
-    check_event,
-    check_price_input,
 )
-from services.registry.zones import NS, ZoneError, timeframe_ns
+from services.registry.zones import NS, timeframe_ns
+from shared.backoff import sleep_or_wake
 from shared.bus import Publisher, Puller, Subscriber
-from shared.constants import PX, zone_topic
+from shared.constants import px_topic, zone_topic
 from shared.messages import (
-    DetectorEvent,
     Message,
-    Price,
     SnapshotRequest,
     ZoneCreated,
     ZoneExpired,
@@ -59,17 +54,10 @@ EVENT_NAMES: dict[type[Message], str] = {
     ZoneRemoved: "removed",
 }
 ZONE_EVENTS = tuple(EVENT_NAMES.values())
-# How long one loop turn spends on input before it publishes and lets the other tasks (the expiry
-# timer, heartbeats, snapshots) run: a burst of replayed ticks held the loop for 15 s otherwise.
-# A turn ends TURN_BUDGET_S after the next planned timer (so timers fire at most that late), and
-# lasts at most TURN_MAX_S when none is near: each turn's store commit and publisher flush cost
-# ~0.5 ms, so longer turns carry a burst faster (replay: 2 ms turns 14 k ticks/s, 10 ms 18 k).
-TURN_BUDGET_S = 0.002
-TURN_MAX_S = 0.02
 EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
 
 
-class RegistryService:
+class RegistryService(Intake):
     def __init__(self, ctx: ServiceContext[RegistryConfig]) -> None:
         self.ctx = ctx
         cfg = ctx.config
@@ -133,7 +121,7 @@ class RegistryService:
             cfg.pub, service="registry", clock=self.clock, heartbeat_interval=ctx.common.heartbeat_interval
         )
         ctx.bus_stats.add("pub", self.pub.stats)
-        self.sub = Subscriber(cfg.prices, (f"{PX}.",), clock=self.clock)
+        self.sub = Subscriber(cfg.prices, (px_topic(""),), clock=self.clock)
         ctx.bus_stats.add("sub", self.sub.stats)
         self.puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
         ctx.bus_stats.add("pull", self.puller.stats)
@@ -223,40 +211,6 @@ class RegistryService:
         self.pub.flush()
         return self.pub.seq, items
 
-    def bad(self, reason: str, detail: str) -> None:
-        self.bad_events[reason] = self.bad_events.get(reason, 0) + 1
-        self.skip_log(reason, "refused a detector event (%s): %s", reason, detail)
-
-    def refuse_price(self, refusal: Refusal) -> None:
-        reason = refusal.reason
-        self.prices_refused[reason] = self.prices_refused.get(reason, 0) + 1
-        self.skip_log(f"price_{reason}", "skipped a price (%s): %s", reason, refusal.detail)
-
-    def internal(self, counts: dict[str, int], what: str) -> None:
-        """An exception from handling one input (a bug): counted, logged with its traceback, and
-        the next input is handled."""
-        counts["internal"] = counts.get("internal", 0) + 1
-        self.skip_log("internal", "handling %s raised; skipped:\n%s", what, traceback.format_exc())
-
-    def _expiry_error(self, zone_id: str, exc: Exception) -> None:
-        """One zone's expiry raised (a bug; counted by the core): logged, the others expire."""
-        self.skip_log(
-            "expiry_error",
-            "expiring zone %r raised; skipped:\n%s",
-            zone_id[:128],
-            "".join(traceback.format_exception(exc)),
-        )
-
-    def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
-        ttl = d.ttl_ns if isinstance(d, DetectorEvent) else 0
-        try:
-            self.registry.create(
-                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns, ttl_ns=ttl
-            )
-        except ZoneError as exc:  # counted by the core
-            self.skip_log(exc.reason, "refused a zone (%s): %s", exc.reason, exc)
-
-    # ------------------------------------------------------------------------------------------
     async def price_loop(self) -> None:
         while True:
             batch = await self.sub.recv_batch()
@@ -265,57 +219,6 @@ class RegistryService:
                 start = self.prices(batch, start)
                 await self.next_turn()  # recv_batch does not yield while prices are queued
 
-    def turn_budget(self, now_ns: int) -> float:
-        """Seconds this turn may spend on input: up to TURN_BUDGET_S past the next planned timer."""
-        until_timer = (self._planned_wake_ns - now_ns) / 1e9
-        return min(TURN_MAX_S, max(0.0, until_timer) + TURN_BUDGET_S)
-
-    def prices(self, batch: list[tuple[str, Message]], start: int) -> int:
-        """Handle the prices of ``batch`` from ``start`` for at most TURN_BUDGET_S, publish what
-        they caused; returns where it stopped."""
-        reg = self.registry
-        detectors = self.detectors
-        clock = self.clock
-        symbols_ok = self._symbols_ok
-        t0 = time.perf_counter()
-        now = clock.time_ns()
-        until = t0 + self.turn_budget(now)
-        latest = now + self.limits.horizon_ns
-        oldest = 0
-        i = start
-        n = len(batch)
-        while i < n:
-            if not i & 63 and i > start and time.perf_counter() > until:
-                break
-            msg = batch[i][1]
-            i += 1
-            if not isinstance(msg, Price):
-                continue
-            try:
-                symbol, ev = msg.symbol, msg.event_ns
-                timely = True
-                if symbol not in symbols_ok or (ev and not MIN_TIME_NS <= ev <= latest):
-                    refusal = check_price_input(symbol, ev, now, self.limits)
-                    if refusal is not None:
-                        self.refuse_price(refusal)
-                        if refusal.reason != "bad_time":
-                            continue
-                        timely = False  # touches zones, but no candle at that time
-                    if len(symbols_ok) > 100_000:
-                        symbols_ok.clear()
-                    symbols_ok.add(symbol)
-                if detectors is not None and timely:
-                    for d in detectors.on_price(symbol, ev or now, msg.price, now):
-                        self.create(d, now)
-                reg.on_price(symbol, msg.price, now)
-            except Exception:
-                self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
-            if oldest == 0 and msg.publish_ns:
-                oldest = msg.publish_ns
-        self.emit_safely(oldest)
-        self.processing.labels("prices").observe(time.perf_counter() - t0)
-        return i
-
     async def detector_loop(self) -> None:
         while True:
             msgs = await self.puller.recv_batch()
@@ -323,29 +226,6 @@ class RegistryService:
             while start < len(msgs):
                 start = self.detector_events(msgs, start)
                 await self.next_turn()
-
-    def detector_events(self, msgs: list[Message], start: int) -> int:
-        """Like :meth:`prices`, for detector events from PULL."""
-        t0 = time.perf_counter()
-        now = self.clock.time_ns()
-        until = t0 + self.turn_budget(now)
-        i = start
-        while i < len(msgs):
-            msg = msgs[i]
-            i += 1
-            try:
-                refusal = check_event(msg, now, self.limits)
-                if refusal is not None:
-                    self.bad(*refusal)
-                elif isinstance(msg, DetectorEvent):
-                    self.create(msg, now)
-            except Exception:
-                self.internal(self.bad_events, f"a {type(msg).__name__} from {msg.publisher[:128]!r}")
-            if not i & 63 and time.perf_counter() > until:
-                break
-        self.emit_safely()
-        self.processing.labels("detector_events").observe(time.perf_counter() - t0)
-        return i
 
     async def expiry_loop(self) -> None:
         interval = self.pools.auto_expire_interval or 30.0
@@ -379,23 +259,7 @@ class RegistryService:
                     wake = close
             self._planned_wake_ns = wake
             self._wake.clear()
-            delay = max(0.0, (wake - self.clock.time_ns()) / 1e9)
-            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-            waker = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (sleeper, waker):
-                    t.cancel()
-                await asyncio.gather(sleeper, waker, return_exceptions=True)
-
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        stop = asyncio.ensure_future(self.ctx.stopping.wait())
-        await asyncio.wait({sleeper, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (sleeper, stop):
-            t.cancel()
-        await asyncio.gather(sleeper, stop, return_exceptions=True)
+            await sleep_or_wake(self.clock, max(0.0, (wake - self.clock.time_ns()) / 1e9), self._wake)
 
     async def flush_loop(self) -> None:
         assert self.store is not None
@@ -430,7 +294,7 @@ class RegistryService:
             log.info("restored %d zone(s) from %s; some overdue: %s", restored, self.store.path, overdue)
             if overdue:
                 # Give subscribers a moment to (re)connect before the overdue zones expire.
-                await self._sleep_or_stop(ctx.config.restore_expire_delay)
+                await sleep_or_wake(self.clock, ctx.config.restore_expire_delay, ctx.stopping)
         self.emit()
         tasks = [
             asyncio.create_task(self.price_loop(), name="prices"),

@@ -10,7 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.registry.detectors import CandleState, Detection, Detectors, PairState
+from services.registry.detectors import CandleState, Detectors, PairState
+from services.registry.patterns import Detection
 from services.registry.restore import restore_detectors
 from services.registry.store import ZoneStore
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL

@@ -4,7 +4,8 @@ import msgspec
 import pytest
 
 from services.registry.config import RegistryConfig
-from services.registry.detectors import Candle, Detectors, PatternDetector
+from services.registry.detectors import Detectors
+from services.registry.patterns import Candle, PatternDetector
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 
 S = 1_000_000_000

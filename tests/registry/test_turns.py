@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
-import services.registry.service as service_module
+import services.registry.intake as intake_module
 from services.registry.config import RegistryConfig
 from services.registry.metrics import RegistryCollector
 from services.registry.registry import Registry
@@ -157,7 +157,7 @@ async def other_task_turns_during(loop_task: asyncio.Task[None], done: asyncio.E
 
 async def test_a_burst_of_prices_is_handled_over_many_loop_turns(monkeypatch: pytest.MonkeyPatch) -> None:
     """recv_batch returns without yielding while prices are queued: the loop yields itself."""
-    monkeypatch.setattr(service_module, "TURN_BUDGET_S", 0.0)  # one piece (64 prices) per turn
+    monkeypatch.setattr(intake_module, "TURN_BUDGET_S", 0.0)  # one piece (64 prices) per turn
     async with service() as svc:
         burst: list[tuple[str, Message]] = [
             ("px.pm.a", Price(symbol="pm.a", price=1.0 + (k % 50) / 10, event_ns=0)) for k in range(6400)
@@ -193,7 +193,7 @@ async def test_a_burst_of_prices_is_handled_over_many_loop_turns(monkeypatch: py
 async def test_a_burst_of_detector_events_is_handled_over_many_loop_turns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service_module, "TURN_BUDGET_S", 0.0)
+    monkeypatch.setattr(intake_module, "TURN_BUDGET_S", 0.0)
     async with service() as svc:
         burst: list[Message] = [
             DetectorEvent(
@@ -247,8 +247,8 @@ async def test_a_turn_ends_soon_after_the_next_planned_timer() -> None:
     async with service() as svc:
         now = T0
         svc._planned_wake_ns = now + 60 * S  # nothing due for a minute: the longest turn
-        assert svc.turn_budget(now) == service_module.TURN_MAX_S
+        assert svc.turn_budget(now) == intake_module.TURN_MAX_S
         svc._planned_wake_ns = now + 3 * MS  # a timer in 3 ms: the turn ends at most 2 ms after it
-        assert svc.turn_budget(now) == pytest.approx(0.003 + service_module.TURN_BUDGET_S)
+        assert svc.turn_budget(now) == pytest.approx(0.003 + intake_module.TURN_BUDGET_S)
         svc._planned_wake_ns = now - 1 * MS  # already due: the shortest turn
-        assert svc.turn_budget(now) == service_module.TURN_BUDGET_S
+        assert svc.turn_budget(now) == intake_module.TURN_BUDGET_S
