@@ -5,6 +5,9 @@
 - poolwire single / batched: pre-built messages through Publisher.publish (numbering, stamping,
   encoding) to a Subscriber (draining, decoding, gap checks). Batched: the adaptive batching,
   100 messages per frame; publish_many: the producer hands over bursts of 100 itself.
+- wire v2 (``_v2`` figures): the same runs with ``Publisher(wire_version=2)``, one envelope per
+  frame and array bodies; its raw limit sends pre-encoded v2 frames of 100 messages (fewer bytes
+  than v1's), so each version's ratio is to the transport moving that version's bytes.
 - latency: 10 k msgs/s paced, receive time minus the sender's event_ns, p50/p99 (the median of
   three rounds: the host preempts this VM's vCPUs, and one round's p99 swings tenfold).
 """
@@ -26,6 +29,7 @@ import zmq
 
 from shared.bus import Publisher
 from shared.messages import ENCODER, Price
+from shared.wire import stamp_and_encode_v2
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,13 +84,16 @@ def _raw_pub(endpoint: str) -> zmq.Socket[bytes]:
     return sock
 
 
-def raw_run(mode: str, count: int, latency: bool = False) -> dict[str, Any]:
+def raw_run(mode: str, count: int, latency: bool = False, wire_version: int = 1) -> dict[str, Any]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     peer = _peer(mode, endpoint, count)
     sock = _raw_pub(endpoint)
     msg = _sample()
     if "batched" in mode:
-        frame = ENCODER.encode([msg] * 100)
+        if wire_version == 2:
+            frame = stamp_and_encode_v2("bench@host:1", 1, 1, time.time_ns(), [msg] * 100)
+        else:
+            frame = ENCODER.encode([msg] * 100)
         for _ in range(count // 100):
             sock.send_multipart((TOPIC, frame))
     elif latency:
@@ -110,9 +117,17 @@ POOL = 100_000  # distinct pre-built messages, reused in turn (raw reuses pre-en
 
 
 async def _poolwire_send(
-    endpoint: str, count: int, batching: bool, latency: bool, many: bool = False
+    endpoint: str, count: int, batching: bool, latency: bool, many: bool, wire_version: int
 ) -> None:
-    pub = Publisher(endpoint, service="bench", batching=batching, max_batch=100, hwm=0, heartbeat_interval=0)
+    pub = Publisher(
+        endpoint,
+        service="bench",
+        batching=batching,
+        max_batch=100,
+        hwm=0,
+        heartbeat_interval=0,
+        wire_version=wire_version,
+    )
     pub.start()
     await pub.wait_for_subscriber("px.bench", timeout=30)
     topic = TOPIC.decode()
@@ -141,12 +156,17 @@ async def _poolwire_send(
 
 
 def poolwire_run(
-    mode: str, count: int, batching: bool, latency: bool = False, many: bool = False
+    mode: str, count: int, batching: bool, latency: bool = False, many: bool = False, wire_version: int = 1
 ) -> dict[str, Any]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     peer = _peer(mode, endpoint, count)
-    uvloop.run(_poolwire_send(endpoint, count, batching, latency, many))
-    return _finish(peer)
+    uvloop.run(_poolwire_send(endpoint, count, batching, latency, many, wire_version))
+    result = _finish(peer)
+    if result["gaps"]:
+        raise RuntimeError(
+            f"bus bench {mode} v{wire_version}: {result['gaps']} gap(s) with no high-water mark"
+        )
+    return result
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -160,12 +180,19 @@ def run() -> dict[str, dict[str, Any]]:
     pw_single = poolwire_run("pw-single", SINGLE_N, batching=False)
     pw_batched = poolwire_run("pw-batched", BATCHED_N, batching=True)
     pw_many = poolwire_run("pw-batched", BATCHED_N, batching=True, many=True)
+    raw_batched_v2 = raw_run("raw-batched", BATCHED_N, wire_version=2)
+    pw_single_v2 = poolwire_run("pw-single", SINGLE_N, batching=False, wire_version=2)
+    pw_batched_v2 = poolwire_run("pw-batched", BATCHED_N, batching=True, wire_version=2)
+    pw_many_v2 = poolwire_run("pw-batched", BATCHED_N, batching=True, many=True, wire_version=2)
     # This machine is a VM whose vCPUs the host preempts: one 2 s sample's p99 swings 10x. Rounds
     # of raw and poolwire alternate, and the median round is reported for each.
-    raw_rounds, pw_rounds = [], []
+    raw_rounds, pw_rounds, pw_rounds_v2 = [], [], []
     for _ in range(LATENCY_ROUNDS):
         raw_rounds.append(raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"])
         pw_rounds.append(poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)["latency_us"])
+        pw_rounds_v2.append(
+            poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True, wire_version=2)["latency_us"]
+        )
 
     def median_round(rounds: list[list[float]], q: float) -> float:
         return sorted(_pct(r, q) for r in rounds)[len(rounds) // 2]
@@ -186,6 +213,15 @@ def run() -> dict[str, dict[str, Any]]:
         "bus.raw_p99_us": (median_round(raw_rounds, 0.99), "us", None),
         "bus.p50_us": (median_round(pw_rounds, 0.50), "us", None),
         "bus.p99_us": (median_round(pw_rounds, 0.99), "us", "<= 1000"),
+        "bus.raw_batched_msgs_per_s_v2": (rate(raw_batched_v2), "msg/s", None),
+        "bus.single_msgs_per_s_v2": (rate(pw_single_v2), "msg/s", None),
+        "bus.batched_msgs_per_s_v2": (rate(pw_batched_v2), "msg/s", None),
+        "bus.single_ratio_v2": (rate(pw_single_v2) / rate(raw_single), "ratio", ">= 0.6"),
+        "bus.batched_ratio_v2": (rate(pw_batched_v2) / rate(raw_batched_v2), "ratio", ">= 0.6"),
+        "bus.publish_many_msgs_per_s_v2": (rate(pw_many_v2), "msg/s", None),
+        "bus.publish_many_ratio_v2": (rate(pw_many_v2) / rate(raw_batched_v2), "ratio", ">= 0.6"),
+        "bus.p50_us_v2": (median_round(pw_rounds_v2, 0.50), "us", None),
+        "bus.p99_us_v2": (median_round(pw_rounds_v2, 0.99), "us", "<= 1000"),
     }
     return {k: {"value": v, "unit": u, "goal": g} for k, (v, u, g) in figures.items()}
 

@@ -88,6 +88,7 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # bytes: a larger frame on a PULL or snapshot socket closes its sender's connection unread
     max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 4 * 1024 * 1024
     curve: CurveConfig | None = None  # CurveZMQ across hosts (shared/security.py); off by default
+    wire_version: typing.Literal[1, 2] = 1  # PUB payloads (shared/wire.py); 2: one envelope per frame
 
 
 def read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:

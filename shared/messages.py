@@ -423,8 +423,11 @@ def encode(msg: Message | list[Message]) -> bytes:
 def decode_payload(payload: bytes) -> tuple[list[Message], int]:
     """Decode one payload frame into its messages; returns (messages, how many were bad).
 
-    A batch with one bad item keeps the good ones: the fallback decodes items one by one.
+    Reads both wire versions (:mod:`shared.wire`). A batch with one bad item keeps the good ones:
+    the fallback decodes items one by one.
     """
+    if _wire.is_versioned(payload):
+        return _wire.decode_versioned(payload)
     try:
         out = DECODER.decode(payload)
     except msgspec.DecodeError:
@@ -449,3 +452,8 @@ def to_json_dict(msg: Message, topic: str) -> dict[str, Any]:
     """A message as a plain dict with its type and topic first (``poolwire tap`` output)."""
     body = msgspec.to_builtins(msg)
     return {"type": type(msg).__name__, "topic": topic, **body}
+
+
+# Last: shared.wire builds its array bodies from the classes above (an import cycle that is only
+# resolved at call time, whichever of the two modules is imported first).
+from shared import wire as _wire  # noqa: E402

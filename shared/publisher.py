@@ -6,6 +6,8 @@ a consecutive run of one topic, so the wire keeps ``seq`` order even when topics
 an XPUB, so the sender can wait for its first subscriber. It never blocks: a slow subscriber loses
 messages at its high-water mark and sees them as gaps in ``topic_seq``. A ``lossless`` publisher
 (replay) instead keeps what the high-water mark refuses (XPUB_NODROP) until ``drain`` sends it.
+``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
+default, sends msgpack maps that each carry the whole envelope.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
 from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
+from shared.wire import WIRE_VERSIONS, stamp_and_encode_v2
 
 # Plain ints: send_multipart combines enum flags on every call (a visible share of a publish).
 MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -55,10 +58,14 @@ class Publisher:
         max_batch: int = DEFAULT_MAX_BATCH,
         hwm: int = DEFAULT_HWM,
         lossless: bool = False,
+        wire_version: int = 1,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
+        if wire_version not in WIRE_VERSIONS:
+            raise ValueError(f"wire_version {wire_version}: expected one of {WIRE_VERSIONS}")
         self.service = service
+        self.wire_version = wire_version
         self.publisher_id = publisher_id or default_publisher_id(service)
         self.endpoint = endpoint
         self.clock: Clock = clock or RealClock()
@@ -110,7 +117,7 @@ class Publisher:
         if not self.batching:
             self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
-            self._send(topic.encode(), ENCODER.encode(msg), 1)
+            self._send(topic.encode(), self._encode_one(msg), 1)
             return
         run = self._last_run
         if run is not None and topic == self._last_topic:
@@ -155,19 +162,32 @@ class Publisher:
         topic_seqs = self._topic_seqs
         last_seqs = self._topic_last_seq
         encode = ENCODER.encode
+        v2 = self.wire_version == 2
         for topic, msgs in runs:
             tseq = topic_seqs.get(topic, 0)
-            for msg in msgs:
-                seq += 1
-                tseq += 1
-                msg.publisher = publisher
-                msg.seq = seq
-                msg.topic_seq = tseq
-                msg.publish_ns = now
+            if v2:
+                payload = stamp_and_encode_v2(publisher, seq + 1, tseq + 1, now, msgs)
+                seq += len(msgs)
+                tseq += len(msgs)
+            else:
+                for msg in msgs:
+                    seq += 1
+                    tseq += 1
+                    msg.publisher = publisher
+                    msg.seq = seq
+                    msg.topic_seq = tseq
+                    msg.publish_ns = now
+                payload = encode(msgs[0]) if len(msgs) == 1 else encode(msgs)
             topic_seqs[topic] = tseq
             last_seqs[topic] = seq
             self.seq = seq
-            self._send(topic.encode(), encode(msgs[0]) if len(msgs) == 1 else encode(msgs), len(msgs))
+            self._send(topic.encode(), payload, len(msgs))
+
+    def _encode_one(self, msg: Message) -> bytes:
+        """One stamped message as a payload of this publisher's wire version."""
+        if self.wire_version == 2:
+            return stamp_and_encode_v2(msg.publisher, msg.seq, msg.topic_seq, msg.publish_ns, (msg,))
+        return ENCODER.encode(msg)
 
     def _send(self, topic: bytes, payload: bytes, count: int) -> None:
         if self._closed:
@@ -219,7 +239,7 @@ class Publisher:
         self._stamp(self._health_topic, hb)
         hb.sent = self.seq
         hb.publish_ns = hb.event_ns = self.clock.time_ns()
-        self._send(self._health_topic.encode(), ENCODER.encode(hb), 1)
+        self._send(self._health_topic.encode(), self._encode_one(hb), 1)
         self.stats.heartbeats += 1
 
     async def _heartbeat_loop(self) -> None:
