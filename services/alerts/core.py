@@ -8,6 +8,7 @@ back (:meth:`Alerts.on_result`), time passing (:meth:`Alerts.expire`).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
 from sys import intern
@@ -105,6 +106,9 @@ class Alerts(Results):
         self.universe_sizes: dict[str, int] = {}
         self._unsaved: dict[str, bytes] = {}  # open-bar rows a failed write left to write again
         self._unsaved_deletes: list[str] = []
+        # how long each evaluation that ran a strategy took (from the ticker or an input), until
+        # the shell takes them for its histogram
+        self.evaluation_seconds: list[float] = []
         self._next_close: int | None = self.throttle.next_boundary(0)  # the next boundary to evaluate
 
     def start(self) -> None:
@@ -246,6 +250,7 @@ class Alerts(Results):
         """
         if now_ns <= 0:
             return []
+        t0 = time.perf_counter()
         try:
             due = self.throttle.run_due(now_ns, self._jobs)
         except PartialBoundary as exc:
@@ -254,6 +259,8 @@ class Alerts(Results):
         self._submit(due)
         self._roll(now_ns)
         self._next_close = self.throttle.next_boundary(now_ns)
+        if due:
+            self.evaluation_seconds.append(time.perf_counter() - t0)
         return due
 
     def _submit(self, due: list[Due]) -> None:
