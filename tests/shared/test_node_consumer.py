@@ -2,12 +2,14 @@
 
 import asyncio
 import json
+import re
 
 import pytest
 
 from shared.bus import Publisher
-from shared.messages import Message, Price, Zone, ZoneCreated
+from shared.messages import BY_TAG, Message, Price, Zone, ZoneCreated
 from shared.snapshot import SnapshotServer
+from shared.wire import BODY_TYPES
 from tests.helpers import ROOT, require_binary, tcp_endpoint
 
 EXAMPLE = ROOT / "examples" / "node"
@@ -21,7 +23,18 @@ def node() -> str:
     return path
 
 
-async def test_node_consumer_decodes_messages_batches_and_gaps(node: str) -> None:
+def test_node_consumers_v2_field_names_are_the_bodies() -> None:
+    source = (EXAMPLE / "consumer.mjs").read_text()
+    table = re.search(r"const FIELDS = (\{.*?\n\});", source, re.S)
+    assert table is not None
+    fields = json.loads(table.group(1))
+    assert {"Heartbeat", "Price", "BookChange", "Trade", "PoolState", "ZoneTouched"} <= set(fields)
+    for name, names in fields.items():
+        assert names == list(BODY_TYPES[BY_TAG[name]].__struct_fields__[1:]), name
+
+
+@pytest.mark.parametrize("wire_version", [1, 2])
+async def test_node_consumer_decodes_messages_batches_and_gaps(node: str, wire_version: int) -> None:
     endpoint = tcp_endpoint()
     zone = Zone(
         id="H1_x",
@@ -34,7 +47,9 @@ async def test_node_consumer_decodes_messages_batches_and_gaps(node: str) -> Non
         created_ns=1_795_000_000_000_000_000,
         expires_ns=1_795_000_007_200_000_000,
     )
-    async with Publisher(endpoint, service="registry", heartbeat_interval=0.05) as pub:
+    async with Publisher(
+        endpoint, service="registry", heartbeat_interval=0.05, wire_version=wire_version
+    ) as pub:
         proc = await asyncio.create_subprocess_exec(
             node,
             str(EXAMPLE / "consumer.mjs"),
@@ -72,9 +87,12 @@ async def test_node_consumer_decodes_messages_batches_and_gaps(node: str) -> Non
     assert gaps == [{"gap": "px.pm.a", "publisher": pub.publisher_id, "missed": 2}]
 
 
-async def test_node_consumer_follows_an_owner_from_its_snapshot(node: str) -> None:
+@pytest.mark.parametrize("wire_version", [1, 2])
+async def test_node_consumer_follows_an_owner_from_its_snapshot(node: str, wire_version: int) -> None:
     endpoint, snap = tcp_endpoint(), tcp_endpoint()
-    async with Publisher(endpoint, service="ingest", heartbeat_interval=0.05) as pub:
+    async with Publisher(
+        endpoint, service="ingest", heartbeat_interval=0.05, wire_version=wire_version
+    ) as pub:
         state = {s: Price(symbol=s, price=p) for s, p in (("pm.a", 0.4), ("pm.b", 0.7))}
         for price in state.values():  # published before the consumer: only the snapshot has them
             pub.publish(f"px.{price.symbol}", Price(symbol=price.symbol, price=price.price))
