@@ -39,7 +39,8 @@ class Intake:
     bad_events: dict[str, int]  # detector events refused, by reason
     prices_refused: dict[str, int]
     _symbols_ok: set[str]  # symbols whose names passed the checks (the hot path)
-    _planned_wake_ns: int  # when the expiry loop next wakes (a timer or a candle close)
+    _planned_wake_ns: int  # when the expiry loop next wakes (a zone's deadline)
+    _planned_close_ns: int  # when the candle loop next wakes (a live candle's close)
 
     def emit_safely(self, oldest_ns: int = 0) -> int:
         raise NotImplementedError
@@ -81,7 +82,9 @@ class Intake:
 
     def turn_budget(self, now_ns: int) -> float:
         """Seconds this turn may spend on input: up to TURN_BUDGET_S past the next planned timer."""
-        until_timer = (self._planned_wake_ns - now_ns) / 1e9
+        until_timer = (
+            min(self._planned_wake_ns, self._planned_close_ns or self._planned_wake_ns) - now_ns
+        ) / 1e9
         return min(TURN_MAX_S, max(0.0, until_timer) + TURN_BUDGET_S)
 
     def prices(self, batch: list[tuple[str, Message]], start: int) -> int:
