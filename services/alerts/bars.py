@@ -91,6 +91,10 @@ class Bars:
         self.closed_before: dict[int, int] = dict.fromkeys(self.sizes, 0)  # per size: evaluated up to
         self.late: dict[int, int] = dict.fromkeys(self.sizes, 0)  # inputs for an evaluated bucket
         self._dirty: set[tuple[int, str]] = set()
+        # what restore() took back: per size the boundary evaluated before (as the rows knew it),
+        # and the latest input's event time
+        self.restored_through: dict[int, int] = {}
+        self.restored_latest_ns = 0
 
     def _get(self, size: int, symbol: str) -> Series:
         by_symbol = self._series[size]
@@ -179,5 +183,8 @@ class Bars:
             s.zones = {int(k): v for k, v in row.zones.items()}
             s.last_close = row.last_close
             s.updated_ns = row.updated_ns
+            through = self.restored_through.get(row.size_ns, 0)
+            self.restored_through[row.size_ns] = max(through, row.closed_before)
+            self.restored_latest_ns = max(self.restored_latest_ns, row.updated_ns)
             n += 1
         return n

@@ -119,6 +119,8 @@ class Alerts(Results):
         flows = self.flow_log.restore(rows, self.flow)
         if restored or flows:
             log.info("restored the open bars of %d series and %d order-flow input(s)", restored, flows)
+            latest = max(self.bars.restored_latest_ns, self.flow_log.restored_latest_ns)
+            self.throttle.resume(self.bars.restored_through, latest)
         else:
             # Nothing open to close: the first input's event time says whether the stream is live
             # (the wall clock closes its buckets too) or a replay of history (only its event time).

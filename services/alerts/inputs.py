@@ -44,6 +44,7 @@ class FlowLog:
         self._newest = 0  # the pending batch's newest event time
         self._kept: deque[tuple[int, str]] = deque()  # (newest event time, key) of written batches
         self._expired: list[str] = []
+        self.restored_latest_ns = 0  # the latest trade restore() took back
 
     def add(self, symbol: str, event_ns: int, size: float, buy: bool) -> None:
         if self.keep_ns <= 0:
@@ -97,6 +98,8 @@ class FlowLog:
                     newest = max(newest, event_ns)
             self._kept.append((newest, key))
         trades.sort(key=lambda t: t[0])  # stable: ties keep the order they were read in
+        if trades:
+            self.restored_latest_ns = trades[-1][0]
         for event_ns, symbol, signed in trades:
             book.add(symbol, event_ns, abs(signed), math.copysign(1.0, signed) > 0)
         return len(trades)

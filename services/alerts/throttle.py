@@ -134,6 +134,15 @@ class Throttle:
             elif spec.mode == "glob":
                 self.store.set_universe(spec.id, spec.tickers | {t for t in self._known if spec.matches(t)})
 
+    def resume(self, evaluated: dict[int, int], latest_ns: int) -> None:
+        """After a restart: the boundary each bucket size was evaluated through before it, and the
+        latest input taken back, so the first evaluation catches up on the boundaries in between
+        in order (a claimed one is a bucket duplicate), not only the latest."""
+        for size, boundary in evaluated.items():
+            if size in self._groups and boundary > 0:
+                self._group_last[size] = max(self._group_last.get(size, -1), boundary)
+        self._latest_ns = max(self._latest_ns, latest_ns)
+
     # -- ticker updates ------------------------------------------------------------------------
 
     def note_update(self, ticker: str, ns: int) -> None:

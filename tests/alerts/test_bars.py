@@ -136,3 +136,17 @@ def test_a_replay_of_history_is_evaluated_on_its_own_event_time(store_factory: A
     core.on_message(Price(symbol="pm.a", price=0.5, event_ns=B + L), later + M)
     (job,) = evaluate(core, later + M)
     assert job.bucket_ns == B and len(job.inputs["pm.a"].zones) == 1
+
+
+def test_a_restart_slower_than_a_bar_still_evaluates_the_bar_open_at_the_kill(store_factory: Any) -> None:
+    """The new process's first evaluation is bars later: the boundaries in between are evaluated
+    in order from where the killed one stopped, so the bar open at the kill is not rolled away."""
+    cfg = config(ZONES)
+    first = start(cfg, store_factory())
+    first.on_message(Price(symbol="pm.a", price=0.5, event_ns=B - 40 * S), B - 40 * S)
+    first.on_message(touch("pm.a", B - 20 * S), B - 20 * S)
+    first.flush(B - 20 * S)
+    second = Alerts(cfg, store_factory())  # kill -9; back 3 bars later, no input since
+    second.start()
+    jobs = evaluate(second, B + 3 * M + L)
+    assert [(j.bucket_ns, [z.event_ns for z in j.inputs["pm.a"].zones]) for j in jobs] == [(B, [B - 20 * S])]
