@@ -2,11 +2,12 @@
 
 On the wire a message is msgpack of a map whose ``"type"`` key names the Struct (its class name)
 and whose other keys are its fields. Every message carries the envelope fields of
-:class:`Message`, filled by the publisher. Consumers decode with :data:`DECODER`, which accepts
-one message or an array of messages (a batch, all on the same topic).
+:class:`Message`, filled by the publisher. Consumers decode with :func:`decode_payload`, which
+reads one message or an array of messages (a batch, all on the same topic) and wire v2 frames.
 
 Compatibility rules: a new field must have a default (older decoders ignore unknown keys; newer
-decoders fill the default when reading older messages). A new message type is unknown to older
+decoders fill the default when reading older messages) and goes after the existing ones (wire v2,
+:mod:`shared.wire`, sends a message's fields as an array in declaration order). A new message type is unknown to older
 decoders, which count and skip it.
 
 Types: prices, sizes and amounts are floats unless exactness matters; on-chain integers wider than
