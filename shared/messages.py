@@ -7,8 +7,8 @@ reads one message or an array of messages (a batch, all on the same topic) and w
 
 Compatibility rules: a new field must have a default (older decoders ignore unknown keys; newer
 decoders fill the default when reading older messages) and goes after the existing ones (wire v2,
-:mod:`shared.wire`, sends a message's fields as an array in declaration order). A new message type is unknown to older
-decoders, which count and skip it.
+:mod:`shared.wire`, sends a message's fields as an array in declaration order). A new message
+type is unknown to older decoders, which count and skip it.
 
 Types: prices, sizes and amounts are floats unless exactness matters; on-chain integers wider than
 64 bits (uint160 sqrt prices, uint112/uint128 reserves and liquidity) are decimal strings.
