@@ -153,6 +153,9 @@ class Detectors:
     def symbols(self) -> int:
         return len(self._pairs)
 
+    def symbol_list(self) -> list[str]:
+        return list(self._pairs)
+
     def on_price(self, symbol: str, ts_ns: int, price: float, now_ns: int | None = None) -> list[Detection]:
         """A price of event time ``ts_ns`` arriving at wall clock ``now_ns`` (default: ``ts_ns``).
 
@@ -197,11 +200,16 @@ class Detectors:
                 self.stats.late_ticks += 1
         return out
 
-    def on_time(self, now_ns: int) -> list[Detection]:
-        """Close the candles of live symbols that went quiet (see shared/bars.py)."""
+    def on_time(self, now_ns: int, symbols: Iterable[str] | None = None) -> list[Detection]:
+        """Close the candles of live symbols that went quiet (see shared/bars.py): of ``symbols``
+        (default: all; a caller going through them in pieces passes a copy of :meth:`symbol_list`)."""
         out: list[Detection] = []
         marks = self._marks
-        for symbol, pairs in self._pairs.items():
+        every = self._pairs
+        for symbol in list(every) if symbols is None else symbols:
+            pairs = every.get(symbol)
+            if pairs is None:  # evicted meanwhile
+                continue
             point = marks[symbol].point(now_ns)
             for builder, detector in pairs:
                 if point < builder.closed_before + builder.size_ns:

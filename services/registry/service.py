@@ -55,6 +55,7 @@ EVENT_NAMES: dict[type[Message], str] = {
 }
 ZONE_EVENTS = tuple(EVENT_NAMES.values())
 EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
+CANDLE_CHUNK = 100  # symbols whose candles the candle loop closes per turn (~0.3-3 ms)
 
 
 class RegistryService(Intake):
@@ -259,15 +260,18 @@ class RegistryService(Intake):
         detectors = self.detectors
         assert detectors is not None
         while True:
-            t0 = time.perf_counter()
             now = self.clock.time_ns()
-            try:
-                for d in detectors.on_time(now):
-                    self.create(d, now)
-            except Exception:
-                self.internal(self.prices_refused, "the candles' close on time")
-            self.emit_safely()
-            self.processing.labels("candles").observe(time.perf_counter() - t0)
+            symbols = detectors.symbol_list()
+            for i in range(0, len(symbols), CANDLE_CHUNK):  # at a boundary every symbol closes one
+                t0 = time.perf_counter()
+                try:
+                    for d in detectors.on_time(now, symbols[i : i + CANDLE_CHUNK]):
+                        self.create(d, now)
+                except Exception:
+                    self.internal(self.prices_refused, "the candles' close on time")
+                self.emit_safely()
+                self.processing.labels("candles").observe(time.perf_counter() - t0)
+                await self.next_turn()
             wake = now + NS
             close = detectors.next_close_ns()
             if close is not None and close < wake:

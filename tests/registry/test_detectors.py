@@ -191,3 +191,18 @@ def test_no_limit_keeps_every_symbol() -> None:
     for i in range(500):
         det.on_price(f"pm.{i}", T0, 1.0)
     assert det.symbols == 500 and det.take_evicted() == []
+
+
+def test_on_time_in_pieces_closes_the_same_candles_as_one_pass() -> None:
+    whole, pieces = Detectors({"M1": M}, lateness_ns=2 * S), Detectors({"M1": M}, lateness_ns=2 * S)
+    for det in (whole, pieces):
+        for i in range(10):  # live symbols (event time = arrival), then quiet
+            det.on_price(f"pm.{i}", T0 + i, 1.0 + i, T0 + i)
+    later = T0 + M + 2 * S
+    whole.on_time(later)
+    symbols = pieces.symbol_list()
+    pieces.on_time(later, symbols[:3])
+    assert pieces.stats.candles == {"M1": 3}
+    pieces.on_time(later, ["pm.gone", *symbols[3:]])  # an evicted symbol is skipped
+    assert pieces.stats.candles == whole.stats.candles == {"M1": 10}
+    assert sorted(map(repr, pieces.state())) == sorted(map(repr, whole.state()))
