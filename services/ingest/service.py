@@ -46,6 +46,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         publisher_id=cfg.publisher_id or None,
         clock=ctx.clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
+        wire_version=ctx.common.wire_version,
     ).start()
     puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
     ctx.bus_stats.add("pub", pub.stats)

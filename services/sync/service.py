@@ -50,7 +50,11 @@ class SyncService:
         self.pools_retried = 0
         self.chain_id = cfg.chain_id
         self.pub = Publisher(
-            cfg.pub, service="sync", clock=ctx.clock, heartbeat_interval=ctx.common.heartbeat_interval
+            cfg.pub,
+            service="sync",
+            clock=ctx.clock,
+            heartbeat_interval=ctx.common.heartbeat_interval,
+            wire_version=ctx.common.wire_version,
         )
         self.whitelist = WhitelistGate()
         self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
