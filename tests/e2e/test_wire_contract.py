@@ -1,6 +1,7 @@
 """The consumer contract, from the README's wire section alone: the demo's processes (Procfile.demo
 under honcho) on one side; on the other, a consumer that uses only pyzmq and a generic msgpack
-decode (no poolwire import: the messages are plain maps), as an outside developer writes it.
+decode (no poolwire import: the messages are plain maps), as an outside developer writes it. Wire
+version 2's bodies are named from the README's own message reference tables.
 
 For every state owner (ingest's prices, sync's pools, registry's zones) it checks the Clone merge
 (snapshot, then the updates with ``seq > snapshot_seq``, equals a later snapshot), the one prefix
@@ -11,6 +12,7 @@ request that cannot be read; then ``event_ns`` on blocks and pools, and a heartb
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +24,49 @@ import zmq
 import zmq.asyncio
 
 from tests.e2e.pipeline import Endpoints, honcho
+from tests.helpers import ROOT
 
 Msg = dict[str, Any]
 ENVELOPE = {"publisher", "seq", "topic_seq", "publish_ns"}
 
 
+def reference_fields() -> dict[str, list[str]]:
+    """Each message type's fields in order, read from the README's message reference tables."""
+    text = (ROOT / "README.md").read_text()
+    begin, end = text.index("<!-- message-reference:begin"), text.index("<!-- message-reference:end")
+    fields: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text[begin:end].splitlines():
+        if line.startswith("#### `"):
+            current = fields.setdefault(line.split("`")[1], [])
+        elif line.startswith("| `"):
+            current.append(line.split("`")[1])
+    return fields
+
+
+FIELDS = reference_fields()
+VERSIONS: Counter[int] = Counter()  # payloads read, by wire version
+
+
 def unpack(payload: bytes) -> list[Msg]:
-    """A payload is one message (a map) or a batch (an array of maps)."""
+    """Version 1: one message (a map) or a batch (an array of maps). Version 2: ``[2, publisher,
+    seq, topic_seq, publish_ns, count, bodies]``, a body ``[type, event_ns, fields...]``."""
     body = msgspec.msgpack.decode(payload)
-    return body if isinstance(body, list) else [body]
+    versioned = bool(body) and isinstance(body, list) and isinstance(body[0], int)
+    VERSIONS[2 if versioned else 1] += 1
+    if isinstance(body, dict):
+        return [body]
+    if versioned:
+        version, publisher, seq, topic_seq, publish_ns, count, bodies = body
+        assert version == 2 and count == len(bodies)
+        out = []
+        for i, (kind, event_ns, *values) in enumerate(bodies):
+            msg: Msg = dict(zip(FIELDS[kind], values, strict=False))
+            msg.update(type=kind, event_ns=event_ns, publisher=publisher, publish_ns=publish_ns)
+            msg.update(seq=seq + i, topic_seq=topic_seq + i)
+            out.append(msg)
+        return out
+    return list(body)
 
 
 async def snapshot(ctx: zmq.asyncio.Context, endpoint: str, request: Msg) -> tuple[Msg, list[Msg]]:
@@ -167,7 +203,8 @@ async def check_error_reply(ctx: zmq.asyncio.Context, owner: Owner) -> None:
 
 
 @pytest.mark.slow
-async def test_a_consumer_from_the_wire_section_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wire_version", [1, 2])
+async def test_a_consumer_from_the_wire_section_alone(tmp_path: Path, wire_version: int) -> None:
     ep = Endpoints.allocate(tmp_path)
     ctx = zmq.asyncio.Context()
     owners = [
@@ -186,7 +223,8 @@ async def test_a_consumer_from_the_wire_section_alone(tmp_path: Path) -> None:
         ),
     ]
     try:
-        with honcho(ep.env(), tmp_path / "honcho.log") as run:
+        env = ep.env({"POOLWIRE_COMMON__WIRE_VERSION": str(wire_version)})
+        with honcho(env, tmp_path / "honcho.log") as run:
             try:
                 # the registry needs a few S5 candles before its first zones
                 await read_until_zones(ctx, ep.registry_pub, 90)
@@ -195,6 +233,7 @@ async def test_a_consumer_from_the_wire_section_alone(tmp_path: Path) -> None:
                     await check_prefix_rule(ctx, owner)
                     await check_error_reply(ctx, owner)
                 await check_blocks_and_heartbeats(ctx, ep)
+                assert VERSIONS[wire_version] > 0, VERSIONS
             except BaseException:
                 print(run.output()[-6000:])
                 raise
