@@ -120,7 +120,11 @@ class RegistryService(Intake):
         )
         ctx.metrics.register(collector)
         self.pub = Publisher(
-            cfg.pub, service="registry", clock=self.clock, heartbeat_interval=ctx.common.heartbeat_interval
+            cfg.pub,
+            service="registry",
+            clock=self.clock,
+            heartbeat_interval=ctx.common.heartbeat_interval,
+            wire_version=ctx.common.wire_version,
         )
         ctx.bus_stats.add("pub", self.pub.stats)
         self.sub = Subscriber(cfg.prices, (px_topic(""),), clock=self.clock)
