@@ -50,7 +50,8 @@ from aiohttp import web
 from bench._pipeline_sim import UPDATES_PER_STEP, BenchServer, serve_until_stopped
 from services.simulator.gamma import GammaServer
 from services.simulator.market import MarketSim
-from shared.messages import BookChange, BookSnapshot, Trade, decode_payload
+from shared.messages import BookChange, BookSnapshot, Trade
+from shared.wire import decode_payload
 from tests.ports import free_port, tcp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent

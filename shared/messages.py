@@ -2,8 +2,8 @@
 
 On the wire a message is msgpack of a map whose ``"type"`` key names the Struct (its class name)
 and whose other keys are its fields. Every message carries the envelope fields of
-:class:`Message`, filled by the publisher. Consumers decode with :func:`decode_payload`, which
-reads one message or an array of messages (a batch, all on the same topic) and wire v2 frames.
+:class:`Message`, filled by the publisher. Consumers decode with :func:`shared.wire.decode_payload`,
+which reads one message or an array of messages (a batch, all on the same topic) and wire v2 frames.
 
 Compatibility rules: a new field must have a default (older decoders ignore unknown keys; newer
 decoders fill the default when reading older messages) and goes after the existing ones (wire v2,
@@ -421,14 +421,12 @@ def encode(msg: Message | list[Message]) -> bytes:
     return ENCODER.encode(msg)
 
 
-def decode_payload(payload: bytes) -> tuple[list[Message], int]:
-    """Decode one payload frame into its messages; returns (messages, how many were bad).
+def decode_v1_payload(payload: bytes) -> tuple[list[Message], int]:
+    """Decode one version-1 payload into its messages; returns (messages, how many were bad).
 
-    Reads both wire versions (:mod:`shared.wire`). A batch with one bad item keeps the good ones:
-    the fallback decodes items one by one.
+    A batch with one bad item keeps the good ones: the fallback decodes items one by one. Readers
+    of the bus use :func:`shared.wire.decode_payload`, which reads both wire versions.
     """
-    if _wire.is_versioned(payload):
-        return _wire.decode_versioned(payload)
     try:
         out = DECODER.decode(payload)
     except msgspec.DecodeError:
@@ -453,8 +451,3 @@ def to_json_dict(msg: Message, topic: str) -> dict[str, Any]:
     """A message as a plain dict with its type and topic first (``poolwire tap`` output)."""
     body = msgspec.to_builtins(msg)
     return {"type": type(msg).__name__, "topic": topic, **body}
-
-
-# Last: shared.wire builds its array bodies from the classes above (an import cycle that is only
-# resolved at call time, whichever of the two modules is imported first).
-from shared import wire as _wire  # noqa: E402

@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from shared import security
-from shared.messages import ENCODER, Message, decode_payload
+from shared.messages import ENCODER, Message
 from shared.ratelog import RateLimitedLog
 from shared.sockets import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -21,6 +21,7 @@ from shared.sockets import (
     sync_view,
     wait_readable,
 )
+from shared.wire import decode_payload
 
 log = logging.getLogger("poolwire.bus")
 skip_log = RateLimitedLog(log)

@@ -32,11 +32,11 @@ from shared.messages import (
     SnapshotReply,
     SnapshotRequest,
     ZoneSnapshotItem,
-    decode_payload,
 )
 from shared.publisher import Publisher
 from shared.ratelog import RateLimitedLog
 from shared.sockets import DEFAULT_MAX_MESSAGE_SIZE, context
+from shared.wire import decode_payload
 
 log = logging.getLogger("poolwire.snapshot")
 skip_log = RateLimitedLog(log)

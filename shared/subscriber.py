@@ -19,9 +19,10 @@ import zmq.asyncio
 from shared import security
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
-from shared.messages import Heartbeat, Message, decode_payload
+from shared.messages import Heartbeat, Message
 from shared.ratelog import RateLimitedLog
 from shared.sockets import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
+from shared.wire import decode_payload
 
 log = logging.getLogger("poolwire.bus")
 skip_log = RateLimitedLog(log)

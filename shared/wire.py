@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 from msgspec import NODEFAULT, Struct
 
-from shared.messages import ENCODER, MESSAGE_TYPES, Message
+from shared.messages import ENCODER, MESSAGE_TYPES, Message, decode_v1_payload
 
 WIRE_VERSIONS = (1, 2)
 V2_PREFIX = b"\x97\x02"  # msgpack: a fixarray of 7 elements, then the positive fixint 2
@@ -219,3 +219,10 @@ def _decode_v2_one_by_one(payload: bytes) -> tuple[list[Message], int]:
             continue
         good.append(_to_message(body, frame.publisher, frame.seq + i, frame.topic_seq + i, frame.publish_ns))
     return good, bad
+
+
+def decode_payload(payload: bytes) -> tuple[list[Message], int]:
+    """Decode one payload frame of either wire version; returns (messages, how many were bad)."""
+    if is_versioned(payload):
+        return decode_versioned(payload)
+    return decode_v1_payload(payload)

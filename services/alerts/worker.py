@@ -42,9 +42,10 @@ from services.alerts.strategies import REFUSED_PREFIX, Refused, StrategyTable, e
 from services.alerts.supervisor import WorkerPool, serve_pool_metrics
 from shared.clock import RealClock
 from shared.config import ConfigError, load_section
-from shared.messages import ENCODER, AlertFired, JobResult, StrategyJob, decode_payload
+from shared.messages import ENCODER, AlertFired, JobResult, StrategyJob
 from shared.ratelog import RateLimitedLog
 from shared.security import Curve
+from shared.wire import decode_payload
 
 log = logging.getLogger("poolwire.alerts.worker")
 

@@ -19,16 +19,9 @@ from typing import Annotated
 import msgspec
 
 from services.sync.pool import v4_pool_id
-from shared.messages import (
-    MAX_IDS,
-    ONE_DECODER,
-    RAW_LIST_DECODER,
-    Message,
-    PoolSpec,
-    WhitelistAdd,
-    decode_payload,
-)
+from shared.messages import MAX_IDS, ONE_DECODER, RAW_LIST_DECODER, Message, PoolSpec, WhitelistAdd
 from shared.ratelog import RateLimitedLog
+from shared.wire import decode_payload
 
 log = logging.getLogger("poolwire.sync.whitelist")
 

@@ -16,8 +16,9 @@ import zmq.auth
 
 from shared import security
 from shared.bus import Publisher, Subscriber, context
-from shared.messages import ENCODER, AlertFired, JobResult, Price, StrategyJob, decode_payload
+from shared.messages import ENCODER, AlertFired, JobResult, Price, StrategyJob
 from shared.security import CurveConfig, create_keys
+from shared.wire import decode_payload
 from tests.alerts.test_service import FN, write_config
 from tests.helpers import spawn, tcp_endpoint
 

@@ -24,17 +24,9 @@ from hypothesis import strategies as st
 
 from services.registry.validate import MIN_TIME_NS, Limits, check_event
 from shared.bus import Subscriber
-from shared.messages import (
-    ENCODER,
-    DetectorEvent,
-    Heartbeat,
-    Price,
-    Zone,
-    ZoneCreated,
-    ZoneSnapshotItem,
-    decode_payload,
-)
+from shared.messages import ENCODER, DetectorEvent, Heartbeat, Price, Zone, ZoneCreated, ZoneSnapshotItem
 from shared.snapshot import request_snapshot
+from shared.wire import decode_payload
 from tests.helpers import spawn
 from tests.registry.test_service import metric, scrape, stop, wait_for, write_config
 

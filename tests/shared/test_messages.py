@@ -1,17 +1,8 @@
 import msgspec
 import pytest
 
-from shared.messages import (
-    DECODER,
-    ENCODER,
-    MESSAGE_TYPES,
-    Heartbeat,
-    Message,
-    Price,
-    decode_payload,
-    encode,
-    to_json_dict,
-)
+from shared.messages import DECODER, ENCODER, MESSAGE_TYPES, Heartbeat, Message, Price, encode, to_json_dict
+from shared.wire import decode_payload
 from tests.shared.samples import every_message
 
 

@@ -13,8 +13,8 @@ from msgspec import inspect as mi
 from shared.bus import Publisher, PublisherInfo, Subscriber
 from shared.clock import FakeClock
 from shared.config import CommonConfig, ConfigError, convert
-from shared.messages import MESSAGE_TYPES, Heartbeat, Message, Price, Trade, decode_payload
-from shared.wire import BODY_TYPES, is_versioned, stamp_and_encode_v2
+from shared.messages import MESSAGE_TYPES, Heartbeat, Message, Price, Trade
+from shared.wire import BODY_TYPES, decode_payload, is_versioned, stamp_and_encode_v2
 from tests.helpers import tcp_endpoint
 from tests.shared.samples import sample_struct, sample_value
 
