@@ -2,8 +2,8 @@
 
 A real alerts process (with its spawned worker) reads zone touches from a publisher standing in
 for registry: one touch per symbol, every 40 ms, some stamped just before a boundary and arriving
-after it (inside the allowed lateness). Mid-bar, once the last touch published is in the store, the
-service is killed with SIGKILL and started again. Every touch published before the kill gets its
+after it (inside the allowed lateness). Mid-bar, once the bars already evaluated have their alerts
+and the last touch published is in the store, the service is killed with SIGKILL and started again. Every touch published before the kill gets its
 ``zone_event`` alert exactly once, in the bar of its event time: no allowance.
 """
 
@@ -104,6 +104,16 @@ async def test_kill_9_mid_bar_loses_no_touch_and_repeats_none(tmp_path: Path) ->
             start = time.time_ns()
             until = start - start % BAR + 2 * BAR + BAR // 2
             await feed.run(sub, until)
+            # The bar before the open one is evaluated about now (its end plus the lateness): its
+            # alerts are decided and published in the same moment. An alert decided in the
+            # microseconds before a kill -9 is lost with the socket (no duplicate over no loss,
+            # README "Crash recovery"): that is not what this test is about, so the kill waits for them.
+            closed = until - until % BAR
+            async with asyncio.timeout(10):
+                while not {s for s, ev in feed.sent.items() if ev - ev % BAR + BAR <= closed} <= {
+                    a.symbol for a in feed.alerts
+                }:
+                    await feed.collect(sub, 0.02)
             assert feed.alerts, "alerts before the kill"
             last = feed.send(time.time_ns())
             async with asyncio.timeout(10):
