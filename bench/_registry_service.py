@@ -46,8 +46,8 @@ async def _measure(cfg: dict[str, Any]) -> dict[str, float]:
                         symbol="pm.x",
                         timeframe="H1",
                         kind="other",
-                        top=i + 0.5,
-                        bottom=float(i),
+                        top=i + 1.5,
+                        bottom=i + 1.0,  # prices > 0: a zone at 0 is refused at decode
                     )
                 )
             await pusher.send(
