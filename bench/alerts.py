@@ -103,7 +103,7 @@ def _bucket_sqlite(path: str, specs: list[StrategySpec], updated: list[str]) -> 
             for x in updated:  # ticker updates and the bars the jobs carry
                 core.on_message(Price(symbol=x, price=0.4 + r / 100), boundary - S)
             core.throttle.flush()
-            build = None if r < 7 else (lambda ds, now=boundary: core._jobs(ds, now))
+            build = None if r < 7 else core._jobs
             t0 = time.perf_counter()
             due = core.throttle.evaluate(boundary, ids, M, build)
             (alone if build is None else with_jobs).append((time.perf_counter() - t0) * 1000)
