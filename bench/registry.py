@@ -101,7 +101,7 @@ def price_updates_per_s(step: float, gap: float) -> tuple[float, float]:
     walk of 300k prices with gaussian steps of ``step`` from 50. Returns (updates/s, touches per
     update)."""
     rng = random.Random(3)
-    zones = []
+    zones: list[tuple[float, float]] = []
     while len(zones) < 10_000:
         b, h = rng.uniform(0, 100), rng.uniform(0.01, 0.3)
         if b > 50 + gap or b + h < 50 - gap:

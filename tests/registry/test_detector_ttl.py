@@ -66,6 +66,6 @@ class OldDetectorEvent(msgspec.Struct, tag="DetectorEvent", tag_field="type", kw
 def test_ttl_ns_keeps_old_and_new_decoders_compatible() -> None:
     fields = dict(detector="d", symbol="pm.a", timeframe="H1", kind="custom", top=0.9, bottom=0.8)
     from_old = DECODER.decode(ENCODER.encode(OldDetectorEvent(**fields)))  # type: ignore[arg-type]
-    assert from_old == DetectorEvent(**fields) and from_old.ttl_ns == 0  # type: ignore[arg-type,union-attr]
+    assert from_old == DetectorEvent(**fields) and from_old.ttl_ns == 0  # type: ignore[arg-type]
     old = msgspec.msgpack.Decoder(OldDetectorEvent)
     assert old.decode(encode(DetectorEvent(ttl_ns=5 * NS, **fields))) == OldDetectorEvent(**fields)  # type: ignore[arg-type]

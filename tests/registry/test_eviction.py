@@ -45,25 +45,26 @@ async def test_an_evicted_symbols_stored_candles_are_deleted(tmp_path: Path) -> 
         bus_stats=StatsCollector(),
     )
     svc = RegistryService(ctx)
-    assert svc.store is not None and svc.outbox is not None and svc.detectors is not None
+    store, outbox, detectors = svc.store, svc.outbox, svc.detectors
+    assert store is not None and outbox is not None and detectors is not None
     try:
 
         def tick(*symbols: str) -> None:
             batch: list[tuple[str, Message]] = [(f"px.{s}", Price(symbol=s, price=1.0)) for s in symbols]
             assert svc.prices(batch, 0) == len(batch)
             svc.flush_store(detector_symbols=None)
-            svc.outbox.settle_now()
+            outbox.settle_now()
 
         tick("pm.a", "pm.b")
-        assert stored_symbols(svc.store.path) == {"pm.a", "pm.b"}
+        assert stored_symbols(store.path) == {"pm.a", "pm.b"}
         tick("pm.c")  # a is the least recently ticked
-        assert stored_symbols(svc.store.path) == {"pm.b", "pm.c"}
-        assert svc.detectors.stats.evicted_symbols == 1
+        assert stored_symbols(store.path) == {"pm.b", "pm.c"}
+        assert detectors.stats.evicted_symbols == 1
         tick("pm.a")  # back, with fresh candles; b goes
-        assert stored_symbols(svc.store.path) == {"pm.a", "pm.c"}
+        assert stored_symbols(store.path) == {"pm.a", "pm.c"}
     finally:
-        svc.outbox.close()
-        svc.store.close()
+        outbox.close()
+        store.close()
         svc.sub.close()
         svc.puller.close()
         await svc.pub.close()

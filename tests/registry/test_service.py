@@ -102,7 +102,7 @@ async def touch_until_seen(
 
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
+        return str(resp.read().decode())
 
 
 def metric(text: str, name: str, **labels: str) -> float:
