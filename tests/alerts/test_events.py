@@ -190,6 +190,7 @@ async def test_zone_touch_alert_leaves_within_milliseconds_not_at_the_bucket(tmp
                     got = await sub.recv_batch(timeout=10)
                     assert [type(m) for _, m in got] == [AlertFired], got
                     topic, alert = got[0]
+                    assert isinstance(alert, AlertFired)
                     assert topic == "alert.touch.pm.a" and alert.value == pytest.approx(0.5 + i / 1000)
                     latencies.append(time.time_ns() - sent)
                 # one hop in, one out: milliseconds, where the 1 h bucket would have waited up to 1 h

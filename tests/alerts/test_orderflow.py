@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def test_cache_is_bounded_oldest_out() -> None:
         return OrderFlowMetrics(symbol=sym, window_s=1.0)
 
     for sym in "abcd":
-        cache.get(sym, 1.0, T0, lambda sym=sym: compute(sym))
+        cache.get(sym, 1.0, T0, partial(compute, sym))
     assert len(cache) == 3 and cache.stats.evictions == 1
     cache.get("a", 1.0, T0, lambda: compute("a"))  # evicted: computed again
     cache.get("d", 1.0, T0, lambda: compute("d"))  # still there

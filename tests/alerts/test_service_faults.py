@@ -9,6 +9,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,11 @@ pytestmark = pytest.mark.slow
 S = 1_000_000_000
 M = 60 * S
 B = 1_700_000_000 * S // M * M
+
+
+def only(job: StrategyJob, prevs: Mapping[str, int]) -> list[StrategyJob]:
+    """A claim's job maker that makes this one job."""
+    return [job]
 
 
 async def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30.0) -> re.Match[str]:
@@ -57,7 +64,7 @@ async def test_jobs_left_pending_all_go_out_at_once_after_a_restart(tmp_path: Pa
             job_id=f"old-{k}", strategy="echo", kind="python", function=f"{FN}:fire_all",
             bucket_ns=B + k * M, tickers=["pm.a"],
         )  # fmt: skip
-        store.claim(B + k * M, ["echo"], lambda prevs, job=job: [job])
+        store.claim(B + k * M, ["echo"], partial(only, job))
     assert store.pending_jobs() == n
     store.close()
     async with Publisher(source, service="ingest", heartbeat_interval=0.2):

@@ -30,7 +30,11 @@ def full(st: SqliteStore) -> Callable[[], None]:
     db = st._db
     (pages,) = db.execute("PRAGMA page_count").fetchone()
     db.execute(f"PRAGMA max_page_count = {pages}")
-    return lambda: db.execute("PRAGMA max_page_count = 1073741823") and None
+
+    def room() -> None:
+        db.execute("PRAGMA max_page_count = 1073741823")
+
+    return room
 
 
 def locked(st: SqliteStore) -> Callable[[], None]:

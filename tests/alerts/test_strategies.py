@@ -13,6 +13,7 @@ from services.alerts.strategies import execute
 from shared.clock import FakeClock
 from shared.config import ConfigError, convert
 from shared.messages import (
+    AlertFired,
     AlertZoneEvent,
     JobResult,
     OrderFlowMetrics,
@@ -127,7 +128,5 @@ def test_service_core_end_to_end(tmp_path: Path) -> None:
         store.close()
 
 
-def _alert(j: StrategyJob, symbol: str) -> object:
-    from shared.messages import AlertFired
-
+def _alert(j: StrategyJob, symbol: str) -> AlertFired:
     return AlertFired(strategy=j.strategy, symbol=symbol, message="m", bucket_ns=j.bucket_ns)
