@@ -116,6 +116,7 @@ class Puller:
 
     async def recv_batch(self, timeout: float | None = None) -> list[Message]:
         """Wait for messages and drain them; empty list after ``timeout`` seconds of nothing."""
+        await asyncio.sleep(0)  # one loop turn per call, as Subscriber.recv_frames: no starving
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

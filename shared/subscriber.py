@@ -122,6 +122,9 @@ class Subscriber:
         way to consume), or an empty list if ``timeout`` seconds pass with nothing to deliver.
         """
         self._ensure_watchdog()
+        # One loop turn per call, even with input queued: a reader in a burst must not starve the
+        # process's other tasks (heartbeats, timers; registry once went 15 s without a heartbeat).
+        await asyncio.sleep(0)
         if self._backlog:
             out = list(self._backlog)
             self._backlog.clear()

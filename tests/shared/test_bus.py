@@ -349,3 +349,39 @@ async def test_wait_for_subscriber_times_out_clearly() -> None:
 
 def test_context_is_shared() -> None:
     assert context() is zmq.asyncio.Context.instance()
+
+
+async def test_a_reader_in_a_burst_lets_the_other_tasks_run() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0, batching=False) as pub:
+        with Subscriber(endpoint, ["px."], max_drain=100) as sub, Subscriber(endpoint, ["px.pm."]) as probe:
+
+            async def both_joined() -> None:
+                while not {"px.", "px.pm."} <= pub.subscriptions:
+                    pub._subscribed.clear()
+                    if not {"px.", "px.pm."} <= pub.subscriptions:
+                        await pub._subscribed.wait()
+
+            await asyncio.wait_for(both_joined(), 5)
+            for i in range(3000):
+                pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
+            seen = 0
+            while seen < 3000:  # the probe has it all: so, by now, has ``sub``'s queue
+                seen += len(await asyncio.wait_for(probe.recv_batch(), 10))
+            turns = 0
+            calls = 0
+
+            async def other_task() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            ticker = asyncio.create_task(other_task())
+            got = 0
+            while got < 3000:  # a plain await (wait_for would run each read as a task of its own)
+                got += len(await sub.recv_batch())
+                calls += 1
+            ticker.cancel()
+    assert calls >= 30  # at most 100 frames a call
+    assert turns >= calls - 1  # the other task ran between every two reads
