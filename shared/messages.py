@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -299,6 +299,18 @@ class ZoneRemoved(Message, kw_only=True):
     """``zone.removed.<tf>.<symbol>``: grace over, the zone is gone."""
 
     zone: Zone
+
+
+ZoneEvent = ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved
+ZoneEventName = Literal["created", "touched", "expired", "removed"]
+# Each zone message's event name: its topic's event part (zone.<event>.<tf>.<symbol>, see
+# constants.zone_topic) and AlertZoneEvent.event. The one place these names are spelled.
+ZONE_EVENT_NAMES: Final[dict[type[Message], ZoneEventName]] = {
+    ZoneCreated: "created",
+    ZoneTouched: "touched",
+    ZoneExpired: "expired",
+    ZoneRemoved: "removed",
+}
 
 
 class ZoneSnapshotItem(Message, kw_only=True):

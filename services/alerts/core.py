@@ -21,7 +21,6 @@ from services.alerts.dispatch import Dispatcher
 from services.alerts.events import EventEvaluator
 from services.alerts.inputs import FlowLog
 from services.alerts.orderflow import FlowBook, swap_flow
-from services.alerts.params import ZONE_EVENT_NAMES
 from services.alerts.results import Results
 from services.alerts.sink import AlertSink
 from services.alerts.store import ThrottleStore
@@ -38,6 +37,7 @@ from services.alerts.wiring import (
 from shared.bars import Watermark
 from shared.constants import ZONE, dex_swap_topic, dex_symbol, md_topic, pm_symbol, px_topic
 from shared.messages import (
+    ZONE_EVENT_NAMES,
     AlertFired,
     AlertZoneEvent,
     JobResult,

@@ -16,18 +16,9 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from shared.messages import AlertZoneEvent, Message, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
+from shared.messages import AlertZoneEvent, ZoneEventName
 
 Direction = Literal["up", "down", "any"]
-ZoneEventName = Literal["created", "touched", "expired", "removed"]
-# What each zone message is called in alerts (its topic's event part, AlertZoneEvent.event).
-# (shared/messages.py should hold this map with the ZoneEvent union: /tmp/brief/alerts-shared.diff)
-ZONE_EVENT_NAMES: Final[dict[type[Message], ZoneEventName]] = {
-    ZoneCreated: "created",
-    ZoneTouched: "touched",
-    ZoneExpired: "expired",
-    ZoneRemoved: "removed",
-}
 FlowMetric = Literal[
     "delta", "cvd", "cvd_change", "imbalance", "trades_per_s", "buy_volume", "sell_volume", "trades"
 ]

@@ -33,13 +33,12 @@ from shared.backoff import sleep_or_wake
 from shared.bus import Publisher, Puller, Subscriber
 from shared.constants import px_topic, zone_topic
 from shared.messages import (
+    ZONE_EVENT_NAMES,
     Message,
     SnapshotRequest,
     ZoneCreated,
-    ZoneExpired,
     ZoneRemoved,
     ZoneSnapshotItem,
-    ZoneTouched,
 )
 from shared.ratelog import RateLimitedLog
 from shared.runner import ServiceContext
@@ -47,12 +46,7 @@ from shared.snapshot import SnapshotServer
 
 log = logging.getLogger("poolwire.registry")
 
-EVENT_NAMES: dict[type[Message], str] = {
-    ZoneCreated: "created",
-    ZoneTouched: "touched",
-    ZoneExpired: "expired",
-    ZoneRemoved: "removed",
-}
+EVENT_NAMES = ZONE_EVENT_NAMES
 ZONE_EVENTS = tuple(EVENT_NAMES.values())
 EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
 CANDLE_CHUNK = 100  # symbols whose candles the candle loop closes per turn (~0.3-3 ms)
