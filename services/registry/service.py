@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Histogram
 
@@ -32,6 +34,7 @@ from services.registry.zones import NS, timeframe_ns
 from shared.backoff import sleep_or_wake
 from shared.bus import Publisher, Puller, Subscriber
 from shared.constants import px_topic, zone_topic
+from shared.lifecycle import run_loops
 from shared.messages import (
     ZONE_EVENT_NAMES,
     Message,
@@ -47,7 +50,6 @@ from shared.snapshot import SnapshotServer
 log = logging.getLogger("poolwire.registry")
 
 EVENT_NAMES = ZONE_EVENT_NAMES
-ZONE_EVENTS = tuple(EVENT_NAMES.values())
 EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
 CANDLE_CHUNK = 100  # symbols whose candles the candle loop closes per turn (~0.3-3 ms)
 
@@ -200,14 +202,8 @@ class RegistryService(Intake):
     def snapshot(self, request: SnapshotRequest) -> tuple[int, list[Message]]:
         if self.outbox is not None:  # every zone in the reply is announced before its seq
             self.outbox.settle_now()
-        prefix = request.prefix
-        items: list[Message] = []
-        for zone in self.registry.active():
-            if prefix and not any(
-                zone_topic(e, zone.timeframe, zone.symbol).startswith(prefix) for e in ZONE_EVENTS
-            ):
-                continue
-            items.append(ZoneSnapshotItem(zone=zone))
+        # every active zone: the server keeps those whose topic starts with the request's prefix
+        items: list[Message] = [ZoneSnapshotItem(zone=zone) for zone in self.registry.active()]
         self.pub.flush()
         return self.pub.seq, items
 
@@ -312,31 +308,23 @@ class RegistryService(Intake):
                 # Give subscribers a moment to (re)connect before the overdue zones expire.
                 await sleep_or_wake(self.clock, ctx.config.restore_expire_delay, ctx.stopping)
         self.emit()
-        tasks = [
-            asyncio.create_task(self.price_loop(), name="prices"),
-            asyncio.create_task(self.detector_loop(), name="detector-events"),
-            asyncio.create_task(self.expiry_loop(), name="expiry"),
-            asyncio.create_task(self.log_loop(), name="skip-log"),
-        ]
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "prices": self.price_loop(),
+            "detector-events": self.detector_loop(),
+            "expiry": self.expiry_loop(),
+            "skip-log": self.log_loop(),
+        }
         if self.outbox is not None:
-            tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+            loops["outbox"] = self.outbox.run()
         if self.detectors is not None:
-            tasks.append(asyncio.create_task(self.candle_loop(), name="candles"))
+            loops["candles"] = self.candle_loop()
         if self.store is not None:
-            tasks.append(asyncio.create_task(self.flush_loop(), name="store-flush"))
+            loops["store-flush"] = self.flush_loop()
             if self.detectors is not None:
-                tasks.append(asyncio.create_task(self.detector_state_loop(), name="detector-state"))
-        stop = asyncio.create_task(ctx.stopping.wait())
+                loops["detector-state"] = self.detector_state_loop()
         try:
-            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stop and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await run_loops(ctx.stopping, loops)
         finally:
-            stop.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(stop, *tasks, return_exceptions=True)
             self.emit()
             if self.outbox is not None:
                 self.outbox.close()  # the writes in flight, then their events
