@@ -151,6 +151,10 @@ async def test_wrong_shapes_from_the_node_are_counted_and_state_stays_exact(chai
                     assert not any(node.left.values()), node.left
                     await heartbeats(eps["pub"], proc)
                     node.active = False
+                    # a pool whose scrape failed is scraped again every failed_pool_retry: wait
+                    # for every pool's state before the state is compared
+                    pools = {"0x" + key.hex() for key in chain.truth(chain.head()[0])}
+                    await watch.until_published(pools, proc)
                     trader.block(8)
                     await watch.until_head(chain, proc, nudge=True)
                     await assert_state(chain, eps["snapshot"])
