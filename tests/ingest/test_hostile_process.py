@@ -18,10 +18,17 @@ from services.simulator.polymarket import GARBAGE
 from shared.bus import Pusher, Subscriber
 from shared.messages import ENCODER, BookSnapshot, ForceSubscribe, Heartbeat, SnapshotRequest
 from shared.snapshot import request_snapshot
-from tests.helpers import spawn
+from tests.helpers import eventually, spawn
 from tests.ingest import frames
 from tests.ingest.test_hostile import bad_frames
-from tests.ingest.test_integration import metric, scraped_until, simulator, stop, until, write_config
+from tests.ingest.test_integration import (
+    CopyCountingServer,
+    metric,
+    scraped_until,
+    simulator,
+    stop,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +85,11 @@ async def test_force_subscribe_of_2000_made_up_ids_opens_nothing_beyond_the_cap(
             )
             assert await metric(metrics, 'poolwire_ingest_force_refused_total{reason="malformed"}') == 2
             # 100 made-up ids and the 30 known ones, 50 a connection: three connections, not 41
-            await until(
-                lambda: server.connection_sizes() == [50, 50, 30], server.changed, 20, "130 ids placed"
+            await eventually(
+                lambda: server.connection_sizes() == [50, 50, 30],
+                wake=server.changed,
+                timeout=20,
+                what="130 ids placed",
             )
             subscribed = {a for c in server.conns.values() for a in c.assets}
             assert set(known) <= subscribed and len(subscribed - set(known)) == 100
@@ -125,7 +135,7 @@ def hand_made_bad_frames() -> list[str]:
 
 
 async def test_fuzz_of_every_input_leaves_ingest_alive_counted_and_its_books_right(tmp_path: Path) -> None:
-    async with simulator(20, events_per_s=300) as (server, ws_url, _):
+    async with simulator(20, events_per_s=300, server_cls=CopyCountingServer) as (server, ws_url, _):
         assets = list(server.sim.assets)
         cfg, pub, pull, metrics = write_config(
             tmp_path, ws_url, assets=assets, min_pending=1, silence_timeout="60s"
@@ -140,14 +150,21 @@ async def test_fuzz_of_every_input_leaves_ingest_alive_counted_and_its_books_rig
         bad += hypothesis_frames(150)
         async with Subscriber(pub, ["ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
-                await until(lambda: server.connection_sizes() == [20], server.changed, 20, "one connection")
+                await eventually(
+                    lambda: server.connection_sizes() == [20],
+                    wake=server.changed,
+                    timeout=20,
+                    what="one connection",
+                )
                 await sub.wait_for_publisher("ingest", timeout=20)
                 (conn_id,) = server.conns
 
                 async def routed_everything() -> bool:
                     return await metric(metrics, "poolwire_ingest_frames_total") == server.conns[conn_id].sent
 
-                await until(lambda: server.events > 300, None, 20, "some market")
+                await eventually(
+                    lambda: server.events > 300, wake=server.changed, timeout=20, what="some market"
+                )
                 server.slow(0)
                 await scraped_until(routed_everything, 10)
                 assert await routed_everything()

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer, SimConn
 from shared.bus import Pusher, Subscriber
 from shared.messages import BookChange, BookSnapshot, ForceSubscribe, Message
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import eventually, polling, spawn
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.slow
 class CopyCountingServer(PolymarketServer):
     """Counts the copies of an update (a price_change entry, a trade) sent beyond the first: while
     two connections hold an asset (a recycling handoff), ingest receives each update twice and must
-    publish it once and drop the other copy, counted."""
+    publish it once and drop the other copy, counted. Sets ``changed`` on every frame it sends as
+    well, so a test can wait on what was sent (frames, copies)."""
 
     extra_copies = 0
 
@@ -42,6 +44,10 @@ class CopyCountingServer(PolymarketServer):
             n = sum(1 for c in self.subscribers.get(asset, ()) if not c.stalled)
             self.extra_copies += max(0, n - 1)
         super()._route(ev, outbox)
+
+    async def _send(self, conn: SimConn, text: str) -> None:
+        await super()._send(conn, text)
+        self.changed.set()
 
 
 @asynccontextmanager
@@ -70,30 +76,16 @@ async def simulator(
             await r.cleanup()
 
 
-async def until(cond: Callable[[], bool], event: asyncio.Event | None, timeout: float, what: str) -> None:
-    """Wait for ``cond`` to hold, re-checking whenever ``event`` fires (or every 2 ms: a spin on
-    ``sleep(0)`` would take a core from the process under test)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"timed out waiting for {what}")
-        if event is not None:
-            event.clear()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, 0.25))
-        else:
-            await asyncio.sleep(0.002)
-
-
 async def scraped_until(cond: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Re-check ``cond`` (a figure scraped from the process's metrics: no event to wait on) until
-    it holds or ``timeout`` passes; the caller asserts on the figure itself."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await cond() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    """Wait for ``cond``, a figure scraped from the process's metrics (asked every 50 ms: there is
+    no event to wait on)."""
+    held = False
+
+    async def ask() -> None:
+        nonlocal held
+        held = await cond()
+
+    await eventually(lambda: held, wake=polling(ask), timeout=timeout, what=f"{cond.__name__} on /metrics")
 
 
 def write_config(tmp: Path, ws_url: str, **ingest: Any) -> tuple[str, str, str, int]:
@@ -138,8 +130,11 @@ async def test_1000_pending_make_400_400_200_and_stop_quickly(tmp_path: Path) ->
     async with simulator(1000) as (server, ws_url, _):
         cfg, *_ = write_config(tmp_path, ws_url, assets=list(server.sim.assets))
         with spawn("-m", "services.ingest", "--config", cfg) as proc:
-            await until(
-                lambda: server.connection_sizes() == [400, 400, 200], server.changed, 30, "400/400/200"
+            await eventually(
+                lambda: server.connection_sizes() == [400, 400, 200],
+                wake=server.changed,
+                timeout=30,
+                what="400/400/200",
             )
             took = await asyncio.to_thread(stop, proc)
             assert proc.returncode == 0 and took < 10.0
@@ -149,7 +144,12 @@ async def test_5200_assets_over_13_connections(tmp_path: Path) -> None:
     async with simulator(5200, events_per_s=100) as (server, ws_url, _):
         cfg, *_ = write_config(tmp_path, ws_url, assets=list(server.sim.assets))
         with spawn("-m", "services.ingest", "--config", cfg) as proc:
-            await until(lambda: server.connection_sizes() == [400] * 13, server.changed, 60, "13 x 400")
+            await eventually(
+                lambda: server.connection_sizes() == [400] * 13,
+                wake=server.changed,
+                timeout=60,
+                what="13 x 400",
+            )
             took = await asyncio.to_thread(stop, proc)
             assert proc.returncode == 0 and took < 10.0
 
@@ -171,8 +171,11 @@ async def test_discovery_and_below_minimum_waits_until_forced(tmp_path: Path) ->
                 pusher = Pusher(pull, sender="test")
                 forced = ["999", next(iter(server.sim.assets))]
                 await pusher.send(ForceSubscribe(asset_ids=forced), timeout=5)
-                await until(
-                    lambda: server.connection_sizes() == [31], server.changed, 20, "forced connection"
+                await eventually(
+                    lambda: server.connection_sizes() == [31],
+                    wake=server.changed,
+                    timeout=20,
+                    what="forced connection",
                 )
                 pusher.close()
                 assert await asyncio.to_thread(stop, proc) < 10.0
@@ -212,12 +215,14 @@ def assert_contiguous(got: dict[str, list[str]], truth: dict[str, list[str]], as
 async def collect_until(
     sub: Subscriber, out: list[tuple[str, Message]], done: Callable[[], bool], timeout: float
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done():
-        if loop.time() > deadline:
-            raise AssertionError("timed out collecting")
+    """Receive into ``out`` until ``done()``."""
+
+    async def receive() -> None:
         out.extend(await sub.recv_batch(timeout=0.5))
+
+    await eventually(
+        done, wake=receive, timeout=timeout, what="the messages collected", state=lambda: len(out)
+    )
 
 
 async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> None:
@@ -260,7 +265,12 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
         async with Subscriber(pub, ["md.", "ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
                 await sub.wait_for_publisher("ingest", timeout=20)
-                await until(lambda: server.connection_sizes() == [100], server.changed, 20, "one connection")
+                await eventually(
+                    lambda: server.connection_sizes() == [100],
+                    wake=server.changed,
+                    timeout=20,
+                    what="one connection",
+                )
                 (first_id,) = server.conns
                 await collect_until(sub, got, lambda: len(hashes_by_asset(got)) > 20, 20)
 
@@ -273,11 +283,11 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
                 resolved = await server.resolve(server.sim.open_markets()[:15])  # 30 of 100 assets
                 gone = {a.asset_id for m in resolved for a in m.assets}
                 live = set(server.sim.assets) - gone
-                await until(
+                await eventually(
                     lambda: len(server.conns) == 2 and all(c.sent for c in server.conns.values()),
-                    server.changed,
-                    20,
-                    "the replacement subscribed and sent its books",
+                    wake=server.changed,
+                    timeout=20,
+                    what="the replacement subscribed and sent its books",
                 )
                 assert server.connection_sizes() == [100, 70]
                 await scraped_until(books_dropped, 5)
@@ -285,16 +295,21 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
 
                 # both sockets carry the market for a while, within the handoff grace
                 server.slow(1.0)
-                await until(lambda: server.extra_copies > 50, server.changed, 20, "traffic on both sockets")
+                await eventually(
+                    lambda: server.extra_copies > 50,
+                    wake=server.changed,
+                    timeout=20,
+                    what="traffic on both sockets",
+                )
                 server.slow(0)
                 assert first_id in server.conns, "the old socket closed before the end of the overlap"
                 copies = server.extra_copies
                 assert copies > 50  # the overlap carried traffic
-                await until(
+                await eventually(
                     lambda: server.connection_sizes() == [70] and first_id not in server.conns,
-                    server.changed,
-                    30,
-                    "the recycled connection",
+                    wake=server.changed,
+                    timeout=30,
+                    what="the recycled connection",
                 )
 
                 # the new connection carries on alone
@@ -322,7 +337,7 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
 
 
 async def test_silent_stall_healed_and_garbage_counted(tmp_path: Path) -> None:
-    async with simulator(60, events_per_s=300) as (server, ws_url, _):
+    async with simulator(60, events_per_s=300, server_cls=CopyCountingServer) as (server, ws_url, _):
         server.history = []
         cfg, pub, _pull, metrics = write_config(
             tmp_path, ws_url, assets=list(server.sim.assets), min_pending=10, silence_timeout="1s"
@@ -330,25 +345,30 @@ async def test_silent_stall_healed_and_garbage_counted(tmp_path: Path) -> None:
         got: list[tuple[str, Message]] = []
         async with Subscriber(pub, ["md.", "ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
-                await until(lambda: server.connection_sizes() == [60], server.changed, 20, "one connection")
+                await eventually(
+                    lambda: server.connection_sizes() == [60],
+                    wake=server.changed,
+                    timeout=20,
+                    what="one connection",
+                )
                 await sub.wait_for_publisher("ingest", timeout=20)
                 await collect_until(sub, got, lambda: len(hashes_by_asset(got)) > 20, 20)
                 # garbage: counted, and the stream around it is intact
                 sent = await server.garbage(7)
                 (first_id,) = server.conns
-                await until(
+                await eventually(
                     lambda: server.conns[first_id].sent > 50 if first_id in server.conns else False,
-                    None,
-                    10,
-                    "frames after the garbage",
+                    wake=server.changed,
+                    timeout=10,
+                    what="frames after the garbage",
                 )
                 # a silent stall: PING still answered, no data; ingest must reconnect on its own
                 server.stall([first_id])
-                await until(
+                await eventually(
                     lambda: first_id not in server.conns and server.connection_sizes() == [60],
-                    server.changed,
-                    20,
-                    "the stalled connection replaced",
+                    wake=server.changed,
+                    timeout=20,
+                    what="the stalled connection replaced",
                 )
                 await collect_until(sub, got, lambda: server.events > 1500, 30)
                 server.slow(0)

@@ -21,8 +21,9 @@ from services.simulator.polymarket import PolymarketServer
 from shared.bus import Subscriber
 from shared.clock import FakeClock
 from shared.messages import BookSnapshot
-from tests.helpers import free_port, spawn
+from tests.helpers import spawn
 from tests.ingest.test_integration import metric, scraped_until, stop, write_config
+from tests.ports import free_port
 
 
 @asynccontextmanager

@@ -10,8 +10,8 @@ import pytest
 from services.ingest.shard import Shard, shard_of
 from shared.bus import Pusher, Subscriber
 from shared.messages import ForceSubscribe, MarketLifecycle
-from tests.helpers import spawn
-from tests.ingest.test_integration import metric, simulator, stop, until, write_config
+from tests.helpers import eventually, spawn
+from tests.ingest.test_integration import metric, simulator, stop, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,12 @@ async def test_two_shards_split_discovery_force_subscribe_and_broadcasts(tmp_pat
                 spawn("-m", "services.ingest", "--config", configs[1][0]) as p1,
             ):
                 # discovery: each shard subscribes exactly its share, nothing else
-                await until(lambda: placed() == sorted(shares, key=len), server.changed, 30, "the two shares")
+                await eventually(
+                    lambda: placed() == sorted(shares, key=len),
+                    wake=server.changed,
+                    timeout=30,
+                    what="the two shares",
+                )
                 assert await metric(configs[1][3], 'poolwire_ingest_shard_info{count="2",index="1"}') == 1
                 assert await metric(configs[0][3], "poolwire_ingest_foreign_assets") == len(shares[1])
                 await sub.wait_for_publisher("ingest", timeout=10)
@@ -59,7 +64,9 @@ async def test_two_shards_split_discovery_force_subscribe_and_broadcasts(tmp_pat
                     await pusher.send(ForceSubscribe(asset_ids=extra), timeout=5)
                     pusher.close()
                 want = [shares[i] | set(Shard(i, 2).mine(extra)) for i in range(2)]
-                await until(lambda: placed() == sorted(want, key=len), server.changed, 20, "forced")
+                await eventually(
+                    lambda: placed() == sorted(want, key=len), wake=server.changed, timeout=20, what="forced"
+                )
 
                 # new_market reaches every connection; each asset is announced once, by its shard
                 made = await server.new_markets(4)

@@ -32,8 +32,9 @@ from shared.messages import (
 )
 from shared.snapshot import request_snapshot
 from tests.e2e.pipeline import Proc
-from tests.helpers import python_env, spawn, tcp_endpoint
-from tests.ingest.test_integration import simulator, stop, until, write_config
+from tests.helpers import eventually, python_env, spawn
+from tests.ingest.test_integration import simulator, stop, write_config
+from tests.ports import tcp_endpoint
 
 T0 = 1_700_000_000_000
 
@@ -257,7 +258,12 @@ async def test_snapshot_over_sockets_equals_the_books_rebuilt_from_the_stream(tm
                 pusher = Pusher(pull, sender="test")
                 await pusher.send(ForceSubscribe(asset_ids=sorted(assets)), timeout=5)
                 pusher.close()
-                await until(lambda: server.connection_sizes() == [60], server.changed, 20, "subscribed")
+                await eventually(
+                    lambda: server.connection_sizes() == [60],
+                    wake=server.changed,
+                    timeout=20,
+                    what="subscribed",
+                )
 
                 def have_books() -> bool:
                     return {m.asset for m in log if isinstance(m, BookSnapshot)} == assets
@@ -318,13 +324,7 @@ async def test_follow_gets_the_books_from_the_snapshot_and_again_after_kill_9(tm
                 arrived.set()
 
         async def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while not cond():
-                assert loop.time() < deadline, f"timed out waiting for {what}\n{ingest.tail()}"
-                arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), deadline - loop.time())
+            await eventually(cond, wake=arrived, timeout=timeout, what=lambda: f"{what}\n{ingest.tail()}")
 
         task: asyncio.Task[None] | None = None
         try:
@@ -332,7 +332,12 @@ async def test_follow_gets_the_books_from_the_snapshot_and_again_after_kill_9(tm
             async with Subscriber(pub, ["ingest."]) as plain:
                 ingest.start()
                 await plain.wait_for_publisher("ingest", timeout=20)
-                await until(lambda: server.connection_sizes() == [40], server.changed, 20, "subscribed")
+                await eventually(
+                    lambda: server.connection_sizes() == [40],
+                    wake=server.changed,
+                    timeout=20,
+                    what="subscribed",
+                )
                 # every book is out before the consumer joins (asked again at each heartbeat)
                 deadline = loop.time() + 20
                 while len((await request_snapshot(snap, "md.book.", timeout=5))[1]) < len(assets):
@@ -350,10 +355,12 @@ async def test_follow_gets_the_books_from_the_snapshot_and_again_after_kill_9(tm
                 restarts = plain.stats.restarts
                 ingest.kill9()
                 ingest.start()
-                deadline = loop.time() + 20
-                while plain.stats.restarts == restarts:  # the new incarnation's first heartbeat
-                    assert loop.time() < deadline, f"ingest did not come back\n{ingest.tail()}"
-                    await plain.recv_batch(timeout=0.5)
+                await eventually(
+                    lambda: plain.stats.restarts != restarts,  # the new incarnation's first heartbeat
+                    wake=lambda: plain.recv_batch(timeout=0.5),
+                    timeout=20,
+                    what=lambda: f"ingest back\n{ingest.tail()}",
+                )
 
             # follow() fetched the state again from the new incarnation and holds every book again
             await wait(

@@ -23,7 +23,8 @@ from shared.messages import (
     encode,
 )
 from shared.snapshot import SnapshotServer, item_topic, request_snapshot
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import eventually, spawn
+from tests.ports import tcp_endpoint
 from tests.shared.samples import every_message
 
 msgpack = msgspec.msgpack.encode
@@ -158,11 +159,13 @@ async def test_quiet_publisher_is_not_dead() -> None:
         info = await sub.wait_for_publisher("beacon", timeout=20)
         target = info.heartbeats + 10
 
-        async def until_ten_more() -> None:
-            while info.heartbeats < target:
-                await sub.recv_batch(1)
-
-        await asyncio.wait_for(until_ten_more(), 20)
+        await eventually(
+            lambda: info.heartbeats >= target,
+            wake=lambda: sub.recv_batch(1),
+            timeout=20,
+            what="ten more heartbeats",
+            state=lambda: info.heartbeats,
+        )
     assert sub.stats.dead == 0
 
 
@@ -174,14 +177,13 @@ async def test_garbage_on_the_bus_is_counted_and_skipped() -> None:
         good = Price(symbol="pm.a", price=1.0)
         got: list[tuple[str, Message]] = []
 
-        async def until_good() -> None:
-            while not got:
-                raw.send_multipart([b"px.a", b"\xc1\xc1garbage"])
-                raw.send_multipart([b"px.a", b"one", b"two"])
-                raw.send_multipart([b"px.a", encode(good)])
-                got.extend(await sub.recv_batch(0.2))
+        async def send_and_receive() -> None:  # sent again until the subscription has joined
+            raw.send_multipart([b"px.a", b"\xc1\xc1garbage"])
+            raw.send_multipart([b"px.a", b"one", b"two"])
+            raw.send_multipart([b"px.a", encode(good)])
+            got.extend(await sub.recv_batch(0.2))
 
-        await asyncio.wait_for(until_good(), 10)
+        await eventually(lambda: bool(got), wake=send_and_receive, timeout=10, what="the good message")
     raw.close()
     assert got[0][1] == good
     assert sub.stats.decode_errors >= 2
@@ -197,11 +199,15 @@ async def test_push_pull_round_trip_and_garbage() -> None:
     await pusher.send(ForceSubscribe(asset_ids=["a", "b"]), timeout=5)
     got: list[Message] = []
 
-    async def until_both_arrived() -> None:
-        while not got or puller.stats.decode_errors == 0:
-            got.extend(await puller.recv_batch())
+    async def receive() -> None:
+        got.extend(await puller.recv_batch())
 
-    await asyncio.wait_for(until_both_arrived(), 10)  # PULL fair-queues its peers: any order
+    await eventually(  # PULL fair-queues its peers: any order
+        lambda: bool(got) and puller.stats.decode_errors > 0,
+        wake=receive,
+        timeout=10,
+        what="the message and the garbage",
+    )
     assert got == [ForceSubscribe(asset_ids=["a", "b"], publisher="tester", seq=1, topic_seq=1)]
     assert puller.stats.decode_errors == 1
     raw.close()

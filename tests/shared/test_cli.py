@@ -8,7 +8,8 @@ from pathlib import Path
 from shared.bus import Puller, Subscriber
 from shared.messages import ForceSubscribe, Price
 from shared.snapshot import SnapshotServer
-from tests.helpers import ROOT, python_env, spawn, tcp_endpoint
+from tests.helpers import ROOT, python_env, spawn
+from tests.ports import tcp_endpoint
 
 CLI = [sys.executable, "-m", "shared.cli"]
 

@@ -10,7 +10,8 @@ from shared.bus import Publisher
 from shared.client import follow, subscribe
 from shared.messages import Message, Price, SnapshotReply
 from shared.snapshot import SnapshotServer
-from tests.helpers import tcp_endpoint
+from tests.helpers import eventually
+from tests.ports import tcp_endpoint
 
 
 async def test_subscribe_waits_for_the_publisher_then_yields() -> None:
@@ -74,10 +75,8 @@ async def test_follow_fetches_the_state_again_when_the_owner_restarts() -> None:
             got.append(item)
             arrived.set()
 
-    async def until(cond: Callable[[], bool]) -> None:
-        while not cond():
-            arrived.clear()
-            await asyncio.wait_for(arrived.wait(), 10)
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        await eventually(cond, wake=arrived, timeout=10, what=what, state=lambda: [t for t, _ in got])
 
     def headers() -> int:
         return sum(isinstance(m, SnapshotReply) for _, m in got)
@@ -89,16 +88,16 @@ async def test_follow_fetches_the_state_again_when_the_owner_restarts() -> None:
 
     pub, server = await owner([Price(symbol="a", price=1.0)])
     task = asyncio.create_task(consume())
-    await until(lambda: headers() == 1 and len(got) == 2)
+    await until(lambda: headers() == 1 and len(got) == 2, "the first snapshot")
     await pub.close()
     await server.close()
     # Same id, new incarnation: its numbering starts over, below the old snapshot's seq.
     pub, server = await owner([Price(symbol="a", price=2.0)])
-    await until(lambda: headers() == 2)
-    await until(lambda: len(got) >= 4)
+    await until(lambda: headers() == 2, "the second snapshot's header")
+    await until(lambda: len(got) >= 4, "the second snapshot's item")
     await pub.wait_for_subscriber("px.", timeout=5)
     pub.publish("px.b", Price(symbol="b", price=3.0))
-    await until(lambda: any(t == "px.b" for t, _ in got))
+    await until(lambda: any(t == "px.b" for t, _ in got), "the update after the snapshot")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await pub.close()

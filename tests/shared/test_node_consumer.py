@@ -10,7 +10,8 @@ from shared.bus import Publisher
 from shared.messages import BY_TAG, Message, Price, Zone, ZoneCreated
 from shared.snapshot import SnapshotServer
 from shared.wire import BODY_TYPES
-from tests.helpers import ROOT, require_binary, tcp_endpoint
+from tests.helpers import ROOT, require_binary
+from tests.ports import tcp_endpoint
 
 EXAMPLE = ROOT / "examples" / "node"
 

@@ -10,7 +10,7 @@ import zmq
 from shared.bus import Publisher, Subscriber, context
 from shared.messages import ONE_DECODER, Message, Price, Trade
 from shared.recording import read_records
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 from tests.shared.test_bus import collect
 from tests.shared.test_cli import run_cli
 

@@ -7,7 +7,8 @@ import urllib.request
 from pathlib import Path
 
 from shared.bus import Subscriber
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import free_port, tcp_endpoint
 
 
 def beacon_env(endpoint: str, **settings: object) -> dict[str, str]:

@@ -14,7 +14,8 @@ from shared import security
 from shared.bus import Publisher, Subscriber, context
 from shared.messages import Price
 from shared.security import CurveConfig, create_keys
-from tests.helpers import ROOT, python_env, spawn, tcp_endpoint
+from tests.helpers import ROOT, python_env, spawn
+from tests.ports import tcp_endpoint
 
 
 def curve_config(keys: Path, authorized: Path | None) -> CurveConfig:

@@ -15,7 +15,7 @@ from shared.clock import FakeClock
 from shared.config import CommonConfig, ConfigError, convert
 from shared.messages import MESSAGE_TYPES, Heartbeat, Message, Price, Trade
 from shared.wire import BODY_TYPES, decode_payload, is_versioned, stamp_and_encode_v2
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 from tests.shared.samples import sample_struct, sample_value
 
 PUBLISH_NS = 1_795_000_000_123_456_789
