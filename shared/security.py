@@ -21,6 +21,9 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from shared.backoff import Backoff
+from shared.clock import Clock
+
 log = logging.getLogger("poolwire.security")
 
 
@@ -94,27 +97,51 @@ def enable(config: CurveConfig | None, ctx: zmq.Context[Any]) -> None:
 
 
 BIND_RETRY_S = 1.0
+_BIND_BACKOFF = (0.005, 0.05)  # base and cap of the waits between attempts, seconds
 
 
-def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+async def bind_async(
+    sock: zmq.Socket[Any], endpoint: str, *, clock: Clock | None = None, retry_s: float = BIND_RETRY_S
+) -> None:
     """Bind, as a CURVE server when enabled.
 
     A port released by a socket closed a moment ago in this process is freed by ZeroMQ's I/O
-    thread asynchronously, so "address in use" is retried briefly before it is an error.
+    thread asynchronously, so "address in use" is retried for ``retry_s`` on ``clock`` (the event
+    loop runs meanwhile) before it is an error.
     """
+    _prepare(sock, endpoint)
+    backoff = Backoff(*_BIND_BACKOFF, clock=clock)
+    deadline = backoff.clock.monotonic() + retry_s
+    while not _try_bind(sock, endpoint, past_deadline=backoff.clock.monotonic() > deadline):
+        await backoff.wait()
+
+
+def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """:func:`bind_async` for a constructor that cannot await: the same retries, blocking the
+    thread while they last (only while a port this process just released is still in use)."""
+    _prepare(sock, endpoint)
+    backoff = Backoff(*_BIND_BACKOFF)
+    deadline = time.monotonic() + BIND_RETRY_S
+    while not _try_bind(sock, endpoint, past_deadline=time.monotonic() > deadline):
+        time.sleep(backoff.next_delay())
+
+
+def _prepare(sock: zmq.Socket[Any], endpoint: str) -> None:
     if _active is not None:
         _active.server(sock)
     if endpoint.startswith("ipc://"):
         private_directory(Path(endpoint.removeprefix("ipc://")).parent)
-    deadline = time.monotonic() + BIND_RETRY_S
-    while True:
-        try:
-            sock.bind(endpoint)
-            return
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+
+
+def _try_bind(sock: zmq.Socket[Any], endpoint: str, *, past_deadline: bool) -> bool:
+    """True once bound; False when the address is still in use and may be tried again."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno != errno.EADDRINUSE or past_deadline:
+            raise
+        return False
+    return True
 
 
 def private_directory(path: Path) -> None:

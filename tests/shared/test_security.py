@@ -1,10 +1,12 @@
 """CurveZMQ: an authorized client reads the stream; a stranger or a plaintext peer reads nothing."""
 
 import asyncio
+import errno
 import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import zmq
@@ -12,9 +14,10 @@ import zmq.auth
 
 from shared import security
 from shared.bus import Publisher, Subscriber, context
+from shared.clock import FakeClock
 from shared.messages import Price
 from shared.security import CurveConfig, create_keys
-from tests.helpers import ROOT, python_env, spawn
+from tests.helpers import ROOT, eventually, python_env, spawn
 from tests.ports import tcp_endpoint
 
 
@@ -138,3 +141,56 @@ def test_keys_command_writes_two_pairs(tmp_path: Path) -> None:
         "server.key",
         "server.key_secret",
     ]
+
+
+class PortInUse:
+    """A socket whose address stays in use for its first ``busy`` binds."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.attempts = 0
+
+    def bind(self, endpoint: str) -> None:
+        self.attempts += 1
+        if self.attempts <= self.busy:
+            raise zmq.ZMQError(errno.EADDRINUSE)
+
+
+async def bind_on(clock: FakeClock, sock: PortInUse) -> asyncio.Task[None]:
+    return asyncio.create_task(
+        security.bind_async(cast(zmq.Socket[Any], sock), "tcp://127.0.0.1:1", clock=clock)
+    )
+
+
+async def test_bind_async_retries_a_port_in_use_on_the_clock_while_the_loop_runs() -> None:
+    clock, sock = FakeClock(), PortInUse(busy=2)
+    task = await bind_on(clock, sock)
+    for attempt in (1, 2):
+        await eventually(
+            lambda: clock.sleepers == 1, wake=None, timeout=5, what=f"the wait after attempt {attempt}"
+        )
+        assert sock.attempts == attempt and not task.done()  # waiting, and this test's task runs meanwhile
+        clock.advance(0.05)  # the longest wait between attempts
+    await asyncio.wait_for(task, 5)
+    assert sock.attempts == 3
+
+
+async def test_bind_async_gives_up_after_retry_s_with_the_bind_error() -> None:
+    clock, sock = FakeClock(), PortInUse(busy=10_000)
+    task = await bind_on(clock, sock)
+    while not task.done():
+        await eventually(
+            lambda: clock.sleepers == 1 or task.done(), wake=None, timeout=5, what="the next wait"
+        )
+        clock.advance(0.05)
+    with pytest.raises(zmq.ZMQError) as raised:
+        await task
+    assert raised.value.errno == errno.EADDRINUSE
+    assert 1.0 / 0.05 <= sock.attempts <= 1.0 / 0.005 + 2  # waits between 2.5 and 50 ms for 1 s
+
+
+def test_bind_gives_up_on_an_error_other_than_address_in_use() -> None:
+    sock = context().socket(zmq.PUB)
+    with pytest.raises(zmq.ZMQError):
+        security.bind(sock, "tcp://256.0.0.1:1")
+    sock.close()
