@@ -22,7 +22,8 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_hash.auto import keccak
 
-from tests.helpers import ROOT, free_port, require_binary
+from tests.helpers import ROOT, require_binary
+from tests.ports import free_port
 
 NODE = ROOT / "node_modules"
 UNI = NODE / "@uniswap"

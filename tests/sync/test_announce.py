@@ -14,7 +14,8 @@ from services.sync import checkpoint
 from shared.bus import Subscriber
 from shared.messages import BlockUpdate, Message, PoolState
 from shared.snapshot import request_snapshot
-from tests.helpers import free_port, spawn
+from tests.helpers import eventually, spawn
+from tests.ports import free_port
 from tests.sync.chain import Chain, Trader
 from tests.sync.test_fuzz_service import scrape
 from tests.sync.test_rpc_service import TipGate, Watch, config, observed
@@ -65,9 +66,12 @@ async def test_every_block_is_announced_after_a_kill_9_with_its_time_and_static_
                 with spawn("-m", "services.sync", "--config", str(path)) as proc:
                     await watch.sub.wait_for_publisher("sync", timeout=20)
                     await watch.until_head(chain, proc, nudge=True)
-                    while not cp_path.exists():
+
+                    async def mine() -> None:
                         trader.block(4)
                         await watch.until_head(chain, proc)
+
+                    await eventually(cp_path.exists, wake=mine, timeout=60, what="a checkpoint", process=proc)
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
                 cp = checkpoint.load(cp_path)
@@ -86,24 +90,31 @@ async def test_every_block_is_announced_after_a_kill_9_with_its_time_and_static_
                     heard: list[Message] = []
                     head, _ = chain.head()
 
-                    async def until(number: int) -> None:
-                        while not any(
-                            isinstance(m, BlockUpdate) and m.status == "committed" and m.number == number
-                            for m in heard[-40:]
-                        ):
-                            assert proc.poll() is None, proc.communicate()[1][-3000:]
-                            heard.extend(m for _t, m in await sub.recv_batch(timeout=0.5))
+                    async def receive() -> None:
+                        heard.extend(m for _t, m in await sub.recv_batch(timeout=0.5))
 
-                    await asyncio.wait_for(until(head), 30)
+                    async def until(number: int) -> None:
+                        await eventually(
+                            lambda: any(
+                                isinstance(m, BlockUpdate) and m.status == "committed" and m.number == number
+                                for m in heard[-40:]
+                            ),
+                            wake=receive,
+                            timeout=30,
+                            what=f"block {number} committed",
+                            process=proc,
+                        )
+
+                    await until(head)
                     # a reorg: the head block replaced by two others
                     snap = chain.a.rpc("evm_snapshot")
                     trader.block(8)
-                    await asyncio.wait_for(until(chain.head()[0]), 30)
+                    await until(chain.head()[0])
                     chain.a.rpc("evm_revert", snap)
                     other = Trader(chain, seed=92)
                     other.block(8)
                     other.block(8)
-                    await asyncio.wait_for(until(chain.head()[0]), 30)
+                    await until(chain.head()[0])
                     last, last_hash = chain.head()
                     _header, items = await request_snapshot(eps["snapshot"], timeout=5)
                     figures = await asyncio.to_thread(scrape, port)

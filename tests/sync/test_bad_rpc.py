@@ -19,7 +19,7 @@ from services.sync.follower import LogFollower
 from services.sync.rpc import RpcClient
 from services.sync.rpc_scraper import RpcScraper
 from shared.messages import PoolSpec
-from tests.helpers import free_port
+from tests.ports import free_port
 from tests.sync.chain import Chain, Trader, pools_view
 from tests.sync.test_follower import Synced, addresses
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.helpers import free_port, spawn
+from tests.helpers import eventually, spawn
+from tests.ports import free_port
 from tests.sync.chain import Chain, Trader
 from tests.sync.test_bad_rpc import FaultyProxy
 from tests.sync.test_fuzz_service import scrape
@@ -147,7 +148,7 @@ async def test_wrong_shapes_from_the_node_are_counted_and_state_stays_exact(chai
                         if not any(node.left.values()):
                             break
                         trader.block(8)
-                        await asyncio.wait_for(_until_requests(node, node.requests + 6, proc), 30)
+                        await _until_requests(node, node.requests + 6, proc)
                     assert not any(node.left.values()), node.left
                     await heartbeats(eps["pub"], proc)
                     node.active = False
@@ -179,7 +180,11 @@ async def test_wrong_shapes_from_the_node_are_counted_and_state_stays_exact(chai
 
 
 async def _until_requests(node: ShapeProxy, n: int, proc: Any) -> None:
-    while node.requests < n:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        node.answered.clear()
-        await node.answered.wait()
+    await eventually(
+        lambda: node.requests >= n,
+        wake=node.answered,
+        timeout=30,
+        what=f"{n} requests at the node",
+        state=lambda: node.requests,
+        process=proc,
+    )

@@ -22,7 +22,8 @@ from services.sync import checkpoint
 from services.sync.checkpoint import CheckpointStore
 from services.sync.pool import Pool
 from shared.messages import PoolSpec
-from tests.helpers import free_port, spawn
+from tests.helpers import eventually, spawn
+from tests.ports import free_port
 from tests.sync.chain import Chain, Trader
 from tests.sync.test_rpc_service import Watch, assert_state, config
 
@@ -100,24 +101,30 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-async def until(
+async def mined_until(
     cond: Callable[[dict[str, float]], bool],
     port: int,
     proc: subprocess.Popen[str],
     step: Callable[[], Awaitable[None]],
+    what: str,
     timeout: float = 30,
 ) -> dict[str, float]:
     """Mine blocks (``step``) until the metrics satisfy ``cond``; the service must stay alive."""
+    figures = await asyncio.to_thread(scrape, port)
 
-    async def run() -> dict[str, float]:
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            figures = await asyncio.to_thread(scrape, port)
-            if figures and cond(figures):
-                return figures
-            await step()
+    async def mine() -> None:
+        await step()
+        figures.update(await asyncio.to_thread(scrape, port))
 
-    return await asyncio.wait_for(run(), timeout)
+    await eventually(
+        lambda: bool(figures) and cond(figures),
+        wake=mine,
+        timeout=timeout,
+        what=what,
+        state=lambda: figures,
+        process=proc,
+    )
+    return figures
 
 
 def block_writes(tmp: Path) -> None:
@@ -152,16 +159,16 @@ async def test_failing_checkpoints_in_the_real_service_then_recovery_then_resume
 
                 failures = "poolwire_sync_checkpoint_failures_total"
                 written = "poolwire_sync_checkpoints_written_total"
-                seen = await until(lambda m: m[failures] >= 3, port, proc, step)
+                seen = await mined_until(lambda m: m[failures] >= 3, port, proc, step, "3 failed checkpoints")
                 assert seen[written] == 0 and not cp_path.exists()
                 await assert_state(chain, eps["snapshot"])
 
                 cp_tmp.rmdir()  # the disk is back: the next interval writes
-                seen = await until(lambda m: m[written] >= 1, port, proc, step)
+                seen = await mined_until(lambda m: m[written] >= 1, port, proc, step, "a checkpoint written")
                 block_writes(cp_tmp)
                 good = loaded_block(cp_path)
                 before = (await asyncio.to_thread(scrape, port))[failures]
-                await until(lambda m: m[failures] >= before + 3, port, proc, step)
+                await mined_until(lambda m: m[failures] >= before + 3, port, proc, step, "3 more failures")
                 assert chain.head()[0] > good
                 assert loaded_block(cp_path) == good  # the previous checkpoint is intact
                 await assert_state(chain, eps["snapshot"])

@@ -15,14 +15,12 @@ from services.sync.buffer import Block, BlockAssembler
 from services.sync.exex_client import ExExClient
 from services.sync.source import Resync
 from shared.exex import BeginBlock, EndBlock, PoolUpdate, encode_payload
+from tests.helpers import eventually
 
 
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    async def spin() -> None:
-        while not pred():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(spin(), timeout)
+async def until(pred: Callable[[], bool], what: str) -> None:
+    """In-process client state that nothing announces: re-checked every few ms (never a spin)."""
+    await eventually(pred, wake=None, timeout=5.0, what=what)
 
 
 @pytest.fixture
@@ -106,7 +104,7 @@ async def test_corrupt_frame_or_sequence_gap_reconnects_and_resyncs(sock_path: s
         assert (client.stats.corrupt_frames, client.stats.sequence_gaps) == (
             (1, 0) if fault == "corrupt" else (0, 1)
         )
-        await until(lambda: client.stats.connects == 2 and len(server.conns) == 1)
+        await until(lambda: client.stats.connects == 2 and len(server.conns) == 1, "the reconnect")
         await server.block()
         item = await next_item(client)
         assert isinstance(item, Block) and item.number == 3
@@ -119,7 +117,7 @@ async def test_corrupt_frame_while_buffering_voids_the_buffer(sock_path: str) ->
     server, client = await start(sock_path)
     try:
         await server.block("corrupt")
-        await until(lambda: client.buffer_error is not None)
+        await until(lambda: client.buffer_error is not None, "the buffer voided")
         assert client.stats.resyncs_requested == 1
     finally:
         await client.close()
@@ -133,7 +131,7 @@ async def test_revert_live_and_buffered(sock_path: str) -> None:
             await server.block()
         await server.block("revert")  # reverts 3, then a new 3 on a fork
         assert await client.wait_for_block(3, timeout=5)
-        await until(lambda: client.stats.blocks_received == 5)
+        await until(lambda: client.stats.blocks_received == 5, "five blocks")
         blocks = client.take_buffered_blocks()
         assert [b[0] for b in blocks] == [1, 2, 3]
         assert blocks[2][1] == server.chain.head_hash  # the fork's block 3
@@ -151,13 +149,13 @@ async def test_revert_live_and_buffered(sock_path: str) -> None:
 async def test_connects_with_backoff_when_the_server_comes_up_late(sock_path: str) -> None:
     client = ExExClient(sock_path, backoff_initial=0.01, backoff_max=0.05).start()
     try:
-        await until(lambda: client.stats.connect_failures >= 2)
+        await until(lambda: client.stats.connect_failures >= 2, "two failed connects")
         server = await ExExServer(SimChain(seed=1), sock_path).start()
         try:
             await asyncio.wait_for(client.connected.wait(), 5)
             # the server goes away and comes back: the client reconnects by itself
             server.drop_clients()
-            await until(lambda: client.stats.connects == 2)
+            await until(lambda: client.stats.connects == 2, "the reconnect")
         finally:
             await server.close()
     finally:

@@ -24,7 +24,8 @@ from shared.bus import Subscriber
 from shared.exex import PoolUpdate
 from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, PoolSpec, PoolState
 from shared.snapshot import request_snapshot
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import free_port, tcp_endpoint
 from tests.sync.test_service import assert_matches, spec
 
 BAD_SPECS = [  # (spec, reason): each passes msgspec's bounds, so only sync's own checks refuse it

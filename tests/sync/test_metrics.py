@@ -25,7 +25,7 @@ from shared.exex import PoolUpdate, encode_payload
 from shared.messages import PoolSpec
 from shared.metrics import StatsCollector
 from shared.runner import ServiceContext
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 from tests.sync.test_config import SIMULATED
 
 V2 = PoolSpec(protocol="v2", address="0x" + "11" * 20)

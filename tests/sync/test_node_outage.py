@@ -5,6 +5,7 @@ with backoff; the service keeps heartbeating, never exits, and is exact once the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import tempfile
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from shared.bus import Subscriber
-from tests.helpers import free_port, spawn
+from tests.helpers import eventually, polling, spawn
+from tests.ports import free_port
 from tests.sync.chain import Chain, Trader
 from tests.sync.test_bad_rpc import FaultyProxy
 from tests.sync.test_fuzz_service import scrape
@@ -46,18 +48,21 @@ class Outage(FaultyProxy):
 async def until_metric(
     port: int, name: str, value: float, proc: subprocess.Popen[str], timeout: float = 30
 ) -> dict[str, float]:
-    async def run() -> dict[str, float]:
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            try:
-                figures = await asyncio.to_thread(scrape, port)
-            except OSError:  # the metrics server is not up yet
-                figures = {}
-            if figures.get(name, 0) >= value:
-                return figures
-            await asyncio.sleep(0.05)  # polling an HTTP endpoint: there is no event to wait on
+    figures: dict[str, float] = {}
 
-    return await asyncio.wait_for(run(), timeout)
+    async def ask() -> None:
+        with contextlib.suppress(OSError):  # the metrics server is not up yet
+            figures.update(await asyncio.to_thread(scrape, port))
+
+    await eventually(
+        lambda: figures.get(name, 0) >= value,
+        wake=polling(ask),
+        timeout=timeout,
+        what=f"{name} >= {value}",
+        state=lambda: figures.get(name),
+        process=proc,
+    )
+    return figures
 
 
 async def heartbeats(pub: str, proc: subprocess.Popen[str]) -> None:

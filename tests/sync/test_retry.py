@@ -12,7 +12,8 @@ from services.simulator.exex_chain import SimChain
 from services.simulator.exex_server import ExExServer
 from shared.bus import Pusher, Subscriber
 from shared.messages import PoolSpec, PoolState, WhitelistAdd
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import eventually, spawn
+from tests.ports import free_port, tcp_endpoint
 from tests.sync.test_fuzz_service import scrape
 from tests.sync.test_service import spec
 
@@ -41,14 +42,20 @@ async def test_pools_are_retried_when_the_chain_comes_up_after_sync() -> None:
             try:
                 pools: set[str] = set()
 
-                async def until_all_pools() -> None:
-                    while len(pools) < len(chain.pools):
-                        await server.block()
-                        for _topic, msg in await sub.recv_batch(timeout=0.2):
-                            if isinstance(msg, PoolState):
-                                pools.add(msg.pool)
+                async def block() -> None:
+                    await server.block()
+                    for _topic, msg in await sub.recv_batch(timeout=0.2):
+                        if isinstance(msg, PoolState):
+                            pools.add(msg.pool)
 
-                await asyncio.wait_for(until_all_pools(), 30)
+                await eventually(
+                    lambda: len(pools) >= len(chain.pools),
+                    wake=block,
+                    timeout=30,
+                    what="every pool's state",
+                    state=lambda: len(pools),
+                    process=proc,
+                )
             finally:
                 await server.close()
             proc.terminate()

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.sync.rpc import RpcClient, RpcError, RpcUnavailable
 from shared.clock import FakeClock
-from tests.helpers import free_port
+from tests.ports import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -18,7 +18,8 @@ from services.sync.scraper import pool_key
 from shared.bus import Pusher, Subscriber
 from shared.messages import BlockUpdate, Message, PoolSpec, PoolState, Swap, WhitelistAdd
 from shared.snapshot import request_snapshot
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import eventually, spawn
+from tests.ports import tcp_endpoint
 from tests.sync.chain import Chain, Trader, pools_view
 from tests.sync.test_bad_rpc import FaultyProxy
 
@@ -57,17 +58,24 @@ class Watch:
             number, bhash = chain.head()
             return number, "0x" + bhash.hex()
 
-        async def run() -> None:
-            want = target()
-            while self.head != want:
-                assert proc.poll() is None, proc.communicate()[1][-3000:]
-                batch = await self.sub.recv_batch(timeout=0.5)
-                self.take(batch)
-                if not batch and nudge:
-                    chain.mine()
-                    want = target()
+        want = target()
 
-        await asyncio.wait_for(run(), timeout)
+        async def receive() -> None:
+            nonlocal want
+            batch = await self.sub.recv_batch(timeout=0.5)
+            self.take(batch)
+            if not batch and nudge:
+                chain.mine()
+                want = target()
+
+        await eventually(
+            lambda: self.head == want,
+            wake=receive,
+            timeout=timeout,
+            what=lambda: f"dex.block of the head {want}",
+            state=lambda: self.head,
+            process=proc,
+        )
 
     def take(self, batch: list[tuple[str, Message]]) -> None:
         for _topic, msg in batch:
@@ -83,13 +91,17 @@ class Watch:
         self, pools: set[str], proc: subprocess.Popen[str], timeout: float = 30
     ) -> None:
         """Read the bus until every pool of ``pools`` has a dex.pool.<id> state."""
+        await eventually(
+            lambda: pools <= set(self.states),
+            wake=self.receive,
+            timeout=timeout,
+            what="a dex.pool.<id> state of every pool",
+            state=lambda: sorted(pools - set(self.states)),
+            process=proc,
+        )
 
-        async def run() -> None:
-            while not pools <= set(self.states):
-                assert proc.poll() is None, proc.communicate()[1][-3000:]
-                self.take(await self.sub.recv_batch(timeout=0.5))
-
-        await asyncio.wait_for(run(), timeout)
+    async def receive(self) -> None:
+        self.take(await self.sub.recv_batch(timeout=0.5))
 
     def state_at(self, pool: str, number: int) -> PoolState | None:
         """The pool's state after block ``number`` as published: the last one labelled at or below

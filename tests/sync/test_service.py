@@ -13,7 +13,8 @@ from services.simulator.exex_server import ExExServer
 from shared.bus import Pusher, Subscriber
 from shared.messages import BlockUpdate, PoolSpec, PoolState, Price, WhitelistAdd
 from shared.snapshot import request_snapshot
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 
 def spec(pool: SimPool) -> dict[str, object]:
