@@ -25,6 +25,7 @@ from services.sync.source import Resync
 from services.sync.whitelist import WhitelistGate
 from shared.backoff import Backoff
 from shared.bus import Publisher, Puller
+from shared.lifecycle import run_loops
 from shared.messages import PoolSpec
 from shared.runner import ServiceContext
 from shared.snapshot import SnapshotServer
@@ -255,36 +256,28 @@ class SyncService:
                 self._spawn(self._add(specs))
             self.whitelist.skip_log.flush()
 
+    async def start_then_follow(self) -> None:
+        """Start up (resume or cold start), then follow the chain until a loop fails or a stop."""
+        await self.start_up()
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "live": self.live_loop(),
+            "whitelist": self.whitelist_loop(),
+            "retry": self.retry_loop(),
+        }
+        if self.use_checkpoint:
+            loops["checkpoint"] = self.checkpoint_loop()
+        await run_loops(self.ctx.stopping, loops)
+
     async def run(self) -> None:
         self.pub.start()
         self.snap.start()
         try:
-            starting = asyncio.ensure_future(self.start_up())
-            stop = asyncio.ensure_future(self.ctx.stopping.wait())
-            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
-                return
-            stop.cancel()
-            starting.result()
-            loops = [
-                asyncio.ensure_future(self.live_loop()),
-                asyncio.ensure_future(self.whitelist_loop()),
-                asyncio.ensure_future(self.retry_loop()),
-            ]
-            if self.use_checkpoint:
-                loops.append(asyncio.ensure_future(self.checkpoint_loop()))
-            stop = asyncio.ensure_future(self.ctx.stopping.wait())
-            done, _ = await asyncio.wait({*loops, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for task in [*loops, stop, *self._tasks]:
-                task.cancel()
-            await asyncio.gather(*loops, stop, *self._tasks, return_exceptions=True)
-            for task in done:
-                exc = None if task is stop or task.cancelled() else task.exception()
-                if exc is not None:
-                    raise exc
+            # a stop cuts the start-up short as well as the loops; a failure in either is raised
+            await run_loops(self.ctx.stopping, {"sync": self.start_then_follow()})
         finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.client.close()
             if self.use_checkpoint:
                 data = self.checkpoints.encode(self.write_checkpoint)
