@@ -20,7 +20,7 @@ TOPIC = b"px.bench"
 
 
 def raw(endpoint: str, count: int, per_frame: int, latency: bool) -> dict[str, object]:
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
     sock.connect(endpoint)
@@ -41,7 +41,7 @@ def raw(endpoint: str, count: int, per_frame: int, latency: bool) -> dict[str, o
 
 async def poolwire(endpoint: str, count: int, latency: bool) -> dict[str, object]:
     sub = Subscriber(endpoint, ["px.bench"], hwm=0)
-    got, lat = 0, []
+    got, lat = 0, list[float]()
     t0 = 0.0
     while got < count:
         frames = await sub.recv_frames()

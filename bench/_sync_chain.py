@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from services.sync.buffer import Block
 from services.sync.follower import LogFollower
 from services.sync.journal import EventProcessor
 from services.sync.rpc import Header, RpcClient
@@ -106,9 +107,9 @@ async def _catch_up(chain: Chain, start: Header, pools: list[Any]) -> tuple[floa
         events = 0
         while not follower.blocks.empty():
             item = follower.blocks.get_nowait()
-            assert not isinstance(item, Exception) and hasattr(item, "updates")
-            proc.apply_block(item.number, item.hash, item.parent_hash, item.updates)  # type: ignore[union-attr]
-            events += len(item.updates)  # type: ignore[union-attr]
+            assert isinstance(item, Block)
+            proc.apply_block(item.number, item.hash, item.parent_hash, item.updates)
+            events += len(item.updates)
         elapsed = time.perf_counter() - t0
     finally:
         await rpc.close()

@@ -77,7 +77,7 @@ def _wait_until(deadline: float) -> None:
 
 
 def _raw_pub(endpoint: str) -> zmq.Socket[bytes]:
-    sock = zmq.Context.instance().socket(zmq.XPUB)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.bind(endpoint)
     sock.recv()  # the subscription: the peer is connected

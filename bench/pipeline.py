@@ -325,9 +325,9 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
                 await asyncio.sleep(0.2)
             pusher = Pusher(p.registry["pull"], sender="bench")
             now = time.time_ns()
-            for s in symbols:
+            for symbol in symbols:
                 zone = DetectorEvent(
-                    detector="bench", symbol=s, timeframe="H1", kind="bench", top=0.6, bottom=0.4, created_ns=now
+                    detector="bench", symbol=symbol, timeframe="H1", kind="bench", top=0.6, bottom=0.4, created_ns=now
                 )  # fmt: skip
                 await pusher.send(zone, timeout=10)
             pusher.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,7 +57,7 @@ def test_order_kept_between_updates_equals_sorting_from_scratch(steps: list[tupl
     market, asset = "m", "a"
     for kind, arg in steps:
         if kind == "apply":
-            is_buy, price, size = arg  # type: ignore[misc]
+            is_buy, price, size = cast(tuple[bool, str, str], arg)
             book.apply(is_buy, price, size)
         elif kind == "reset":
             levels = list(arg)  # type: ignore[call-overload]

@@ -78,7 +78,16 @@ def test_lifecycle_broadcast_published_once() -> None:
 def test_bad_frames_counted_and_good_ones_kept() -> None:
     router, out = make(verify_hashes=False)
     router.assign([frames.ASSET], "c1")
-    for junk in ["PONG", "NO NEW ASSETS", "", "{oops", "[1,2]", b"\x00\xff", '{"event_type":"nope"}']:
+    junk_frames: list[str | bytes] = [
+        "PONG",
+        "NO NEW ASSETS",
+        "",
+        "{oops",
+        "[1,2]",
+        b"\x00\xff",
+        '{"event_type":"nope"}',
+    ]
+    for junk in junk_frames:
         router.handle_frame("c1", junk)
     router.handle_frame("c1", frames.PRICE_CHANGE_LEGACY)
     router.handle_frame("c1", frames.LAST_TRADE_PRICE)

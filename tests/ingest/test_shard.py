@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,15 @@ from services.ingest.shard import ANY_SHARD, Shard, shard_of
 from shared.config import ConfigError, load_section
 from shared.messages import MarketLifecycle, Message
 from tests.ingest.frames import ASSET
+
+
+def publish_into(out: list[tuple[str, Message]], topic: str, msg: Message) -> None:
+    out.append((topic, msg))
+
+
+def report_into(got: list[str], kind: str, market: str, assets: Sequence[str], wire: object) -> None:
+    got.extend(assets)
+
 
 MARKET = "0x" + "ab" * 32
 
@@ -100,9 +111,9 @@ def test_broadcasts_published_and_reported_only_for_own_assets(kind: str) -> Non
         out: list[tuple[str, Message]] = []
         got: list[str] = []
         router = Router(
-            lambda t, m, out=out: out.append((t, m)),
+            partial(publish_into, out),
             owns=Shard(i, 3).owns,
-            on_lifecycle=lambda k, m, a, w, got=got: got.extend(a),
+            on_lifecycle=partial(report_into, got),
         )
         for _ in range(2):  # every connection receives the broadcast: still one message per asset
             router.handle_frame("c1", broadcast(kind, assets))

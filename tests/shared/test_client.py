@@ -2,7 +2,7 @@
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import pytest
 
@@ -12,6 +12,12 @@ from shared.messages import Message, Price, SnapshotReply
 from shared.snapshot import SnapshotServer
 from tests.helpers import eventually
 from tests.ports import tcp_endpoint
+
+
+async def close(stream: AsyncIterator[object]) -> None:
+    """subscribe() and follow() are async generators, typed as the iterators they are used as."""
+    assert isinstance(stream, AsyncGenerator)
+    await stream.aclose()
 
 
 async def test_subscribe_waits_for_the_publisher_then_yields() -> None:
@@ -24,7 +30,7 @@ async def test_subscribe_waits_for_the_publisher_then_yields() -> None:
             pub.publish("px.pm.a", Price(symbol="pm.a", price=0.42))
             await asyncio.wait([first], timeout=0.05)
         topic, msg = first.result()
-        await stream.aclose()
+        await close(stream)
     assert topic == "px.pm.a"
     assert isinstance(msg, Price) and msg.price == 0.42
 
@@ -58,7 +64,7 @@ async def test_follow_starts_from_the_snapshot_and_skips_what_it_already_holds()
         await asyncio.wait_for(read(3), 10)  # the snapshot: its header, a and b
         update("c", 3.0)  # after the snapshot: must arrive as an update
         await asyncio.wait_for(read(4), 10)
-        await stream.aclose()
+        await close(stream)
         await server.close()
     assert isinstance(got[0][1], SnapshotReply) and got[0][1].count == 2
     seen = [(topic, msg.symbol, msg.price) for topic, msg in got[1:]]  # type: ignore[attr-defined]
@@ -125,7 +131,7 @@ async def test_follow_seeds_each_topics_gap_check_from_its_snapshot_item(
         with caplog.at_level(logging.WARNING, "poolwire.bus"):
             pub.publish("px.a", Price(symbol="a", price=5.0))
             topic, update = await asyncio.wait_for(anext(stream), 10)
-        await stream.aclose()
+        await close(stream)
         await server.close()
     assert (topic, update.topic_seq) == ("px.a", 5)
     assert "gap on px.a" in caplog.text and "1 message(s) lost" in caplog.text

@@ -398,12 +398,12 @@ class Trader:
             zero_for_one = rng.random() < 0.5
             amount = rng.randint(10**16, 10**20)
             tin, tout = (t0, t1) if zero_for_one else (t1, t0)
-            params = (tin, tout, pool.fee, c.me, 2**40, amount, 0, 0)
+            swap = (tin, tout, pool.fee, c.me, 2**40, amount, 0, 0)
             c.send(
                 c.router,
                 calldata(
                     "exactInputSingle((address,address,uint24,address,uint256,uint256,uint256,uint160))",
-                    params,
+                    swap,
                 ),
             )
         else:

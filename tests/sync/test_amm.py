@@ -94,7 +94,7 @@ def _evm_tickmath() -> tuple[Callable[[int], int], Callable[[int], int]]:
     pyrevm = pytest.importorskip("pyrevm")
     if not TICKMATH_ARTIFACT.exists():
         pytest.skip("npm package @uniswap/v4-core not installed (make node-deps)")
-    from eth_abi import decode, encode
+    from eth_abi.abi import decode, encode
     from eth_hash.auto import keccak
 
     code = json.loads(TICKMATH_ARTIFACT.read_text())["bytecode"]["object"]

@@ -31,7 +31,8 @@ def sock_path() -> AsyncIterator[str]:  # type: ignore[misc]
 
 async def start(path: str, *, capacity: int = 10_000, events: int = 10) -> tuple[ExExServer, ExExClient]:
     server = await ExExServer(SimChain(seed=3, events_per_block=events), path).start()
-    client = ExExClient(path, capacity=capacity).start()
+    client = ExExClient(path, capacity=capacity)
+    client.start()
     await asyncio.wait_for(server.connected.wait(), 5)
     await asyncio.wait_for(client.connected.wait(), 5)
     return server, client

@@ -3,6 +3,8 @@ on top (overlap applied once, the socket's reverts of blocks applied from JSON-R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.sync.buffer import Block
 from services.sync.coordinator import StartupCoordinator
 from services.sync.follower import LogFollower
@@ -69,7 +71,9 @@ class Node(LogFollower):
 
 
 class NoScraper:
-    async def scrape(self, specs: object, batch_size: int) -> ScrapeResult:
+    async def scrape(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
         raise AssertionError("resuming scrapes nothing")
 
 
@@ -146,7 +150,7 @@ async def test_a_stream_starting_after_the_caught_up_head_is_joined_by_catching_
     async def grow() -> None:
         node.chain += [block(13), block(14)]
 
-    node.clock.sleep = lambda _s: grow()  # type: ignore[method-assign,assignment,return-value]
+    node.clock.sleep = lambda _s: grow()  # type: ignore[method-assign,assignment]
     coord, ok = await resume(socket, node)
     assert ok
     assert coord.processor.head == (15, block_hash(15))
@@ -157,7 +161,7 @@ async def test_a_buffer_that_does_not_join_the_caught_up_chain_means_a_scrape() 
     socket = Socket()
     socket.feed(block(14), block(15))
     node = Node([block(11), block(12)])  # never reaches 13
-    node.clock.sleep = lambda _s: _nothing()  # type: ignore[method-assign,assignment,return-value]
+    node.clock.sleep = lambda _s: _nothing()  # type: ignore[method-assign,assignment]
     coord, ok = await resume(socket, node)
     assert not ok and not coord.live and socket.mode == "buffering"
 

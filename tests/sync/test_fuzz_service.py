@@ -21,7 +21,7 @@ import zmq.asyncio
 from services.simulator.exex_chain import SimChain
 from services.simulator.exex_server import ExExServer
 from shared.bus import Subscriber
-from shared.exex import PoolUpdate
+from shared.exex import AnyExEx, PoolUpdate
 from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, PoolSpec, PoolState
 from shared.snapshot import request_snapshot
 from tests.helpers import spawn
@@ -180,8 +180,9 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                     begin, updates, end = chain.next_block()
                     extra = bad_updates(begin.number)
                     end.num_updates += len(extra)
+                    sent: list[AnyExEx] = [begin, *extra, *updates, end]
                     for conn in list(server.conns):
-                        for msg in [begin, *extra, *updates, end]:
+                        for msg in sent:
                             conn.send(msg)
                     await server.drain()
                 await metrics_until('poolwire_sync_events_skipped_total{reason="overflow"}', 4)

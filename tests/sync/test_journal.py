@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -28,7 +29,7 @@ def state(proc: EventProcessor) -> dict[bytes, tuple[object, ...]]:
 
 
 def mint(block: int, lower: int, upper: int, delta: int, log: int = 0) -> PoolUpdate:
-    kind = "Mint" if delta > 0 else "Burn"
+    kind: Literal["Mint", "Burn"] = "Mint" if delta > 0 else "Burn"
     return PoolUpdate(
         seq=0, block=block, tx=0, log=log, pool=V3_POOL, protocol="v3", kind=kind,
         tick_lower=lower, tick_upper=upper, liquidity_delta=delta,

@@ -63,7 +63,9 @@ class FakeScraper:
         self.progress = ScrapeProgress()
         self.block = SCRAPE_BLOCK
 
-    async def scrape(self, specs: Sequence[PoolSpec], batch_size: int) -> ScrapeResult:
+    async def scrape(
+        self, specs: Sequence[PoolSpec], batch_size: int, at: tuple[int, bytes] | None = None
+    ) -> ScrapeResult:
         self.calls.append(("/".join(sorted({s.protocol for s in specs})), batch_size))
         if len(self.calls) == 1:
             for n in range(SCRAPE_BLOCK - 1, SCRAPE_BLOCK + 3):

@@ -6,6 +6,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import msgspec
 import yaml
 
 from services.simulator.exex_chain import SimChain, SimPool
@@ -89,8 +90,9 @@ async def test_cold_start_live_reorgs_and_whitelist_add_over_real_sockets() -> N
                 assert prices and all(p.symbol.startswith("dex.0x") for p in prices)
 
                 await pusher.send(
-                    WhitelistAdd(pools=[PoolSpec(**spec(chain.pools[k])) for k in later]), timeout=5
-                )  # type: ignore[arg-type]
+                    WhitelistAdd(pools=[msgspec.convert(spec(chain.pools[k]), PoolSpec) for k in later]),
+                    timeout=5,
+                )
                 for _ in range(200):
                     await blocks_until(chain.number + 1)
                     header, items = await request_snapshot(snap, timeout=5)

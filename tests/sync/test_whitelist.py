@@ -104,7 +104,7 @@ def test_a_bad_configured_pool_is_a_config_error_naming_it() -> None:
         convert(raw, SyncConfig, "sync")
 
 
-def _add(pools: list[object], **envelope: object) -> bytes:
+def _add(pools: object, **envelope: object) -> bytes:
     return msgspec.msgpack.encode(
         {"type": "WhitelistAdd", "publisher": "cli", "seq": 4, **envelope, "pools": pools}
     )
