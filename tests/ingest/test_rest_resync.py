@@ -21,7 +21,7 @@ from services.simulator.polymarket import PolymarketServer
 from shared.bus import Subscriber
 from shared.clock import FakeClock
 from shared.messages import BookSnapshot
-from tests.helpers import spawn
+from tests.helpers import eventually, spawn
 from tests.ingest.test_integration import metric, scraped_until, stop, write_config
 from tests.ports import free_port
 
@@ -126,13 +126,15 @@ async def test_ingest_resyncs_by_rest_and_falls_back_to_resubscribing(tmp_path: 
 
                 async def books_of(asset: str, n: int) -> BookSnapshot:
                     seen: list[BookSnapshot] = []
-                    deadline = asyncio.get_running_loop().time() + 20
-                    while len(seen) < n:
-                        if asyncio.get_running_loop().time() > deadline:
-                            raise AssertionError(f"no book of {asset} published")
+
+                    async def receive() -> None:
                         for _, m in await sub.recv_batch(timeout=1):
                             if isinstance(m, BookSnapshot) and m.asset == asset:
                                 seen.append(m)
+
+                    await eventually(
+                        lambda: len(seen) >= n, wake=receive, timeout=20, what=f"{n} books of {asset}"
+                    )
                     return seen[-1]
 
                 async def pinned() -> bool:

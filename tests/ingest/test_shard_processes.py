@@ -72,13 +72,19 @@ async def test_two_shards_split_discovery_force_subscribe_and_broadcasts(tmp_pat
                 made = await server.new_markets(4)
                 new = {a.asset_id for m in made for a in m.assets}
                 announced: dict[str, set[str]] = {}
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 20
-                while set(announced) != new:
-                    assert loop.time() < deadline, "new_market announcements"
+
+                async def receive() -> None:
                     for _, msg in await sub.recv_batch(timeout=0.5):
                         if isinstance(msg, MarketLifecycle) and msg.status == "new":
                             announced.setdefault(msg.asset, set()).add(msg.publisher)
+
+                await eventually(
+                    lambda: set(announced) == new,
+                    wake=receive,
+                    timeout=20,
+                    what="new_market announcements",
+                    state=lambda: sorted(announced),
+                )
                 for asset, publishers in announced.items():
                     assert publishers == {f"ingest-{shard_of(asset, 2)}"}, asset
                 assert sub.stats.gaps == 0

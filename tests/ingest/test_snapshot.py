@@ -235,11 +235,12 @@ class Followed:
 
 
 async def collect(sub: Subscriber, log: list[Message], done: Callable[[], bool], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done():
-        assert loop.time() < deadline, "timed out collecting"
+    async def receive() -> None:
         log.extend(msg for _, msg in await sub.recv_batch(timeout=0.5))
+
+    await eventually(
+        done, wake=receive, timeout=timeout, what="the messages collected", state=lambda: len(log)
+    )
 
 
 @pytest.mark.slow
