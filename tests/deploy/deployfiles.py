@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT as ROOT
 
 DEPLOY = ROOT / "deploy"
 CONFIG = DEPLOY / "poolwire.yaml"

@@ -30,7 +30,8 @@ import pytest
 from shared.messages import ZoneCreated
 from tests.deploy.deployfiles import DEPLOY, compose, containers, interpolate
 from tests.e2e.pipeline import BUS_SERVICES, DEMO_CONFIG, Collector, demo_config, demo_pool_keys, procfile
-from tests.helpers import ROOT, free_port, require_binary
+from tests.helpers import ROOT, require_binary
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 

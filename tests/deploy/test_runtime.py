@@ -17,8 +17,9 @@ import pytest
 
 from shared.bus import Subscriber
 from tests.deploy.deployfiles import DASHBOARD, ROOT
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
 from tests.ingest.test_integration import simulator
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent

@@ -44,7 +44,8 @@ from shared.messages import (
     ZoneTouched,
 )
 from shared.snapshot import request_snapshot
-from tests.helpers import ROOT, free_port, python_env
+from tests.helpers import ROOT, eventually, python_env
+from tests.ports import free_port
 
 PROCFILE = ROOT / "Procfile.demo"
 DEMO_CONFIG = ROOT / "deploy" / "demo.yaml"
@@ -542,16 +543,7 @@ class Collector:
 
     async def until(self, cond: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
         """Wait (bounded) until ``cond()`` holds, re-checking whenever messages arrive."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                text = what() if callable(what) else what
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {text}")
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
+        await eventually(cond, wake=self.changed, timeout=timeout, what=what)
 
     # -- views ---------------------------------------------------------------------------------------
 
@@ -712,15 +704,7 @@ class Mirror:
             self.changed.set()
 
     async def until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), remaining)
+        await eventually(cond, wake=self.changed, timeout=timeout, what=what)
 
     async def state_matching_snapshot(self, timeout: float = 10.0) -> tuple[dict[str, Any], dict[str, Any]]:
         """Take a fresh snapshot; return it and this consumer's state at the snapshot's seq."""

@@ -14,6 +14,7 @@ import contextlib
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from shared.bus import Publisher, Subscriber
 from shared.messages import AlertFired, Price
 from tests.alerts.conftest import redis_url  # noqa: F401 - the session's redis-server, for store=redis
 from tests.e2e.pipeline import Proc
-from tests.helpers import free_port, python_env, tcp_endpoint
+from tests.helpers import eventually, python_env
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 S = 1_000_000_000
@@ -110,16 +112,17 @@ async def test_kill_9_with_a_job_in_flight_loses_no_evaluation(
         ):
             price = 0.5
 
-            async def pump_until(done: object, timeout: float, what: str) -> None:
-                """Move pm.x's price (every 0.1 s, or as alerts arrive) until ``done()``."""
+            async def pump() -> None:
                 nonlocal price
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + timeout
-                while not done():  # type: ignore[operator]
-                    assert loop.time() < deadline, f"timed out waiting for {what}\n{alerts.tail()}"
-                    price += 0.001
-                    prices.publish("px.pm.x", Price(symbol="pm.x", price=price))
-                    got.extend(m for _, m in await sub.recv_batch(timeout=0.1) if isinstance(m, AlertFired))
+                price += 0.001
+                prices.publish("px.pm.x", Price(symbol="pm.x", price=price))
+                got.extend(m for _, m in await sub.recv_batch(timeout=0.1) if isinstance(m, AlertFired))
+
+            async def pump_until(done: Callable[[], object], timeout: float, what: str) -> None:
+                """Move pm.x's price (every 0.1 s, or as alerts arrive) until ``done()``."""
+                await eventually(
+                    lambda: bool(done()), wake=pump, timeout=timeout, what=lambda: f"{what}\n{alerts.tail()}"
+                )
 
             alerts.start()
             await sub.wait_for_publisher("alerts", timeout=20)

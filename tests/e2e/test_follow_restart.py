@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from shared.bus import Pusher, Subscriber
 from shared.client import follow
 from shared.messages import DetectorEvent, Message, SnapshotReply, ZoneCreated, ZoneSnapshotItem
 from tests.e2e.pipeline import Proc
-from tests.helpers import free_port, python_env, tcp_endpoint
+from tests.helpers import eventually, python_env
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +49,8 @@ async def test_follow_sees_the_restarted_owners_updates(tmp_path: Path) -> None:
             seen.append((topic, msg))
             changed.set()
 
-    async def until(cond: object, timeout: float, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():  # type: ignore[operator]
-            assert loop.time() < deadline, f"timed out waiting for {what}\n{registry.tail()}"
-            changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+    async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+        await eventually(cond, wake=changed, timeout=timeout, what=lambda: f"{what}\n{registry.tail()}")
 
     def zone(symbol: str) -> DetectorEvent:
         return DetectorEvent(
@@ -89,17 +85,24 @@ async def test_follow_sees_the_restarted_owners_updates(tmp_path: Path) -> None:
             restarts = plain.stats.restarts
             registry.kill9()
             registry.start()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while plain.stats.restarts == restarts:  # the new incarnation's first heartbeat
-                assert loop.time() < deadline, f"registry did not come back\n{registry.tail()}"
-                await plain.recv_batch(timeout=0.5)
+            await eventually(
+                lambda: plain.stats.restarts != restarts,  # the new incarnation's first heartbeat
+                wake=lambda: plain.recv_batch(timeout=0.5),
+                timeout=20,
+                what=lambda: f"registry back\n{registry.tail()}",
+            )
             await pusher.send(zone("pm.new"), timeout=5)
-            while not any(
-                isinstance(m, ZoneCreated) and m.zone.symbol == "pm.new"
-                for _, m in await plain.recv_batch(timeout=1)
-            ):
-                assert loop.time() < deadline + 10, "the new zone was not published"
+            published: list[tuple[str, Message]] = []
+
+            async def receive() -> None:
+                published.extend(await plain.recv_batch(timeout=1))
+
+            await eventually(
+                lambda: any(isinstance(m, ZoneCreated) and m.zone.symbol == "pm.new" for _, m in published),
+                wake=receive,
+                timeout=10,
+                what="pm.new published",
+            )
 
         def has_new_zone() -> bool:  # as an update, or in the state fetched from the new incarnation
             return any(

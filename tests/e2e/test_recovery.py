@@ -56,7 +56,7 @@ from tests.e2e.pipeline import (
     sim_stats,
     zone_key,
 )
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from tests.e2e.pipeline import Endpoints, honcho
-from tests.helpers import ROOT
+from tests.helpers import ROOT, eventually
 
 Msg = dict[str, Any]
 ENVELOPE = {"publisher", "seq", "topic_seq", "publish_ns"}
@@ -115,14 +115,11 @@ def price_state(msg: Msg) -> Msg:
 
 
 async def read_until(sub: zmq.asyncio.Socket, owner: Owner, done: Callable[[], bool], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done():
-        remaining = deadline - loop.time()
-        assert remaining > 0, f"{owner.service}: timed out reading its stream"
-        if await sub.poll(remaining * 1000):
-            topic, payload = await sub.recv_multipart()
-            owner.frames.append((topic.decode(), unpack(payload)))
+    async def receive() -> None:
+        topic, payload = await sub.recv_multipart()
+        owner.frames.append((topic.decode(), unpack(payload)))
+
+    await eventually(done, wake=receive, timeout=timeout, what=f"{owner.service}'s stream")
 
 
 def heartbeat_after(owner: Owner, publisher: str, seq: int) -> bool:
@@ -261,14 +258,19 @@ async def check_blocks_and_heartbeats(ctx: zmq.asyncio.Context, ep: Endpoints) -
     sub.connect(ep.sync_pub)
     seen: dict[str, list[Msg]] = {"BlockUpdate": [], "PoolState": [], "Heartbeat": []}
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while min(len(v) for v in seen.values()) < 3:
-            assert loop.time() < deadline, {k: len(v) for k, v in seen.items()}
-            if await sub.poll(1000):
-                _, payload = await sub.recv_multipart()
-                for msg in unpack(payload):
-                    seen[msg["type"]].append(msg)
+
+        async def receive() -> None:
+            _, payload = await sub.recv_multipart()
+            for msg in unpack(payload):
+                seen[msg["type"]].append(msg)
+
+        await eventually(
+            lambda: min(len(v) for v in seen.values()) >= 3,
+            wake=receive,
+            timeout=30,
+            what="three of each of sync's messages",
+            state=lambda: {k: len(v) for k, v in seen.items()},
+        )
     finally:
         sub.close()
     assert all(m["event_ns"] > 0 for m in seen["BlockUpdate"] + seen["PoolState"])
