@@ -27,6 +27,9 @@ from shared.ratelog import RateLimitedLog
 # ~0.5 ms, so longer turns carry a burst faster (replay: 2 ms turns 14 k ticks/s, 10 ms 18 k).
 TURN_BUDGET_S = 0.002
 TURN_MAX_S = 0.02
+# Once a price caused a zone event, the turn ends within this, so that the event (a touch the
+# pipeline waits for) does not wait for the rest of a 20 ms turn to be published.
+EVENT_WAIT_S = 0.001
 
 
 class Intake:
@@ -99,11 +102,17 @@ class Intake:
         until = t0 + self.turn_budget(now)
         latest = now + self.limits.horizon_ns
         oldest = 0
+        evented = False
         i = start
         n = len(batch)
         while i < n:
-            if not i & 63 and i > start and time.perf_counter() > until:
-                break
+            if not i & 15 and i > start:
+                t = time.perf_counter()
+                if t > until:
+                    break
+                if not evented and reg.events:
+                    evented = True
+                    until = min(until, t + EVENT_WAIT_S)
             msg = batch[i][1]
             i += 1
             if not isinstance(msg, Price):

@@ -1,15 +1,18 @@
-"""Zone events go out only after the store committed their changes, in order, with the commit on a
-thread of its own; a failed write keeps its changes and the events still go out."""
+"""Zone events go out only after the store committed their changes, in order: small writes on the
+loop, larger ones on the store's thread, one at a time (group commit); a failed write keeps its
+changes and the events still go out."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import services.registry.store as store_module
 from services.registry.outbox import Outbox
 from services.registry.store import Batch, ZoneStore
 from shared.messages import Message, Zone, ZoneCreated
@@ -54,7 +57,14 @@ class GatedStore(ZoneStore):
         super().write(batch)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
 async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None:
+    """On the store's thread: events behind a write in flight go as one write once it is done."""
     store = GatedStore(tmp_path / "z.sqlite")
     seen: list[tuple[str, set[str]]] = []
 
@@ -62,7 +72,7 @@ async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None
         for e in events:
             seen.append((e.zone.id, set(stored(store.path))))  # type: ignore[attr-defined]
 
-    outbox = Outbox(store, publish)
+    outbox = Outbox(store, publish, inline_bytes=0)
     runner = asyncio.create_task(outbox.run())
     try:
         for i in range(3):
@@ -73,11 +83,10 @@ async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None
         for _ in range(20):  # the outbox task runs: it has nothing to publish yet
             await asyncio.sleep(0)
         assert seen == []
-        assert outbox.in_flight == 4
+        assert outbox.in_flight == 1 and outbox.waiting == 3
+        assert store.pending == 2  # zones 1 and 2: the next write, one for both
         store.gate.set()
-        async with asyncio.timeout(10):
-            while outbox.in_flight:
-                await asyncio.sleep(0.001)
+        await until(lambda: len(seen) == 4)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -87,6 +96,98 @@ async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None
         assert zid in committed  # each event out only once its zone was in the file
         assert len(committed) >= n + 1
     assert store.threads == {"registry-store_0"}
+    assert store.writes == 3 and store.pending == 0
+    store.close()
+
+
+async def test_a_small_write_is_committed_on_the_loop_before_its_events_go_out(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "z.sqlite")
+    store.gate.set()
+    seen: list[tuple[str, set[str]]] = []
+    outbox = Outbox(
+        store, lambda events, _: seen.extend((e.zone.id, set(stored(store.path))) for e in events)
+    )  # type: ignore[attr-defined]
+    store.changed(zone(1))
+    outbox.send([ZoneCreated(zone=zone(1))])
+    assert seen == [("H1_000001", {"H1_000001"})]  # published in send, after the commit
+    assert outbox.in_flight == 0 and store.threads == {threading.current_thread().name}
+    outbox.close()
+    store.close()
+
+
+async def test_a_burst_behind_a_write_goes_as_one_write(tmp_path: Path) -> None:
+    """Group commit: the first change starts a write; the 200 sends behind it make one more."""
+    store = GatedStore(tmp_path / "z.sqlite")
+    out: list[str] = []
+    outbox = Outbox(store, lambda events, _: out.extend(e.zone.id for e in events), inline_bytes=0)  # type: ignore[attr-defined]
+    runner = asyncio.create_task(outbox.run())
+    writes: list[int] = []
+    write = store.write
+    store.write = lambda batch: (writes.append(batch.rows), write(batch))[1]  # type: ignore[method-assign]
+    try:
+        for i in range(201):
+            store.changed(zone(i))
+            outbox.send([ZoneCreated(zone=zone(i))])
+        store.gate.set()
+        await until(lambda: len(out) == 201)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        outbox.close()
+    assert writes == [1, 200]
+    assert out == [f"H1_{i:06d}" for i in range(201)]
+    assert len(stored(store.path)) == 201
+    store.close()
+
+
+async def test_the_input_is_held_while_too_many_events_wait(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "z.sqlite")
+    out: list[str] = []
+    outbox = Outbox(
+        store, lambda events, _: out.extend(e.zone.id for e in events), inline_bytes=0, max_waiting=5
+    )  # type: ignore[attr-defined]
+    runner = asyncio.create_task(outbox.run())
+    try:
+        for i in range(6):
+            store.changed(zone(i))
+            outbox.send([ZoneCreated(zone=zone(i))])
+        await outbox.wait_room()  # one written, 5 wait: not yet too many
+        store.changed(zone(7))
+        outbox.send([ZoneCreated(zone=zone(7))])
+        held = asyncio.create_task(outbox.wait_room())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not held.done()
+        store.gate.set()
+        async with asyncio.timeout(10):
+            await held
+        await until(lambda: len(out) == 7)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        outbox.close()
+    store.close()
+
+
+async def test_checkpoints_run_beside_the_writes_once_enough_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic checkpoints are off (one ran inside a commit, with an fsync); the outbox asks for
+    one on the checkpoint thread after CHECKPOINT_BYTES of writes."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_BYTES", 50_000)
+    store = ZoneStore(tmp_path / "z.sqlite")
+    outbox = Outbox(store, lambda events, _: None)
+    empty = store.path.stat().st_size
+    for i in range(100):  # ~15 kB: below the checkpoint size, so everything stays in the WAL
+        store.changed(zone(i))
+        outbox.send([ZoneCreated(zone=zone(i))])
+    assert store.path.stat().st_size == empty
+    for i in range(100, 400):
+        store.changed(zone(i))
+        outbox.send([ZoneCreated(zone=zone(i))])
+    outbox.close()  # waits for the checkpoint
+    assert store.path.stat().st_size > empty + 50_000
+    assert len(stored(store.path)) == 400
     store.close()
 
 
