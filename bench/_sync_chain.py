@@ -1,4 +1,12 @@
-"""sync on a real local node (anvil + the real Uniswap contracts): JSON-RPC scrape and catch-up rates."""
+"""sync on a real local node (anvil + the real Uniswap contracts): JSON-RPC scrape and catch-up rates.
+
+- ``scrape_v2_pools_per_s`` / ``scrape_v2_round_trips``: ``RpcScraper`` scraping 1 000 V2 pools in
+  batches of 500 (one pass; no pool may fail), and the HTTP round trips it took.
+- ``scrape_v3_pools_per_s`` / ``scrape_v3_round_trips``: 60 V3 pools with every initialized tick,
+  batches of 50.
+- ``catchup_blocks_per_s`` / ``catchup_events_per_s``: from a scrape of the test pools, 1 000 blocks
+  of trading caught up over ``eth_getLogs`` by ``LogFollower`` and applied; one pass.
+"""
 
 from __future__ import annotations
 

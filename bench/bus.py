@@ -8,8 +8,10 @@
 - wire v2 (``_v2`` figures): the same runs with ``Publisher(wire_version=2)``, one envelope per
   frame and array bodies; its raw limit sends pre-encoded v2 frames of 100 messages (fewer bytes
   than v1's), so each version's ratio is to the transport moving that version's bytes.
-- latency: 10 k msgs/s paced, receive time minus the sender's event_ns, p50/p99 (the median of
-  three rounds: the host preempts this VM's vCPUs, and one round's p99 swings tenfold).
+- latency: 10 k msgs/s paced, receive time minus the sender's event_ns, in three rounds (raw and
+  poolwire alternating). ``p50_us``/``p99_us`` are over every message of all rounds;
+  ``p99_us_median_round`` is the median of the rounds' own p99s (the host preempts this VM's vCPUs,
+  and one round's p99 swings tenfold: a preempted round moves the first, not the second).
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def run() -> dict[str, dict[str, Any]]:
     pw_batched_v2 = poolwire_run("pw-batched", BATCHED_N, batching=True, wire_version=2)
     pw_many_v2 = poolwire_run("pw-batched", BATCHED_N, batching=True, many=True, wire_version=2)
     # This machine is a VM whose vCPUs the host preempts: one 2 s sample's p99 swings 10x. Rounds
-    # of raw and poolwire alternate, and the median round is reported for each.
+    # of raw and poolwire alternate; the percentiles are over all rounds, the median round's beside.
     raw_rounds, pw_rounds, pw_rounds_v2 = [], [], []
     for _ in range(LATENCY_ROUNDS):
         raw_rounds.append(raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"])
@@ -193,6 +195,9 @@ def run() -> dict[str, dict[str, Any]]:
         pw_rounds_v2.append(
             poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True, wire_version=2)["latency_us"]
         )
+
+    def all_rounds(rounds: list[list[float]], q: float) -> float:
+        return _pct([x for r in rounds for x in r], q)
 
     def median_round(rounds: list[list[float]], q: float) -> float:
         return sorted(_pct(r, q) for r in rounds)[len(rounds) // 2]
@@ -209,10 +214,12 @@ def run() -> dict[str, dict[str, Any]]:
         "bus.batched_ratio": (rate(pw_batched) / rate(raw_batched), "ratio", ">= 0.6"),
         "bus.publish_many_msgs_per_s": (rate(pw_many), "msg/s", None),
         "bus.publish_many_ratio": (rate(pw_many) / rate(raw_batched), "ratio", ">= 0.6"),
-        "bus.raw_p50_us": (median_round(raw_rounds, 0.50), "us", None),
-        "bus.raw_p99_us": (median_round(raw_rounds, 0.99), "us", None),
-        "bus.p50_us": (median_round(pw_rounds, 0.50), "us", None),
-        "bus.p99_us": (median_round(pw_rounds, 0.99), "us", "<= 1000"),
+        "bus.raw_p50_us": (all_rounds(raw_rounds, 0.50), "us", None),
+        "bus.raw_p99_us": (all_rounds(raw_rounds, 0.99), "us", None),
+        "bus.p50_us": (all_rounds(pw_rounds, 0.50), "us", None),
+        "bus.p99_us": (all_rounds(pw_rounds, 0.99), "us", "<= 1000"),
+        "bus.raw_p99_us_median_round": (median_round(raw_rounds, 0.99), "us", None),
+        "bus.p99_us_median_round": (median_round(pw_rounds, 0.99), "us", None),
         "bus.raw_batched_msgs_per_s_v2": (rate(raw_batched_v2), "msg/s", None),
         "bus.single_msgs_per_s_v2": (rate(pw_single_v2), "msg/s", None),
         "bus.batched_msgs_per_s_v2": (rate(pw_batched_v2), "msg/s", None),
@@ -220,8 +227,9 @@ def run() -> dict[str, dict[str, Any]]:
         "bus.batched_ratio_v2": (rate(pw_batched_v2) / rate(raw_batched_v2), "ratio", ">= 0.6"),
         "bus.publish_many_msgs_per_s_v2": (rate(pw_many_v2), "msg/s", None),
         "bus.publish_many_ratio_v2": (rate(pw_many_v2) / rate(raw_batched_v2), "ratio", ">= 0.6"),
-        "bus.p50_us_v2": (median_round(pw_rounds_v2, 0.50), "us", None),
-        "bus.p99_us_v2": (median_round(pw_rounds_v2, 0.99), "us", "<= 1000"),
+        "bus.p50_us_v2": (all_rounds(pw_rounds_v2, 0.50), "us", None),
+        "bus.p99_us_v2": (all_rounds(pw_rounds_v2, 0.99), "us", "<= 1000"),
+        "bus.p99_us_v2_median_round": (median_round(pw_rounds_v2, 0.99), "us", None),
     }
     return {k: {"value": v, "unit": u, "goal": g} for k, (v, u, g) in figures.items()}
 

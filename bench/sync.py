@@ -1,4 +1,16 @@
-"""sync: events applied per second (V2, V3/V4), replay of 60 k buffered events, buffer bytes per event."""
+"""sync in-process: the event processor's rates, the replay of a buffer, its memory, a quote.
+
+- ``v2_events_per_s``: 200 k generated V2 Sync/Swap events over 1 000 pools, 200 a block, through
+  ``EventProcessor.apply_block`` (journal depth 64); best of 3 passes.
+- ``v3_events_per_s``: 100 k generated V3/V4 events (swaps, mints, burns across ticks) on the test
+  pools, 200 a block, journaled for reverts; best of 3.
+- ``replay_60k_s``: 60 k mixed events held encoded in an ``EventBuffer`` (400 blocks of 150), taken
+  out and applied, as when the pools being added are installed; best of 3. Building the buffer is
+  not timed.
+- ``bytes_per_buffered_event``: tracemalloc's growth for building that buffer, / 60 k.
+- ``quote_us``: one exact V3 quote of 1e21 in, crossing ticks, after 50 blocks; mean of 2 000.
+- The JSON-RPC figures (scrape, catch-up) come from ``bench/_sync_chain.py`` when anvil is installed.
+"""
 
 from __future__ import annotations
 
