@@ -24,7 +24,7 @@ from shared.bus import Subscriber
 from shared.exex import AnyExEx, PoolUpdate
 from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, PoolSpec, PoolState
 from shared.snapshot import request_snapshot
-from tests.helpers import spawn
+from tests.helpers import eventually, spawn
 from tests.ports import free_port, tcp_endpoint
 from tests.sync.test_service import assert_matches, spec
 
@@ -109,24 +109,37 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                 await sub.wait_for_publisher("sync", timeout=20)
                 await asyncio.wait_for(server.connected.wait(), 20)
 
+                async def next_block() -> None:
+                    await server.block()
+                    for _topic, msg in await sub.recv_batch(timeout=0.1):
+                        if isinstance(msg, BlockUpdate):
+                            seen.append(msg)
+
                 async def blocks_until(number: int) -> None:
-                    for _ in range(300):
-                        await server.block()
-                        for _topic, msg in await sub.recv_batch(timeout=0.1):
-                            if isinstance(msg, BlockUpdate):
-                                seen.append(msg)
-                        if any(b.status == "committed" and b.number >= number for b in seen):
-                            return
-                        assert proc.poll() is None
-                    raise AssertionError(f"no committed block {number}")
+                    await eventually(
+                        lambda: any(b.status == "committed" and b.number >= number for b in seen),
+                        wake=next_block,
+                        timeout=45,
+                        what=f"committed block {number}",
+                        process=proc,
+                    )
 
                 async def metrics_until(name: str, value: float) -> dict[str, float]:
-                    for _ in range(300):
-                        figures = await asyncio.to_thread(scrape, port)
-                        if figures.get(name, 0) >= value:
-                            return figures
+                    figures = await asyncio.to_thread(scrape, port)
+
+                    async def block_and_scrape() -> None:
                         await blocks_until(chain.number + 1)
-                    raise AssertionError(f"{name} never reached {value}: {figures.get(name)}")
+                        figures.update(await asyncio.to_thread(scrape, port))
+
+                    await eventually(
+                        lambda: figures.get(name, 0) >= value,
+                        wake=block_and_scrape,
+                        timeout=90,
+                        what=f"{name} >= {value}",
+                        state=lambda: figures.get(name),
+                        process=proc,
+                    )
+                    return figures
 
                 await blocks_until(5)
 

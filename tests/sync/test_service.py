@@ -14,7 +14,7 @@ from services.simulator.exex_server import ExExServer
 from shared.bus import Pusher, Subscriber
 from shared.messages import BlockUpdate, PoolSpec, PoolState, Price, WhitelistAdd
 from shared.snapshot import request_snapshot
-from tests.helpers import spawn
+from tests.helpers import eventually, spawn
 from tests.ports import tcp_endpoint
 
 
@@ -70,18 +70,28 @@ async def test_cold_start_live_reorgs_and_whitelist_add_over_real_sockets() -> N
                 seen: list[BlockUpdate] = []
                 prices: list[Price] = []
 
+                async def receive() -> None:
+                    for _topic, msg in await sub.recv_batch(timeout=0.1):
+                        if isinstance(msg, BlockUpdate):
+                            seen.append(msg)
+                        elif isinstance(msg, Price):
+                            prices.append(msg)
+
                 async def blocks_until(number: int, fault: str = "") -> None:
                     await server.block(fault)
-                    for _ in range(200):
-                        for _topic, msg in await sub.recv_batch(timeout=0.1):
-                            if isinstance(msg, BlockUpdate):
-                                seen.append(msg)
-                            elif isinstance(msg, Price):
-                                prices.append(msg)
-                        if any(b.status == "committed" and b.number >= number for b in seen):
-                            return
+                    await receive()
+
+                    async def next_block() -> None:
                         await server.block()
-                    raise AssertionError(f"no committed block {number}; process alive: {proc.poll() is None}")
+                        await receive()
+
+                    await eventually(
+                        lambda: any(b.status == "committed" and b.number >= number for b in seen),
+                        wake=next_block,
+                        timeout=30,
+                        what=f"committed block {number}",
+                        process=proc,
+                    )
 
                 await blocks_until(6)
                 await blocks_until(chain.number + 1, "revert")
