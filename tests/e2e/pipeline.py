@@ -249,6 +249,19 @@ class Proc:
         self.popen.send_signal(signal.SIGKILL)
         self.popen.wait(timeout=10)
 
+    async def kill9_and_restart(self, heard_by: Subscriber, timeout: float = 20) -> None:
+        """kill -9, start again, and wait until ``heard_by`` hears the new incarnation's first
+        heartbeat (its ``stats.restarts`` moves)."""
+        restarts = heard_by.stats.restarts
+        self.kill9()
+        self.start()
+        await eventually(
+            lambda: heard_by.stats.restarts != restarts,
+            wake=lambda: heard_by.recv_batch(timeout=0.5),
+            timeout=timeout,
+            what=lambda: f"{self.name} back\n{self.tail()}",
+        )
+
     def stop(self, timeout: float = 10.0) -> tuple[int, float]:
         """SIGTERM; returns the exit code and how long it took."""
         assert self.popen is not None

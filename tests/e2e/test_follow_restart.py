@@ -82,15 +82,7 @@ async def test_follow_sees_the_restarted_owners_updates(tmp_path: Path) -> None:
             assert isinstance(seen[0][1], SnapshotReply)
             assert all(isinstance(m, ZoneSnapshotItem) for _, m in seen[1:])
 
-            restarts = plain.stats.restarts
-            registry.kill9()
-            registry.start()
-            await eventually(
-                lambda: plain.stats.restarts != restarts,  # the new incarnation's first heartbeat
-                wake=lambda: plain.recv_batch(timeout=0.5),
-                timeout=20,
-                what=lambda: f"registry back\n{registry.tail()}",
-            )
+            await registry.kill9_and_restart(heard_by=plain)
             await pusher.send(zone("pm.new"), timeout=5)
             published: list[tuple[str, Message]] = []
 

@@ -353,15 +353,7 @@ async def test_follow_gets_the_books_from_the_snapshot_and_again_after_kill_9(tm
                 assert {m.asset for m in followed.base if isinstance(m, BookSnapshot)} == assets
                 await wait(lambda: len(followed.updates) > 50, 20, "updates after the snapshot")
 
-                restarts = plain.stats.restarts
-                ingest.kill9()
-                ingest.start()
-                await eventually(
-                    lambda: plain.stats.restarts != restarts,  # the new incarnation's first heartbeat
-                    wake=lambda: plain.recv_batch(timeout=0.5),
-                    timeout=20,
-                    what=lambda: f"ingest back\n{ingest.tail()}",
-                )
+                await ingest.kill9_and_restart(heard_by=plain)
 
             # follow() fetched the state again from the new incarnation and holds every book again
             await wait(

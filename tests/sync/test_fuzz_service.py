@@ -26,7 +26,7 @@ from shared.messages import ENCODER, BlockUpdate, ForceSubscribe, Heartbeat, Poo
 from shared.snapshot import request_snapshot
 from tests.helpers import eventually, spawn
 from tests.ports import free_port, tcp_endpoint
-from tests.sync.test_service import assert_matches, spec
+from tests.sync.test_service import assert_matches, spec, until_committed
 
 BAD_SPECS = [  # (spec, reason): each passes msgspec's bounds, so only sync's own checks refuse it
     (PoolSpec(protocol="v2", address="0xnothex"), "bad_address"),
@@ -116,13 +116,7 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                             seen.append(msg)
 
                 async def blocks_until(number: int) -> None:
-                    await eventually(
-                        lambda: any(b.status == "committed" and b.number >= number for b in seen),
-                        wake=next_block,
-                        timeout=45,
-                        what=f"committed block {number}",
-                        process=proc,
-                    )
+                    await until_committed(seen, number, next_block, proc, timeout=45)
 
                 async def metrics_until(name: str, value: float) -> dict[str, float]:
                     figures = await asyncio.to_thread(scrape, port)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -16,6 +18,23 @@ from shared.messages import BlockUpdate, PoolSpec, PoolState, Price, WhitelistAd
 from shared.snapshot import request_snapshot
 from tests.helpers import eventually, spawn
 from tests.ports import tcp_endpoint
+
+
+async def until_committed(
+    seen: list[BlockUpdate],
+    number: int,
+    next_block: Callable[[], Awaitable[object]],
+    proc: subprocess.Popen[str],
+    timeout: float,
+) -> None:
+    """Drive ``next_block`` (make a block, receive into ``seen``) until block ``number`` is committed."""
+    await eventually(
+        lambda: any(b.status == "committed" and b.number >= number for b in seen),
+        wake=next_block,
+        timeout=timeout,
+        what=f"committed block {number}",
+        process=proc,
+    )
 
 
 def spec(pool: SimPool) -> dict[str, object]:
@@ -85,13 +104,7 @@ async def test_cold_start_live_reorgs_and_whitelist_add_over_real_sockets() -> N
                         await server.block()
                         await receive()
 
-                    await eventually(
-                        lambda: any(b.status == "committed" and b.number >= number for b in seen),
-                        wake=next_block,
-                        timeout=30,
-                        what=f"committed block {number}",
-                        process=proc,
-                    )
+                    await until_committed(seen, number, next_block, proc, timeout=30)
 
                 await blocks_until(6)
                 await blocks_until(chain.number + 1, "revert")
