@@ -365,6 +365,222 @@ def run() -> dict[str, dict[str, Any]]:
     return out
 
 
-if __name__ == "__main__":
+# -- the real service under load: ``python -m bench.alerts load`` ---------------------------------
+
+# Started in place of ``python -m services.alerts``: with tracemalloc on, SIGUSR1 dumps a snapshot
+# to the file named by the next SIGUSR1's path file (LOAD_SNAP), so two snapshots of the live
+# process can be compared (compare_to, grouped by traceback).
+_TRACED_ENTRY = """
+import os, signal, runpy, sys, tracemalloc
+tracemalloc.start(int(os.environ.get("LOAD_FRAMES", "12")))
+def _dump(*_):
+    path = open(os.environ["LOAD_SNAP"]).read().strip()
+    tracemalloc.take_snapshot().dump(path)
+    open(path + ".done", "w").close()
+signal.signal(signal.SIGUSR1, _dump)
+sys.argv = ["services.alerts", *sys.argv[1:]]
+runpy.run_module("services.alerts", run_name="__main__")
+"""
+
+LOAD_STRATEGIES: list[dict[str, Any]] = [
+    # deploy/demo.yaml's (what the soak runs), plus the pipeline bench's event-triggered touch
+    {"id": "zone_touch", "kind": "zone_event", "bucket": "5s", "universe": ["pm.*"], "frequency": "once_per_bar"},
+    {"id": "first_zone", "kind": "zone_event", "bucket": "2s", "universe": ["pm.*"],
+     "params": {"events": ["created"]}, "frequency": "once"},
+    {"id": "sweep", "kind": "zone_event", "bucket": "5s", "universe": ["pm.*"],
+     "params": {"kinds": ["bsl", "ssl"]}, "frequency": "every", "repeat_interval": "30s"},
+    {"id": "touch", "kind": "zone_event", "trigger": "event", "universe": ["pm.*"],
+     "params": {"events": ["touched"], "kinds": ["probe"]}},
+]  # fmt: skip
+FLOW_STRATEGY = {"id": "flow", "kind": "order_flow", "bucket": "1m", "universe": ["pm.*"],
+                 "params": {"metric": "delta", "op": ">", "value": 1e9}}  # fmt: skip
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _load(args: Any) -> None:
+    import os
+    import signal
+    import tracemalloc
+
+    import yaml
+
+    from shared.bus import Publisher, Subscriber
+    from shared.constants import md_topic, px_topic, zone_topic
+    from shared.messages import AlertFired, Trade, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
+
+    tmp = Path(tempfile.mkdtemp(prefix="poolwire-alerts-load-"))
+    ep = {k: f"tcp://127.0.0.1:{free_port()}" for k in ("feed", "pub", "jobs", "results")}
+    strategies = [LOAD_STRATEGIES[-1]] if args.event_only else LOAD_STRATEGIES
+    strategies = strategies + ([FLOW_STRATEGY] if args.flow else [])
+    cfg = {
+        "common": {"data_dir": str(tmp / "data"), "log_level": "WARNING"},
+        "alerts": {"sub": [ep["feed"]], "pub": ep["pub"], "jobs": ep["jobs"], "results": ep["results"],
+                   "metrics_port": free_port(), "workers": 2, "flush_every": "100ms",
+                   "strategies": strategies},
+    }  # fmt: skip
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    snap_name = tmp / "snap-path"
+    root = Path(args.root or ROOT)  # another tree (git archive) to compare with, side by side
+    env = {**os.environ, "PYTHONPATH": str(root), "LOAD_SNAP": str(snap_name)}
+    cmd = ["-c", _TRACED_ENTRY] if args.trace else ["-m", "services.alerts"]
+    err = (tmp / "alerts.err").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, *cmd, "--config", str(tmp / "cfg.yaml")], cwd=root, env=env, stderr=err
+    )
+    pub = Publisher(ep["feed"], service="feed", hwm=1_000_000).start()
+    alerts = Subscriber(ep["pub"], ["alert.touch."])
+    sent: dict[int, int] = {}  # probe event_ns -> send time
+    lat_ms: list[float] = []
+
+    async def collect() -> None:
+        while True:
+            for _, msg in await alerts.recv_batch():
+                if isinstance(msg, AlertFired) and msg.event_ns in sent:
+                    lat_ms.append((msg.publish_ns - sent.pop(msg.event_ns)) / 1e6)
+
+    rng = random.Random(1)
+    assets = [str(10**20 + i) for i in range(args.symbols)]
+    zones: dict[str, Zone] = {}
+    n_zone = 0
+    try:
+        await alerts.wait_for_publisher("alerts", timeout=60)
+        await pub.wait_for_subscriber("px.", timeout=30)
+        task = asyncio.get_running_loop().create_task(collect())
+        t0 = time.monotonic()
+        per_tick = args.rate / 1000  # 1 ms ticks
+        due = 0.0
+        samples: list[tuple[float, float]] = []
+        snaps = [float(x) for x in args.snapshots.split(",")] if args.trace else []
+        next_sample = 0.0
+        probe_every = 1 / args.probes
+        next_probe = 1.0
+        while (t := time.monotonic() - t0) < args.seconds:
+            due += per_tick
+            while due >= 1:
+                due -= 1
+                now = time.time_ns()
+                asset = rng.choice(assets)
+                r = rng.random()
+                if r >= args.zone_share + 0.3:
+                    pub.publish(
+                        px_topic(f"pm.{asset}"), Price(symbol=f"pm.{asset}", price=rng.random(), event_ns=now)
+                    )
+                elif r >= args.zone_share:
+                    side = "buy" if r < args.zone_share + 0.15 else "sell"
+                    trade = Trade(asset=asset, price=0.5, size=rng.random() * 10, side=side, event_ns=now)
+                    pub.publish(md_topic("trade", asset), trade)
+                else:
+                    symbol = f"pm.{asset}"
+                    z = zones.get(symbol)
+                    r = rng.random()
+                    if z is None:
+                        n_zone += 1
+                        z = zones[symbol] = Zone(id=f"M1_{n_zone}", symbol=symbol, timeframe="M1",
+                                                 kind=rng.choice(("bsl", "ssl", "fvg_bullish")), top=0.6,
+                                                 bottom=0.4, strength=1.0, created_ns=now, expires_ns=now + 600 * S)  # fmt: skip
+                        pub.publish(zone_topic("created", "M1", symbol), ZoneCreated(zone=z, event_ns=now))
+                    elif r < 0.8:
+                        touched = ZoneTouched(zone=z, price=0.5, event_ns=now)
+                        pub.publish(zone_topic("touched", "M1", symbol), touched)
+                    elif r < 0.9:
+                        del zones[symbol]
+                        pub.publish(
+                            zone_topic("expired", "M1", symbol),
+                            ZoneExpired(zone=z, reason="ttl", event_ns=now),
+                        )
+                    else:
+                        del zones[symbol]
+                        pub.publish(zone_topic("removed", "M1", symbol), ZoneRemoved(zone=z, event_ns=now))
+            if t >= next_probe:
+                next_probe += probe_every
+                now = time.time_ns()
+                symbol = f"pm.{rng.choice(assets)}"
+                z = Zone(id="probe", symbol=symbol, timeframe="H1", kind="probe", top=0.6, bottom=0.4,
+                         strength=1.0, created_ns=now, expires_ns=now + 3600 * S)  # fmt: skip
+                pub.publish(zone_topic("touched", "H1", symbol), ZoneTouched(zone=z, price=0.5, event_ns=now))
+                pub.flush()
+                sent[now] = time.time_ns()
+            pub.flush()
+            if t >= next_sample:
+                next_sample += 10
+                samples.append((t, _rss_mb(proc.pid)))
+                print(
+                    f"  {t:6.0f} s: alerts RSS {samples[-1][1]:.1f} MB, probes {len(lat_ms)}", file=sys.stderr
+                )
+            if snaps and t >= snaps[0]:
+                path = tmp / f"snap-{len(snaps)}.bin"
+                snap_name.write_text(str(path))
+                proc.send_signal(signal.SIGUSR1)
+                snaps.pop(0)
+            await asyncio.sleep(max(0.0, t0 + t + 0.001 - time.monotonic()))
+        task.cancel()
+    finally:
+        await pub.close()
+        alerts.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        err.close()
+    lat_ms.sort()
+    if lat_ms:
+        q = [lat_ms[min(len(lat_ms) - 1, int(p * len(lat_ms)))] for p in (0.5, 0.99)]
+        print(f"touch -> alert (publish to publish): p50 {q[0]:.2f} ms, p99 {q[1]:.2f} ms, max {lat_ms[-1]:.2f} ms, {len(lat_ms)} probes, {len(sent)} lost or late")  # fmt: skip
+    half = [x for x in samples if x[0] >= args.seconds / 2]
+    if len(half) >= 2:
+        slope = (half[-1][1] - half[0][1]) / ((half[-1][0] - half[0][0]) / 3600)
+        print(f"RSS {samples[-1][1]:.1f} MB at the end; slope over the second half {slope:.1f} MB/hour")
+    if args.trace:
+        files = sorted(tmp.glob("snap-*.bin"), reverse=True)
+        if len(files) >= 2:
+            a, b = (tracemalloc.Snapshot.load(str(f)) for f in files[:2])
+            print("top growth between the snapshots (by traceback):")
+            for stat in b.compare_to(a, "traceback")[: args.top]:
+                print(f"{stat.size_diff / 1024:9.1f} kB {stat.count_diff:+8d} blocks")
+                for line in stat.traceback.format()[-8:]:
+                    print("      " + line)
+    print(f"logs and snapshots in {tmp}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.alerts")
+    sub = parser.add_subparsers(dest="cmd")
+    load = sub.add_parser("load", help="the real alerts process fed px/trade/zone messages")
+    load.add_argument("--symbols", type=int, default=2000)
+    load.add_argument("--rate", type=float, default=13_000, help="messages/s")
+    load.add_argument("--seconds", type=float, default=180)
+    load.add_argument("--probes", type=float, default=100, help="timed zone touches/s")
+    load.add_argument("--flow", action="store_true", help="add a bucketed order_flow strategy")
+    load.add_argument(
+        "--event-only",
+        action="store_true",
+        help="only the event-triggered touch (the pipeline bench's config)",
+    )
+    load.add_argument(
+        "--zone-share",
+        type=float,
+        default=0.02,
+        help="of the messages: zone events (trades 0.3, the rest prices)",
+    )
+    load.add_argument("--root", help="run the service from this tree (a git archive of another commit)")
+    load.add_argument("--trace", action="store_true", help="tracemalloc snapshots (slows the service)")
+    load.add_argument("--snapshots", default="60,170", help="seconds at which to take them")
+    load.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.cmd == "load":
+        import uvloop
+
+        uvloop.run(_load(args))
+        return
     for key, fig in run().items():
         print(key, fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -91,6 +91,7 @@ class Bars:
         self.closed_before: dict[int, int] = dict.fromkeys(self.sizes, 0)  # per size: evaluated up to
         self.late: dict[int, int] = dict.fromkeys(self.sizes, 0)  # inputs for an evaluated bucket
         self._dirty: set[tuple[int, str]] = set()
+        self._urgent: set[tuple[int, str]] = set()  # of those, the series a zone event changed
         # what restore() took back: per size the boundary evaluated before (as the rows knew it),
         # and the latest input's event time
         self.restored_through: dict[int, int] = {}
@@ -113,9 +114,11 @@ class Bars:
             else:
                 self.late[size] += 1
 
-    def zone(self, symbol: str, event: AlertZoneEvent) -> None:
+    def zone(self, symbol: str, event: AlertZoneEvent) -> bool:
+        """Put a zone event into its open bars; True when any bar kept it (then :meth:`urgent_rows`
+        has its series)."""
         ns = event.event_ns
-        dropped = False
+        dropped = kept = False
         for size in self.sizes:
             start = ns - ns % size
             if start < self.closed_before[size]:
@@ -128,9 +131,12 @@ class Bars:
             if len(events) < self.max_zone_events:
                 events.append(event)  # the same object in every size's bar
                 self._dirty.add((size, symbol))
+                self._urgent.add((size, symbol))
+                kept = True
             else:
                 dropped = True
         self.zones_dropped += dropped
+        return kept
 
     def inputs(self, size_ns: int, tickers: Iterable[str], boundary_ns: int) -> dict[str, TickerInput]:
         """The bars of the bucket ending at ``boundary_ns`` of these tickers (those with any input)."""
@@ -151,9 +157,20 @@ class Bars:
 
     def dirty_rows(self) -> dict[str, bytes]:
         """The series changed since the last call, as store rows (key -> body)."""
-        rows: dict[str, bytes] = {}
         dirty, self._dirty = self._dirty, set()
-        for size, symbol in dirty:
+        self._urgent = set()
+        return self._rows(dirty)
+
+    def urgent_rows(self) -> tuple[dict[str, bytes], set[str]]:
+        """The rows of the series a zone event changed since the last call (the others wait for
+        :meth:`dirty_rows`), and their symbols."""
+        urgent, self._urgent = self._urgent, set()
+        self._dirty -= urgent
+        return self._rows(urgent), {symbol for _, symbol in urgent}
+
+    def _rows(self, keys: Iterable[tuple[int, str]]) -> dict[str, bytes]:
+        rows: dict[str, bytes] = {}
+        for size, symbol in keys:
             s = self._series[size].get(symbol)
             if s is None:
                 continue

@@ -80,7 +80,8 @@ class Alerts(Results):
         self.flow_log = FlowLog(
             max((int((s.flow_window + s.bucket) * NS) for s in flow_kinds), default=0), self.run_id
         )
-        self.urgent = False  # a zone event came in: persist the open bars now, not at the next flush
+        # a zone event went into an open bar: persist that series now (flush_urgent), not a flush later
+        self.urgent = False
         self.events = EventEvaluator(event_strategy_of(s) for s in cfg.strategies if s.trigger == "event")
         self._eval_ns = 0  # event evaluations' ids: strictly increasing
         self.flow = FlowBook(
@@ -174,8 +175,8 @@ class Alerts(Results):
                 price=price,
                 event_ns=ev,
             )
-            self.bars.zone(symbol, zone_event)
-            self.urgent = True
+            if self.bars.zone(symbol, zone_event):
+                self.urgent = True
             if self.events:
                 fired = self.events.on_zone(symbol, zone_event)
                 if fired:
@@ -335,20 +336,36 @@ class Alerts(Results):
             self.flow_log.prune(now_ns)
             rows, deletes = self.flow_log.take()
             rows.update(self.bars.dirty_rows())
-            self._unsaved.update(rows)
-            self._unsaved_deletes.extend(deletes)
             self.urgent = False
-            rows, self._unsaved = self._unsaved, {}
-            deletes, self._unsaved_deletes = self._unsaved_deletes, []
-            for key in deletes:  # expired before a failed write could be retried: never written
-                rows.pop(key, None)
-            try:
-                self.store.save_inputs(rows, deletes)
-            except BaseException:
-                rows.update(self._unsaved)
-                self._unsaved = rows
-                self._unsaved_deletes[:0] = deletes
-                raise
+            self._save(rows, deletes)
+
+    def flush_urgent(self) -> None:
+        """The series zone events went into, and their tickers' updates, in one transaction: a zone
+        event is in the store before the next input is read. The rest (other bars, order flow,
+        other tickers) waits for :meth:`flush`, so this stays a small write on the hot path."""
+        with self.store.transaction():
+            rows, symbols = self.bars.urgent_rows()
+            self.urgent = False
+            self._unsaved.update(rows)  # kept for the next write if the tickers' write fails
+            self.throttle.flush_tickers(symbols)
+            self._save({}, [])
+
+    def _save(self, rows: dict[str, bytes], deletes: list[str]) -> None:
+        """Write open-input rows and deletes, with those a failed write left; on failure they are
+        kept for the next call and the error raised."""
+        self._unsaved.update(rows)
+        self._unsaved_deletes.extend(deletes)
+        rows, self._unsaved = self._unsaved, {}
+        deletes, self._unsaved_deletes = self._unsaved_deletes, []
+        for key in deletes:  # expired before a failed write could be retried: never written
+            rows.pop(key, None)
+        try:
+            self.store.save_inputs(rows, deletes)
+        except BaseException:
+            rows.update(self._unsaved)
+            self._unsaved = rows
+            self._unsaved_deletes[:0] = deletes
+            raise
 
     def next_wakeup(self, now_ns: int) -> int:
         flush = now_ns + int(self.cfg.flush_every * NS)

@@ -122,7 +122,7 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
             observe_evaluations()
             if alerts.urgent:  # zone events: in the store before the next input, not a flush later
                 try:
-                    alerts.flush(now)
+                    alerts.flush_urgent()
                 except Exception as exc:
                     loop_error("inputs", exc)
 

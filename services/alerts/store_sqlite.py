@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from services.alerts.checkpoint import Checkpointer
 from services.alerts.frequency import STATE_DECODER, STATE_ENCODER, AlertState
 from services.alerts.store import (
     GROUP_CLAIM_MIN,
@@ -35,9 +36,11 @@ log = logging.getLogger("poolwire.alerts.store")
 Op = tuple[str, list[tuple[Any, ...]]]  # one statement and its rows (executemany)
 BUSY_TIMEOUT_S = 0.1  # a locked database fails fast: the write is kept and retried, the loop not held
 
+# ticker_updates has no index on ns (dropped from older files): it doubled the pages every flush
+# writes, and only the daily cleanup reads by ns (a scan of one row per ticker).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ticker_updates (ticker TEXT PRIMARY KEY, ns INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ticker_updates_ns ON ticker_updates (ns);
+DROP INDEX IF EXISTS ticker_updates_ns;
 CREATE TABLE IF NOT EXISTS universes (strategy TEXT NOT NULL, ticker TEXT NOT NULL,
     PRIMARY KEY (strategy, ticker)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS universe_known (strategy TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -71,6 +74,11 @@ class SqliteStore:
         self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._checkpointer: Checkpointer | None = None
+        if path != ":memory:":  # the checkpoints' fsyncs off the event loop (checkpoint.py)
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = Checkpointer(path)
+            self._checkpointer.start()
         self._db.executescript(_SCHEMA)
         self._updates: dict[str, int] = dict(self._db.execute("SELECT ticker, ns FROM ticker_updates"))
         self._universes: dict[str, set[str]] = {
@@ -374,6 +382,8 @@ class SqliteStore:
         return len(self._job_batch)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._db.close()
 
 

@@ -188,6 +188,21 @@ class Throttle:
                 raise
         return len(pending)
 
+    def flush_tickers(self, tickers: Iterable[str]) -> None:
+        """Write the batched updates of these tickers only (the rest wait for :meth:`flush`);
+        a restart counts them as changed. If the store raises, they stay batched."""
+        pending = self._pending
+        some = {t: pending.pop(t) for t in tickers if t in pending}
+        if not some:
+            return
+        try:
+            self.store.record_updates(some)
+        except BaseException:
+            for ticker, ns in some.items():
+                if pending.get(ticker, -1) < ns:
+                    pending[ticker] = ns
+            raise
+
     # -- boundaries ----------------------------------------------------------------------------
 
     def next_boundary(self, now_ns: int) -> int | None:

@@ -113,7 +113,7 @@ def test_the_open_bar_survives_a_kill_9(store_factory: Any) -> None:
     first.on_message(Price(symbol="pm.a", price=0.7, event_ns=B - 30 * S), B - 30 * S)
     first.on_message(touch("pm.a", B - 20 * S), B - 20 * S)
     assert first.urgent  # the service writes at once after a batch with a zone event
-    first.flush(B - 20 * S)
+    first.flush_urgent()
     # kill -9: the core is abandoned without closing anything; a new one on the same store
     second = start(cfg, store_factory())
     jobs = {j.strategy: j for j in evaluate(second, B + L)}
@@ -122,6 +122,33 @@ def test_the_open_bar_survives_a_kill_9(store_factory: Any) -> None:
     assert [z.event_ns for z in bar.zones] == [B - 20 * S]
     flow = jobs["flow"].inputs["pm.a"].flow
     assert flow is not None and flow.delta == 10.0
+
+
+def test_the_write_after_a_zone_event_holds_its_ticker_even_before_any_periodic_flush(
+    store_factory: Any,
+) -> None:
+    """The urgent write takes the touched series and that ticker's update (a restart must count
+    the ticker as changed), not the whole batch of the periodic flush."""
+    cfg = config(ZONES)
+    first = start(cfg, store_factory())
+    first.on_message(touch("pm.c", B - 20 * S), B - 20 * S)  # pm.c's first input ever
+    assert first.urgent
+    first.flush_urgent()
+    assert not first.urgent
+    second = start(cfg, store_factory())
+    (job,) = evaluate(second, B + L)
+    assert job.tickers == ["pm.c"]
+    assert [z.event_ns for z in job.inputs["pm.c"].zones] == [B - 20 * S]
+
+
+def test_a_zone_event_no_bar_keeps_asks_for_no_write(store_factory: Any) -> None:
+    """Only event-triggered strategies (no bucketed bars): a zone event costs no store write on
+    the hot path (its alert's state is written by the sink, before it is published)."""
+    event_only = {"id": "touch", "kind": "zone_event", "trigger": "event", "universe": ["pm.*"]}
+    core = start(config(event_only), store_factory())
+    fired = core.on_message(touch("pm.a", B - 20 * S), B - 20 * S)
+    assert [a.strategy for a in fired] == ["touch"]
+    assert not core.urgent
 
 
 def test_a_replay_of_history_is_evaluated_on_its_own_event_time(store_factory: Any) -> None:
