@@ -73,6 +73,7 @@ class Probes:
         self.server = server
         self.assets = [m.assets[0] for m in sim.markets]  # YES assets
         self.rate = 0.0
+        self.rate_set = asyncio.Event()  # a new rate: an idle prober starts
         self.sent: list[tuple[str, float, int]] = []
         self.k = 0
         self._inside: set[str] = set()
@@ -110,7 +111,8 @@ class Probes:
         next_at = loop.time()
         while True:
             if self.rate <= 0:
-                await asyncio.sleep(0.05)
+                self.rate_set.clear()
+                await self.rate_set.wait()
                 next_at = loop.time()
                 continue
             next_at += 1.0 / self.rate
@@ -144,6 +146,7 @@ async def main(ws_port: int, http_port: int, n_assets: int, n_probes: int, seed:
         body = await request.json()
         server.events_per_s = float(body.get("updates_per_s", 0.0)) / UPDATES_PER_STEP
         probes.rate = float(body.get("probes_per_s", probes.rate))
+        probes.rate_set.set()
         return web.json_response({"ok": True})
 
     async def state(request: web.Request) -> web.Response:
