@@ -73,10 +73,16 @@ class Intake:
         )
 
     def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
-        ttl = d.ttl_ns if isinstance(d, DetectorEvent) else 0
+        """A zone for a detection. Its ``created_ns`` (the ZoneCreated's event time): a detection's
+        own (the close of its last candle), or an outside event's, else that message's
+        ``event_ns``, else ``now_ns``."""
+        if isinstance(d, DetectorEvent):
+            ttl, created = d.ttl_ns, d.created_ns or d.event_ns
+        else:
+            ttl, created = 0, d.created_ns
         try:
             self.registry.create(
-                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now_ns, ttl_ns=ttl
+                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, created, now_ns, ttl_ns=ttl
             )
         except ZoneError as exc:  # counted by the core
             self.skip_log(exc.reason, "refused a zone (%s): %s", exc.reason, exc)
@@ -133,7 +139,7 @@ class Intake:
                 if detectors is not None and timely:
                     for d in detectors.on_price(symbol, ev or now, msg.price, now):
                         self.create(d, now)
-                reg.on_price(symbol, msg.price, now)
+                reg.on_price(symbol, msg.price, ev if ev and timely else now)
             except Exception:
                 self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")
             if oldest == 0 and msg.publish_ns:

@@ -98,9 +98,10 @@ class Registry:
     def last_price(self, symbol: str) -> float | None:
         return self._prices.last_price(symbol)
 
-    def on_price(self, symbol: str, price: float, now_ns: int) -> None:
-        """A price of ``symbol``: touch the zones the move enters, fill those it crosses."""
-        self._prices.on_price(symbol, price, now_ns)
+    def on_price(self, symbol: str, price: float, event_ns: int) -> None:
+        """A price of ``symbol`` at ``event_ns`` (its event time): touch the zones the move enters,
+        fill those it crosses; their events carry that time."""
+        self._prices.on_price(symbol, price, event_ns)
 
     def drain(self) -> list[Message]:
         """The events since the last drain, oldest first."""
@@ -158,7 +159,7 @@ class Registry:
             return entry.zone
         st = self.stats.by_tf[timeframe]
         if st.active >= self.rules.max_per_tf:
-            self._evict_one(timeframe, now_ns)
+            self._evict_one(timeframe, created_ns)  # the new zone is the cause
         zone = Zone(
             id=zid,
             symbol=symbol,
@@ -173,7 +174,7 @@ class Registry:
         confluence = self._confluence(zone)
         self._insert(zone, tf_rules.hit_tolerance)
         st.created += 1
-        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=now_ns))
+        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=created_ns))
         return zone
 
     def _confluence(self, zone: Zone) -> list[str]:
@@ -263,12 +264,16 @@ class Registry:
             st.touched_now -= 1
         self._prices.unplace(entry)
 
-    def _expire(self, entry: Entry, reason: str, now_ns: int) -> None:
-        """Active -> expired (event) -> grace; removal scheduled after the grace period."""
+    def _expire(self, entry: Entry, reason: str, event_ns: int) -> None:
+        """Active -> expired (event) -> grace; removal scheduled after the grace period.
+
+        ``event_ns``: the cause's event time (the deadline, the fill's price, the evicting
+        detection), never before the zone's creation; the zone ends then, and its grace counts
+        from then."""
         self._deactivate(entry)
         zone = entry.zone
         zone.state = "expired"
-        zone.ended_ns = now_ns
+        zone.ended_ns = ended = max(event_ns, zone.created_ns)
         st = self.stats.by_tf[zone.timeframe]
         if reason == "ttl":
             st.expired_ttl += 1
@@ -276,16 +281,16 @@ class Registry:
             st.expired_filled += 1
         else:
             st.expired_evicted += 1
-        self.events.append(ZoneExpired(zone=_copy(zone), reason=reason, event_ns=now_ns))  # type: ignore[arg-type]
+        self.events.append(ZoneExpired(zone=_copy(zone), reason=reason, event_ns=ended))  # type: ignore[arg-type]
         zone.state = "grace"
         st.grace += 1  # _remove takes it off again
         if self.rules.grace_ns > 0:
-            self._wheel.schedule(zone.id, now_ns + self.rules.grace_ns)
+            self._wheel.schedule(zone.id, ended + self.rules.grace_ns)
         else:
             self._wheel.cancel(zone.id)
-            self._remove(entry, now_ns)
+            self._remove(entry, ended)
 
-    def _touch(self, entry: Entry, price: float, now_ns: int) -> None:
+    def _touch(self, entry: Entry, price: float, event_ns: int) -> None:
         zone = entry.zone
         zone.touches += 1
         st = self.stats.by_tf[zone.timeframe]
@@ -293,21 +298,22 @@ class Registry:
             zone.state = "touched"
             st.touched_now += 1
         st.touched += 1
-        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=now_ns))
+        ev = max(event_ns, zone.created_ns)
+        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=ev))
 
-    def _fill(self, entry: Entry, now_ns: int) -> None:
-        self._expire(entry, "filled", now_ns)
+    def _fill(self, entry: Entry, event_ns: int) -> None:
+        self._expire(entry, "filled", event_ns)
 
-    def _remove(self, entry: Entry, now_ns: int) -> None:
+    def _remove(self, entry: Entry, event_ns: int) -> None:
         zone = entry.zone
         del self._entries[zone.id]
         st = self.stats.by_tf[zone.timeframe]
         st.removed += 1
         if zone.state == "grace":
             st.grace -= 1
-        self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=now_ns))
+        self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=event_ns))
 
-    def _evict_one(self, timeframe: str, now_ns: int) -> None:
+    def _evict_one(self, timeframe: str, event_ns: int) -> None:
         def active(zone_id: str) -> Zone | None:
             entry = self._entries.get(zone_id)
             return None if entry is None or entry.side == OUT else entry.zone
@@ -315,7 +321,7 @@ class Registry:
         books = (book for tfs in self._books.values() if (book := tfs.get(timeframe)) is not None)
         zid = self._weakest.pop(timeframe, self.stats.by_tf[timeframe].active, active, books)
         if zid is not None:
-            self._expire(self._entries[zid], "evicted", now_ns)
+            self._expire(self._entries[zid], "evicted", event_ns)
 
     def advance(self, now_ns: int, limit: int | None = None) -> int:
         """Fire every TTL and grace period due at ``now_ns``; returns how many were handled.
@@ -341,15 +347,16 @@ class Registry:
                 continue
             zone = entry.zone
             active = entry.side != OUT
-            late = now_ns - (zone.expires_ns if active else zone.ended_ns + grace)
+            deadline = zone.expires_ns if active else zone.ended_ns + grace
+            late = now_ns - deadline
             if late < 0:  # rescheduled while it waited in the backlog: the wheel has it again
                 continue
             handled += 1
-            try:
+            try:  # the events carry the deadline, not when the pass ran: the same at any pace
                 if active:
-                    self._expire(entry, "ttl", now_ns)
+                    self._expire(entry, "ttl", deadline)
                 else:
-                    self._remove(entry, now_ns)
+                    self._remove(entry, deadline)
             except Exception as exc:  # a bug with one zone: the others still expire
                 stats.expiry_errors += 1
                 if self.on_expiry_error is not None:

@@ -40,6 +40,7 @@ from shared.messages import (
     Message,
     SnapshotRequest,
     ZoneCreated,
+    ZoneExpired,
     ZoneRemoved,
     ZoneSnapshotItem,
 )
@@ -142,6 +143,7 @@ class RegistryService(Intake):
         outbox); ``oldest_ns``: the publish time of the oldest price that caused them."""
         events = self.registry.drain()
         store = self.store
+        grace = self.registry.rules.grace_ns
         for event in events:
             zone = event.zone  # type: ignore[attr-defined]
             if store is not None:
@@ -151,6 +153,8 @@ class RegistryService(Intake):
                     store.changed(zone)
             if isinstance(event, ZoneCreated) and zone.expires_ns < self._planned_wake_ns:
                 self._wake.set()
+            elif isinstance(event, ZoneExpired) and zone.ended_ns + grace < self._planned_wake_ns:
+                self._wake.set()  # filled at an event time whose grace ends sooner (a replay)
         if self.outbox is None:
             self.publish(events, oldest_ns)
         elif events:

@@ -1,9 +1,13 @@
 """Replay equals live: the same recorded ticks fed through the real registry process at different
-paces give exactly the same zones, and no tick is dropped as late.
+paces give exactly the same zone events (created, touched, filled, removed after their grace), with
+the same event times, and no tick is dropped as late.
 
 The ticks are a generated stretch of history (several symbols, M1 and M5 candles, jumps that make
 FVGs and pivots), stamped hours ago: a replay, not live, so only the ticks' own event time closes
-candles. They go out one frame per M1 candle, tick by tick at about 1 kHz, and all at once.
+candles. They go out one frame per M1 candle, tick by tick at about 1 kHz, and all at once. Each
+zone event carries the event time of its cause (services/registry/README.md, "Event time"): a
+touch or fill its price's, a creation its last candle's close, a removal its grace's end; never
+the registry's clock, which differs with the pace.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
 from shared.bus import Publisher, Subscriber
-from shared.messages import Heartbeat, Price, ZoneCreated
+from shared.messages import Heartbeat, Price, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 from tests.helpers import spawn
 from tests.registry.test_service import metric, scrape, write_config
 
@@ -29,6 +33,9 @@ SYMBOLS = [f"pm.r{i}" for i in range(5)]
 
 Tick = tuple[str, int, float]
 ZoneKey = tuple[str, str, str, str, float, float, int]
+# (event, zone id, event_ns, state, touches, ended_ns, price or reason)
+EventKey = tuple[str, str, int, str, int, int, object]
+GRACE_NS = 5 * M  # grace_period_minutes' default
 
 
 def recorded_ticks(seed: int = 11, n: int = 3000) -> list[Tick]:
@@ -71,38 +78,51 @@ async def feed(pub: Publisher, mode: str) -> None:
     await pub.drain()
 
 
-async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], float]:
-    """The zones the registry creates from TICKS fed in ``mode``; and its late-tick count."""
+def event_key(msg: ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved) -> EventKey:
+    z = msg.zone
+    extra: object = msg.price if isinstance(msg, ZoneTouched) else getattr(msg, "reason", None)
+    return (type(msg).__name__, z.id, msg.event_ns, z.state, z.touches, z.ended_ns, extra)
+
+
+async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], list[EventKey], float]:
+    """The zones the registry creates from TICKS fed in ``mode``, every zone event (sorted), and
+    its late-tick count. TTLs are a day: a TTL runs on the wall clock, so one that ran out during
+    the replay would end its zone at a point of the stream that depends on the pace."""
     tmp_path.mkdir()
     path, cfg = write_config(
         tmp_path,
         store="",
-        pools={"M1": {"ttl": "2h"}, "M5": {"ttl": "2h"}, "strength_threshold": 0.0},
+        pools={"M1": {"ttl": "1d"}, "M5": {"ttl": "1d"}, "strength_threshold": 0.0},
         detectors={"timeframes": ["M1", "M5"], "swing_bars": 2},
     )
     created: set[ZoneKey] = set()
+    events: list[EventKey] = []
     with spawn("-m", "services.registry", "--config", str(path)) as proc:
         async with (
-            Subscriber(cfg["pub"], ("zone.created.", "registry.")) as sub,
+            Subscriber(cfg["pub"], ("zone.", "registry.")) as sub,
             Publisher(cfg["prices"][0], service="replay", heartbeat_interval=0.2) as pub,
         ):
             await sub.wait_for_publisher("registry", timeout=15)
             await pub.wait_for_subscriber("px.", timeout=15)
             await feed(pub, mode)
             # Until every tick is handled (the metric, read at ``done_ns``), then until a heartbeat
-            # sent after that: the zone events of the last ticks went out before it.
+            # sent after that: the zone events of the last ticks went out before it; and until
+            # every filled zone was removed (their grace ended hours ago).
             done_ns = 0
+            beat = False
             late = -1.0
             deadline = time.monotonic() + 60
             while True:
-                beat = False
                 for _, msg in await sub.recv_batch(timeout=1.0):
+                    if isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
+                        events.append(event_key(msg))
                     if isinstance(msg, ZoneCreated):
                         z = msg.zone
                         created.add((z.id, z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns))
                     elif isinstance(msg, Heartbeat) and done_ns and msg.publish_ns > done_ns:
                         beat = True
-                if beat:
+                kinds = [e[0] for e in events]
+                if beat and kinds.count("ZoneRemoved") == kinds.count("ZoneExpired"):
                     break
                 if not done_ns:
                     now = time.time_ns()
@@ -114,18 +134,38 @@ async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], float]:
             assert sub.stats.gaps == 0, sub.stats
         proc.terminate()
         assert proc.wait(timeout=15) == 0
-    return created, late
+    return created, sorted(events, key=repr), late
 
 
 async def test_the_same_ticks_at_any_pace_give_the_same_zones(tmp_path: Path) -> None:
     results = {}
     for mode in ("per_candle", "tick_1khz", "max"):
         results[mode] = await replay(tmp_path / mode, mode)
-    zones = {mode: z for mode, (z, _) in results.items()}
-    assert {mode: late for mode, (_, late) in results.items()} == dict.fromkeys(results, 0.0)
+    zones = {mode: z for mode, (z, _, _) in results.items()}
+    assert {mode: late for mode, (_, _, late) in results.items()} == dict.fromkeys(results, 0.0)
     reference = zones["per_candle"]
     assert {k[3] for k in reference} >= {FVG_BULLISH, FVG_BEARISH, BSL, SSL}
     assert {k[2] for k in reference} == {"M1", "M5"}
     for mode, got in zones.items():
         assert got == reference, (mode, len(got ^ reference), sorted(got ^ reference)[:3])
-    print(f"\nreplay: {len(TICKS)} ticks, {len(reference)} zones, equal at every pace, no late tick")
+    events = {mode: e for mode, (_, e, _) in results.items()}
+    ref_events = events["per_candle"]
+    kinds = {e[0] for e in ref_events}
+    assert kinds == {"ZoneCreated", "ZoneTouched", "ZoneExpired", "ZoneRemoved"}
+    for mode, got_events in events.items():  # event times included
+        assert got_events == ref_events, (mode, sorted(set(got_events) ^ set(ref_events))[:3])
+    # Each event's time is its cause's: the zone's creation, a tick of its symbol, its grace's end.
+    tick_times = {(sym, t) for sym, t, _ in TICKS}
+    by_id = {k[0]: k for k in reference}
+    for name, zid, event_ns, _, _, ended_ns, extra in ref_events:
+        if name == "ZoneCreated":
+            assert event_ns == by_id[zid][6]
+        elif name == "ZoneTouched" or extra == "filled":
+            assert (by_id[zid][1], event_ns) in tick_times
+        elif name == "ZoneRemoved":
+            assert event_ns == ended_ns + GRACE_NS
+    assert {e[6] for e in ref_events if e[0] == "ZoneExpired"} == {"filled"}
+    print(
+        f"\nreplay: {len(TICKS)} ticks, {len(reference)} zones, {len(ref_events)} zone events, "
+        "equal (with their event times) at every pace, no late tick"
+    )
