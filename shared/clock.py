@@ -74,12 +74,29 @@ class FakeClock:
         self.set_ns(self._now_ns + round(seconds * 1e9))
 
     async def advance_and_settle(self, seconds: float, step: float | None = None) -> None:
-        """Advance in steps, letting woken tasks run after each: the way to drive a loop by time."""
+        """Advance in steps, letting woken tasks run to completion after each: the way to drive a
+        loop by time."""
         step = seconds if step is None else step
         remaining = seconds
         while remaining > 1e-12:
             delta = min(step, remaining)
             self.advance(delta)
             remaining -= delta
-            for _ in range(5):
-                await asyncio.sleep(0)
+            await settle()
+
+
+SETTLE_MAX_TURNS = 100_000
+
+
+async def settle(max_turns: int = SETTLE_MAX_TURNS) -> None:
+    """Return once no task can run any further: every task woken so far has gone on until it waits
+    again (on the clock, an event, a socket). Only the caller's own turn is left in the loop's ready
+    queue then. A loop that never goes idle (a task that spins) is an error after ``max_turns``."""
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)  # asyncio's ready queue; other loops do not expose one
+    for _ in range(max_turns if ready is not None else 5):
+        await asyncio.sleep(0)
+        if ready is not None and not ready:
+            return
+    if ready is not None:
+        raise RuntimeError(f"the event loop did not settle in {max_turns} turns: a task never waits")

@@ -18,7 +18,7 @@ from services.ingest.router import Router
 from services.ingest.subscriptions import Subscriptions
 from services.simulator.market import MarketSim
 from services.simulator.polymarket import PolymarketServer
-from shared.clock import FakeClock
+from shared.clock import FakeClock, settle
 from shared.messages import Message
 from tests.helpers import eventually
 from tests.ports import free_port
@@ -50,8 +50,7 @@ async def advance(clock: FakeClock, seconds: float, sleepers: int) -> None:
         lambda: clock.sleepers >= sleepers, wake=None, timeout=5.0, what=f"{sleepers} sleepers on the clock"
     )
     clock.advance(seconds)
-    for _ in range(3):  # the woken timers run their next step
-        await asyncio.sleep(0)
+    await settle()  # the woken timers run their next step
 
 
 async def test_ping_every_interval_silence_reset_at_the_timeout_and_reconnect_after_backoff() -> None:
