@@ -77,6 +77,7 @@ class Alerts(Results):
         # plus the allowed lateness. With no input yet the stream counts as live (the wall clock).
         self.watermark = Watermark(int(cfg.allowed_lateness * NS), live=True)
         flow_kinds = [s for s in bucketed if s.kind in ("order_flow", "python")]
+        self.reads_flow = bool(flow_kinds)  # else trades and swaps only stamp their ticker
         self.flow_log = FlowLog(
             max((int((s.flow_window + s.bucket) * NS) for s in flow_kinds), default=0), self.run_id
         )
@@ -147,8 +148,9 @@ class Alerts(Results):
         elif isinstance(msg, Trade):
             symbol = intern(pm_symbol(msg.asset))
             self.throttle.note_update(symbol, ev)
-            self.flow.add(symbol, ev, msg.size, msg.side == "buy")
-            self.flow_log.add(symbol, ev, msg.size, msg.side == "buy")
+            if self.reads_flow:
+                self.flow.add(symbol, ev, msg.size, msg.side == "buy")
+                self.flow_log.add(symbol, ev, msg.size, msg.side == "buy")
         elif isinstance(msg, Swap):
             symbol = intern(dex_symbol(msg.pool))
             flow = swap_flow(msg.amount0, msg.amount1)
@@ -157,8 +159,9 @@ class Alerts(Results):
                 self.ratelog("bad swap", "skipped a swap of %s with unreadable amounts", msg.pool[:80])
                 return []
             self.throttle.note_update(symbol, ev)
-            self.flow.add(symbol, ev, flow[0], flow[1])
-            self.flow_log.add(symbol, ev, flow[0], flow[1])
+            if self.reads_flow:
+                self.flow.add(symbol, ev, flow[0], flow[1])
+                self.flow_log.add(symbol, ev, flow[0], flow[1])
         elif isinstance(msg, ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved):
             z = msg.zone
             event = ZONE_EVENT_NAMES[type(msg)]

@@ -48,23 +48,26 @@ COMPUTE_BUCKETS_NS = (
 
 class Ring:
     """A fixed-capacity ring of (int64 time, float64 value) in two ``array`` columns, the oldest
-    overwritten: 16 bytes an entry once full, whatever the rate. The columns grow to the capacity
-    (a symbol that trades little costs little), are then trimmed to it exactly and wrap."""
+    overwritten: 16 bytes an entry, whatever the rate. Both columns are allocated at full size
+    with the first entry, so a symbol's memory is flat from its first trade (columns grown entry
+    by entry kept RSS climbing for as long as the quiet symbols took to fill them: an hour and
+    more at 2 000 symbols)."""
 
-    __slots__ = ("_head", "capacity", "descents", "times", "values")
+    __slots__ = ("_head", "_n", "capacity", "descents", "times", "values")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("a ring holds at least one entry")
         self.capacity = capacity
-        self.times = array("q")
+        self.times = array("q")  # empty until the first entry
         self.values = array("d")
+        self._n = 0  # entries held
         self._head = -1  # once full: the oldest entry, overwritten next (-1: not full yet)
         # neighbours (oldest first) whose time goes back: 0 means the times are sorted
         self.descents = 0
 
     def __len__(self) -> int:
-        return len(self.times)
+        return self._n
 
     @property
     def maxlen(self) -> int:
@@ -87,29 +90,32 @@ class Ring:
             self.values[i] = v
             self._head = j
             return
-        if times and t < times[-1]:
+        n = self._n
+        if n == 0:
+            times = self.times = array("q", bytes(8 * self.capacity))
+            self.values = array("d", bytes(8 * self.capacity))
+        elif t < times[n - 1]:
             self.descents += 1
-        times.append(t)
-        self.values.append(v)
-        if len(times) == self.capacity:  # full: drop the arrays' growth slack, wrap from now on
-            self.times = times[:]
-            self.values = self.values[:]
+        times[n] = t
+        self.values[n] = v
+        self._n = n + 1
+        if n + 1 == self.capacity:  # full: wrap from now on
             self._head = 0
 
     def newest_first(self) -> tuple[array[int], array[float]]:
         """Copies of both columns, newest entry first (C-level slices)."""
-        h = self._head
+        h, n = self._head, self._n
         t, v = self.times, self.values
         if h <= 0:
-            return t[::-1], v[::-1]
+            return t[n - 1 :: -1] if n else t[:0], v[n - 1 :: -1] if n else v[:0]
         return t[h - 1 :: -1] + t[: h - 1 : -1], v[h - 1 :: -1] + v[: h - 1 : -1]
 
     def oldest_first(self) -> tuple[array[int], array[float]]:
         """Copies of both columns, oldest entry first."""
-        h = self._head
+        h, n = self._head, self._n
         t, v = self.times, self.values
         if h <= 0:
-            return t[:], v[:]
+            return t[:n], v[:n]
         return t[h:] + t[:h], v[h:] + v[:h]
 
     def __iter__(self) -> Iterator[tuple[int, float]]:

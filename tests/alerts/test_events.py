@@ -111,6 +111,28 @@ def test_zone_event_filters() -> None:
     assert ev.on_zone("pm.a", zone_event("expired")) == []
 
 
+def test_a_zone_event_stamped_with_its_cause_time_is_alerted_and_bucketed_by_it(tmp_path: Path) -> None:
+    """registry stamps a zone event with its cause's event time (the price that touched the
+    zone), earlier than it arrives: the event alert carries that time, and the bucketed bar it
+    joins is the cause's, even when the event arrives after that bar's boundary."""
+    minute = 60 * S
+    b = T0 - T0 % minute + minute  # a boundary: the bar [b - 1m, b) closes there
+    bucketed = {"id": "zones", "kind": "zone_event", "bucket": "1m", "universe": ["pm.*"]}
+    a = Alerts(config(touch("z"), bucketed), SqliteStore(str(tmp_path / "alerts.sqlite3")))
+    a.start()
+    a.on_message(Price(symbol="pm.a", price=0.5, event_ns=b - 30 * S), b - 30 * S)
+    zone = Zone(
+        id="z1", symbol="pm.a", timeframe="H1", kind="bsl", top=0.6, bottom=0.4, strength=1,
+        created_ns=T0, expires_ns=T0 + 3600 * S,
+    )  # fmt: skip
+    cause = b - 300_000_000  # the tick, 0.3 s before the boundary; the touch arrives 0.2 s after it
+    (alert,) = a.on_message(ZoneTouched(zone=zone, price=0.45, event_ns=cause), b + 200_000_000)
+    assert alert.event_ns == cause
+    a.boundary(a.close_point(b + S))
+    (job,) = a.dispatcher.ready(b + S)
+    assert job.bucket_ns == b and [z.event_ns for z in job.inputs["pm.a"].zones] == [cause]
+
+
 def test_alerts_core_publishes_at_once_with_frequency_control(tmp_path: Path) -> None:
     cfg = config(
         cross("every"),

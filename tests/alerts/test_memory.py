@@ -99,3 +99,15 @@ def test_zone_events_over_the_bound_are_counted_not_kept(store_factory: Any) -> 
     bar = core.bars.inputs(M, ["pm.a"], B + M)["pm.a"]
     assert [z.zone_id for z in bar.zones] == ["H1_0", "H1_1", "H1_2"]
     assert core.bars.zones_dropped == 2
+
+
+def test_without_a_strategy_reading_order_flow_trades_keep_no_flow_state(store_factory: Any) -> None:
+    """Trades and swaps only stamp their tickers when no order_flow or python strategy reads order
+    flow: no engine, no ring, no persisted trade (the soak's config grew ~2 MB/min of rings)."""
+    cfg = convert({"strategies": [ZONES]}, AlertsConfig, "alerts")
+    core = Alerts(cfg, store_factory())
+    core.start()
+    feed_trades(core, 30, 40, seed=3)
+    assert core.flow.engines == {}
+    assert not [k for k in core.store.load_inputs() if k.startswith(ROW_PREFIX)]
+    assert {f"pm.{i}" for i in range(40)} | {"dex.0xp"} <= set(core.store.tickers())

@@ -67,8 +67,12 @@ def test_no_trades_in_window_and_empty_engine() -> None:
 
 def test_rings_are_bounded_and_exact() -> None:
     eng = FlowEngine("x", tick_buffer=1000, delta_history=200, cvd_history=400)
-    assert eng.nbytes == 0  # columns grow with the trades, up to their capacity
-    for i in range(5000):
+    assert eng.nbytes == 0  # a symbol that never trades costs no ring
+    eng.add(T0, 1.0, True)
+    eng.add(T0 + S, 1.0, False)  # the first second's delta and CVD go into their histories
+    full = (1000 + 200 + 400) * 16
+    assert eng.nbytes == full  # allocated whole with the first entries: flat from here on
+    for i in range(2, 5000):
         eng.add(T0 + i * S, 1.0, i % 2 == 0)
     assert len(eng.ticks) == 1000
     assert len(eng.delta_history) == 200
