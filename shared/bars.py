@@ -16,15 +16,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
 def bucket_start(ns: int, size_ns: int) -> int:
     return ns - ns % size_ns
 
 
-@dataclass(slots=True)
-class Bar:
+class Bar(msgspec.Struct, gc=False):
+    """gc=False: scalars only, so never in a reference cycle; the cyclic GC does not walk the
+    bars (registry holds ~18 per symbol: their walk was ~15 % of each full collection)."""
+
     start_ns: int
     end_ns: int
     open: float

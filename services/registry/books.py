@@ -31,7 +31,7 @@ class Book:
         height = zone.top - zone.bottom
         if height > self.max_height:
             self.max_height = height
-        if len(self.recent) > 1024 and len(self.recent) > len(self.zones):
+        if len(self.recent) > 64 and len(self.recent) > len(self.zones):
             self._merge()
 
     def _merge(self) -> None:
@@ -72,10 +72,16 @@ class WeakestFirst:
     def __init__(self) -> None:
         self._heaps: dict[str, list[tuple[float, int, str]]] = {}
 
-    def push(self, zone: Zone) -> None:
+    def push(self, zone: Zone, active_count: int) -> None:
+        """A zone created, or its strength changed; ``active_count``: its timeframe's active zones.
+        A heap whose garbage outgrew them is dropped (rebuilt at the next eviction): with no
+        eviction to rebuild it, it grew by every zone ever created."""
         heap = self._heaps.get(zone.timeframe)
         if heap is not None:
-            heapq.heappush(heap, (zone.strength, zone.created_ns, zone.id))
+            if len(heap) > 2 * active_count + 64:
+                del self._heaps[zone.timeframe]
+            else:
+                heapq.heappush(heap, (zone.strength, zone.created_ns, zone.id))
 
     def pop(
         self,

@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from services.registry.zones import FILL_DOWN, FILL_UP
 from shared.messages import Zone
 
@@ -30,21 +32,29 @@ OUT = 4  # not in the price index (expired, in grace, removed)
 LOOSE = 5  # active, just popped from a heap, about to be placed again
 
 
+# Invalidated heap items a symbol may keep beyond its live ones before a compaction. Each keeps
+# its entry and its zone (~0.45 kB) alive: at 1 024 (before), 2 000 symbols whose zones expire a
+# few a minute grew by ~3 MB a minute for hours. A compaction costs O(live + stale), paid for by
+# the ``stale > live`` removals before it.
+STALE_SLACK = 16
+
+
 class PriceCounts(Protocol):
     prices: int
     bad_prices: int
 
 
-class Entry:
-    __slots__ = ("fill", "hi", "lo", "side", "tok", "zone")
+class Entry(msgspec.Struct, gc=False):
+    """A zone in the index. gc=False: it holds a zone and scalars, never a cycle, so the cyclic
+    GC does not walk the entries, nor the heap items holding them (tuples of untracked objects
+    are dropped from the GC): a full collection of 2 000 symbols' state took 170 ms, not 440."""
 
-    def __init__(self, zone: Zone, lo: float, hi: float, fill: int) -> None:
-        self.zone = zone
-        self.lo = lo
-        self.hi = hi
-        self.fill = fill
-        self.side = OUT
-        self.tok = 0
+    zone: Zone
+    lo: float
+    hi: float
+    fill: int
+    side: int = OUT
+    tok: int = 0
 
 
 class SymbolIndex:
@@ -120,7 +130,7 @@ class PriceIndex:
         n = 2 if side == INSIDE else 1
         idx.live -= n
         idx.stale += n
-        if idx.stale > 1024 and idx.stale > idx.live:
+        if idx.stale > STALE_SLACK and idx.stale > idx.live:
             self._compact(idx)
 
     def _compact(self, idx: SymbolIndex) -> None:

@@ -203,7 +203,7 @@ class Registry:
         st.active += 1
         if zone.state == "touched":
             st.touched_now += 1
-        self._weakest.push(zone)
+        self._weakest.push(zone, st.active)
         self._wheel.schedule(zone.id, zone.expires_ns)
         self._prices.place(entry)
 
@@ -226,7 +226,7 @@ class Registry:
         check_range(new_top, new_bottom, new_strength)
         if new_strength != zone.strength:
             zone.strength = new_strength
-            self._weakest.push(zone)
+            self._weakest.push(zone, self.stats.by_tf[zone.timeframe].active)
         if new_top != zone.top or new_bottom != zone.bottom:
             zone.top = new_top
             zone.bottom = new_bottom

@@ -9,6 +9,7 @@ the zones and the detectors' candles across restarts.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Coroutine
@@ -312,6 +313,10 @@ class RegistryService(Intake):
                 # Give subscribers a moment to (re)connect before the overdue zones expire.
                 await sleep_or_wake(self.clock, ctx.config.restore_expire_delay, ctx.stopping)
         self.emit()
+        # What start-up made (modules, the restored state) lives as long as the process: out of
+        # the cyclic GC's full collections, whose pauses are the registry's longest stalls.
+        gc.collect()
+        gc.freeze()
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "prices": self.price_loop(),
             "detector-events": self.detector_loop(),
