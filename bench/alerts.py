@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from bench._soak_stats import slope_per_hour
 from services.alerts.config import AlertsConfig, StrategyConfig
 from services.alerts.orderflow import FlowBook
 from services.alerts.service import Alerts
@@ -472,7 +473,7 @@ async def _load(args: Any) -> None:
                         px_topic(f"pm.{asset}"), Price(symbol=f"pm.{asset}", price=rng.random(), event_ns=now)
                     )
                 elif r >= args.zone_share:
-                    side = "buy" if r < args.zone_share + 0.15 else "sell"
+                    side: Literal["buy", "sell"] = "buy" if r < args.zone_share + 0.15 else "sell"
                     trade = Trade(asset=asset, price=0.5, size=rng.random() * 10, side=side, event_ns=now)
                     pub.publish(md_topic("trade", asset), trade)
                 else:
@@ -532,7 +533,7 @@ async def _load(args: Any) -> None:
         print(f"touch -> alert (publish to publish): p50 {q[0]:.2f} ms, p99 {q[1]:.2f} ms, max {lat_ms[-1]:.2f} ms, {len(lat_ms)} probes, {len(sent)} lost or late")  # fmt: skip
     half = [x for x in samples if x[0] >= args.seconds / 2]
     if len(half) >= 2:
-        slope = (half[-1][1] - half[0][1]) / ((half[-1][0] - half[0][0]) / 3600)
+        slope = slope_per_hour(half)  # least squares, as make soak reports it
         print(f"RSS {samples[-1][1]:.1f} MB at the end; slope over the second half {slope:.1f} MB/hour")
     if args.trace:
         files = sorted(tmp.glob("snap-*.bin"), reverse=True)
