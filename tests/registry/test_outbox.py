@@ -36,6 +36,10 @@ def zone(i: int, touches: int = 0) -> Zone:
     )
 
 
+def ids(events: list[Message]) -> list[str]:
+    return [e.zone.id for e in events if isinstance(e, ZoneCreated)]
+
+
 def stored(path: Path) -> dict[str, bytes]:
     with sqlite3.connect(path) as db:
         return dict(db.execute("SELECT id, body FROM zones"))
@@ -104,9 +108,7 @@ async def test_a_small_write_is_committed_on_the_loop_before_its_events_go_out(t
     store = GatedStore(tmp_path / "z.sqlite")
     store.gate.set()
     seen: list[tuple[str, set[str]]] = []
-    outbox = Outbox(
-        store, lambda events, _: seen.extend((e.zone.id, set(stored(store.path))) for e in events)
-    )  # type: ignore[attr-defined]
+    outbox = Outbox(store, lambda events, _: seen.extend((i, set(stored(store.path))) for i in ids(events)))
     store.changed(zone(1))
     outbox.send([ZoneCreated(zone=zone(1))])
     assert seen == [("H1_000001", {"H1_000001"})]  # published in send, after the commit
@@ -119,11 +121,16 @@ async def test_a_burst_behind_a_write_goes_as_one_write(tmp_path: Path) -> None:
     """Group commit: the first change starts a write; the 200 sends behind it make one more."""
     store = GatedStore(tmp_path / "z.sqlite")
     out: list[str] = []
-    outbox = Outbox(store, lambda events, _: out.extend(e.zone.id for e in events), inline_bytes=0)  # type: ignore[attr-defined]
+    outbox = Outbox(store, lambda events, _: out.extend(ids(events)), inline_bytes=0)
     runner = asyncio.create_task(outbox.run())
     writes: list[int] = []
     write = store.write
-    store.write = lambda batch: (writes.append(batch.rows), write(batch))[1]  # type: ignore[method-assign]
+
+    def counted(batch: Batch) -> None:
+        writes.append(batch.rows)
+        write(batch)
+
+    store.write = counted  # type: ignore[method-assign]
     try:
         for i in range(201):
             store.changed(zone(i))
@@ -143,9 +150,7 @@ async def test_a_burst_behind_a_write_goes_as_one_write(tmp_path: Path) -> None:
 async def test_the_input_is_held_while_too_many_events_wait(tmp_path: Path) -> None:
     store = GatedStore(tmp_path / "z.sqlite")
     out: list[str] = []
-    outbox = Outbox(
-        store, lambda events, _: out.extend(e.zone.id for e in events), inline_bytes=0, max_waiting=5
-    )  # type: ignore[attr-defined]
+    outbox = Outbox(store, lambda events, _: out.extend(ids(events)), inline_bytes=0, max_waiting=5)
     runner = asyncio.create_task(outbox.run())
     try:
         for i in range(6):
