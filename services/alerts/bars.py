@@ -19,7 +19,8 @@ import msgspec
 from shared.bars import Bar, BarBuilder
 from shared.messages import AlertZoneEvent, TickerInput
 
-ROW_PREFIX = "bar:"
+ROW_PREFIX = "bars:"  # one row per ticker: its series of every bucket size
+OLD_ROW_PREFIX = "bar:"  # one row per (bucket size, ticker), as written before: read, then replaced
 
 
 class SeriesRow(msgspec.Struct, array_like=True):
@@ -34,8 +35,16 @@ class SeriesRow(msgspec.Struct, array_like=True):
     updated_ns: int
 
 
+class TickerRow(msgspec.Struct, array_like=True):
+    """One ticker as stored: a row each, not one per bucket size (a flush's cost is its rows)."""
+
+    symbol: str
+    series: list[SeriesRow]
+
+
 _ENC = msgspec.msgpack.Encoder()
-_DEC = msgspec.msgpack.Decoder(SeriesRow)
+_DEC = msgspec.msgpack.Decoder(TickerRow)
+_OLD_DEC = msgspec.msgpack.Decoder(SeriesRow)
 
 
 class Series:
@@ -90,8 +99,9 @@ class Bars:
         self._series: dict[int, dict[str, Series]] = {s: {} for s in self.sizes}
         self.closed_before: dict[int, int] = dict.fromkeys(self.sizes, 0)  # per size: evaluated up to
         self.late: dict[int, int] = dict.fromkeys(self.sizes, 0)  # inputs for an evaluated bucket
-        self._dirty: set[tuple[int, str]] = set()
-        self._urgent: set[tuple[int, str]] = set()  # of those, the series a zone event changed
+        self._dirty: set[str] = set()  # tickers whose series changed since they were last written
+        self._urgent: set[str] = set()  # of those, the tickers a zone event went into
+        self.stale_keys: list[str] = []  # rows of the older layout restore() read: to delete
         # what restore() took back: per size the boundary evaluated before (as the rows knew it),
         # and the latest input's event time
         self.restored_through: dict[int, int] = {}
@@ -110,7 +120,7 @@ class Bars:
             if series.builder.add(event_ns, price):
                 if event_ns > series.updated_ns:
                     series.updated_ns = event_ns
-                self._dirty.add((size, symbol))
+                self._dirty.add(symbol)
             else:
                 self.late[size] += 1
 
@@ -130,8 +140,8 @@ class Bars:
             events = series.zones.setdefault(start, [])
             if len(events) < self.max_zone_events:
                 events.append(event)  # the same object in every size's bar
-                self._dirty.add((size, symbol))
-                self._urgent.add((size, symbol))
+                self._dirty.add(symbol)
+                self._urgent.add(symbol)
                 kept = True
             else:
                 dropped = True
@@ -156,42 +166,53 @@ class Bars:
     # -- persistence ---------------------------------------------------------------------------
 
     def dirty_rows(self) -> dict[str, bytes]:
-        """The series changed since the last call, as store rows (key -> body)."""
+        """The tickers changed since the last call, as store rows (key -> body)."""
         dirty, self._dirty = self._dirty, set()
         self._urgent = set()
         return self._rows(dirty)
 
     def urgent_rows(self) -> tuple[dict[str, bytes], set[str]]:
-        """The rows of the series a zone event changed since the last call (the others wait for
-        :meth:`dirty_rows`), and their symbols."""
+        """The rows of the tickers a zone event went into since the last call (the others wait
+        for :meth:`dirty_rows`), and those tickers."""
         urgent, self._urgent = self._urgent, set()
         self._dirty -= urgent
-        return self._rows(urgent), {symbol for _, symbol in urgent}
+        return self._rows(urgent), urgent
 
-    def _rows(self, keys: Iterable[tuple[int, str]]) -> dict[str, bytes]:
+    def _rows(self, symbols: Iterable[str]) -> dict[str, bytes]:
         rows: dict[str, bytes] = {}
-        for size, symbol in keys:
-            s = self._series[size].get(symbol)
-            if s is None:
-                continue
-            bars = [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in s.builder.bars]
-            row = SeriesRow(size, symbol, s.builder.closed_before, bars, s.zones, s.last_close, s.updated_ns)
-            rows[f"{ROW_PREFIX}{size}:{symbol}"] = _ENC.encode(row)
+        for symbol in symbols:
+            series: list[SeriesRow] = []
+            for size, by_symbol in self._series.items():
+                s = by_symbol.get(symbol)
+                if s is not None:
+                    bars = [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in s.builder.bars]
+                    closed = s.builder.closed_before
+                    series.append(SeriesRow(size, symbol, closed, bars, s.zones, s.last_close, s.updated_ns))
+            if series:
+                rows[f"{ROW_PREFIX}{symbol}"] = _ENC.encode(TickerRow(symbol, series))
         return rows
 
-    def undo_dirty(self, keys: Iterable[tuple[int, str]]) -> None:
-        self._dirty.update(keys)
-
     def restore(self, rows: Mapping[str, bytes]) -> int:
-        """Take back stored series (of sizes still configured); returns how many; bad rows skipped."""
-        n = 0
+        """Take back stored series (of sizes still configured); returns how many; bad rows skipped.
+        Rows of the older layout (one per size) are read first, their tickers written again in
+        this one and their keys left in :attr:`stale_keys` for the caller to delete."""
+        found: list[SeriesRow] = []
         for key, body in rows.items():
-            if not key.startswith(ROW_PREFIX):
-                continue
-            try:
-                row = _DEC.decode(body)
-            except (msgspec.DecodeError, ValueError):
-                continue
+            if key.startswith(OLD_ROW_PREFIX):  # ("bars:" is not "bar:")
+                self.stale_keys.append(key)
+                try:
+                    found.append(_OLD_DEC.decode(body))
+                except (msgspec.DecodeError, ValueError):
+                    continue
+                self._dirty.add(found[-1].symbol)
+        for key, body in rows.items():
+            if key.startswith(ROW_PREFIX):
+                try:
+                    found += _DEC.decode(body).series
+                except (msgspec.DecodeError, ValueError):
+                    continue
+        n = 0
+        for row in found:
             if row.size_ns not in self._series:
                 continue
             s = self._get(row.size_ns, row.symbol)

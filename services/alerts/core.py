@@ -118,6 +118,7 @@ class Alerts(Results):
         self.universe_sizes = self.store.universe_sizes()
         rows = self.store.load_inputs()
         restored = self.bars.restore(rows)
+        self._unsaved_deletes += self.bars.stale_keys  # replaced by the next flush
         flows = self.flow_log.restore(rows, self.flow)
         if restored or flows:
             log.info("restored the open bars of %d series and %d order-flow input(s)", restored, flows)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from services.alerts.bars import OLD_ROW_PREFIX, ROW_PREFIX, SeriesRow
 from services.alerts.config import AlertsConfig
 from services.alerts.core import Alerts
 from shared.config import convert
-from shared.messages import Price, StrategyJob, Trade, Zone, ZoneTouched
+from shared.messages import AlertZoneEvent, Price, StrategyJob, Trade, Zone, ZoneTouched
 
 S = 1_000_000_000
 M = 60 * S
@@ -149,6 +152,29 @@ def test_a_zone_event_no_bar_keeps_asks_for_no_write(store_factory: Any) -> None
     fired = core.on_message(touch("pm.a", B - 20 * S), B - 20 * S)
     assert [a.strategy for a in fired] == ["touch"]
     assert not core.urgent
+
+
+def test_open_bars_stored_one_row_per_bucket_size_are_taken_back_and_rewritten(store_factory: Any) -> None:
+    """Before one row per ticker, each (bucket size, ticker) had its row: a restart after the
+    upgrade takes them back, and its first flush replaces them with the ticker's one row."""
+    zone = AlertZoneEvent(
+        event="touched", zone_id="z", timeframe="H1", kind="bsl", top=0.6, bottom=0.5, price=0.55,
+        event_ns=B - 20 * S,
+    )  # fmt: skip
+    old = SeriesRow(M, "pm.a", B - M, [(B - M, 0.5, 0.7, 0.5, 0.7, 2)], {B - M: [zone]}, 0.4, B - 20 * S)
+    store = store_factory()
+    store.save_inputs({f"{OLD_ROW_PREFIX}{M}:pm.a": msgspec.msgpack.encode(old)})
+    store.record_updates({"pm.a": B - 20 * S})
+    core = Alerts(config(ZONES), store)
+    core.start()
+    core.flush(B - 10 * S)
+    assert [k for k in store.load_inputs() if k.startswith((OLD_ROW_PREFIX, ROW_PREFIX))] == [
+        f"{ROW_PREFIX}pm.a"
+    ]
+    (job,) = evaluate(core, B + L)
+    bar = job.inputs["pm.a"]
+    assert (bar.open, bar.high, bar.low, bar.close, bar.prev_close) == (0.5, 0.7, 0.5, 0.7, 0.4)
+    assert [z.event_ns for z in bar.zones] == [B - 20 * S]
 
 
 def test_a_replay_of_history_is_evaluated_on_its_own_event_time(store_factory: Any) -> None:

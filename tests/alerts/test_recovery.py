@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from services.alerts.bars import ROW_PREFIX
 from shared.bus import Publisher, Subscriber
 from shared.messages import AlertFired, Zone, ZoneTouched
 from tests.alerts.test_service import write_config
@@ -48,7 +49,7 @@ def stored(db: Path, symbol: str) -> bool:
     """The touch's open bar is in the alerts store (what a restart takes back)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT 1 FROM open_inputs WHERE key = ?", (f"bar:{BAR}:{symbol}",)).fetchone()
+        row = conn.execute("SELECT 1 FROM open_inputs WHERE key = ?", (f"{ROW_PREFIX}{symbol}",)).fetchone()
     except sqlite3.OperationalError:  # the schema is not there yet
         return False
     finally:
