@@ -44,11 +44,23 @@ def test_commits_never_checkpoint_and_the_checkpointer_catches_up(tmp_path: Path
         assert checkpointer.checkpoints >= 1 and checkpointer.failures == 0
         store.save_inputs({"bar:after": body})  # the WAL was copied back whole: it starts over
         assert wal_frames(path) < 10
-        assert len(store.load_inputs()) == 15 * 100 + 1
+        # past restart_frames the rounds end with a RESTART one (the writer may not start over
+        # after PASSIVE rounds alone): the WAL starts over at the next commit all the same
+        store.save_inputs({f"bar:again:{i}": body for i in range(300)})
+        restarting = Checkpointer(path, restart_frames=100)
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            restarting.run_once(db)
+        finally:
+            db.close()
+        assert restarting.restarts == 1
+        store.save_inputs({"bar:last": body})
+        assert wal_frames(path) < 10
+        assert len(store.load_inputs()) == 15 * 100 + 300 + 2
     finally:
         store.close()
     reopened = SqliteStore(path)
     try:
-        assert len(reopened.load_inputs()) == 15 * 100 + 1
+        assert len(reopened.load_inputs()) == 15 * 100 + 300 + 2
     finally:
         reopened.close()
