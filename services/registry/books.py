@@ -31,7 +31,9 @@ class Book:
         height = zone.top - zone.bottom
         if height > self.max_height:
             self.max_height = height
-        if len(self.recent) > 64 and len(self.recent) > len(self.zones):
+        # Dead spans stay until a merge: past 8 unsorted, a book of 2 000 symbols x 3 timeframes held
+        # ~2 tuples (and zone ids) per zone for gone zones at 64 (1 024 before).
+        if len(self.recent) > 8 and len(self.recent) > len(self.zones):
             self._merge()
 
     def _merge(self) -> None:

@@ -46,7 +46,7 @@ def test_what_gone_zones_leave_in_the_index_and_books_is_bounded_by_the_live_one
     assert idx.live <= 2 * live
     assert heap_items - idx.live == idx.stale <= max(STALE_SLACK, idx.live) + 2
     book = reg._books["pm.a"]["S5"]
-    assert len(book.recent) <= max(64, len(book.zones)) + 1
+    assert len(book.recent) <= max(8, len(book.zones)) + 1
     assert len(book.spans) <= CYCLES // 10  # merged with the dead dropped, not one per zone ever
 
 
