@@ -17,12 +17,11 @@ import threading
 
 log = logging.getLogger("poolwire.alerts.store")
 
-CATCH_UP_ROUNDS = 8  # frames written during a checkpoint are copied by the next round, at once
-# The WAL starts over when a commit begins with every frame copied back; in the service that did
-# not happen after this thread's PASSIVE rounds (they copied every frame, the WAL grew on: 185 MB
-# in 30 s at 2 000 symbols), so past this many frames (16 MB) a RESTART round follows them: it
-# holds the writer only for the frames committed since the PASSIVE round just before, and the
-# next commit starts the WAL over.
+CATCH_UP_ROUNDS = 8
+# If the rounds never find the WAL unchanged (commits between every two of them), past this many
+# frames (16 MB) a RESTART round follows: it holds the writer for the few frames committed since
+# the round before, and the next commit starts the WAL over (it grew to 185 MB in 30 s at 2 000
+# symbols when a single PASSIVE round, which reports only its own snapshot, was taken as done).
 RESTART_FRAMES = 4096
 
 
@@ -49,14 +48,19 @@ class Checkpointer:
             db.close()
 
     def run_once(self, db: sqlite3.Connection) -> None:
-        """Copy the WAL into the database; again while the writer added frames meanwhile (once all
-        are copied, the next commit starts the WAL over instead of growing it)."""
-        got: tuple[int, int, int] | None = None
+        """Copy the WAL into the database, in rounds until one finds the WAL as the round before
+        left it (nothing committed in between: every frame is copied, and the next commit starts
+        the WAL over); a round with nothing new to copy costs no fsync. A checkpoint reports the
+        frames of its own snapshot: a commit during it is not in the figures, hence the rounds."""
+        last = -1
         for _ in range(CATCH_UP_ROUNDS):
             got = self._checkpoint(db, "PASSIVE")
-            if got is None or got[0] or got[2] >= got[1]:
-                break
-        if got is not None and got[1] > self.restart_frames:
+            if got is None or got[0]:
+                return
+            if got[1] == last and got[2] >= got[1]:
+                return
+            last = got[1]
+        if last > self.restart_frames:
             got = self._checkpoint(db, "RESTART")
             if got is not None and not got[0]:
                 self.restarts += 1

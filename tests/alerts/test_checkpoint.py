@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import cast
 
-from services.alerts.checkpoint import Checkpointer
+import pytest
+
+from services.alerts.checkpoint import CATCH_UP_ROUNDS, Checkpointer
 from services.alerts.store_sqlite import SqliteStore
 
 AUTO_CHECKPOINT_PAGES = 1000  # SQLite's default wal_autocheckpoint
@@ -44,16 +47,13 @@ def test_commits_never_checkpoint_and_the_checkpointer_catches_up(tmp_path: Path
         assert checkpointer.checkpoints >= 1 and checkpointer.failures == 0
         store.save_inputs({"bar:after": body})  # the WAL was copied back whole: it starts over
         assert wal_frames(path) < 10
-        # past restart_frames the rounds end with a RESTART one (the writer may not start over
-        # after PASSIVE rounds alone): the WAL starts over at the next commit all the same
+        # past restart_frames a RESTART round (below) makes the next commit start over too
         store.save_inputs({f"bar:again:{i}": body for i in range(300)})
-        restarting = Checkpointer(path, restart_frames=100)
         db = sqlite3.connect(path, isolation_level=None)
         try:
-            restarting.run_once(db)
+            assert Checkpointer(path)._checkpoint(db, "RESTART") == (0, 354, 354)
         finally:
             db.close()
-        assert restarting.restarts == 1
         store.save_inputs({"bar:last": body})
         assert wal_frames(path) < 10
         assert len(store.load_inputs()) == 15 * 100 + 300 + 2
@@ -64,3 +64,31 @@ def test_commits_never_checkpoint_and_the_checkpointer_catches_up(tmp_path: Path
         assert len(reopened.load_inputs()) == 15 * 100 + 300 + 2
     finally:
         reopened.close()
+
+
+def test_rounds_that_never_catch_up_end_with_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint reports its own snapshot: rounds go on until one finds the WAL as the round
+    before left it; if commits keep landing between them, a RESTART round follows past
+    restart_frames (it holds the writer for the last frames; the WAL then starts over)."""
+    modes: list[str] = []
+
+    def growing(db: object, mode: str) -> tuple[int, int, int]:
+        modes.append(mode)
+        frames = 5000 + 10 * len(modes)  # a commit between every two rounds
+        return 0, frames, frames
+
+    checkpointer = Checkpointer("unused", restart_frames=4096)
+    monkeypatch.setattr(checkpointer, "_checkpoint", growing)
+    checkpointer.run_once(cast(sqlite3.Connection, None))
+    assert modes == ["PASSIVE"] * CATCH_UP_ROUNDS + ["RESTART"] and checkpointer.restarts == 1
+
+    modes.clear()
+    settled = iter([(0, 5000, 5000), (0, 5010, 5010), (0, 5010, 5010)])
+
+    def settling(db: object, mode: str) -> tuple[int, int, int]:
+        modes.append(mode)
+        return next(settled)
+
+    monkeypatch.setattr(checkpointer, "_checkpoint", settling)
+    checkpointer.run_once(cast(sqlite3.Connection, None))
+    assert modes == ["PASSIVE"] * 3  # caught up (nothing committed since): the writer starts over
