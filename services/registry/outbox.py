@@ -31,7 +31,7 @@ from services.registry.store import Batch, ZoneStore
 from shared.messages import Message
 
 Publish = Callable[[list[Message], int], None]  # (events, the oldest cause's publish_ns or 0)
-INLINE_BYTES = 16 << 10  # a write this small is committed on the loop (about 50 zones)
+INLINE_BYTES = 2 << 10  # a write this small is committed on the loop (a touch or a few zones)
 MAX_WAITING = 10_000  # events waiting behind a write before the input is held
 
 
