@@ -1,9 +1,9 @@
-"""The zone registry core: pure, synchronous, time passed in as ``now_ns``; no sockets, no clock.
+"""The zone registry core: pure, synchronous, no sockets, no clock: every call takes its time.
 
 Lifecycle: ACTIVE -(price enters)-> TOUCHED -(ttl | filled | evicted)-> EXPIRED -> GRACE
 -(grace period over)-> removed. Every transition appends a message to :attr:`Registry.events`
 (``ZoneCreated``, ``ZoneTouched``, ``ZoneExpired`` with its reason, ``ZoneRemoved``), each carrying
-a copy of the zone as it was at that moment; the caller drains them with :meth:`Registry.drain`.
+a copy of the zone as it was then and the event time of its cause (README, "Event time").
 
 Structures (see zones.py for the touch and fill rules):
 
@@ -11,9 +11,8 @@ Structures (see zones.py for the touch and fill rules):
   an H1 zone never touches an H4 zone, however their ranges overlap;
 * one :class:`~services.registry.wheel.TimingWheel` holds every TTL and every grace period;
 * a price index per symbol (price_index.py): which zones a price update enters or leaves;
-* capacity: at most ``max_per_tf`` active zones per timeframe (all symbols). Creating one more
-  evicts the weakest active zone of that timeframe (lowest strength, then oldest created_ns),
-  which expires with reason ``evicted`` (counted);
+* capacity: at most ``max_per_tf`` active zones per timeframe (all symbols); one more evicts the
+  weakest active zone of that timeframe (lowest strength, then oldest created_ns), counted;
 * confluence: a ``ZoneCreated`` lists the ids of the active zones of *other* timeframes of the
   same symbol whose ``[bottom, top]`` overlaps the new zone's.
 """
@@ -99,8 +98,7 @@ class Registry:
         return self._prices.last_price(symbol)
 
     def on_price(self, symbol: str, price: float, event_ns: int) -> None:
-        """A price of ``symbol`` at ``event_ns`` (its event time): touch the zones the move enters,
-        fill those it crosses; their events carry that time."""
+        """A price at its event time: touch the zones the move enters, fill those it crosses."""
         self._prices.on_price(symbol, price, event_ns)
 
     def drain(self) -> list[Message]:
@@ -109,8 +107,7 @@ class Registry:
         self.events = []
         return out
 
-    # ------------------------------------------------------------------------------------------
-    # Create / update / delete
+    # Create / update / delete ---------------------------------------------------------------
 
     def reject(self, reason: str) -> None:
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
@@ -265,11 +262,8 @@ class Registry:
         self._prices.unplace(entry)
 
     def _expire(self, entry: Entry, reason: str, event_ns: int) -> None:
-        """Active -> expired (event) -> grace; removal scheduled after the grace period.
-
-        ``event_ns``: the cause's event time (the deadline, the fill's price, the evicting
-        detection), never before the zone's creation; the zone ends then, and its grace counts
-        from then."""
+        """Active -> expired (event) -> grace, ended at the cause's ``event_ns`` (not before its
+        creation; README "Event time"); removal scheduled after the grace period."""
         self._deactivate(entry)
         zone = entry.zone
         zone.state = "expired"
@@ -352,7 +346,7 @@ class Registry:
             if late < 0:  # rescheduled while it waited in the backlog: the wheel has it again
                 continue
             handled += 1
-            try:  # the events carry the deadline, not when the pass ran: the same at any pace
+            try:  # the events carry the deadline, not the pass's time
                 if active:
                     self._expire(entry, "ttl", deadline)
                 else:
