@@ -72,18 +72,20 @@ class Intake:
             "".join(traceback.format_exception(exc)),
         )
 
-    def create(self, d: Detection | DetectorEvent, now_ns: int) -> None:
-        """A zone for a detection. Its ``created_ns`` (the ZoneCreated's event time): a detection's
-        own (the close of its last candle), or an outside event's, else that message's
-        ``event_ns``, else ``now_ns``."""
+    def create(self, d: Detection | DetectorEvent, now_ns: int, event_ns: int = 0) -> None:
+        """A zone for a detection. Its ``created_ns`` (whence its TTL counts): a detection's own (the
+        end of its last candle), an outside event's, else that message's ``event_ns``, else
+        ``now_ns``. The ZoneCreated's event time is its cause's: ``event_ns``, the input that
+        closed the candle (a detection), or the message's ``event_ns`` (an outside event)."""
         if isinstance(d, DetectorEvent):
-            ttl, created = d.ttl_ns, d.created_ns or d.event_ns
+            ttl, created, event_ns = d.ttl_ns, d.created_ns or d.event_ns, d.event_ns
         else:
             ttl, created = 0, d.created_ns
         try:
             self.registry.create(
-                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, created, now_ns, ttl_ns=ttl
-            )
+                d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, created, now_ns,
+                ttl_ns=ttl, event_ns=event_ns or now_ns,
+            )  # fmt: skip
         except ZoneError as exc:  # counted by the core
             self.skip_log(exc.reason, "refused a zone (%s): %s", exc.reason, exc)
 
@@ -138,7 +140,7 @@ class Intake:
                     symbols_ok.add(symbol)
                 if detectors is not None and timely:
                     for d in detectors.on_price(symbol, ev or now, msg.price, now):
-                        self.create(d, now)
+                        self.create(d, now, ev or now)
                 reg.on_price(symbol, msg.price, ev if ev and timely else now)
             except Exception:
                 self.internal(self.prices_refused, f"a price of {msg.symbol[:128]!r}")

@@ -27,14 +27,7 @@ from services.registry.books import Book, WeakestFirst
 from services.registry.price_index import OUT, Entry, PriceIndex
 from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
 from services.registry.wheel import TimingWheel
-from services.registry.zones import (
-    FILL_NONE,
-    FILL_SIDE,
-    Rules,
-    ZoneError,
-    check_range,
-    zone_id,
-)
+from services.registry.zones import FILL_NONE, FILL_SIDE, Rules, ZoneError, check_range, zone_id
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 
 MAX_TTL_NS = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
@@ -124,9 +117,10 @@ class Registry:
         now_ns: int,
         *,
         ttl_ns: int = 0,
+        event_ns: int = 0,
     ) -> Zone | None:
         """Create a zone; returns it, the existing zone for a repeated detection, or None if too weak.
-
+        ``event_ns``: its cause's event time, the ZoneCreated's (default and at least ``created_ns``).
         Raises ZoneError (counted in ``stats.rejected``) for a bad range, unknown timeframe or a
         ``ttl_ns`` outside ``[0, MAX_TTL_NS]`` (0: the timeframe's configured TTL).
         ``created_ns`` may lie in the past (out of order): the TTL counts from it, and a zone
@@ -156,7 +150,7 @@ class Registry:
             return entry.zone
         st = self.stats.by_tf[timeframe]
         if st.active >= self.rules.max_per_tf:
-            self._evict_one(timeframe, created_ns)  # the new zone is the cause
+            self._evict_one(timeframe, event_ns or created_ns)  # the new zone is the cause
         zone = Zone(
             id=zid,
             symbol=symbol,
@@ -171,7 +165,8 @@ class Registry:
         confluence = self._confluence(zone)
         self._insert(zone, tf_rules.hit_tolerance)
         st.created += 1
-        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=created_ns))
+        ev = max(event_ns, created_ns)
+        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=ev))
         return zone
 
     def _confluence(self, zone: Zone) -> list[str]:

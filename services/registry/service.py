@@ -265,7 +265,7 @@ class RegistryService(Intake):
                 t0 = time.perf_counter()
                 try:
                     for d in detectors.on_time(now, symbols[i : i + CANDLE_CHUNK]):
-                        self.create(d, now)
+                        self.create(d, now, now)  # closed by the clock: the clock is the cause
                 except Exception:
                     self.internal(self.prices_refused, "the candles' close on time")
                 self.emit_safely()
