@@ -198,7 +198,8 @@ def bench_trades() -> dict[str, dict[str, Any]]:
 async def _jobs(n: int, workers: int) -> float:
     from shared.bus import Puller, Pusher
     from shared.messages import StrategyJob, TickerInput
-    from tests.helpers import python_env, tcp_endpoint
+    from tests.helpers import python_env
+    from tests.ports import tcp_endpoint
 
     jobs_ep, results_ep = tcp_endpoint(), tcp_endpoint()
     # workers run only the strategies of their config: the bench's one strategy

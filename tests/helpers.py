@@ -16,10 +16,6 @@ from pathlib import Path
 
 import pytest
 
-# Re-exported for the tests that still import them from here; new code imports tests.ports.
-from tests.ports import free_port as free_port
-from tests.ports import tcp_endpoint as tcp_endpoint
-
 ROOT = Path(__file__).resolve().parent.parent
 
 Wake = asyncio.Event | Callable[[], Awaitable[object]] | None

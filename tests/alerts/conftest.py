@@ -12,7 +12,8 @@ import pytest
 
 from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
-from tests.helpers import free_port, redis_server
+from tests.helpers import redis_server
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")

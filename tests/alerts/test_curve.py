@@ -20,7 +20,8 @@ from shared.messages import ENCODER, AlertFired, JobResult, Price, StrategyJob
 from shared.security import CurveConfig, create_keys
 from shared.wire import decode_payload
 from tests.alerts.test_service import FN, write_config
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 pytestmark = pytest.mark.slow
 

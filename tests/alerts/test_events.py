@@ -17,7 +17,8 @@ from shared.bus import Publisher, Subscriber
 from shared.config import ConfigError, convert
 from shared.messages import AlertFired, AlertZoneEvent, Price, Zone, ZoneCreated, ZoneTouched
 from tests.alerts.test_service import stop, write_config
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

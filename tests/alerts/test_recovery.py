@@ -21,7 +21,8 @@ from services.alerts.bars import ROW_PREFIX
 from shared.bus import Publisher, Subscriber
 from shared.messages import AlertFired, Zone, ZoneTouched
 from tests.alerts.test_service import write_config
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 pytestmark = pytest.mark.slow
 

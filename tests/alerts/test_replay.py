@@ -28,7 +28,8 @@ from shared.bus import Publisher, Subscriber
 from shared.constants import dex_swap_topic, md_topic, px_topic, zone_topic
 from shared.messages import AlertFired, Message, Price, Swap, Trade, Zone, ZoneTouched
 from tests.alerts.test_service import scrape, write_config
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 pytestmark = pytest.mark.slow
 

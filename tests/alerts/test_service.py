@@ -14,7 +14,8 @@ import yaml
 
 from shared.bus import Publisher, Subscriber
 from shared.messages import AlertFired, Price
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 FN = "tests.alerts.user_strategies"

@@ -21,7 +21,8 @@ from shared.bus import Publisher, Subscriber
 from shared.messages import AlertFired, StrategyJob
 from tests.alerts.test_service import FN, pump_until, scrape, stop, write_config
 from tests.e2e.pipeline import children
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import free_port, tcp_endpoint
 
 pytestmark = pytest.mark.slow
 S = 1_000_000_000

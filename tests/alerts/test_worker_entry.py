@@ -19,7 +19,8 @@ from services.alerts.core import workers_origin
 from shared.bus import Puller, Pusher
 from shared.messages import JobResult, StrategyJob, TickerInput
 from tests.e2e.pipeline import children, wait_gone
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 BAR = TickerInput(open=0.4, high=0.6, low=0.4, close=0.6, prev_close=0.4)
 _job_ids = itertools.count()

@@ -14,7 +14,8 @@ import zmq
 
 from shared.bus import Puller, Pusher
 from shared.messages import ENCODER, JobResult, Price, StrategyJob, TickerInput
-from tests.helpers import spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import tcp_endpoint
 
 pytestmark = pytest.mark.slow
 BAR = TickerInput(open=0.4, high=0.6, low=0.4, close=0.6, prev_close=0.4)

@@ -16,7 +16,7 @@ from shared.config import CommonConfig
 from shared.messages import Message, Price
 from shared.metrics import StatsCollector
 from shared.runner import ServiceContext
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 
 
 def stored_symbols(path: Path) -> set[str]:

@@ -25,7 +25,7 @@ from shared.config import CommonConfig
 from shared.messages import DetectorEvent, Price, ZoneCreated, ZoneExpired
 from shared.metrics import StatsCollector
 from shared.runner import ServiceContext
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

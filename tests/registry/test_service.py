@@ -28,7 +28,8 @@ from shared.messages import (
     ZoneTouched,
 )
 from shared.snapshot import request_snapshot
-from tests.helpers import free_port, spawn, tcp_endpoint
+from tests.helpers import spawn
+from tests.ports import free_port, tcp_endpoint
 
 S = 1_000_000_000
 

@@ -23,7 +23,7 @@ from shared.config import CommonConfig
 from shared.messages import DetectorEvent, Message, Price, ZoneCreated, ZoneExpired, ZoneRemoved
 from shared.metrics import StatsCollector
 from shared.runner import ServiceContext
-from tests.helpers import tcp_endpoint
+from tests.ports import tcp_endpoint
 
 S = 1_000_000_000
 MS = 1_000_000
