@@ -92,8 +92,9 @@ class Ring:
             return
         n = self._n
         if n == 0:
-            times = self.times = array("q", bytes(8 * self.capacity))
-            self.values = array("d", bytes(8 * self.capacity))
+            # a repeat is allocated exactly; array(typecode, bytes) keeps ~6 % growth slack
+            times = self.times = array("q", (0,)) * self.capacity
+            self.values = array("d", (0.0,)) * self.capacity
         elif t < times[n - 1]:
             self.descents += 1
         times[n] = t
