@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import services.registry.store as store_module
 from services.registry.outbox import Outbox
 from services.registry.store import Batch, ZoneStore
 from shared.messages import Message, Zone, ZoneCreated
+from tests.helpers import eventually
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -61,12 +61,6 @@ class GatedStore(ZoneStore):
         super().write(batch)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():
-            await asyncio.sleep(0.001)
-
-
 async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None:
     """On the store's thread: events behind a write in flight go as one write once it is done."""
     store = GatedStore(tmp_path / "z.sqlite")
@@ -90,7 +84,7 @@ async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None
         assert outbox.in_flight == 1 and outbox.waiting == 3
         assert store.pending == 2  # zones 1 and 2: the next write, one for both
         store.gate.set()
-        await until(lambda: len(seen) == 4)
+        await eventually(lambda: len(seen) == 4, wake=None, timeout=10, what="4 publishes")
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -136,7 +130,7 @@ async def test_a_burst_behind_a_write_goes_as_one_write(tmp_path: Path) -> None:
             store.changed(zone(i))
             outbox.send([ZoneCreated(zone=zone(i))])
         store.gate.set()
-        await until(lambda: len(out) == 201)
+        await eventually(lambda: len(out) == 201, wake=None, timeout=10, what="201 events out")
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -166,7 +160,7 @@ async def test_the_input_is_held_while_too_many_events_wait(tmp_path: Path) -> N
         store.gate.set()
         async with asyncio.timeout(10):
             await held
-        await until(lambda: len(out) == 7)
+        await eventually(lambda: len(out) == 7, wake=None, timeout=10, what="7 events out")
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
