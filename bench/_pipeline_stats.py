@@ -1,0 +1,176 @@
+"""The pipeline benchmark's bookkeeping: what each stage saw, a measured window, the probes matched
+to their alerts, CPU per update, the printed report (``bench/pipeline.py`` runs the processes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUSTAINED_P99_MS = 100.0  # past it a window is not sustained: a queue that grows shows there first
+DRIVER = "simulator"  # the outside world: its CPU is not the pipeline's
+CURVE_TOP = 30_000  # the scaling curve: p99 at 1 k, 10 k and this many updates/s offered
+CPU_BASELINE_US = (
+    54.3  # pipeline.cpu_us_per_update before issue 17's work (the median of 3): the goal is half
+)
+CPU_BASELINE_RANGE = "53.2-54.9"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Seen:
+    """What the probe symbols did at each stage: (price, publish_ns) per symbol, in order."""
+
+    px: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    touched: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    alerts: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)  # value, publish, recv
+
+
+@dataclass
+class Window:
+    rate: int
+    t0: int
+    t1: int
+    updates: int
+    gaps: float
+    cpu_s: dict[str, float]  # CPU seconds (utime + stime, every thread) each process used in the window
+    latencies_ms: list[float] = field(default_factory=list)
+    hops_ms: dict[str, list[float]] = field(default_factory=dict)
+    probes: int = 0
+    lost: int = 0
+
+    @property
+    def achieved(self) -> float:
+        return self.updates / ((self.t1 - self.t0) / 1e9)
+
+    @property
+    def cpu(self) -> dict[str, float]:
+        """% of a core per process."""
+        return {name: 100.0 * s / ((self.t1 - self.t0) / 1e9) for name, s in self.cpu_s.items()}
+
+    def cpu_us_per_update(self, name: str | None = None) -> float:
+        """One process's CPU (or the pipeline's, every process but the driver) per update sent, in us."""
+        used = self.cpu_s[name] if name else sum(s for n, s in self.cpu_s.items() if n != DRIVER)
+        return 1e6 * used / max(self.updates, 1)
+
+    def sustained(self) -> bool:
+        return (
+            self.achieved >= 0.95 * self.rate
+            and self.gaps == 0
+            and self.lost == 0
+            and self.probes > 0
+            and pct(self.latencies_ms, 0.99) <= SUSTAINED_P99_MS
+        )
+
+
+def first_after(items: list[Any], t: int, key: int, price: float | None = None) -> Any:
+    """The first item stamped at or after ``t`` (and with this price, when given)."""
+    stamps = [it[key] for it in items]
+    for it in items[bisect_right(stamps, t - 1) :]:
+        if price is None or abs(it[0] - price) < 1e-9:
+            return it
+    return None
+
+
+def analyse(w: Window, probes: list[list[Any]], seen: Seen) -> None:
+    """Match every probe sent in the window to its px, zone touch and alert (by symbol, in time)."""
+    by_symbol: dict[str, list[int]] = {}
+    for asset, _price, sent in probes:
+        by_symbol.setdefault(f"pm.{asset}", []).append(sent)
+    hops: dict[str, list[float]] = {"ws_ingest": [], "registry": [], "alerts": [], "delivery": []}
+    for asset, price, sent in probes:
+        if not w.t0 <= sent < w.t1:
+            continue
+        symbol = f"pm.{asset}"
+        w.probes += 1
+        sends = by_symbol[symbol]
+        nxt = sends[bisect_right(sends, sent)] if bisect_right(sends, sent) < len(sends) else None
+        alert = first_after(sorted(seen.alerts.get(symbol, []), key=lambda a: a[2]), sent, 2, price)
+        if alert is None or (nxt is not None and alert[2] >= nxt):
+            w.lost += 1
+            continue
+        w.latencies_ms.append((alert[2] - sent) / 1e6)
+        px = first_after(seen.px.get(symbol, []), sent, 1, price)
+        touch = first_after(seen.touched.get(symbol, []), sent, 1, price)
+        if px is not None and touch is not None:
+            hops["ws_ingest"].append((px[1] - sent) / 1e6)
+            hops["registry"].append((touch[1] - px[1]) / 1e6)
+            hops["alerts"].append((alert[1] - touch[1]) / 1e6)
+            hops["delivery"].append((alert[2] - alert[1]) / 1e6)
+    w.hops_ms = hops
+
+
+def report(main: Window, steps: list[Window], sub_gaps: int) -> None:
+    def line(w: Window) -> str:
+        cpu = (
+            " ".join(f"{n}={c:.0f}%" for n, c in w.cpu.items()) + f" ({w.cpu_us_per_update():.1f} us/update)"
+        )
+        return (
+            f"  {w.rate:>6}/s: achieved {w.achieved:>8.0f}/s, probes {w.probes:>4}, lost {w.lost}, "
+            f"gaps {w.gaps:.0f}, p50 {pct(w.latencies_ms, 0.5):7.2f} ms, "
+            f"p99 {pct(w.latencies_ms, 0.99):7.2f} ms, sustained {w.sustained()} | cpu {cpu}"
+        )
+
+    out = [line(main), *(line(w) for w in steps)]
+    out.append(
+        "  hops at 10 k/s (p50 / p99 ms): "
+        + ", ".join(f"{n} {pct(v, 0.5):.2f} / {pct(v, 0.99):.2f}" for n, v in main.hops_ms.items())
+    )
+    out.append(f"  gaps seen by this process's subscribers: {sub_gaps}")
+    print("\n".join(out), file=sys.stderr, flush=True)
+
+
+def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> dict[str, dict[str, Any]]:
+    """``main`` at 10 k/s, ``low`` at 1 k/s, ``steps`` the ramp above 10 k/s."""
+    sustained = max([w.rate for w in (main, *steps) if w.sustained()], default=0)
+    out: dict[str, dict[str, Any]] = {
+        "pipeline.p50_ms": {"value": pct(main.latencies_ms, 0.5), "unit": "ms", "goal": ""},
+        "pipeline.p99_ms": {"value": pct(main.latencies_ms, 0.99), "unit": "ms", "goal": "<= 5"},
+        "pipeline.lost_alerts": {"value": main.lost, "unit": "alerts", "goal": "<= 0"},
+        "pipeline.gaps": {"value": main.gaps + sub_gaps, "unit": "gaps", "goal": "<= 0"},
+        "pipeline.max_sustained_msgs_per_s": {"value": sustained, "unit": "updates/s", "goal": ">= 10000"},
+        "pipeline.cpu_us_per_update": {
+            "value": main.cpu_us_per_update(),
+            "unit": "us CPU/update",
+            "goal": f"<= {CPU_BASELINE_US / 2:g}",
+            "note": f"ingest + registry + alerts, every thread, at 10 k updates/s (not the simulator); "
+            f"goal: half the baseline, {CPU_BASELINE_US:g} us (3 runs at 5fac3a9: {CPU_BASELINE_RANGE})",
+        },
+    }
+    for name, values in main.hops_ms.items():
+        out[f"pipeline.hop_{name}_p50_ms"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
+        out[f"pipeline.hop_{name}_p99_ms"] = {"value": pct(values, 0.99), "unit": "ms", "goal": ""}
+    for name, used in main.cpu.items():
+        out[f"pipeline.cpu_pct_{name}"] = {"value": used, "unit": "% core", "goal": ""}
+        if name != DRIVER:
+            out[f"pipeline.cpu_us_per_update_{name}"] = {
+                "value": main.cpu_us_per_update(name),
+                "unit": "us CPU/update",
+                "goal": "",
+            }
+    curve = [low, main, *(w for w in steps if w.rate == CURVE_TOP)]
+    rows = [[w.rate, pct(w.latencies_ms, 0.99), pct(w.latencies_ms, 0.5), round(w.achieved)] for w in curve]
+    out["pipeline.scaling_p99_ms"] = {
+        "value": rows[-1][1] / rows[0][1],
+        "unit": f"x (p99 at {rows[-1][0]} / at {rows[0][0]} updates/s)",
+        "goal": "",
+        "table": {"columns": ["updates_per_s", "p99_ms", "p50_ms", "achieved_per_s"], "rows": rows},
+    }
+    return out
