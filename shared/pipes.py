@@ -35,7 +35,7 @@ class PipeStats:
     would_block: int = 0
 
 
-class Pusher:
+class Pusher(security.BindLater):
     """PUSH socket: work or commands to a PULL peer. ``send`` waits for room; ``try_send`` doesn't."""
 
     def __init__(
@@ -47,6 +47,7 @@ class Pusher:
         hwm: int = 10_000,
         linger_ms: int = 2000,
         ctx: zmq.asyncio.Context | None = None,
+        bind_later: bool = False,
     ) -> None:
         self.sender = sender or default_publisher_id("push")
         self.stats = PipeStats()
@@ -55,7 +56,7 @@ class Pusher:
         self._asock.setsockopt(zmq.SNDHWM, hwm)
         self._asock.setsockopt(zmq.LINGER, linger_ms)
         if bind:
-            security.bind(self._asock, endpoint)
+            self._bind(self._asock, endpoint, later=bind_later)
         else:
             security.connect(self._asock, endpoint)
         self._sock = sync_view(self._asock)
@@ -84,7 +85,7 @@ class Pusher:
         self._asock.close(linger=linger_ms)
 
 
-class Puller:
+class Puller(security.BindLater):
     """PULL socket: decodes one-frame payloads, counts and skips what does not decode."""
 
     def __init__(
@@ -97,6 +98,7 @@ class Puller:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
         decode: Callable[[bytes], tuple[list[Message], int]] = decode_payload,
+        bind_later: bool = False,
     ) -> None:
         """``max_message_size``: a larger frame closes its sender's connection unread (-1: no limit).
         ``decode``: one payload -> (messages, how many were bad); a service can keep the good parts
@@ -109,7 +111,7 @@ class Puller:
         self._asock.setsockopt(zmq.LINGER, 0)
         self._asock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         if bind:
-            security.bind(self._asock, endpoint)
+            self._bind(self._asock, endpoint, later=bind_later)
         else:
             security.connect(self._asock, endpoint)
         self._sock = sync_view(self._asock)

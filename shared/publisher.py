@@ -44,7 +44,7 @@ class PublisherStats:
     heartbeats: int = 0
 
 
-class Publisher:
+class Publisher(security.BindLater):
     """PUB socket that numbers, timestamps, batches and heartbeats what it sends."""
 
     def __init__(
@@ -61,6 +61,7 @@ class Publisher:
         wire_version: int = 1,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         ctx: zmq.asyncio.Context | None = None,
+        bind_later: bool = False,
     ) -> None:
         if wire_version not in WIRE_VERSIONS:
             raise ValueError(f"wire_version {wire_version}: expected one of {WIRE_VERSIONS}")
@@ -92,7 +93,7 @@ class Publisher:
         if lossless:
             self._asock.setsockopt(zmq.XPUB_NODROP, 1)
         self._backlog: deque[tuple[bytes, bytes]] = deque()  # frames the HWM refused (lossless only)
-        security.bind(self._asock, endpoint)
+        self._bind(self._asock, endpoint, later=bind_later)
         self._sock = sync_view(self._asock)
         self._closed = False
         self.subscriptions: set[str] = set()

@@ -131,7 +131,7 @@ async def replay(
     It starts once a subscriber matches each topic of ``wait_for``, so nobody joins late.
     """
     records = [r for r in read_records(path) if not isinstance(r.msg, Heartbeat)]
-    pub = Publisher(endpoint, service="replay", lossless=True)
+    pub = await Publisher(endpoint, service="replay", lossless=True, bind_later=True).bound()
     pub.start()
     try:
         for topic in wait_for or ("",):

@@ -14,7 +14,7 @@ import errno
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 import zmq
@@ -126,6 +126,30 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
         time.sleep(backoff.next_delay())
 
 
+class BindLater:
+    """For a socket owner that binds: ``bind_later=True`` in its constructor leaves the bind to
+    ``await owner.bound(clock)``, whose retries wait on the event loop instead of blocking it.
+
+    Services bind this way; a synchronous caller (the CLI, a test) keeps the constructor's bind.
+    """
+
+    _unbound: tuple[zmq.Socket[Any], str] | None = None
+
+    def _bind(self, sock: zmq.Socket[Any], endpoint: str, *, later: bool) -> None:
+        if later:
+            self._unbound = (sock, endpoint)
+        else:
+            bind(sock, endpoint)
+
+    async def bound(self, clock: Clock | None = None, *, retry_s: float = BIND_RETRY_S) -> Self:
+        """Bind the socket left unbound by ``bind_later=True``; returns the owner."""
+        if self._unbound is None:
+            raise RuntimeError(f"{type(self).__name__} is already bound (or connects)")
+        (sock, endpoint), self._unbound = self._unbound, None
+        await bind_async(sock, endpoint, clock=clock, retry_s=retry_s)
+        return self
+
+
 def _prepare(sock: zmq.Socket[Any], endpoint: str) -> None:
     if _active is not None:
         _active.server(sock)
@@ -139,7 +163,7 @@ def _try_bind(sock: zmq.Socket[Any], endpoint: str, *, past_deadline: bool) -> b
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         if exc.errno != errno.EADDRINUSE or past_deadline:
-            raise
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
         return False
     return True
 

@@ -59,7 +59,7 @@ def item_topic(item: Message) -> str:
     return ""
 
 
-class SnapshotServer:
+class SnapshotServer(security.BindLater):
     """ROUTER that answers SnapshotRequests from ``source`` (called on the event loop)."""
 
     def __init__(
@@ -71,6 +71,7 @@ class SnapshotServer:
         publisher: Publisher | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         ctx: zmq.asyncio.Context | None = None,
+        bind_later: bool = False,
     ) -> None:
         """``publisher`` (or only its id, ``publisher_id``) is the Publisher whose ``seq`` the
         snapshots refer to; given the Publisher, each item is stamped with its topic's last ``seq``
@@ -85,7 +86,7 @@ class SnapshotServer:
         self._sock = (ctx or context()).socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
-        security.bind(self._sock, endpoint)
+        self._bind(self._sock, endpoint, later=bind_later)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> SnapshotServer:

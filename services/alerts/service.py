@@ -41,16 +41,21 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
     alerts = Alerts(cfg, store)
     alerts.start()
     gc.freeze()  # the loaded state is long-lived: keep it out of every later collection
-    pub = Publisher(
+    pub = await Publisher(
         cfg.pub,
         service="alerts",
         clock=clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
         wire_version=ctx.common.wire_version,
-    )
+        bind_later=True,
+    ).bound(clock)
     sub = Subscriber(cfg.sub, PREFIXES, clock=clock)
-    pusher = Pusher(cfg.jobs, bind=True, sender=pub.publisher_id, hwm=cfg.max_in_flight, linger_ms=0)
-    puller = Puller(cfg.results, bind=True, max_message_size=ctx.common.max_message_size)
+    pusher = await Pusher(
+        cfg.jobs, bind=True, sender=pub.publisher_id, hwm=cfg.max_in_flight, linger_ms=0, bind_later=True
+    ).bound(clock)
+    puller = await Puller(
+        cfg.results, bind=True, max_message_size=ctx.common.max_message_size, bind_later=True
+    ).bound(clock)
     ctx.bus_stats.add("pub", pub.stats)
     ctx.bus_stats.add("sub", sub.stats)
     ctx.bus_stats.add("jobs", pusher.stats)

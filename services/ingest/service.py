@@ -40,15 +40,19 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     log = ctx.log
     skip_log = RateLimitedLog(log, clock=ctx.clock.monotonic)  # bad input: a burst, then summaries
     shard = Shard(cfg.shard_index, cfg.shard_count)
-    pub = Publisher(
+    pub = await Publisher(
         cfg.pub,
         service="ingest",
         publisher_id=cfg.publisher_id or None,
         clock=ctx.clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
         wire_version=ctx.common.wire_version,
-    ).start()
-    puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
+        bind_later=True,
+    ).bound(ctx.clock)
+    pub.start()
+    puller = await Puller(
+        cfg.pull, bind=True, max_message_size=ctx.common.max_message_size, bind_later=True
+    ).bound(ctx.clock)
     ctx.bus_stats.add("pub", pub.stats)
     ctx.bus_stats.add("pull", puller.stats)
     subscriptions = Subscriptions()
@@ -89,9 +93,9 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         pub.flush()
         return pub.seq, router.snapshot(request.prefix)
 
-    snapshots = SnapshotServer(
-        cfg.snapshot, snapshot, publisher=pub, max_message_size=ctx.common.max_message_size
-    )
+    snapshots = await SnapshotServer(
+        cfg.snapshot, snapshot, publisher=pub, max_message_size=ctx.common.max_message_size, bind_later=True
+    ).bound(ctx.clock)
     latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS)
     observe = latency.observe
     handle = router.handle_frame

@@ -56,9 +56,10 @@ class SyncService:
             clock=ctx.clock,
             heartbeat_interval=ctx.common.heartbeat_interval,
             wire_version=ctx.common.wire_version,
+            bind_later=True,
         )
         self.whitelist = WhitelistGate()
-        self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size)
+        self.pull = Puller(cfg.pull, max_message_size=ctx.common.max_message_size, bind_later=True)
         # a WhitelistAdd's good pools survive a bad neighbour (decoded pool by pool when the shared
         # schema refuses the whole message): Puller's ``decode`` hook
         self.pull.decode = self.whitelist.decode
@@ -69,6 +70,7 @@ class SyncService:
             self.announce.snapshot,
             publisher=self.pub,
             max_message_size=ctx.common.max_message_size,
+            bind_later=True,
         )
         self.configured = {pool_key(spec) for spec in cfg.pools}  # never forgotten by the missing cap
         self.block_errors = 0  # unforeseen errors applying a block: each resyncs
@@ -269,6 +271,8 @@ class SyncService:
         await run_loops(self.ctx.stopping, loops)
 
     async def run(self) -> None:
+        for owner in (self.pub, self.pull, self.snap):  # bound here, where a retry can await
+            await owner.bound(self.clock)
         self.pub.start()
         self.snap.start()
         try:

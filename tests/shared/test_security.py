@@ -185,7 +185,7 @@ async def test_bind_async_gives_up_after_retry_s_with_the_bind_error() -> None:
         clock.advance(0.05)
     with pytest.raises(zmq.ZMQError) as raised:
         await task
-    assert raised.value.errno == errno.EADDRINUSE
+    assert raised.value.errno == errno.EADDRINUSE and "cannot bind tcp://127.0.0.1:1" in str(raised.value)
     assert 1.0 / 0.05 <= sock.attempts <= 1.0 / 0.005 + 2  # waits between 2.5 and 50 ms for 1 s
 
 
@@ -194,3 +194,31 @@ def test_bind_gives_up_on_an_error_other_than_address_in_use() -> None:
     with pytest.raises(zmq.ZMQError):
         security.bind(sock, "tcp://256.0.0.1:1")
     sock.close()
+
+
+async def test_a_socket_bound_later_waits_on_the_loop_for_a_port_in_use_then_serves() -> None:
+    endpoint, clock = tcp_endpoint(), FakeClock()
+    holder = context().socket(zmq.PUB)
+    holder.bind(endpoint)
+    pub = Publisher(endpoint, service="test", heartbeat_interval=0, bind_later=True)  # no bind yet
+    task = asyncio.create_task(pub.bound(clock, retry_s=3600))
+    await eventually(lambda: clock.sleepers == 1, wake=None, timeout=5, what="a wait for the port")
+    assert not task.done()  # the port is in use; the loop (this test) runs meanwhile
+    holder.close(linger=0)
+    while not task.done():  # ZeroMQ frees the port on its I/O thread: retry until it has
+        await eventually(lambda: clock.sleepers == 1 or task.done(), wake=None, timeout=5, what="a retry")
+        clock.advance(0.05)
+    assert await task is pub
+    pub.start()
+    sub = Subscriber(endpoint, ("",))
+    try:
+        await pub.wait_for_subscriber("", timeout=5)
+        pub.publish("px.test", Price(symbol="test", price=1.0, event_ns=1))
+        pub.flush()
+        [(topic, msg)] = await sub.recv_batch(timeout=5)
+        assert topic == "px.test" and isinstance(msg, Price) and msg.price == 1.0
+        with pytest.raises(RuntimeError, match="already bound"):
+            await pub.bound(clock)
+    finally:
+        sub.close()
+        await pub.close()
