@@ -1,8 +1,12 @@
 """``make bench [ONLY=service]``: run every benchmark module, print a table, write bench/results.json.
 
-A benchmark module is ``bench/<service>.py`` with ``run() -> dict[str, Figure]`` where a figure is
-``{"value": number, "unit": str, "goal": str}`` and names are ``<service>.<figure>``. The goal is a
-comparison like ``">= 0.6"`` or ``"<= 15"``; ``met`` says whether the value meets it.
+A benchmark module is ``bench/<name>.py`` (not ``_private``, not ``plots``) with
+``run() -> dict[str, Figure]`` where a figure is ``{"value": number, "unit": str, "goal": str}``
+and names are ``<name>.<figure>``. The goal is a
+comparison like ``">= 0.6"`` or ``"<= 15"``; ``met`` says whether the value meets it. A figure may
+carry a ``table`` (a scaling curve): ``bench/plots.py`` draws those into bench/scaling.png after
+the run. ``bench.seconds_<module>`` is how long each module took (``make bench`` should stay
+under 5 minutes on the 2-core machine: their sum).
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.plots import draw
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
-ORDER = ["bus", "registry", "ingest", "sync", "alerts", "pipeline"]
+ORDER = ["bus", "registry", "ingest", "sync", "alerts", "scaling", "pipeline"]
+NOT_BENCHMARKS = {"plots"}
 
 
 def modules() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules([str(HERE)]) if not m.name.startswith("_")]
+    found = [
+        m.name
+        for m in pkgutil.iter_modules([str(HERE)])
+        if not m.name.startswith("_") and m.name not in NOT_BENCHMARKS
+    ]
     return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
@@ -58,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, fig in figures.items():
             fig["met"] = met(float(fig["value"]), fig.get("goal"))
             results[key] = fig
-        print(f"   {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        seconds = time.perf_counter() - t0
+        results[f"bench.seconds_{name}"] = {"value": seconds, "unit": "s", "goal": "", "met": None}
+        print(f"   {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    draw(results)
     width = max((len(k) for k in results), default=10)
     print(f"\n{'figure':<{width}}  {'value':>14}  {'unit':<10}  {'goal':<10}  met")
     for key in sorted(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 from services.sync import amm
@@ -52,15 +53,17 @@ def _v2_blocks(n_pools: int, n_events: int, rng: random.Random) -> tuple[list[Po
     return pools, blocks
 
 
-def _apply_rate(pools: list[Pool], blocks: list[list[PoolUpdate]]) -> float:
+def _apply_rate(
+    pools: list[Pool], blocks: list[list[PoolUpdate]], clock: Callable[[], float] = time.perf_counter
+) -> float:
     proc = EventProcessor(depth=64)
     for pool in pools:
         proc.add_pool(pool)
     n = sum(len(b) for b in blocks)
-    t0 = time.perf_counter()
+    t0 = clock()
     for i, events in enumerate(blocks, 1):
         proc.apply_block(i, block_hash(i), block_hash(i - 1) if i > 1 else b"", events)
-    return n / (time.perf_counter() - t0)
+    return n / (clock() - t0)
 
 
 def _v3_blocks(n_events: int, seed: int) -> list[list[PoolUpdate]]:
