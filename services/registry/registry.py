@@ -9,7 +9,9 @@ Structures (see zones.py for the touch and fill rules):
 
 * ``id -> entry``: O(1) get/update/delete; each (symbol, timeframe) has its own book, so expiring
   an H1 zone never touches an H4 zone, however their ranges overlap;
-* one :class:`~services.registry.wheel.TimingWheel` holds every TTL and every grace period;
+* one :class:`~services.registry.due.DueTimers` holds every TTL and every grace period, on
+  event time: :meth:`Registry.advance` takes the shell's point (README, "Event time"), and a price
+  first expires the zones whose deadline its event time passed, so it never touches them;
 * a price index per symbol (price_index.py): which zones a price update enters or leaves;
 * capacity: at most ``max_per_tf`` active zones per timeframe (all symbols); one more evicts the
   weakest active zone of that timeframe (lowest strength, then oldest created_ns), counted;
@@ -20,13 +22,12 @@ Structures (see zones.py for the touch and fill rules):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from services.registry.books import Book, WeakestFirst
+from services.registry.due import DueTimers
 from services.registry.price_index import OUT, Entry, PriceIndex
 from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
-from services.registry.wheel import TimingWheel
 from services.registry.zones import FILL_NONE, FILL_SIDE, Rules, ZoneError, check_range, zone_id
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 
@@ -37,16 +38,16 @@ _copy: Callable[[Zone], Zone] = Zone.__copy__  # type: ignore[attr-defined]
 class Registry:
     """Zones per (symbol, timeframe), their TTLs on a timing wheel, and a price index per symbol."""
 
-    def __init__(self, rules: Rules, now_ns: int = 0) -> None:
+    def __init__(self, rules: Rules, now_ns: int = 0, *, wall: Callable[[], int] | None = None) -> None:
+        """``wall``: the wall clock, if any (:class:`~services.registry.due.DueTimers`)."""
         self.rules = rules
         self.events: list[Message] = []
         self.stats = RegistryStats()
         self._entries: dict[str, Entry] = {}
         self._books: dict[str, dict[str, Book]] = {}  # symbol -> tf -> book
         self._prices = PriceIndex(self.stats, self._touch, self._fill)
-        self._wheel: TimingWheel[str] = TimingWheel(now_ns)
+        self.timers: DueTimers[str] = DueTimers(now_ns, wall)  # on event time
         self._weakest = WeakestFirst()
-        self._due: deque[str] = deque()  # fired by the wheel, not yet handled (advance's limit)
         # Told of each zone whose expiry raised (a bug), after it is counted; the others go on.
         self.on_expiry_error: Callable[[str, Exception], None] | None = None
         for tf in rules.timeframes:
@@ -85,13 +86,22 @@ class Registry:
         return self.stats.tf(timeframe).active
 
     def next_deadline_ns(self) -> int | None:
-        return self._wheel.next_deadline_ns()
+        return self.timers.next_deadline_ns()
 
     def last_price(self, symbol: str) -> float | None:
         return self._prices.last_price(symbol)
 
     def on_price(self, symbol: str, price: float, event_ns: int) -> None:
-        """A price at its event time: touch the zones the move enters, fill those it crosses."""
+        """A price at its event time: the zones whose deadline it reached expire first (it cannot
+        touch them), then it touches the zones the move enters and fills those it crosses."""
+        timers = self.timers
+        if event_ns > timers.seen_ns:
+            timers.see(event_ns)
+        if event_ns >= timers.next_ns:
+            to = timers.cap(event_ns)
+            if to >= timers.next_ns:
+                timers.fire(to, self._deadline)
+                self._handle(to, None)
         self._prices.on_price(symbol, price, event_ns)
 
     def drain(self) -> list[Message]:
@@ -196,8 +206,15 @@ class Registry:
         if zone.state == "touched":
             st.touched_now += 1
         self._weakest.push(zone, st.active)
-        self._wheel.schedule(zone.id, zone.expires_ns)
+        self.timers.schedule(zone.id, zone.expires_ns)
         self._prices.place(entry)
+
+    def _deadline(self, zone_id: str) -> int | None:
+        entry = self._entries.get(zone_id)
+        if entry is None:
+            return None
+        zone = entry.zone
+        return zone.expires_ns if entry.side != OUT else zone.ended_ns + self.rules.grace_ns
 
     def update(
         self,
@@ -239,7 +256,7 @@ class Registry:
             return False
         if entry.side != OUT:
             self._deactivate(entry)
-        self._wheel.cancel(zone_id)
+        self.timers.wheel.cancel(zone_id)
         self._remove(entry, now_ns)
         return True
 
@@ -274,9 +291,9 @@ class Registry:
         zone.state = "grace"
         st.grace += 1  # _remove takes it off again
         if self.rules.grace_ns > 0:
-            self._wheel.schedule(zone.id, ended + self.rules.grace_ns)
+            self.timers.schedule(zone.id, ended + self.rules.grace_ns)
         else:
-            self._wheel.cancel(zone.id)
+            self.timers.wheel.cancel(zone.id)
             self._remove(entry, ended)
 
     def _touch(self, entry: Entry, price: float, event_ns: int) -> None:
@@ -313,59 +330,46 @@ class Registry:
             self._expire(self._entries[zid], "evicted", event_ns)
 
     def advance(self, now_ns: int, limit: int | None = None) -> int:
-        """Fire every TTL and grace period due at ``now_ns``; returns how many were handled.
+        """Fire every TTL and grace period due at ``now_ns`` (the shell's point: the clock when
+        live, else event time); returns how many were handled. ``limit``: at most that many,
+        earliest deadline first; the rest wait in :attr:`due_backlog` for the next call (a shell
+        bounds a loop turn with it). Each one's lateness goes to ``stats.lag_counts`` (due.py)."""
+        self.timers.fire(now_ns, self._deadline)
+        return self._handle(now_ns, limit)
 
-        ``limit``: handle at most that many; the rest wait in :attr:`due_backlog` for the next call
-        (a shell bounds the work of one event-loop turn with it). Each timer's lateness is taken
-        when it is handled, into ``stats.lag_counts``.
-        """
-        due = self._due
-        due.extend(self._wheel.advance(now_ns))
-        entries = self._entries
-        lag = 0
-        grace = self.rules.grace_ns
-        stats = self.stats
-        counts = stats.lag_counts
-        total = 0
-        handled = 0
-        n = len(due) if limit is None else min(limit, len(due))
-        for _ in range(n):
-            zid = due.popleft()
-            entry = entries.get(zid)
-            if entry is None:
-                continue
-            zone = entry.zone
-            active = entry.side != OUT
-            deadline = zone.expires_ns if active else zone.ended_ns + grace
-            late = now_ns - deadline
-            if late < 0:  # rescheduled while it waited in the backlog: the wheel has it again
-                continue
-            handled += 1
-            try:  # the events carry the deadline, not the pass's time
-                if active:
-                    self._expire(entry, "ttl", deadline)
-                else:
-                    self._remove(entry, deadline)
-            except Exception as exc:  # a bug with one zone: the others still expire
-                stats.expiry_errors += 1
-                if self.on_expiry_error is not None:
-                    self.on_expiry_error(zid, exc)
-                continue
-            counts[bisect_left(LAG_BOUNDS_NS, late)] += 1
-            total += late
-            if late > lag:
-                lag = late
-        if handled:
-            stats.lag_sum_ns += total
-            stats.last_lag_ns = lag
+    def _handle(self, to_ns: int, limit: int | None) -> int:
+        """Expire (or remove) the due timers with deadline <= ``to_ns``, at most ``limit``."""
+        handled, lates = self.timers.run(to_ns, limit, self._deadline, self._end)
+        if lates:
+            stats = self.stats
+            counts = stats.lag_counts
+            for late in lates:
+                counts[bisect_left(LAG_BOUNDS_NS, late)] += 1
+            stats.lag_sum_ns += sum(lates)
+            stats.last_lag_ns = lag = max(lates)
             if lag > stats.max_lag_ns:
                 stats.max_lag_ns = lag
         return handled
 
+    def _end(self, zone_id: str, deadline_ns: int) -> bool:
+        """A TTL or a grace period ends: the events carry the deadline, not the handling's time."""
+        entry = self._entries[zone_id]
+        try:
+            if entry.side != OUT:
+                self._expire(entry, "ttl", deadline_ns)
+            else:
+                self._remove(entry, deadline_ns)
+        except Exception as exc:  # a bug with one zone: the others still expire
+            self.stats.expiry_errors += 1
+            if self.on_expiry_error is not None:
+                self.on_expiry_error(zone_id, exc)
+            return False
+        return True
+
     @property
     def due_backlog(self) -> int:
-        """Timers fired but not yet handled (an :meth:`advance` with a limit left them)."""
-        return len(self._due)
+        """Timers due at the last advance but not yet handled (its limit left them)."""
+        return self.timers.backlog
 
     def restore(self, zones: Iterable[Zone], now_ns: int) -> int:
         """Load zones kept across a restart, without events; the next advance expires the overdue.
@@ -390,6 +394,6 @@ class Registry:
                 entry = Entry(zone, zone.bottom, zone.top, FILL_NONE)
                 self._entries[zone.id] = entry
                 self.stats.tf(zone.timeframe).grace += 1
-                self._wheel.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
+                self.timers.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
             count += 1
         return count

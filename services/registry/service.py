@@ -1,7 +1,9 @@
 """The registry service: a thin async shell around the core.
 
 SUB ``px.*`` -> detectors (candles, FVGs, pivots) and the price index; PULL ``DetectorEvent`` from
-outside detectors; a timer loop advances the wheel; every event goes out on PUB
+outside detectors; a timer loop advances the wheel to the event-time point (the clock while the
+price stream is live, its newest event time in a replay: shared/bars.py's Watermark); every event
+goes out on PUB
 ``zone.<event>.<tf>.<symbol>``; a ROUTER answers Clone snapshots of the active zones; SQLite keeps
 the zones and the detectors' candles across restarts.
 """
@@ -33,6 +35,7 @@ from services.registry.validate import (
 )
 from services.registry.zones import NS, timeframe_ns
 from shared.backoff import sleep_or_wake
+from shared.bars import Watermark
 from shared.bus import Publisher, Puller, Subscriber
 from shared.constants import px_topic, zone_topic
 from shared.lifecycle import run_loops
@@ -62,7 +65,7 @@ class RegistryService(Intake):
         cfg = ctx.config
         self.clock = ctx.clock
         self.pools = cfg.parsed_pools()
-        self.registry = Registry(self.pools.rules(), self.clock.time_ns())
+        self.registry = Registry(self.pools.rules(), self.clock.time_ns(), wall=self.clock.time_ns)
         self.registry.on_expiry_error = self._expiry_error
         self.limits = Limits(
             timeframes=frozenset(self.pools.timeframes),
@@ -93,8 +96,12 @@ class RegistryService(Intake):
         self.bad_events: dict[str, int] = {}  # detector events refused, by reason
         self.prices_refused: dict[str, int] = {}
         self._symbols_ok: set[str] = set()  # symbols whose names passed the checks (the hot path)
+        # The price stream's event time (every symbol's prices as one stream): how far the wheel
+        # may go. Live, the clock; a replay of history (not live), its newest event time.
+        self.stream = Watermark(int(cfg.detectors.allowed_lateness * NS))
         self._wake = asyncio.Event()
-        self._planned_wake_ns = 0
+        self._planned_wake_ns = 0  # on the clock
+        self._wake_below_ns = 0  # a zone due before this (event time) wakes the expiry loop
         self._planned_close_ns = 0
         self.processing = Histogram(
             "poolwire_registry_processing_seconds",
@@ -152,9 +159,9 @@ class RegistryService(Intake):
                     store.removed(zone.id)
                 else:
                     store.changed(zone)
-            if isinstance(event, ZoneCreated) and zone.expires_ns < self._planned_wake_ns:
+            if isinstance(event, ZoneCreated) and zone.expires_ns < self._wake_below_ns:
                 self._wake.set()
-            elif isinstance(event, ZoneExpired) and zone.ended_ns + grace < self._planned_wake_ns:
+            elif isinstance(event, ZoneExpired) and zone.ended_ns + grace < self._wake_below_ns:
                 self._wake.set()  # filled at an event time whose grace ends sooner (a replay)
         if self.outbox is None:
             self.publish(events, oldest_ns)
@@ -212,12 +219,30 @@ class RegistryService(Intake):
         self.pub.flush()
         return self.pub.seq, items
 
+    def point_ns(self, now_ns: int) -> int:
+        """How far the wheel goes: the clock until the first price, and while the stream is live;
+        else (a replay of history) the newest event time of its prices, whatever the pace."""
+        if not self.registry.timers.seen_ns:
+            return now_ns
+        return self.stream.point(now_ns) + self.stream.lateness_ns
+
+    def observe_stream(self) -> None:
+        """After a turn of prices: the stream's newest event time, and whether it is live."""
+        seen = self.registry.timers.seen_ns
+        if seen:
+            stream = self.stream
+            stream.observe(seen, self.clock.time_ns())
+            if stream.live != self.registry.timers.live:
+                self.registry.timers.live = stream.live
+                self._wake.set()  # the expiry loop plans on the other time
+
     async def price_loop(self) -> None:
         while True:
             batch = await self.sub.recv_batch()
             start = 0
             while start < len(batch):
                 start = self.prices(batch, start)
+                self.observe_stream()
                 await self.next_turn()  # recv_batch does not yield while prices are queued
 
     async def detector_loop(self) -> None:
@@ -233,8 +258,9 @@ class RegistryService(Intake):
         while True:
             t0 = time.perf_counter()
             now = self.clock.time_ns()
+            point = self.point_ns(now)
             try:
-                self.registry.advance(now, EXPIRY_CHUNK)  # guarded per zone inside
+                self.registry.advance(point, EXPIRY_CHUNK)  # guarded per zone inside
             except Exception:
                 self.internal(self.bad_events, "the expiry pass")
             if self.registry.due_backlog:  # a big pass: publish this chunk, let the loop turn
@@ -245,9 +271,13 @@ class RegistryService(Intake):
             self.emit_safely()
             self.processing.labels("expiry").observe(time.perf_counter() - t0)
             wake = now + int(interval * 1e9)
-            nxt = self.registry.next_deadline_ns()
-            if nxt is not None and nxt < wake:
-                wake = nxt
+            if not self.registry.timers.seen_ns or self.stream.live:  # on the clock: at the next deadline
+                nxt = self.registry.next_deadline_ns()
+                if nxt is not None and nxt < wake:
+                    wake = nxt
+                self._wake_below_ns = wake
+            else:  # event time moves with the prices, and a price expires what it reaches first
+                self._wake_below_ns = point + 1  # only a zone due already (created late) wakes it
             self._planned_wake_ns = wake
             self._wake.clear()
             await sleep_or_wake(self.clock, max(0.0, (wake - self.clock.time_ns()) / 1e9), self._wake)

@@ -134,6 +134,17 @@ class TimingWheel(Generic[K]):
         del slot[key]
         return True
 
+    def rewind(self, to_ns: int) -> None:
+        """Move time back to ``to_ns``, placing every timer again (O(n)): for a wheel that ran on
+        the clock until a replay of older event time began. A later ``to_ns`` does nothing."""
+        if to_ns >= self._now_ns:
+            return
+        timers = [(key, slot[key]) for key, slot in self._where.items()]
+        self.clear()
+        self._now_ns = to_ns
+        for key, deadline in timers:
+            self.schedule(key, deadline)
+
     def clear(self) -> None:
         for level in range(self._levels):
             self._slots[level] = [None] * (1 << self._bits)

@@ -107,8 +107,8 @@ def test_out_of_order_created_at_still_scheduled() -> None:
     # Already past its TTL when it arrives: expires on the next advance.
     old = reg.create("pm.a", "H1", "custom", 1.0, 0.9, 1.0, T0 - 86400 * S, now + 7200 * S)
     assert old is not None
-    reg.advance(T0 + 7200 * S)
-    assert kinds(reg.drain()) == ["created", "expired:ttl"]
+    reg.advance(T0 + 7200 * S)  # its grace ended a day ago too: removed in the same pass
+    assert kinds(reg.drain()) == ["created", "expired:ttl", "removed"]
 
 
 def test_ids_are_deterministic() -> None:
@@ -316,7 +316,8 @@ def test_restore_expires_what_expired_while_down() -> None:
     assert fresh.drain() == []
     fresh.advance(later)
     ev = fresh.drain()
-    assert [(type(e).__name__, e.zone.id) for e in ev] == [("ZoneExpired", gone.id)]  # type: ignore[attr-defined]
+    # its TTL ended an hour ago, and its grace period after it: removed in the same pass
+    assert [(type(e).__name__, e.zone.id) for e in ev] == [("ZoneExpired", gone.id), ("ZoneRemoved", gone.id)]  # type: ignore[attr-defined]
     restored = fresh.get(keep.id)
     assert restored is not None and restored.touches == 1 and restored.state == "touched"
 

@@ -1,13 +1,15 @@
 """Replay equals live: the same recorded ticks fed through the real registry process at different
-paces give exactly the same zone events (created, touched, filled, removed after their grace), with
-the same event times, and no tick is dropped as late.
+paces give exactly the same zone events (created, touched, filled, expired by their TTL, removed
+after their grace), with the same event times, and no tick is dropped as late.
 
 The ticks are a generated stretch of history (several symbols, M1 and M5 candles, jumps that make
 FVGs and pivots), stamped hours ago: a replay, not live, so only the ticks' own event time closes
 candles. They go out one frame per M1 candle, tick by tick at about 1 kHz, and all at once. Each
 zone event carries the event time of its cause (services/registry/README.md, "Event time"): a
-touch or fill its price's, a creation its last candle's close, a removal its grace's end; never
-the registry's clock, which differs with the pace.
+touch or fill its price's, a creation its last candle's close, a TTL's end or a removal its
+deadline; never the registry's clock, which differs with the pace. TTLs run on the stream's event
+time (issue 14): those that end inside the stretch end at the same point of it at every pace, and
+no price after a deadline touches its zone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ZoneKey = tuple[str, str, str, str, float, float, int]
 # (event, zone id, event_ns, state, touches, ended_ns, price or reason)
 EventKey = tuple[str, str, int, str, int, int, object]
 GRACE_NS = 5 * M  # grace_period_minutes' default
+TTL_NS = {"M1": 15 * M, "M5": 40 * M}  # well inside the stretch (about 1.75 hours)
 LATENESS_NS = 2 * S  # detectors.allowed_lateness' default
 
 
@@ -87,13 +90,12 @@ def event_key(msg: ZoneCreated | ZoneTouched | ZoneExpired | ZoneRemoved) -> Eve
 
 async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], list[EventKey], float]:
     """The zones the registry creates from TICKS fed in ``mode``, every zone event (sorted), and
-    its late-tick count. TTLs are a day: a TTL runs on the wall clock, so one that ran out during
-    the replay would end its zone at a point of the stream that depends on the pace."""
+    its late-tick count."""
     tmp_path.mkdir()
     path, cfg = write_config(
         tmp_path,
         store="",
-        pools={"M1": {"ttl": "1d"}, "M5": {"ttl": "1d"}, "strength_threshold": 0.0},
+        pools={"M1": {"ttl": "15m"}, "M5": {"ttl": "40m"}, "strength_threshold": 0.0},
         detectors={"timeframes": ["M1", "M5"], "swing_bars": 2},
     )
     created: set[ZoneKey] = set()
@@ -107,8 +109,8 @@ async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], list[EventKey
             await pub.wait_for_subscriber("px.", timeout=15)
             await feed(pub, mode)
             # Until every tick is handled (the metric, read at ``done_ns``), then until a heartbeat
-            # sent after that: the zone events of the last ticks went out before it; and until
-            # every filled zone was removed (their grace ended hours ago).
+            # sent after that: the zone events of the last ticks went out before it. Nothing comes
+            # after: the stretch's time stops at its last tick (zones due later stay, at any pace).
             done_ns = 0
             beat = False
             late = -1.0
@@ -122,8 +124,7 @@ async def replay(tmp_path: Path, mode: str) -> tuple[set[ZoneKey], list[EventKey
                         created.add((z.id, z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns))
                     elif isinstance(msg, Heartbeat) and done_ns and msg.publish_ns > done_ns:
                         beat = True
-                kinds = [e[0] for e in events]
-                if beat and kinds.count("ZoneRemoved") == kinds.count("ZoneExpired"):
+                if beat:
                     break
                 if not done_ns:
                     now = time.time_ns()
@@ -165,7 +166,18 @@ async def test_the_same_ticks_at_any_pace_give_the_same_zones(tmp_path: Path) ->
             assert (by_id[zid][1], event_ns) in tick_times
         elif name == "ZoneRemoved":
             assert event_ns == ended_ns + GRACE_NS
-    assert {e[6] for e in ref_events if e[0] == "ZoneExpired"} == {"filled"}
+        else:  # a TTL's end
+            assert extra == "ttl" and event_ns == ended_ns == by_id[zid][6] + TTL_NS[by_id[zid][2]]
+    assert {e[6] for e in ref_events if e[0] == "ZoneExpired"} == {"filled", "ttl"}
+    # None touched at or after its TTL's end (a price that reached it found the zone expired), nor
+    # after its fill (the filling price may touch it on its way through).
+    ttl_end = {z: ev for name, z, ev, *_, extra in ref_events if name == "ZoneExpired" and extra == "ttl"}
+    fill = {z: ev for name, z, ev, *_, extra in ref_events if name == "ZoneExpired" and extra == "filled"}
+    touches = [(zid, event_ns) for name, zid, event_ns, *_ in ref_events if name == "ZoneTouched"]
+    assert all(ev < ttl_end.get(zid, 2**63) and ev <= fill.get(zid, 2**63) for zid, ev in touches)
+    assert len(ttl_end) > 20 and any(zid in ttl_end for zid, _ in touches)  # touched, then its TTL ended
+    last_tick = TICKS[-1][1]
+    assert all(event_ns <= last_tick for _, _, event_ns, *_ in ref_events)  # nothing past its time
     print(
         f"\nreplay: {len(TICKS)} ticks, {len(reference)} zones, {len(ref_events)} zone events, "
         "equal (with their event times) at every pace, no late tick"

@@ -98,17 +98,34 @@ def test_a_zone_filled_while_waiting_in_the_backlog_keeps_its_grace_period() -> 
     due = T0 + 3600 * S
     assert reg.advance(due, 1) == 1
     assert reg.due_backlog == 2
-    reg.on_price("pm.a", 0.5, due)  # falls through the other two: touched and filled
-    assert [e for e in events_of(reg) if e[0] != "ZoneTouched"] == [
-        ("ZoneExpired", zones[0].id, "expired"),  # type: ignore[union-attr]
-        ("ZoneExpired", zones[2].id, "expired"),  # type: ignore[union-attr]
-        ("ZoneExpired", zones[1].id, "expired"),  # type: ignore[union-attr]
-    ]
+    (first,) = [e for e in reg.drain() if isinstance(e, ZoneExpired) and e.reason == "ttl"]
+    # A price from just before their deadline, handled late (it came in behind the clock): it falls
+    # through the two waiting zones, touched and filled; the event time is before their TTL ends.
+    reg.on_price("pm.a", 0.5, due - 1)
+    filled = [e.zone.id for e in reg.drain() if isinstance(e, ZoneExpired) and e.reason == "filled"]
+    assert sorted([first.zone.id, *filled]) == sorted(z.id for z in zones if z is not None)
     assert reg.advance(due, 10) == 0  # their TTL timers are stale: nothing removed early
     assert reg.due_backlog == 0
     assert events_of(reg) == []
     assert reg.advance(due + 60 * S) == 3
     assert {e[0] for e in events_of(reg)} == {"ZoneRemoved"}
+
+
+def test_a_price_at_the_deadline_finds_the_waiting_zones_expired() -> None:
+    """The backlog of an expiry pass in pieces is handled before a price whose event time reached
+    its deadlines: that price cannot touch them (event-time order)."""
+    reg = Registry(rules(), T0)
+    for i in range(3):
+        reg.create("pm.a", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, 1.0, T0, T0)
+    reg.on_price("pm.a", 10.0, T0)
+    reg.drain()
+    due = T0 + 3600 * S
+    assert reg.advance(due, 1) == 1
+    assert reg.due_backlog == 2
+    reg.on_price("pm.a", 0.5, due)
+    assert reg.due_backlog == 0
+    assert [type(e).__name__ for e in reg.drain()] == ["ZoneExpired"] * 3  # the pass's, the two: no touch
+    assert reg.stats.by_tf["H1"].expired_ttl == 3 and reg.stats.by_tf["H1"].expired_filled == 0
 
 
 @asynccontextmanager
@@ -162,7 +179,8 @@ async def test_a_burst_of_prices_is_handled_over_many_loop_turns(monkeypatch: py
         burst: list[tuple[str, Message]] = [
             ("px.pm.a", Price(symbol="pm.a", price=1.0 + (k % 50) / 10, event_ns=0)) for k in range(6400)
         ]
-        svc.registry.create("pm.a", "H1", "custom", 3.05, 3.0, 1.0, T0, T0)
+        now = svc.clock.time_ns()  # the prices are stamped 0: their event time is the clock's
+        svc.registry.create("pm.a", "H1", "custom", 3.05, 3.0, 1.0, now, now)
         svc.registry.drain()
         handed = False
         done = asyncio.Event()
