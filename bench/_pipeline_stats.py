@@ -178,3 +178,27 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
         },
     }
     return out
+
+
+def pinned_figures(main: Window, pins: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The 10 k/s window with the processes pinned to cores (``taskset``)."""
+    where = ", ".join(f"{n}: {c}" for n, c in pins.items())
+    out: dict[str, dict[str, Any]] = {
+        "pipeline.p99_ms_pinned": {
+            "value": pct(main.latencies_ms, 0.99),
+            "unit": "ms",
+            "goal": "",
+            "note": f"as pipeline.p99_ms, each process on one core ({where}); {main.probes} probes",
+        },
+        "pipeline.p50_ms_pinned": {"value": pct(main.latencies_ms, 0.5), "unit": "ms", "goal": ""},
+        "pipeline.lost_alerts_pinned": {"value": main.lost, "unit": "alerts", "goal": "<= 0"},
+        "pipeline.cpu_us_per_update_pinned": {
+            "value": main.cpu_us_per_update(),
+            "unit": "us CPU/update",
+            "goal": "",
+        },
+    }
+    for name, values in main.hops_ms.items():
+        out[f"pipeline.hop_{name}_p50_ms_pinned"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
+        out[f"pipeline.hop_{name}_p99_ms_pinned"] = {"value": pct(values, 0.99), "unit": "ms", "goal": ""}
+    return out
