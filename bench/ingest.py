@@ -8,7 +8,7 @@
   ingest's PUB and counts holes in ``seq``. The figure is the consumer's updates (BookChange + Trade)
   over the time from its first update to its last; ``e2e_gaps`` the holes (messages lost);
   ``e2e_cpu_pct`` ingest's CPU over the run (``_other_threads``: beside its event loop, mostly
-  ZeroMQ's I/O thread). 400 assets on one connection, ~320 k updates.
+  ZeroMQ's I/O thread). 400 assets on one connection, ~215 k updates.
   ``BENCH_INGEST_PYSPY=path`` records py-spy's collapsed stacks of ingest during the run.
 
 - ``router_msgs_per_s`` / ``router_frames_per_s`` / ``published_per_s``: the Router in
@@ -68,7 +68,7 @@ REALISTIC_RATE = 5_000.0  # updates/s over 20 000 assets: a busy day on Polymark
 WARMUP_S = 1.5
 CPU_WINDOW_S = 4.0
 E2E_ASSETS = 400  # one connection
-E2E_STEPS = 150_000  # ~2.15 updates a step
+E2E_STEPS = 100_000  # ~2.15 updates a step: ~2 s of flow at 100 k/s; made beforehand, ~45 us CPU a step
 E2E_SEED = 11
 
 Figures = dict[str, dict[str, Any]]
