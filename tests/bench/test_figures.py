@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bench import plots
-from bench._pipeline_stats import Window, figures
+from bench._pipeline_stats import Window, figures, pinned_figures
 from bench.scaling import _curve
 
 S = 1_000_000_000
@@ -60,3 +60,12 @@ def test_only_well_formed_tables_are_drawn(tmp_path: Path, capsys: pytest.Captur
     path = plots.draw(results, tmp_path / "curves.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.draw({"a.plain": {"value": 1.0}}, tmp_path / "none.png") is None
+
+
+def test_pinned_figures_say_where_each_process_ran() -> None:
+    w = _window(10_000, {"simulator": 3.0, "ingest": 3.0, "registry": 1.0, "alerts": 1.0}, [2.0] * 99 + [9.0])
+    w.hops_ms = {"registry": [1.0, 2.0]}
+    out = pinned_figures(w, {"ingest": 0, "alerts": 1})
+    assert out["pipeline.p99_ms_pinned"]["value"] == 9.0
+    assert "ingest: 0, alerts: 1" in out["pipeline.p99_ms_pinned"]["note"]
+    assert set(out) >= {"pipeline.hop_registry_p99_ms_pinned", "pipeline.cpu_us_per_update_pinned"}
