@@ -1,9 +1,9 @@
-"""Timers on event time for the registry core: the timing wheel (wheel.py) and the timers it fired
-but no caller handled yet, handled up to an event time in deadline order (README, "Event time")."""
+"""Timers on event time for the registry core: the timing wheel (wheel.py), and the timers it fired
+that no caller handled yet (README, "Event time")."""
 
 from __future__ import annotations
 
-import heapq
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -14,10 +14,10 @@ FAR_NS = 2**63 - 1  # no deadline
 
 
 class DueTimers(Generic[K]):
-    """Timers on event time: a :class:`TimingWheel` and, beside it, the timers due at its time but
-    not yet handled: a heap by deadline (earliest first, then key), each with the time from which
-    it counts as late. A caller handles them up to a time of its own (a price's event time, behind
-    the wheel's) in pieces; one rescheduled meanwhile stays in the heap, stale, and is skipped.
+    """A :class:`TimingWheel` and, beside it, the timers due at its time but not yet handled (in
+    the order they fell due, each with the time from which it counts as late). They are handled in
+    pieces (a loop turn's worth), all of them before the next price; one rescheduled meanwhile
+    (evicted into its grace period) stays there, stale, and is skipped: the wheel has it again.
 
     ``wall``, the wall clock if any: an event time never passes it (as shared/bars.py's
     Watermark: a forged time cannot fire timers early), and lateness is taken on it. ``live`` is
@@ -25,16 +25,17 @@ class DueTimers(Generic[K]):
     replay's event time, which moves with its prices) from when it fired.
     """
 
-    __slots__ = ("_cap_ns", "due", "last_to", "live", "next_ns", "seen_ns", "wall", "wheel")
+    __slots__ = ("_cap_ns", "due", "live", "next_ns", "seen_ns", "wall", "wheel")
 
     def __init__(self, now_ns: int = 0, wall: Callable[[], int] | None = None) -> None:
         self.wheel: TimingWheel[K] = TimingWheel(now_ns)
-        self.due: list[tuple[int, K, int]] = []
-        self.next_ns = FAR_NS  # no deadline before this (a cancel leaves it low: a spare look)
+        self.due: deque[tuple[K, int]] = deque()
+        # No price needs to look before this: the next deadline (a cancel leaves it low: a spare
+        # look), 0 while timers are due.
+        self.next_ns = FAR_NS
         self.wall = wall
         self.live = True
         self.seen_ns = 0  # the newest event time seen (a price's)
-        self.last_to = 0  # the last time fired to
         self._cap_ns = 0 if wall is not None else FAR_NS
 
     @property
@@ -60,32 +61,21 @@ class DueTimers(Generic[K]):
         wheel = self.wheel
         if deadline_ns <= wheel.now_ns:
             wheel.cancel(key)
-            known = wheel.now_ns if self.wall is None else self.wall()
-            heapq.heappush(self.due, (deadline_ns, key, known))
+            self.due.append((key, wheel.now_ns if self.wall is None else self.wall()))
+            self.next_ns = 0
         else:
             wheel.schedule(key, deadline_ns)
-        if deadline_ns < self.next_ns:
-            self.next_ns = deadline_ns
+            if deadline_ns < self.next_ns:
+                self.next_ns = deadline_ns
 
-    @property
-    def backlog(self) -> int:
-        """Timers due at the last :meth:`fire` and not yet handled."""
-        due = self.due
-        return len(due) if due and due[0][0] <= self.last_to else 0
-
-    def fire(self, to_ns: int, deadline_of: Callable[[K], int | None]) -> None:
-        """Advance the wheel to ``to_ns``: what it fires joins the heap at its current deadline
-        (``deadline_of``; None: gone)."""
-        known = 0
-        if not self.live:
-            known = to_ns if self.wall is None else self.wall()
-        due = self.due
-        push = heapq.heappush
-        for key in self.wheel.advance(to_ns):
-            deadline = deadline_of(key)
-            if deadline is not None:
-                push(due, (deadline, key, known))
-        self.last_to = to_ns
+    def fire(self, to_ns: int) -> None:
+        """Advance the wheel to ``to_ns``: what it fires is due."""
+        fired = self.wheel.advance(to_ns)
+        if fired:
+            known = 0
+            if not self.live:
+                known = to_ns if self.wall is None else self.wall()
+            self.due.extend([(key, known) for key in fired])
         self.refresh()
 
     def run(
@@ -95,20 +85,23 @@ class DueTimers(Generic[K]):
         deadline_of: Callable[[K], int | None],
         handle: Callable[[K, int], bool],
     ) -> tuple[int, list[int]]:
-        """Handle the due timers with deadline <= ``to_ns``, earliest first, at most ``limit``
-        (stale ones, whose ``deadline_of`` differs now, are skipped and counted in it):
-        ``handle(key, deadline)``, False if it failed. Returns how many were handled, and the
-        lateness of each that did not fail: from its deadline (or when it became known, if later)
-        to when it was handled (``wall()``, else ``to_ns``), taken as it is handled."""
+        """Handle the due timers, at most ``limit`` (the stale ones count): ``handle(key,
+        deadline)``, False if it failed. Returns how many were handled, and the lateness of each
+        that did not fail: from its deadline (or when it became known, if later) to when it was
+        handled (``wall()``, else ``to_ns``), taken as it is handled."""
         due = self.due
+        pop = due.popleft
         wall = self.wall
-        pop = heapq.heappop
+        waiting = self.wheel.__contains__
         lates: list[int] = []
         n = handled = 0
-        while due and due[0][0] <= to_ns and (limit is None or n < limit):
-            deadline, key, known = pop(due)
+        while due and (limit is None or n < limit):
+            key, known = pop()
             n += 1
-            if deadline_of(key) != deadline:
+            if waiting(key):  # rescheduled meanwhile: on the wheel again
+                continue
+            deadline = deadline_of(key)
+            if deadline is None:  # gone
                 continue
             handled += 1
             if not handle(key, deadline):
@@ -120,26 +113,22 @@ class DueTimers(Generic[K]):
         return handled, lates
 
     def next_deadline_ns(self) -> int | None:
+        """The earliest deadline on the wheel (the wheel's time while timers are due)."""
+        if self.due:
+            return self.wheel.now_ns
         self.refresh()
         return None if self.next_ns == FAR_NS else self.next_ns
 
     def refresh(self) -> None:
+        if self.due:
+            self.next_ns = 0
+            return
         nxt = self.wheel.next_deadline_ns()
-        if self.due and (nxt is None or self.due[0][0] < nxt):
-            nxt = self.due[0][0]
         self.next_ns = FAR_NS if nxt is None else nxt
 
     def rewind(self, to_ns: int) -> None:
-        """Move time back to ``to_ns`` (O(n)): the timers due after it go back on the wheel."""
-        if to_ns >= self.wheel.now_ns:
-            return
-        self.wheel.rewind(to_ns)
-        keep = []
-        for item in self.due:
-            if item[0] > to_ns:
-                self.wheel.schedule(item[1], item[0])
-            else:
-                keep.append(item)
-        heapq.heapify(keep)
-        self.due = keep
-        self.refresh()
+        """Move time back to ``to_ns`` (O(n)). A due timer stays due: a caller that knew of it
+        (a zone restored past its deadline) expires it."""
+        if to_ns < self.wheel.now_ns:
+            self.wheel.rewind(to_ns)
+            self.refresh()

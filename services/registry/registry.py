@@ -92,15 +92,16 @@ class Registry:
         return self._prices.last_price(symbol)
 
     def on_price(self, symbol: str, price: float, event_ns: int) -> None:
-        """A price at its event time: the zones whose deadline it reached expire first (it cannot
-        touch them), then it touches the zones the move enters and fills those it crosses."""
+        """A price at its event time: the zones due expire first (their deadline reached by its
+        event time, or by the wheel's point: it cannot touch them), then it touches the zones the
+        move enters and fills those it crosses."""
         timers = self.timers
         if event_ns > timers.seen_ns:
             timers.see(event_ns)
         if event_ns >= timers.next_ns:
             to = timers.cap(event_ns)
             if to >= timers.next_ns:
-                timers.fire(to, self._deadline)
+                timers.fire(to)
                 self._handle(to, None)
         self._prices.on_price(symbol, price, event_ns)
 
@@ -332,9 +333,9 @@ class Registry:
     def advance(self, now_ns: int, limit: int | None = None) -> int:
         """Fire every TTL and grace period due at ``now_ns`` (the shell's point: the clock when
         live, else event time); returns how many were handled. ``limit``: at most that many,
-        earliest deadline first; the rest wait in :attr:`due_backlog` for the next call (a shell
+        in the order they fell due; the rest wait in :attr:`due_backlog` for the next call (a shell
         bounds a loop turn with it). Each one's lateness goes to ``stats.lag_counts`` (due.py)."""
-        self.timers.fire(now_ns, self._deadline)
+        self.timers.fire(now_ns)
         return self._handle(now_ns, limit)
 
     def _handle(self, to_ns: int, limit: int | None) -> int:
@@ -369,7 +370,7 @@ class Registry:
     @property
     def due_backlog(self) -> int:
         """Timers due at the last advance but not yet handled (its limit left them)."""
-        return self.timers.backlog
+        return len(self.timers.due)
 
     def restore(self, zones: Iterable[Zone], now_ns: int) -> int:
         """Load zones kept across a restart, without events; the next advance expires the overdue.

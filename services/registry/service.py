@@ -42,6 +42,7 @@ from shared.lifecycle import run_loops
 from shared.messages import (
     ZONE_EVENT_NAMES,
     Message,
+    Price,
     SnapshotRequest,
     ZoneCreated,
     ZoneExpired,
@@ -56,6 +57,7 @@ log = logging.getLogger("poolwire.registry")
 
 EVENT_NAMES = ZONE_EVENT_NAMES
 EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
+SUB_DRAIN = 256  # price frames read per drain of the SUB
 CANDLE_CHUNK = 100  # symbols whose candles the candle loop closes per turn (~0.3-3 ms)
 
 
@@ -132,7 +134,8 @@ class RegistryService(Intake):
             wire_version=ctx.common.wire_version,
         )
         ctx.bus_stats.add("pub", self.pub.stats)
-        self.sub = Subscriber(cfg.prices, (px_topic(""),), clock=self.clock)
+        # A drain reads at most this many frames before the loop turns (~1 ms; 1 000 held it 5 ms+).
+        self.sub = Subscriber(cfg.prices, (px_topic(""),), clock=self.clock, max_drain=SUB_DRAIN)
         ctx.bus_stats.add("sub", self.sub.stats)
         self.puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
         ctx.bus_stats.add("pull", self.puller.stats)
@@ -226,14 +229,23 @@ class RegistryService(Intake):
             return now_ns
         return self.stream.point(now_ns) + self.stream.lateness_ns
 
-    def observe_stream(self) -> None:
-        """After a turn of prices: the stream's newest event time, and whether it is live."""
+    def observe_stream(self, arrived_ns: int = 0) -> None:
+        """After a turn of prices: the stream's newest event time, and whether it is live, as of
+        ``arrived_ns``, when the turn's last price was sent (else the clock): the stream's lag, not
+        this process's (on the clock, a registry behind its input took itself for a replay)."""
         seen = self.registry.timers.seen_ns
         if seen:
             stream = self.stream
-            stream.observe(seen, self.clock.time_ns())
+            now = self.clock.time_ns()
+            stream.observe(seen, arrived_ns if 0 < arrived_ns < now else now)
             if stream.live != self.registry.timers.live:
                 self.registry.timers.live = stream.live
+                log.info(
+                    "the price stream is %s",
+                    "live: TTLs on the clock"
+                    if stream.live
+                    else "behind the clock (a replay): TTLs on its event time",
+                )
                 self._wake.set()  # the expiry loop plans on the other time
 
     async def price_loop(self) -> None:
@@ -242,7 +254,8 @@ class RegistryService(Intake):
             start = 0
             while start < len(batch):
                 start = self.prices(batch, start)
-                self.observe_stream()
+                last = batch[start - 1][1]
+                self.observe_stream(last.publish_ns if isinstance(last, Price) else 0)
                 await self.next_turn()  # recv_batch does not yield while prices are queued
 
     async def detector_loop(self) -> None:

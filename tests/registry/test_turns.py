@@ -90,25 +90,28 @@ def test_an_expiry_pass_in_pieces_gives_the_events_of_one_pass() -> None:
     assert len(pieces) == len(whole) == 1000  # all in grace
 
 
-def test_a_zone_filled_while_waiting_in_the_backlog_keeps_its_grace_period() -> None:
-    reg = Registry(rules(), T0)
-    zones = [reg.create("pm.a", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, 1.0, T0, T0) for i in range(3)]
-    reg.on_price("pm.a", 10.0, T0)  # above every zone
+def test_a_zone_evicted_while_waiting_in_the_backlog_keeps_its_grace_period() -> None:
+    reg = Registry(
+        Rules(timeframes={"H1": TimeframeRules(ttl_ns=3600 * S)}, grace_ns=60 * S, max_per_tf=3), T0
+    )
+    zones = [
+        reg.create("pm.a", "H1", FVG_BULLISH, 2.0 + i, 1.0 + i, s, T0, T0)
+        for i, s in enumerate((0.5, 0.2, 0.3))
+    ]
     reg.drain()
     due = T0 + 3600 * S
-    assert reg.advance(due, 1) == 1
+    assert reg.advance(due, 1) == 1  # the first to fall due
     assert reg.due_backlog == 2
-    (first,) = [e for e in reg.drain() if isinstance(e, ZoneExpired) and e.reason == "ttl"]
-    # A price from just before their deadline, handled late (it came in behind the clock): it falls
-    # through the two waiting zones, touched and filled; the event time is before their TTL ends.
-    reg.on_price("pm.a", 0.5, due - 1)
-    filled = [e.zone.id for e in reg.drain() if isinstance(e, ZoneExpired) and e.reason == "filled"]
-    assert sorted([first.zone.id, *filled]) == sorted(z.id for z in zones if z is not None)
-    assert reg.advance(due, 10) == 0  # their TTL timers are stale: nothing removed early
+    reg.create("pm.a", "H1", FVG_BULLISH, 9.0, 8.0, 1.0, due, due)
+    reg.create("pm.a", "H1", FVG_BULLISH, 11.0, 10.0, 1.0, due, due)  # evicts the weakest: a waiting one
+    evicted = [e for e in reg.drain() if isinstance(e, ZoneExpired) and e.reason == "evicted"]
+    assert [e.zone.id for e in evicted] == [zones[1].id]  # type: ignore[union-attr]
+    assert reg.advance(due, 10) == 1  # the other; the evicted one's TTL timer is stale
     assert reg.due_backlog == 0
-    assert events_of(reg) == []
+    assert [(type(e).__name__, e.zone.id) for e in reg.drain()] == [("ZoneExpired", zones[2].id)]  # type: ignore[attr-defined, union-attr]
+    assert reg.advance(due + 60 * S - 1) == 0  # every grace period counts from due: not removed early
     assert reg.advance(due + 60 * S) == 3
-    assert {e[0] for e in events_of(reg)} == {"ZoneRemoved"}
+    assert {type(e).__name__ for e in reg.drain()} == {"ZoneRemoved"} and len(reg) == 2
 
 
 def test_a_price_at_the_deadline_finds_the_waiting_zones_expired() -> None:
