@@ -18,6 +18,8 @@ class DueTimers(Generic[K]):
     the order they fell due, each with the time from which it counts as late). They are handled in
     pieces (a loop turn's worth), all of them before the next price; one rescheduled meanwhile
     (evicted into its grace period) stays there, stale, and is skipped: the wheel has it again.
+    Each timer's lateness runs from its deadline, or from when it became known if that is later
+    (``known``: 0 for the deadline), to when it is handled.
 
     ``wall``, the wall clock if any: an event time never passes it (as shared/bars.py's
     Watermark: a forged time cannot fire timers early), and lateness is taken on it. ``live`` is
@@ -77,40 +79,6 @@ class DueTimers(Generic[K]):
                 known = to_ns if self.wall is None else self.wall()
             self.due.extend([(key, known) for key in fired])
         self.refresh()
-
-    def run(
-        self,
-        to_ns: int,
-        limit: int | None,
-        deadline_of: Callable[[K], int | None],
-        handle: Callable[[K, int], bool],
-    ) -> tuple[int, list[int]]:
-        """Handle the due timers, at most ``limit`` (the stale ones count): ``handle(key,
-        deadline)``, False if it failed. Returns how many were handled, and the lateness of each
-        that did not fail: from its deadline (or when it became known, if later) to when it was
-        handled (``wall()``, else ``to_ns``), taken as it is handled."""
-        due = self.due
-        pop = due.popleft
-        wall = self.wall
-        waiting = self.wheel.__contains__
-        lates: list[int] = []
-        n = handled = 0
-        while due and (limit is None or n < limit):
-            key, known = pop()
-            n += 1
-            if waiting(key):  # rescheduled meanwhile: on the wheel again
-                continue
-            deadline = deadline_of(key)
-            if deadline is None:  # gone
-                continue
-            handled += 1
-            if not handle(key, deadline):
-                continue
-            late = (to_ns if wall is None else wall()) - (known if known > deadline else deadline)
-            lates.append(late if late > 0 else 0)
-        if n:
-            self.refresh()
-        return handled, lates
 
     def next_deadline_ns(self) -> int | None:
         """The earliest deadline on the wheel (the wheel's time while timers are due)."""

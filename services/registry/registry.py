@@ -9,9 +9,7 @@ Structures (see zones.py for the touch and fill rules):
 
 * ``id -> entry``: O(1) get/update/delete; each (symbol, timeframe) has its own book, so expiring
   an H1 zone never touches an H4 zone, however their ranges overlap;
-* one :class:`~services.registry.due.DueTimers` holds every TTL and every grace period, on
-  event time: :meth:`Registry.advance` takes the shell's point (README, "Event time"), and a price
-  first expires the zones whose deadline its event time passed, so it never touches them;
+* :class:`~services.registry.due.DueTimers`: every TTL and grace period, on event time (README);
 * a price index per symbol (price_index.py): which zones a price update enters or leaves;
 * capacity: at most ``max_per_tf`` active zones per timeframe (all symbols); one more evicts the
   weakest active zone of that timeframe (lowest strength, then oldest created_ns), counted;
@@ -210,13 +208,6 @@ class Registry:
         self.timers.schedule(zone.id, zone.expires_ns)
         self._prices.place(entry)
 
-    def _deadline(self, zone_id: str) -> int | None:
-        entry = self._entries.get(zone_id)
-        if entry is None:
-            return None
-        zone = entry.zone
-        return zone.expires_ns if entry.side != OUT else zone.ended_ns + self.rules.grace_ns
-
     def update(
         self,
         zone_id: str,
@@ -332,40 +323,48 @@ class Registry:
 
     def advance(self, now_ns: int, limit: int | None = None) -> int:
         """Fire every TTL and grace period due at ``now_ns`` (the shell's point: the clock when
-        live, else event time); returns how many were handled. ``limit``: at most that many,
-        in the order they fell due; the rest wait in :attr:`due_backlog` for the next call (a shell
-        bounds a loop turn with it). Each one's lateness goes to ``stats.lag_counts`` (due.py)."""
+        live, else event time); returns how many were handled. ``limit``: at most that many, the
+        rest wait in :attr:`due_backlog`. Each one's lateness goes to ``stats.lag_counts``."""
         self.timers.fire(now_ns)
         return self._handle(now_ns, limit)
 
     def _handle(self, to_ns: int, limit: int | None) -> int:
-        """Expire (or remove) the due timers with deadline <= ``to_ns``, at most ``limit``."""
-        handled, lates = self.timers.run(to_ns, limit, self._deadline, self._end)
-        if lates:
-            stats = self.stats
-            counts = stats.lag_counts
-            for late in lates:
-                counts[bisect_left(LAG_BOUNDS_NS, late)] += 1
-            stats.lag_sum_ns += sum(lates)
-            stats.last_lag_ns = lag = max(lates)
-            if lag > stats.max_lag_ns:
-                stats.max_lag_ns = lag
+        """Expire (or remove) the due timers, at most ``limit``; the events carry the deadline."""
+        timers = self.timers
+        due, waiting, wall, entries = timers.due, timers.wheel.holds, timers.wall, self._entries
+        grace = self.rules.grace_ns
+        stats = self.stats
+        counts = stats.lag_counts
+        lag = total = handled = n = 0
+        while due and (limit is None or n < limit):
+            zid, known = due.popleft()
+            n += 1
+            entry = entries.get(zid)
+            if entry is None or waiting(zid):  # gone, or rescheduled meanwhile (on the wheel again)
+                continue
+            zone = entry.zone
+            active = entry.side != OUT
+            deadline = zone.expires_ns if active else zone.ended_ns + grace
+            handled += 1
+            try:
+                self._expire(entry, "ttl", deadline) if active else self._remove(entry, deadline)
+            except Exception as exc:  # a bug with one zone: the others still expire
+                stats.expiry_errors += 1
+                if self.on_expiry_error is not None:
+                    self.on_expiry_error(zid, exc)
+                continue
+            late = (to_ns if wall is None else wall()) - (known if known > deadline else deadline)
+            late = late if late > 0 else 0
+            counts[bisect_left(LAG_BOUNDS_NS, late)] += 1
+            total += late
+            lag = late if late > lag else lag
+        if n:
+            timers.refresh()
+        if handled:
+            stats.lag_sum_ns += total
+            stats.last_lag_ns = lag
+            stats.max_lag_ns = max(stats.max_lag_ns, lag)
         return handled
-
-    def _end(self, zone_id: str, deadline_ns: int) -> bool:
-        """A TTL or a grace period ends: the events carry the deadline, not the handling's time."""
-        entry = self._entries[zone_id]
-        try:
-            if entry.side != OUT:
-                self._expire(entry, "ttl", deadline_ns)
-            else:
-                self._remove(entry, deadline_ns)
-        except Exception as exc:  # a bug with one zone: the others still expire
-            self.stats.expiry_errors += 1
-            if self.on_expiry_error is not None:
-                self.on_expiry_error(zone_id, exc)
-            return False
-        return True
 
     @property
     def due_backlog(self) -> int:

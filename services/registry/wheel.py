@@ -52,6 +52,7 @@ class TimingWheel(Generic[K]):
         "_top_shift",
         "_where",
         "fired_total",
+        "holds",
     )
 
     def __init__(
@@ -74,6 +75,7 @@ class TimingWheel(Generic[K]):
         self._slots: list[list[dict[K, int] | None]] = [[None] * (1 << bits) for _ in range(levels)]
         self._occ: list[int] = [0] * levels
         self._where: dict[K, dict[K, int]] = {}  # key -> the slot (or overflow) dict holding it
+        self.holds = self._where.__contains__  # whether a key has a timer (in C: a hot path's)
         self._overflow: dict[K, int] = {}
         self._overflow_min_tick = -1
         self.fired_total = 0
