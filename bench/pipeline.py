@@ -28,8 +28,9 @@ ingest, registry and alerts over the 10 k/s window, divided by the updates the s
 the highest rate sustained with no gaps, no lost alert, the simulator keeping its rate and p99 under
 100 ms (a queue that grows shows there first). ``scaling_p99_ms``: the p99 at 1 k, 10 k and 30 k
 updates/s offered (the 30 k step's achieved rate beside it: the niced simulator tops out near 25 k).
-``*_pinned``: the 10 k/s window again (6 s), each process pinned by ``taskset`` (the simulator and
-ingest on core 0; registry, alerts and this collector on core 1): what cores of their own give.
+``*_pinned``: then the 10 k/s window again (6 s), every thread of each process pinned by ``taskset``
+(the simulator and ingest on core 0; registry, alerts and this collector on core 1): what cores of
+their own give.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ RAMP = (15_000, 20_000, 25_000, 30_000, 40_000)
 STEP_SETTLE_S = 1.5
 STEP_S = 4.0
 # Each process on a core of its own is more than 2 cores hold: the exchange and ingest share one,
-# registry, alerts and this collector the other (the window alone, shorter: it is one figure).
+# registry, alerts and this collector the other. After the ramp, the running processes are pinned
+# (every thread) and the 10 k/s window measured again, shorter: it is one figure.
 PINS = {"simulator": 0, "ingest": 0, "registry": 1, "alerts": 1}
+ALL_CORES = os.sched_getaffinity(0)
+PINNED_SETTLE_S = 2.0  # after the 40 k/s step: its queues drain
 PINNED_WINDOW_S = 6.0
 SERVICES = ("ingest", "registry", "alerts")
 
@@ -77,9 +81,8 @@ def _ep() -> str:
 
 
 class Pipeline:
-    def __init__(self, tmp: Path, pins: dict[str, int] | None = None) -> None:
+    def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.pins = pins or {}
         self.ws_port, self.http_port = free_port(), free_port()
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.metrics = {name: free_port() for name in SERVICES}
@@ -135,13 +138,20 @@ class Pipeline:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWIRE_")}
         env["PYTHONPATH"] = str(ROOT)
         err = (self.tmp / f"{name}.err").open("wb")
-        pin = ["taskset", "-c", str(self.pins[name])] if name in self.pins else []  # taskset execs: same pid
         proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err
         )
         err.close()
         self.procs[name] = proc
         return proc
+
+    def pin(self, pins: dict[str, int] | None) -> None:
+        """Every thread of each process (and of this one, the collector: beside registry and alerts)
+        onto its core; ``None``: this process back on every core."""
+        cores = {p.pid: str(pins[n]) for n, p in self.procs.items()} if pins else {}
+        cores[os.getpid()] = str(pins["alerts"]) if pins else ",".join(map(str, sorted(ALL_CORES)))
+        for pid, core in cores.items():
+            subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], check=True, capture_output=True)
 
     def stop_all(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
@@ -214,9 +224,8 @@ class Pipeline:
         return Window(rate, t0, t1, s1["updates"] - s0["updates"], g1 - g0, used)
 
 
-async def _run(tmp: Path, pins: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
-    """The 10 k/s window, then (unpinned) the 1 k/s step and the ramp; pinned: the window alone."""
-    p = Pipeline(tmp, pins)
+async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
+    p = Pipeline(tmp)
     sim = p.spawn("simulator", "bench._pipeline_sim", str(p.ws_port), str(p.http_port), str(N_ASSETS), str(N_PROBES), "1")  # fmt: skip
     assert sim.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(sim.stdout.readline), 30)
@@ -266,12 +275,21 @@ async def _run(tmp: Path, pins: dict[str, int] | None = None) -> dict[str, dict[
 
             await p.sim(http, RATE, PROBES_PER_S)
             await asyncio.sleep(WARMUP_S)
-            main = await p.window(http, RATE, PINNED_WINDOW_S if pins else WINDOW_S)
+            main = await p.window(http, RATE, WINDOW_S)
             steps: list[Window] = []
-            for rate in () if pins else (LOW_RATE, *RAMP):
+            for rate in (LOW_RATE, *RAMP):
                 await p.sim(http, rate, PROBES_PER_S)
                 await asyncio.sleep(STEP_SETTLE_S)
                 steps.append(await p.window(http, rate, STEP_S))
+            pinned = None
+            if len(ALL_CORES) >= 2 and shutil.which("taskset"):
+                p.pin(PINS)
+                try:
+                    await p.sim(http, RATE, PROBES_PER_S)
+                    await asyncio.sleep(PINNED_SETTLE_S)
+                    pinned = await p.window(http, RATE, PINNED_WINDOW_S)
+                finally:
+                    p.pin(None)
             await p.sim(http, 0, 0)
             await asyncio.sleep(1.0)  # the last probes' alerts, if they are coming
             probes = (await p.state(http))["probes"]
@@ -286,29 +304,21 @@ async def _run(tmp: Path, pins: dict[str, int] | None = None) -> dict[str, dict[
     bad = {n: c for n, c in codes.items() if c != 0}
     if bad:
         raise RuntimeError(f"processes did not stop cleanly: {bad}: {[p.errors(n) for n in bad]}")
-    for w in (main, *steps):
+    for w in (main, *steps, *([pinned] if pinned else [])):
         analyse(w, probes, p.seen)
-    if pins:
-        report(main, [], sub_gaps)
-        return pinned_figures(main, pins)
     low, steps = steps[0], steps[1:]
     report(main, [low, *steps], sub_gaps)
-    return figures(main, low, steps, sub_gaps)
+    out = figures(main, low, steps, sub_gaps)
+    if pinned is not None:
+        print(f"  pinned ({PINS}, this process on {PINS['alerts']}):", file=sys.stderr)
+        report(pinned, [], 0)
+        out.update(pinned_figures(pinned, PINS))
+    return out
 
 
 def run() -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="poolwire-pipeline-") as tmp:
-        figures = uvloop.run(_run(Path(tmp)))
-    if len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset"):
-        mine = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {PINS["alerts"]})  # this process collects: beside registry and alerts
-        print(f"  pinned ({PINS}, this process on {PINS['alerts']}):", file=sys.stderr, flush=True)
-        try:
-            with tempfile.TemporaryDirectory(prefix="poolwire-pipeline-pinned-") as tmp:
-                figures.update(uvloop.run(_run(Path(tmp), PINS)))
-        finally:
-            os.sched_setaffinity(0, mine)
-    return figures
+        return uvloop.run(_run(Path(tmp)))
 
 
 if __name__ == "__main__":
