@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.registry.patterns import Candle, CandleBuilder, Detection, FvgRule, PatternDetector, window_size
-from shared.bars import Watermark
+from shared.bars import Bar, Watermark
+
+_NEVER = -(1 << 63)  # a fast path's ``hi`` that no event time is below: the cache is stale
 
 
 class CandleState(msgspec.Struct, array_like=True, gc=False):
@@ -92,6 +94,21 @@ class DetectorStats:
 _Pair = tuple[CandleBuilder, PatternDetector]
 
 
+class _Open:
+    """A symbol's fast path: the newest candle of every timeframe, while a tick in ``[lo, hi)``
+    falls into each of them and its point closes none (below ``next_close``): most ticks update
+    these only. ``touched``: a tick took it since the builders' ``changed`` flags were set."""
+
+    __slots__ = ("bars", "hi", "lo", "next_close", "touched")
+
+    def __init__(self) -> None:
+        self.bars: list[Bar] = []
+        self.lo = 0
+        self.hi = _NEVER
+        self.next_close = 0
+        self.touched = False
+
+
 class Detectors:
     """Every (symbol, timeframe) pair's candle builder and pattern detector; one watermark per
     symbol (its prices are one stream: every timeframe's candles close on the same event time)."""
@@ -120,6 +137,7 @@ class Detectors:
         self._marks: dict[str, Watermark] = {}
         self._changed: dict[str, None] = {}  # symbols with a builder whose state changed, oldest first
         self._closed: dict[str, None] = {}  # ... of which a candle closed (their windows moved)
+        self._open: dict[str, _Open] = {}
 
     def _for(self, symbol: str) -> list[_Pair]:
         pairs = self._pairs.get(symbol)
@@ -138,6 +156,7 @@ class Detectors:
 
     def _evict(self, symbol: str) -> None:
         del self._pairs[symbol]
+        self._open.pop(symbol, None)
         del self._marks[symbol]
         self._changed.pop(symbol, None)
         self._closed.pop(symbol, None)
@@ -162,7 +181,6 @@ class Detectors:
         Candles its event time closes close first; then it joins its own candle, or, if that one
         is closed, it is counted as late (per timeframe).
         """
-        out: list[Detection] = []
         self._changed[symbol] = None
         all_pairs = self._pairs
         pairs = all_pairs.pop(symbol, None)
@@ -174,6 +192,19 @@ class Detectors:
         now = ts_ns if now_ns is None else now_ns
         mark.observe(ts_ns, now)
         point = mark.point(now)
+        fast = self._open.get(symbol)
+        if fast is not None and point < fast.next_close and fast.lo <= ts_ns < fast.hi:
+            # Every timeframe's newest candle takes it (BarBuilder.add's own update), none closes.
+            for bar in fast.bars:
+                if price > bar.high:
+                    bar.high = price
+                elif price < bar.low:
+                    bar.low = price
+                bar.close = price
+                bar.ticks += 1
+            fast.touched = True
+            return []
+        out: list[Detection] = []
         for builder, detector in pairs:
             if point >= builder.closed_before + builder.size_ns:
                 for candle in builder.close_through(point):
@@ -183,9 +214,7 @@ class Detectors:
             bars = builder.bars
             if bars:
                 bar = bars[-1]
-                if bar.start_ns <= ts_ns < bar.end_ns:
-                    # The newest open candle's bucket (most ticks): BarBuilder.add's own update,
-                    # without the call (6 timeframes a tick).
+                if bar.start_ns <= ts_ns < bar.end_ns:  # the newest candle: add's update, inline
                     if price > bar.high:
                         bar.high = price
                     elif price < bar.low:
@@ -198,7 +227,42 @@ class Detectors:
                 builder.changed = True
             else:
                 self.stats.late_ticks += 1
+        self._refresh(symbol, pairs, fast)
         return out
+
+    def _refresh(self, symbol: str, pairs: list[_Pair], fast: _Open | None) -> None:
+        """Rebuild ``symbol``'s fast path after its candles moved (the builders take its marks)."""
+        if fast is None:
+            fast = self._open[symbol] = _Open()
+        elif fast.touched:
+            self._untouch(symbol)
+        bars = []
+        lo, hi, next_close = 0, -_NEVER, -_NEVER
+        for builder, _ in pairs:
+            if not builder.bars:
+                fast.hi = _NEVER
+                return
+            bar = builder.bars[-1]
+            bars.append(bar)
+            if bar.start_ns > lo:
+                lo = bar.start_ns
+            if bar.end_ns < hi:
+                hi = bar.end_ns
+            if builder.closed_before + builder.size_ns < next_close:
+                next_close = builder.closed_before + builder.size_ns
+        fast.bars, fast.lo, fast.hi, fast.next_close = bars, lo, hi, next_close
+
+    def _untouch(self, symbol: str, stale: bool = False) -> None:
+        """Hand the fast path's changes to the builders' flags; ``stale``: ``symbol``'s candles
+        moved outside the tick path, which is off until its next slow tick."""
+        fast = self._open.get(symbol)
+        if fast is not None:
+            if fast.touched:
+                fast.touched = False
+                for builder, _ in self._pairs[symbol]:
+                    builder.changed = True
+            if stale:
+                fast.hi = _NEVER
 
     def on_time(self, now_ns: int, symbols: Iterable[str] | None = None) -> list[Detection]:
         """Close the candles of live symbols that went quiet (see shared/bars.py): of ``symbols``
@@ -214,6 +278,7 @@ class Detectors:
             for builder, detector in pairs:
                 if point < builder.closed_before + builder.size_ns:
                     continue
+                self._untouch(symbol, stale=True)
                 for candle in builder.close_through(point):
                     builder.changed = True
                     self._changed[symbol] = None
@@ -254,6 +319,7 @@ class Detectors:
         for symbol in order:
             del changed[symbol]
             closed.pop(symbol, None)
+            self._untouch(symbol)
             for pair in self._pairs[symbol]:
                 if pair[0].changed:
                     pair[0].changed = False
@@ -297,6 +363,7 @@ class Detectors:
                 report.dropped.append(DroppedState(st.symbol, st.timeframe, reason))
                 continue
             builder, detector = next(p for p in self._for(st.symbol) if p[1].timeframe == st.timeframe)
+            self._untouch(st.symbol, stale=True)
             builder.bars = [c.candle() for c in st.opening]
             if st.current is not None:
                 builder.bars.append(st.current.candle())

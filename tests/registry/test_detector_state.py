@@ -327,3 +327,34 @@ def test_a_limited_export_takes_closed_candles_first_and_leaves_the_rest_for_the
     assert len(first[0].closed) == 1 and first[1].current is not None and first[1].current.high == 1.1
     assert [st.symbol for st in d.changed(limit=2)] == ["b"]
     assert d.changed() == [] and d.pending == 0
+
+
+@pytest.mark.parametrize("lateness_s", [0, 2])
+def test_the_tick_fast_path_gives_what_the_full_path_gives(lateness_s: int) -> None:
+    """Most ticks only update each timeframe's newest candle (Detectors' fast path): the same
+    detections, late ticks, changed states and exported state as ticks all taken the full way."""
+    full_way = Detectors(dict(TIMEFRAMES), swing_bars=2, lateness_ns=lateness_s * S)
+    full_way._refresh = lambda *args: None  # type: ignore[method-assign]  # no fast path
+    fast = Detectors(dict(TIMEFRAMES), swing_bars=2, lateness_ns=lateness_s * S)
+    slow_ticks = 0
+    refresh = fast._refresh
+
+    def counted(*args: object) -> None:
+        nonlocal slow_ticks
+        slow_ticks += 1
+        refresh(*args)  # type: ignore[arg-type]
+
+    fast._refresh = counted  # type: ignore[method-assign,assignment]
+    ticks = 0
+    for i, (what, sym, ts, price) in enumerate(STEPS):
+        if what == "tick":
+            ticks += 1
+            assert fast.on_price(sym, ts, price) == full_way.on_price(sym, ts, price)
+        else:
+            assert fast.on_time(ts) == full_way.on_time(ts)
+        if i % 3 == 0:  # often: a fast tick after the export of its symbol's last slow one
+            assert fast.changed(2) == full_way.changed(2)
+    assert fast.changed() == full_way.changed()
+    assert fast.state() == full_way.state()
+    assert fast.stats == full_way.stats and fast.stats.late_ticks > 10
+    assert slow_ticks < 0.7 * ticks  # the fast path took the rest
