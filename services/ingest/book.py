@@ -129,10 +129,11 @@ class _Side:
             levels[price] = size
             joined = self.joined
             if old is not None:
-                if joined is not None:  # in place: a memmove, no new bytes
-                    pre = _prefix(price)
-                    at = joined.find(pre)
-                    joined[at : at + len(pre) + len(_enc(old)) + 8] = b'%b"size":%b}' % (pre, _enc(size))
+                if joined is not None:  # in place: the size's bytes only
+                    pre = _PREFIXES.get(price) or _prefix(price)
+                    at = joined.find(pre) + len(pre) + 7  # past '"size":'
+                    # a stored size reads as a number: no "}" in it, the first one ends the level
+                    joined[at : joined.index(b"}", at)] = _enc(size)
                 return
             order = self.order
             if order is None:
@@ -151,7 +152,8 @@ class _Side:
                 if len(order) == 1:
                     joined[:] = frag
                 elif 0 <= j < len(order):
-                    at = joined.find(_prefix(order[j]))
+                    nxt = order[j]
+                    at = joined.find(_PREFIXES.get(nxt) or _prefix(nxt))
                     joined[at:at] = frag + b","
                 else:
                     joined += b"," + frag
@@ -163,9 +165,9 @@ class _Side:
             order.remove(price)
             joined = self.joined
             if joined is not None:
-                pre = _prefix(price)
+                pre = _PREFIXES.get(price) or _prefix(price)
                 at = joined.find(pre)
-                end = at + len(pre) + len(_enc(old)) + 8
+                end = joined.index(b"}", at + len(pre)) + 1  # see the resize
                 if end < len(joined):  # not the last: its comma goes with it
                     del joined[at : end + 1]
                 else:
@@ -201,9 +203,18 @@ class _Side:
         return joined
 
 
+# Level prefixes already made: prices sit on a tick grid and repeat; bounded, cleared when full.
+_PREFIXES: dict[str, bytes] = {}
+PREFIX_CACHE_MAX = 4096
+
+
 def _prefix(price: str) -> bytes:
     """The start of a level's fragment, unique in its side (prices are the side's keys)."""
-    return b'{"price":%b,' % _enc(price)
+    pre = b'{"price":%b,' % _enc(price)
+    if len(_PREFIXES) >= PREFIX_CACHE_MAX:
+        _PREFIXES.clear()
+    _PREFIXES[price] = pre
+    return pre
 
 
 class LocalBook:
@@ -213,26 +224,65 @@ class LocalBook:
         "_asks",
         "_bids",
         "_head",
-        "_head_key",
+        "_head_asset",
+        "_head_market",
+        "_last_trade_price",
+        "_min_order_size",
+        "_neg_risk",
         "_tail",
-        "_tail_key",
-        "last_trade_price",
-        "min_order_size",
-        "neg_risk",
-        "tick_size",
+        "_tail_fields",
+        "_tick_size",
     )
 
     def __init__(self) -> None:
         self._bids = _Side(descending=False)
         self._asks = _Side(descending=True)
-        self._head_key: tuple[str, str] | None = None
+        self._head_market: str | None = None  # the ids ``_head`` is for; None: none yet
+        self._head_asset: str | None = None
         self._head = b""
-        self._tail_key: tuple[str, str, bool, str, int] | None = None
+        self._tail_fields = -1  # the variant ``_tail`` is for; -1: to make again (a field changed)
         self._tail = b""
-        self.tick_size = ""
-        self.min_order_size = ""
-        self.neg_risk = False
-        self.last_trade_price = ""
+        self._tick_size = ""
+        self._min_order_size = ""
+        self._neg_risk = False
+        self._last_trade_price = ""
+
+    # The four hashed fields after the levels: setting one drops the cached tail.
+    @property
+    def tick_size(self) -> str:
+        return self._tick_size
+
+    @tick_size.setter
+    def tick_size(self, value: str) -> None:
+        self._tick_size = value
+        self._tail_fields = -1
+
+    @property
+    def min_order_size(self) -> str:
+        return self._min_order_size
+
+    @min_order_size.setter
+    def min_order_size(self, value: str) -> None:
+        self._min_order_size = value
+        self._tail_fields = -1
+
+    @property
+    def neg_risk(self) -> bool:
+        return self._neg_risk
+
+    @neg_risk.setter
+    def neg_risk(self, value: bool) -> None:
+        self._neg_risk = value
+        self._tail_fields = -1
+
+    @property
+    def last_trade_price(self) -> str:
+        return self._last_trade_price
+
+    @last_trade_price.setter
+    def last_trade_price(self, value: str) -> None:
+        self._last_trade_price = value
+        self._tail_fields = -1
 
     @property
     def bids(self) -> dict[str, str]:
@@ -285,18 +335,21 @@ class LocalBook:
 
     def hash(self, market: str, asset_id: str, timestamp: str, fields: int = 10) -> str:
         """The book's hash under the ``fields`` (9 or 10) variant."""
-        if self._head_key != (market, asset_id):
-            self._head_key = (market, asset_id)
+        if market != self._head_market or asset_id != self._head_asset:
+            self._head_market, self._head_asset = market, asset_id
             self._head = _head(market, asset_id)
-        key = (self.min_order_size, self.tick_size, self.neg_risk, self.last_trade_price, fields)
-        if self._tail_key != key:
-            self._tail_key = key
-            self._tail = _tail(*key)
-        return _sha1(
-            b"".join(
-                (self._head, _enc(timestamp), _MID, self._bids.json(), _ASKS, self._asks.json(), self._tail)
+        if fields != self._tail_fields:
+            self._tail_fields = fields
+            self._tail = _tail(
+                self._min_order_size, self._tick_size, self._neg_risk, self._last_trade_price, fields
             )
-        ).hexdigest()
+        bids = self._bids.joined
+        if bids is None:
+            bids = self._bids.json()
+        asks = self._asks.joined
+        if asks is None:
+            asks = self._asks.json()
+        return _sha1(b"".join((self._head, _enc(timestamp), _MID, bids, _ASKS, asks, self._tail))).hexdigest()
 
 
 def _positive(size: str) -> bool:

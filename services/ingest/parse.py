@@ -25,12 +25,13 @@ from shared.messages import BookLevel, MarketLifecycle, Price, TickSizeChange, T
 
 Side = Literal["buy", "sell"]
 _SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+_SIDES_AS_SENT: dict[str, Side] = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
 
 
 def side(value: str) -> Side | None:
     """``BUY``/``buy``/``Buy`` -> buy, ``SELL``/... -> sell; anything else None. The one side
     reader: changes and trades alike."""
-    return _SIDES.get(value.lower())
+    return _SIDES_AS_SENT.get(value) or _SIDES.get(value.lower())
 
 
 def number(value: Num) -> float | None:
@@ -70,7 +71,7 @@ def price_value(text: str) -> float | None:
 
 def change_values(price: str, size: str) -> tuple[float, float] | None:
     """A change's (price > 0, size >= 0), both finite; None if either is not (one call: hot path)."""
-    p = price_value(price)
+    p = _PRICES.get(price) or price_value(price)
     if p is None:
         return None
     try:
@@ -83,7 +84,7 @@ def change_values(price: str, size: str) -> tuple[float, float] | None:
 def best_or(value: str, fallback: float) -> float:
     """A best bid/ask the server sent (when readable and above 0), else ``fallback``."""
     if value:
-        x = price_value(value)
+        x = _PRICES.get(value) or price_value(value)
         if x is not None:
             return x
     return fallback

@@ -41,6 +41,9 @@ Publish = Callable[[str, Message], None]
 LifecycleKind = Literal["new", "resolved"]
 LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
 SkipLog = Callable[..., None]  # (reason, msg, *args): a shared.ratelog.RateLimitedLog
+_side = parse.side
+_change_values = parse.change_values
+_best_or = parse.best_or
 
 
 class Router:
@@ -271,27 +274,32 @@ class Router:
                 st.offer(conn, key, self._apply_change, (st, e, market, ts, ts_ns), False, self.stats)
 
     def _apply_change(self, st: AssetState, e: PriceChangeEntry, market: str, ts: Num, ts_ns: int) -> None:
-        side = parse.side(e.side)
-        values = parse.change_values(e.price, e.size)
+        # the hot path (one call per entry): the readings and the publish inlined
+        side = _side(e.side)
+        price_text = e.price
+        size_text = e.size
+        values = _change_values(price_text, size_text)
         if side is None or values is None:
-            self._bad_value(st.asset, "price_change", (e.side, e.price, e.size))
+            self._bad_value(st.asset, "price_change", (e.side, price_text, size_text))
             return
         price, size = values
         if market:
             st.market = market
         book = st.book
-        book.apply(side == "buy", e.price, e.size, size > 0.0)
+        book.apply(side == "buy", price_text, size_text, size > 0.0)
         st.book_ns = ts_ns
         key = e.hash
         if key:
             st.hash = key
             if self.verify_hashes:
-                self.hashes.on_change(st, str(ts), key)
+                self.hashes.on_change(st, ts if type(ts) is str else str(ts), key)
         else:
             self.hashes.cancel(st.asset)
-        bid = parse.best_or(e.best_bid, 0.0) or book.best_bid()
-        ask = parse.best_or(e.best_ask, 0.0) or book.best_ask()
-        self._emit(
+        bid = _best_or(e.best_bid, 0.0) or book.best_bid()
+        ask = _best_or(e.best_ask, 0.0) or book.best_ask()
+        stats = self.stats
+        stats.published += 1
+        self.publish(
             st.change_topic,
             BookChange(
                 asset=st.asset,
@@ -305,7 +313,9 @@ class Router:
                 event_ns=ts_ns,
             ),
         )
-        self._mid(st, bid, ask, ts_ns)
+        if bid > 0.0 and ask > 0.0 and (bid + ask) * 0.5 != st.mid:
+            stats.published += 1
+            self.publish(px_topic(pm_symbol(st.asset)), st.set_mid(bid, ask, ts_ns))
 
     def apply_book(self, ev: BookEvent) -> bool:
         """A book from elsewhere (a REST resync) applied as the asset's state, whoever owns it;
