@@ -17,7 +17,9 @@ by a timer:
 Events whose changes are in no write (nothing pending, or the store waiting to retry after a
 failure) go out behind those before them. A failed write gives its changes back to the store (the
 events go out all the same: the service keeps publishing while its store fails). Checkpoints (the
-WAL copied into the database file, with an fsync) run on a thread of their own, beside the writes.
+WAL copied into the database file, with an fsync) run on a thread of their own, beside the writes,
+at least once a second; once the WAL is past its limit (they never found it without a newer
+commit), the next write goes to the store's thread and copies the rest first (store.py).
 """
 
 from __future__ import annotations
@@ -94,14 +96,15 @@ class Outbox:
             if events:
                 self._publish(events, oldest_ns)
             return
-        if batch.size <= self.inline_bytes:
+        if batch.size <= self.inline_bytes and not store.catch_up_due:
             store.write(batch)
             store.settle(batch)
             if events:
                 self._publish(events, oldest_ns)
             self._maybe_checkpoint()
             return
-        self._writing = _Write(self._writer.submit(store.write, batch), batch, events, oldest_ns)
+        written = self._writer.submit(store.write, batch, catch_up=True)
+        self._writing = _Write(written, batch, events, oldest_ns)
         self._room.clear()
         self._started.set()
 
@@ -122,6 +125,7 @@ class Outbox:
         store = self.store
         if store.checkpoint_due and (self._checkpoint is None or self._checkpoint.done()):
             store.bytes_since_checkpoint = 0
+            store.checkpointed_at = store.clock()
             self._checkpoint = self._checkpointer.submit(store.checkpoint)
 
     async def run(self) -> None:

@@ -44,8 +44,18 @@ _DECODE = msgspec.msgpack.Decoder(Zone).decode
 _DECODE_STATE = msgspec.msgpack.Decoder(PairState).decode
 
 StateKey = tuple[str, str]  # (symbol, timeframe)
-# WAL bytes written between checkpoints (SQLite's automatic one: 1 000 pages, ~4 MB).
+# Row bytes written between checkpoints, or at least one a second: a commit writes whole pages,
+# and the WAL grew ~10-50 times faster than the rows (8 MB/s at 2 000 symbols and 600 prices/s,
+# most of it the detector states) while a checkpoint waited for 4 MB of rows.
 CHECKPOINT_BYTES = 4 << 20
+CHECKPOINT_INTERVAL_S = 1.0
+# A checkpoint copies the frames of its own snapshot; the WAL starts over at the next commit only
+# if nothing was committed meanwhile, which under a steady load never happened: the WAL grew by
+# GBs (1.1 GB in 3 minutes). So rounds follow until one finds the WAL unchanged, and past
+# WAL_LIMIT_BYTES the next write first copies the rest itself (on the store's thread, no commit
+# between: ZoneStore.write), and the WAL starts over, cut back to WAL_LIMIT_BYTES.
+CATCH_UP_ROUNDS = 8
+WAL_LIMIT_BYTES = 32 << 20
 # Rows per INSERT statement. sqlite3 lets go of the GIL around each step, and a thread that wants
 # it back waits up to the switch interval (5 ms) while the event loop's thread runs Python: one
 # step per row made a 75-row write take hundreds of ms under a burst. The sizes are fixed (a row
@@ -109,9 +119,13 @@ class ZoneStore:
         self._checkpoint_db: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()
         self.bytes_since_checkpoint = 0  # settled writes (on the loop)
+        self.checkpointed_at = clock()  # when the last checkpoint was asked for
+        self._wal = Path(f"{self.path}-wal")
+        self.wal_catch_ups = 0  # writes that copied the rest of the WAL first
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
@@ -218,10 +232,13 @@ class ZoneStore:
         self._dirty, self._removed, self._states, self._states_removed = {}, set(), {}, set()
         return batch
 
-    def write(self, batch: Batch) -> None:
-        """One transaction (any thread; one at a time). A failure is kept in ``batch.error``."""
+    def write(self, batch: Batch, *, catch_up: bool = False) -> None:
+        """One transaction (any thread; one at a time). A failure is kept in ``batch.error``.
+        ``catch_up`` (the store's thread): first copy the WAL's rest if it is over WAL_LIMIT_BYTES."""
         with self._lock:
             db = self._db
+            if catch_up and self.catch_up_due:
+                self._catch_up()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 _insert_rows(db, "zones (id, body)", 2, batch.zone_rows)
@@ -243,21 +260,52 @@ class ZoneStore:
 
     @property
     def checkpoint_due(self) -> bool:
-        return self.bytes_since_checkpoint >= CHECKPOINT_BYTES
+        written = self.bytes_since_checkpoint
+        return written >= CHECKPOINT_BYTES or (
+            written > 0 and self.clock() - self.checkpointed_at >= CHECKPOINT_INTERVAL_S
+        )
+
+    @property
+    def catch_up_due(self) -> bool:
+        """The WAL is past its limit: it did not start over (the file is cut back when it does)."""
+        try:
+            return self._wal.stat().st_size > WAL_LIMIT_BYTES
+        except OSError:
+            return False
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (any thread; a connection of its own, so that writes
-        go on meanwhile). Automatic checkpoints are off: one ran inside whichever commit crossed
-        1 000 pages, with an fsync, and held that commit's zone events for up to 200 ms."""
+        go on meanwhile), in rounds until one finds it unchanged (see CATCH_UP_ROUNDS). Automatic
+        checkpoints are off: one ran inside whichever commit crossed 1 000 pages, with an fsync,
+        and held that commit's zone events for up to 200 ms."""
         with self._checkpoint_lock:
             try:
                 if self._checkpoint_db is None:
                     self._checkpoint_db = sqlite3.connect(
                         str(self.path), isolation_level=None, check_same_thread=False
                     )
-                self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                last = -1
+                for _ in range(CATCH_UP_ROUNDS):
+                    busy, frames, copied = self._checkpoint_db.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    if busy or (frames == last and copied >= frames) or self.catch_up_due:
+                        break  # done, or the next write copies the rest
+                    last = frames
             except sqlite3.Error as exc:  # the next one copies what this one did not
                 self.fail_log("checkpoint", "store %s: checkpoint failed: %s", self.path, exc)
+
+    def _catch_up(self) -> None:
+        """Copy what the WAL holds beyond the database, on the writer's connection and lock: no
+        commit comes between, so the next one starts the WAL over."""
+        try:
+            with self._checkpoint_lock:  # after the checkpoint thread's round, if one is running
+                busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            self.fail_log("checkpoint", "store %s: checkpoint failed: %s", self.path, exc)
+            return
+        if not busy and copied >= frames:
+            self.wal_catch_ups += 1
 
     def settle(self, batch: Batch) -> int:
         """Account for a written batch (on the loop); returns rows written. A failed batch's

@@ -54,11 +54,11 @@ class GatedStore(ZoneStore):
         self.entered = threading.Event()
         self.threads: set[str] = set()
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: Batch, *, catch_up: bool = False) -> None:
         self.threads.add(threading.current_thread().name)
         self.entered.set()
         assert self.gate.wait(10)
-        super().write(batch)
+        super().write(batch, catch_up=catch_up)
 
 
 async def test_events_go_out_after_their_commit_in_order(tmp_path: Path) -> None:
@@ -120,9 +120,9 @@ async def test_a_burst_behind_a_write_goes_as_one_write(tmp_path: Path) -> None:
     writes: list[int] = []
     write = store.write
 
-    def counted(batch: Batch) -> None:
+    def counted(batch: Batch, *, catch_up: bool = False) -> None:
         writes.append(batch.rows)
-        write(batch)
+        write(batch, catch_up=catch_up)
 
     store.write = counted  # type: ignore[method-assign]
     try:
