@@ -170,20 +170,8 @@ class Router:
                 self.skip_log("decode_error", "ingest: skipped a non-JSON frame from %s: %s", conn_id, parse.excerpt(data))  # fmt: skip
             return 0
         decoded = decode_frame(data)
-        if decoded.errors:
-            stats.decode_errors += decoded.errors
-            self.skip_log(
-                "decode_error",
-                "ingest: %d item(s) of a frame from %s did not decode: %s",
-                decoded.errors,
-                conn_id,
-                parse.excerpt(data),
-            )
-        if decoded.unknown_types:
-            stats.unknown_events += len(decoded.unknown_types)
-            self.skip_log(
-                "unknown_event", "ingest: skipped unknown event type(s) %s", decoded.unknown_types[:5]
-            )
+        if decoded.errors or decoded.unknown_types:
+            stats.count_skipped(decoded, self.skip_log, conn_id, data)
         by_type = stats.by_type
         for ev in decoded.events:
             match ev:

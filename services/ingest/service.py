@@ -14,6 +14,7 @@ from typing import Literal
 
 import aiohttp
 
+from services.ingest.burst import BurstFlush
 from services.ingest.config import IngestConfig
 from services.ingest.connection import Connection
 from services.ingest.discovery import discover
@@ -101,10 +102,15 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     handle = router.handle_frame
     perf = time.perf_counter
 
+    burst = BurstFlush(pub.flush)  # a long burst's first messages go out before its end
+    routed = burst.routed
+
     def on_frame(conn_id: str, data: str | bytes) -> int:
         t0 = perf()
         n = handle(conn_id, data)
-        observe(perf() - t0)
+        t1 = perf()
+        observe(t1 - t0)
+        routed(t0, t1)
         return n
 
     session = aiohttp.ClientSession()

@@ -11,6 +11,7 @@ from services.ingest import parse
 from services.ingest.book import LocalBook
 from services.ingest.handoff import Ownership
 from services.ingest.hashcheck import UNPINNED
+from services.ingest.protocol import Decoded
 from shared.constants import md_topic, pm_symbol, px_topic
 from shared.messages import BookLevel, BookSnapshot, Message, Price
 
@@ -36,6 +37,23 @@ class RouterStats:
     unchanged_books: int = 0  # a book equal to the state we already had: not republished
     published: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+
+    def count_skipped(
+        self, decoded: Decoded, skip_log: Callable[..., None], conn: str, data: bytes | str
+    ) -> None:
+        """What a frame held that did not decode, or of a type we do not know: counted and logged."""
+        if decoded.errors:
+            self.decode_errors += decoded.errors
+            skip_log(
+                "decode_error",
+                "ingest: %d item(s) of a frame from %s did not decode: %s",
+                decoded.errors,
+                conn,
+                parse.excerpt(data),
+            )
+        if decoded.unknown_types:
+            self.unknown_events += len(decoded.unknown_types)
+            skip_log("unknown_event", "ingest: skipped unknown event type(s) %s", decoded.unknown_types[:5])
 
 
 class AssetState(Ownership):

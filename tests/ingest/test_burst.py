@@ -1,0 +1,32 @@
+"""BurstFlush: a burst routed in one loop turn sends its first messages before its end."""
+
+from __future__ import annotations
+
+from services.ingest.burst import BurstFlush
+
+
+def test_a_long_burst_is_flushed_every_half_millisecond_and_a_short_one_is_left_to_the_loop() -> None:
+    flushed_after: list[int] = []
+    frames = 0
+    burst = BurstFlush(lambda: flushed_after.append(frames), after=0.0005)
+    t = 100.0
+    for _ in range(10):  # 10 frames of 0.1 ms: 1 ms in all
+        frames += 1
+        burst.routed(t, t + 0.0001)
+        t += 0.0001
+    # the frames not flushed span 0.5 ms at the 5th frame's end, and again at the 10th's
+    assert flushed_after == [5, 10] and burst.flushes == 2
+
+    quiet = BurstFlush(lambda: flushed_after.append(-1), after=0.0005)
+    quiet.routed(200.0, 200.0001)
+    quiet.routed(200.0001, 200.0002)
+    assert quiet.flushes == 0  # short: the loop's own flush sends it
+
+
+def test_the_first_frame_after_a_pause_goes_out_at_once() -> None:
+    burst = BurstFlush(lambda: None, after=0.0005)
+    burst.routed(1.0, 1.0001)  # the loop flushed after this one (not seen here)
+    burst.routed(2.0, 2.0001)  # a later turn: it waited longest, it goes now
+    assert burst.flushes == 1
+    burst.routed(2.0001, 2.0002)
+    assert burst.flushes == 1
