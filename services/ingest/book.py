@@ -221,8 +221,6 @@ class LocalBook:
     """Levels of one asset keyed by the price string; size "0" removes a level."""
 
     __slots__ = (
-        "_asks",
-        "_bids",
         "_head",
         "_head_asset",
         "_head_market",
@@ -232,11 +230,13 @@ class LocalBook:
         "_tail",
         "_tail_fields",
         "_tick_size",
+        "ask_side",
+        "bid_side",
     )
 
     def __init__(self) -> None:
-        self._bids = _Side(descending=False)
-        self._asks = _Side(descending=True)
+        self.bid_side = _Side(descending=False)
+        self.ask_side = _Side(descending=True)
         self._head_market: str | None = None  # the ids ``_head`` is for; None: none yet
         self._head_asset: str | None = None
         self._head = b""
@@ -286,11 +286,11 @@ class LocalBook:
 
     @property
     def bids(self) -> dict[str, str]:
-        return self._bids.levels
+        return self.bid_side.levels
 
     @property
     def asks(self) -> dict[str, str]:
-        return self._asks.levels
+        return self.ask_side.levels
 
     def take_fields(
         self,
@@ -310,28 +310,28 @@ class LocalBook:
             self.neg_risk = neg_risk
 
     def reset(self, bids: Iterable[tuple[str, str]], asks: Iterable[tuple[str, str]]) -> None:
-        self._bids.reset(bids)
-        self._asks.reset(asks)
+        self.bid_side.reset(bids)
+        self.ask_side.reset(asks)
 
     def apply(self, is_buy: bool, price: str, size: str, positive: bool | None = None) -> None:
         """Set a level; ``positive``: whether ``size`` is above 0, when the caller has read it."""
-        (self._bids if is_buy else self._asks).set(price, size, positive)
+        (self.bid_side if is_buy else self.ask_side).set(price, size, positive)
 
     def best_bid(self) -> float:
-        return self._bids.best()
+        return self.bid_side.best()
 
     def best_ask(self) -> float:
-        return self._asks.best()
+        return self.ask_side.best()
 
     def sorted_bids(self) -> list[tuple[str, str]]:
         """Ascending by price (the server's order, best last)."""
-        bids = self._bids.levels
-        return [(p, bids[p]) for p in self._bids.server_order()]
+        bids = self.bid_side.levels
+        return [(p, bids[p]) for p in self.bid_side.server_order()]
 
     def sorted_asks(self) -> list[tuple[str, str]]:
         """Descending by price (the server's order, best last)."""
-        asks = self._asks.levels
-        return [(p, asks[p]) for p in self._asks.server_order()]
+        asks = self.ask_side.levels
+        return [(p, asks[p]) for p in self.ask_side.server_order()]
 
     def hash(self, market: str, asset_id: str, timestamp: str, fields: int = 10) -> str:
         """The book's hash under the ``fields`` (9 or 10) variant."""
@@ -343,12 +343,12 @@ class LocalBook:
             self._tail = _tail(
                 self._min_order_size, self._tick_size, self._neg_risk, self._last_trade_price, fields
             )
-        bids = self._bids.joined
+        bids = self.bid_side.joined
         if bids is None:
-            bids = self._bids.json()
-        asks = self._asks.joined
+            bids = self.bid_side.json()
+        asks = self.ask_side.joined
         if asks is None:
-            asks = self._asks.json()
+            asks = self.ask_side.json()
         return _sha1(b"".join((self._head, _enc(timestamp), _MID, bids, _ASKS, asks, self._tail))).hexdigest()
 
 

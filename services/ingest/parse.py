@@ -25,13 +25,13 @@ from shared.messages import BookLevel, MarketLifecycle, Price, TickSizeChange, T
 
 Side = Literal["buy", "sell"]
 _SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-_SIDES_AS_SENT: dict[str, Side] = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
+SIDES_AS_SENT: dict[str, Side] = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
 
 
 def side(value: str) -> Side | None:
     """``BUY``/``buy``/``Buy`` -> buy, ``SELL``/... -> sell; anything else None. The one side
     reader: changes and trades alike."""
-    return _SIDES_AS_SENT.get(value) or _SIDES.get(value.lower())
+    return SIDES_AS_SENT.get(value) or _SIDES.get(value.lower())
 
 
 def number(value: Num) -> float | None:
@@ -47,14 +47,14 @@ _INF = math.inf
 
 
 # Wire price strings already read: prices sit on a tick grid and repeat (a dict hit costs a
-# fifth of float() on a string); bounded, cleared when full.
-_PRICES: dict[str, float] = {}
+# fifth of float() on a string); bounded, cleared (in place: the router reads it too) when full.
+PRICES: dict[str, float] = {}
 PRICE_CACHE_MAX = 4096
 
 
 def price_value(text: str) -> float | None:
     """A price string's value when finite and above 0; None otherwise."""
-    x = _PRICES.get(text)
+    x = PRICES.get(text)
     if x is not None:
         return x
     try:
@@ -63,15 +63,15 @@ def price_value(text: str) -> float | None:
         return None
     if not 0.0 < x < _INF:
         return None
-    if len(_PRICES) >= PRICE_CACHE_MAX:
-        _PRICES.clear()
-    _PRICES[text] = x
+    if len(PRICES) >= PRICE_CACHE_MAX:
+        PRICES.clear()
+    PRICES[text] = x
     return x
 
 
 def change_values(price: str, size: str) -> tuple[float, float] | None:
     """A change's (price > 0, size >= 0), both finite; None if either is not (one call: hot path)."""
-    p = _PRICES.get(price) or price_value(price)
+    p = PRICES.get(price) or price_value(price)
     if p is None:
         return None
     try:
@@ -84,7 +84,7 @@ def change_values(price: str, size: str) -> tuple[float, float] | None:
 def best_or(value: str, fallback: float) -> float:
     """A best bid/ask the server sent (when readable and above 0), else ``fallback``."""
     if value:
-        x = _PRICES.get(value) or price_value(value)
+        x = PRICES.get(value) or price_value(value)
         if x is not None:
             return x
     return fallback

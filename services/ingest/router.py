@@ -41,9 +41,9 @@ Publish = Callable[[str, Message], None]
 LifecycleKind = Literal["new", "resolved"]
 LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
 SkipLog = Callable[..., None]  # (reason, msg, *args): a shared.ratelog.RateLimitedLog
-_side = parse.side
-_change_values = parse.change_values
-_best_or = parse.best_or
+_SIDES_AS_SENT = parse.SIDES_AS_SENT
+_PRICES = parse.PRICES
+_INF = float("inf")
 
 
 class Router:
@@ -251,30 +251,33 @@ class Router:
         if ts_ns is None:
             self._bad_value(ev.price_changes[0].asset_id, "price_change", ("timestamp", ts))
             return
+        apply = self._apply_change
         for e in ev.price_changes:
             st = assets.get(e.asset_id)
             if st is None:
                 self._unknown_asset(e.asset_id, "price_change")
             elif conn == st.owner and st.recent is None:
-                self._apply_change(st, e, market, ts, ts_ns)
+                apply(st, e, market, ts, ts_ns)
             else:
                 key = e.hash or f"c:{ts}:{e.side}:{e.price}:{e.size}"
-                st.offer(conn, key, self._apply_change, (st, e, market, ts, ts_ns), False, self.stats)
+                st.offer(conn, key, apply, (st, e, market, ts, ts_ns), False, self.stats)
 
     def _apply_change(self, st: AssetState, e: PriceChangeEntry, market: str, ts: Num, ts_ns: int) -> None:
-        # the hot path (one call per entry): the readings and the publish inlined
-        side = _side(e.side)
-        price_text = e.price
-        size_text = e.size
-        values = _change_values(price_text, size_text)
-        if side is None or values is None:
-            self._bad_value(st.asset, "price_change", (e.side, price_text, size_text))
+        # the hot path, once per entry: parse.side, change_values and best_or inlined (same readings)
+        side_text, price_text, size_text = e.side, e.price, e.size
+        side = _SIDES_AS_SENT.get(side_text) or parse.side(side_text)
+        price = _PRICES.get(price_text) or parse.price_value(price_text)
+        try:
+            size = float(size_text)
+        except ValueError:
+            size = -1.0
+        if side is None or price is None or not 0.0 <= size < _INF:
+            self._bad_value(st.asset, "price_change", (side_text, price_text, size_text))
             return
-        price, size = values
         if market:
             st.market = market
         book = st.book
-        book.apply(side == "buy", price_text, size_text, size > 0.0)
+        (book.bid_side if side == "buy" else book.ask_side).set(price_text, size_text, size > 0.0)
         st.book_ns = ts_ns
         key = e.hash
         if key:
@@ -283,8 +286,8 @@ class Router:
                 self.hashes.on_change(st, ts if type(ts) is str else str(ts), key)
         else:
             self.hashes.cancel(st.asset)
-        bid = _best_or(e.best_bid, 0.0) or book.best_bid()
-        ask = _best_or(e.best_ask, 0.0) or book.best_ask()
+        bid = _PRICES.get(e.best_bid) or parse.best_or(e.best_bid, 0.0) or book.best_bid()
+        ask = _PRICES.get(e.best_ask) or parse.best_or(e.best_ask, 0.0) or book.best_ask()
         stats = self.stats
         stats.published += 1
         self.publish(

@@ -76,12 +76,12 @@ def test_publish_latency_is_exported_as_prometheus_clients_own_histogram_would()
 
 
 def test_price_values_are_read_once_and_the_cache_stays_bounded() -> None:
-    parse._PRICES.clear()
-    assert parse.price_value("0.45") == 0.45 and parse._PRICES == {"0.45": 0.45}
+    parse.PRICES.clear()
+    assert parse.price_value("0.45") == 0.45 and parse.PRICES == {"0.45": 0.45}
     for bad in ("nan", "inf", "-0.1", "0", "x", ""):
         assert parse.price_value(bad) is None
     assert parse.best_or("nan", 0.3) == 0.3 and parse.change_values("inf", "1") is None
-    assert list(parse._PRICES) == ["0.45"]  # nothing bad is kept
+    assert list(parse.PRICES) == ["0.45"]  # nothing bad is kept
     for i in range(parse.PRICE_CACHE_MAX + 10):
         assert parse.price_value(f"0.{i:05d}1") == float(f"0.{i:05d}1")
-    assert len(parse._PRICES) <= parse.PRICE_CACHE_MAX
+    assert len(parse.PRICES) <= parse.PRICE_CACHE_MAX
