@@ -123,19 +123,20 @@ async def test_ingest_resyncs_by_rest_and_falls_back_to_resubscribing(tmp_path: 
         first, second = list(server.sim.assets)[:2]
         async with Subscriber(pub, ["md.book.", "ingest."]) as sub:
             with spawn("-m", "services.ingest", "--config", cfg) as proc:
+                books: dict[tuple[str, int], BookSnapshot] = {}  # by asset and topic_seq
+
+                async def receive() -> None:
+                    for _, m in await sub.recv_batch(timeout=1):
+                        if isinstance(m, BookSnapshot):
+                            books[m.asset, m.topic_seq] = m
 
                 async def books_of(asset: str, n: int) -> BookSnapshot:
-                    seen: list[BookSnapshot] = []
-
-                    async def receive() -> None:
-                        for _, m in await sub.recv_batch(timeout=1):
-                            if isinstance(m, BookSnapshot) and m.asset == asset:
-                                seen.append(m)
-
+                    """The asset's n-th book on its topic (1: the subscription's, which this SUB
+                    may or may not read before the test goes on; 2: the first resync's)."""
                     await eventually(
-                        lambda: len(seen) >= n, wake=receive, timeout=20, what=f"{n} books of {asset}"
+                        lambda: (asset, n) in books, wake=receive, timeout=20, what=f"book {n} of {asset}"
                     )
-                    return seen[-1]
+                    return books[asset, n]
 
                 async def pinned() -> bool:
                     return await metric(metrics, "poolwire_ingest_hash_pins_total") == 6
@@ -145,7 +146,7 @@ async def test_ingest_resyncs_by_rest_and_falls_back_to_resubscribing(tmp_path: 
                 assert await pinned()
 
                 await server.inject([bogus_change(server, first)])
-                rest_book = await books_of(first, 1)  # from the REST book: the sim's own state
+                rest_book = await books_of(first, 2)  # from the REST book: the sim's own state
                 assert rest_book.hash == server.sim.assets[first].hash and gamma.book_requests == 1
                 assert await metric(metrics, 'poolwire_ingest_resync_total{path="rest"}') == 1
                 assert await metric(metrics, 'poolwire_ingest_resync_total{path="resubscribe"}') == 0
@@ -154,7 +155,7 @@ async def test_ingest_resyncs_by_rest_and_falls_back_to_resubscribing(tmp_path: 
 
                 gamma.rest_fault = "error"
                 await server.inject([bogus_change(server, second)])
-                ws_book = await books_of(second, 1)  # the WebSocket sends it on the resubscribe
+                ws_book = await books_of(second, 2)  # the WebSocket sends it on the resubscribe
                 assert ws_book.hash == server.sim.assets[second].hash and gamma.book_requests == 2
 
                 async def fell_back() -> bool:
