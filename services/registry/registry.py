@@ -257,8 +257,13 @@ class Registry:
 
     def _deactivate(self, entry: Entry) -> None:
         zone = entry.zone
-        book = self._books[zone.symbol][zone.timeframe]
+        tfs = self._books[zone.symbol]
+        book = tfs[zone.timeframe]
         del book.zones[zone.id]
+        if not book.zones:  # only dead spans left: dropped (issue 19), made again by the next zone
+            del tfs[zone.timeframe]
+            if not tfs:
+                del self._books[zone.symbol]
         st = self.stats.by_tf[zone.timeframe]
         st.active -= 1
         if zone.state == "touched":

@@ -132,18 +132,22 @@ class RegistryService(Intake):
             clock=self.clock,
             heartbeat_interval=ctx.common.heartbeat_interval,
             wire_version=ctx.common.wire_version,
+            bind_later=True,
         )
         ctx.bus_stats.add("pub", self.pub.stats)
         # A drain reads at most this many frames before the loop turns (~1 ms; 1 000 held it 5 ms+).
         self.sub = Subscriber(cfg.prices, (px_topic(""),), clock=self.clock, max_drain=SUB_DRAIN)
         ctx.bus_stats.add("sub", self.sub.stats)
-        self.puller = Puller(cfg.pull, bind=True, max_message_size=ctx.common.max_message_size)
+        self.puller = Puller(
+            cfg.pull, bind=True, max_message_size=ctx.common.max_message_size, bind_later=True
+        )
         ctx.bus_stats.add("pull", self.puller.stats)
         self.snapshots = SnapshotServer(
             cfg.snapshot,
             self.snapshot,
             publisher=self.pub,
             max_message_size=ctx.common.max_message_size,
+            bind_later=True,
         )
         collector.snapshot_bad_requests = lambda: self.snapshots.bad_requests
         self.outbox = Outbox(self.store, self.publish) if self.store is not None else None
@@ -340,10 +344,16 @@ class RegistryService(Intake):
             self.flush_store(detector_symbols=cfg.detector_state_batch)
 
     # ------------------------------------------------------------------------------------------
+    async def bind(self) -> None:
+        """Bind the service's sockets on the event loop (a port still in use is retried there)."""
+        for owner in (self.pub, self.puller, self.snapshots):
+            await owner.bound(self.clock)
+
     async def run(self) -> None:
         ctx = self.ctx
         now = self.clock.time_ns()
         self.log_filter.install()
+        await self.bind()
         self.pub.start()
         self.snapshots.start()
         if self.store is not None:

@@ -55,6 +55,7 @@ async def service(
         bus_stats=StatsCollector(),
     )
     svc = RegistryService(ctx)
+    await svc.bind()
     events: list[Key] = []
 
     def publish(batch: list[Message], oldest_ns: int = 0) -> None:

@@ -45,6 +45,7 @@ async def test_an_evicted_symbols_stored_candles_are_deleted(tmp_path: Path) -> 
         bus_stats=StatsCollector(),
     )
     svc = RegistryService(ctx)
+    await svc.bind()
     store, outbox, detectors = svc.store, svc.outbox, svc.detectors
     assert store is not None and outbox is not None and detectors is not None
     try:

@@ -53,6 +53,7 @@ async def service() -> AsyncIterator[RegistryService]:
         bus_stats=StatsCollector(),
     )
     svc = RegistryService(ctx)
+    await svc.bind()
     svc.pub.start()
     tasks = [asyncio.create_task(svc.detector_loop()), asyncio.create_task(svc.price_loop())]
     try:

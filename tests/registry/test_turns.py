@@ -153,6 +153,7 @@ async def service() -> AsyncIterator[RegistryService]:
         bus_stats=StatsCollector(),
     )
     svc = RegistryService(ctx)
+    await svc.bind()
     svc.pub.start()
     try:
         yield svc
