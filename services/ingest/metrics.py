@@ -70,6 +70,7 @@ class IngestCollector(Collector):
         self.force_refused: dict[str, int] = {}  # ForceSubscribe ids refused, by reason
         self.pull_ignored: dict[str, int] = {}  # messages on PULL that are not commands, by type
         self.snapshot_bad_requests: Callable[[], int] = lambda: 0
+        self.burst_flushes: Callable[[], int] = lambda: 0
         self.publish_latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS)
 
     def collect(self) -> Iterable[Metric]:
@@ -189,6 +190,11 @@ class IngestCollector(Collector):
         yield ignored
         yield counter(
             "snapshot_bad_requests", "Malformed snapshot requests skipped", self.snapshot_bad_requests()
+        )
+        yield counter(
+            "burst_flushes",
+            "Flushes inside a burst (0.5 ms of frames in one loop turn)",
+            self.burst_flushes(),
         )
         yield GaugeMetricFamily(
             f"{P}_foreign_assets",

@@ -171,6 +171,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     collector = IngestCollector(pool, router, subscriptions, shard, resyncer)
     ctx.metrics.register(collector)
     collector.snapshot_bad_requests = lambda: snapshots.bad_requests
+    collector.burst_flushes = lambda: burst.flushes
     collector.publish_latency = latency
     gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
     collector.force_refused = gate.refused

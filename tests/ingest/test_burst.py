@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 from services.ingest.burst import BurstFlush
+from services.ingest.metrics import IngestCollector
+from services.ingest.planner import Limits
+from services.ingest.pool import ConnectionPool
+from services.ingest.router import Router
+from services.ingest.subscriptions import Subscriptions
 
 
 def test_a_long_burst_is_flushed_every_half_millisecond_and_a_short_one_is_left_to_the_loop() -> None:
@@ -30,3 +37,17 @@ def test_the_first_frame_after_a_pause_goes_out_at_once() -> None:
     assert burst.flushes == 1
     burst.routed(2.0001, 2.0002)
     assert burst.flushes == 1
+
+
+def test_flushes_inside_bursts_are_exported() -> None:
+    router = Router(lambda t, m: None, verify_hashes=False)
+    subscriptions = Subscriptions()
+    pool = ConnectionPool(subscriptions, router, Limits(), lambda cid: None)  # type: ignore[arg-type,return-value]
+    collector = IngestCollector(pool, router, subscriptions)
+    burst = BurstFlush(lambda: None, after=0.0005)
+    collector.burst_flushes = lambda: burst.flushes
+    registry = CollectorRegistry()
+    registry.register(collector)
+    for i in range(12):  # 1.2 ms of frames in one turn: two flushes inside it
+        burst.routed(1.0 + i * 0.0001, 1.0 + (i + 1) * 0.0001)
+    assert "poolwire_ingest_burst_flushes_total 2.0" in generate_latest(registry).decode()
