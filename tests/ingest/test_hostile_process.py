@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from services.simulator.polymarket import GARBAGE
 from shared.bus import Pusher, Subscriber
-from shared.messages import ENCODER, BookSnapshot, ForceSubscribe, Heartbeat, SnapshotRequest
+from shared.messages import ENCODER, BookSnapshot, ForceSubscribe, Heartbeat, SnapshotReply, SnapshotRequest
 from shared.snapshot import request_snapshot
 from tests.helpers import eventually, spawn
 from tests.ingest import frames
@@ -212,9 +212,12 @@ async def test_fuzz_of_every_input_leaves_ingest_alive_counted_and_its_books_rig
                 await dealer.send_multipart([b"a", b"b"])
                 await dealer.send(ENCODER.encode(ForceSubscribe(asset_ids=["1"])))
                 await dealer.send(ENCODER.encode(SnapshotRequest(prefix="px.")))
-                reply = await asyncio.wait_for(dealer.recv_multipart(), 5)
+                # one reply each, in order: the bad ones say why, the good one has no error
+                replies = [await asyncio.wait_for(dealer.recv_multipart(), 5) for _ in range(4)]
                 dealer.close()
-                assert len(reply) == 2
+                heads = [msgspec.msgpack.decode(reply[0], type=SnapshotReply) for reply in replies]
+                assert [len(reply) for reply in replies] == [2, 2, 2, 2]
+                assert [bool(head.error) for head in heads] == [True, True, True, False]
                 assert await metric(metrics, "poolwire_ingest_snapshot_bad_requests_total") == 3
 
                 # still alive: heartbeats after all of it, and the books are the simulator's
