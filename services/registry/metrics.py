@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -14,6 +15,24 @@ from services.registry.store import ZoneStore
 from services.registry.validate import EVENT_REASONS, PRICE_REASONS
 
 P = "poolwire_registry"
+
+
+def service_histograms(metrics: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    """The service's own timings: processing per stage, and a price's publish to its events out."""
+    processing = Histogram(
+        f"{P}_processing_seconds",
+        "Time to process one batch of input (prices, detector events, an expiry pass)",
+        ["stage"],
+        registry=metrics,
+        buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+    )
+    event_latency = Histogram(
+        f"{P}_price_to_event_seconds",
+        "From a price's publish time to the zone events it caused leaving (same host clocks)",
+        registry=metrics,
+        buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
+    )
+    return processing, event_latency
 
 
 class RegistryCollector(Collector):

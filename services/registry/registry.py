@@ -5,16 +5,13 @@ Lifecycle: ACTIVE -(price enters)-> TOUCHED -(ttl | filled | evicted)-> EXPIRED 
 (``ZoneCreated``, ``ZoneTouched``, ``ZoneExpired`` with its reason, ``ZoneRemoved``), each carrying
 a copy of the zone as it was then and the event time of its cause (README, "Event time").
 
-Structures (see zones.py for the touch and fill rules):
-
-* ``id -> entry``: O(1) get/update/delete; each (symbol, timeframe) has its own book, so expiring
-  an H1 zone never touches an H4 zone, however their ranges overlap;
-* :class:`~services.registry.due.DueTimers`: every TTL and grace period, on event time (README);
-* a price index per symbol (price_index.py): which zones a price update enters or leaves;
-* capacity: at most ``max_per_tf`` active zones per timeframe (all symbols); one more evicts the
-  weakest active zone of that timeframe (lowest strength, then oldest created_ns), counted;
-* confluence: a ``ZoneCreated`` lists the ids of the active zones of *other* timeframes of the
-  same symbol whose ``[bottom, top]`` overlaps the new zone's.
+Structures (zones.py has the touch and fill rules): ``id -> entry`` (O(1) get/update/delete);
+a book per (symbol, timeframe), kept while it has an active zone, so expiring an H1 zone never
+touches an H4 zone; :class:`~services.registry.due.DueTimers`, every TTL and grace period on event
+time (README); a price index per symbol (price_index.py). Capacity: at most ``max_per_tf`` active
+zones per timeframe (all symbols); one more evicts the weakest (lowest strength, then oldest
+created_ns), counted. Confluence: a ``ZoneCreated`` lists the ids of the active zones of *other*
+timeframes of the same symbol whose ``[bottom, top]`` overlaps the new zone's.
 """
 
 from __future__ import annotations
@@ -257,10 +254,9 @@ class Registry:
 
     def _deactivate(self, entry: Entry) -> None:
         zone = entry.zone
-        tfs = self._books[zone.symbol]
-        book = tfs[zone.timeframe]
+        book = (tfs := self._books[zone.symbol])[zone.timeframe]
         del book.zones[zone.id]
-        if not book.zones:  # only dead spans left: dropped (issue 19), made again by the next zone
+        if not book.zones:  # only dead spans left: dropped, made again by the next zone
             del tfs[zone.timeframe]
             if not tfs:
                 del self._books[zone.symbol]

@@ -18,13 +18,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Histogram
-
 from services.registry.config import RegistryConfig
 from services.registry.detectors import Detectors
 from services.registry.intake import Intake
 from services.registry.logs import RateLimitFilter
-from services.registry.metrics import RegistryCollector
+from services.registry.metrics import RegistryCollector, service_histograms
 from services.registry.outbox import Outbox
 from services.registry.registry import Registry
 from services.registry.restore import restore_detectors, stored_zones
@@ -105,19 +103,7 @@ class RegistryService(Intake):
         self._planned_wake_ns = 0  # on the clock
         self._wake_below_ns = 0  # a zone due before this (event time) wakes the expiry loop
         self._planned_close_ns = 0
-        self.processing = Histogram(
-            "poolwire_registry_processing_seconds",
-            "Time to process one batch of input (prices, detector events, an expiry pass)",
-            ["stage"],
-            registry=ctx.metrics,
-            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
-        )
-        self.event_latency = Histogram(
-            "poolwire_registry_price_to_event_seconds",
-            "From a price's publish time to the zone events it caused leaving (same host clocks)",
-            registry=ctx.metrics,
-            buckets=(1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0),
-        )
+        self.processing, self.event_latency = service_histograms(ctx.metrics)
         collector = RegistryCollector(
             self.registry,
             self.detectors,
