@@ -20,7 +20,7 @@ from services.sync.coordinator import StartupCoordinator
 from services.sync.journal import BlockResult
 from services.sync.pool import Pool
 from shared.bus import Publisher
-from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, px_topic
+from shared.constants import DEX_BLOCK_TOPIC, dex_pool_topic, dex_swap_topic, dex_symbol, px_topic
 from shared.exex import PoolUpdate
 from shared.messages import BlockUpdate, Message, PoolState, Price, SnapshotRequest, Swap
 
@@ -69,7 +69,7 @@ class Announcer:
         for pool in pools:
             state = pool_state(pool, number, bhash, ns)
             self.pub.publish(dex_pool_topic(pool.hex), state)
-            symbol = f"dex.{pool.hex}"
+            symbol = dex_symbol(pool.hex)
             self.pub.publish(
                 px_topic(symbol), Price(symbol=symbol, price=state.price, source="pool", event_ns=ns)
             )
