@@ -109,10 +109,11 @@ class Endpoints:
     alerts_jobs: str
     alerts_results: str
     alerts_metrics: int
+    worker_metrics: int
 
     @classmethod
     def allocate(cls, root: Path) -> Endpoints:
-        p = iter(_free_ports(19))
+        p = iter(_free_ports(20))
 
         def tcp() -> str:
             return f"tcp://127.0.0.1:{next(p)}"
@@ -138,6 +139,7 @@ class Endpoints:
             alerts_jobs=tcp(),
             alerts_results=tcp(),
             alerts_metrics=next(p),
+            worker_metrics=next(p),
         )
 
     @property
@@ -190,6 +192,7 @@ class Endpoints:
             "ALERTS__JOBS": self.alerts_jobs,
             "ALERTS__RESULTS": self.alerts_results,
             "ALERTS__METRICS_PORT": self.alerts_metrics,
+            "ALERTS__WORKER_METRICS_PORT": self.worker_metrics,  # the Procfile's worker line
         }
         return {f"POOLWIRE_{k}": str(v) for k, v in values.items()}
 
