@@ -85,13 +85,13 @@ class DueTimers(Generic[K]):
         if self.due:
             return self.wheel.now_ns
         self.refresh()
-        return None if self.next_ns == FAR_NS else self.next_ns
+        return None if self.next_ns == FAR_NS else self.wheel.next_deadline_ns()
 
     def refresh(self) -> None:
         if self.due:
             self.next_ns = 0
             return
-        nxt = self.wheel.next_deadline_ns()
+        nxt = self.wheel.next_bound_ns()
         self.next_ns = FAR_NS if nxt is None else nxt
 
     def rewind(self, to_ns: int) -> None:

@@ -192,6 +192,34 @@ class TimingWheel(Generic[K]):
             best = low if best is None else min(best, low)
         return best
 
+    def next_bound_ns(self) -> int | None:
+        """No deadline is earlier than this; None when the wheel is empty. O(1) but for a level-0
+        slot (one tick's timers): exact there, else the earliest occupied slot's start, which an
+        advance to it cascades, so a caller that looks again at the bound meets each timer's slot
+        once per level instead of taking the minimum of a slot of thousands at every look."""
+        now_t = self._now_ns // self._tick
+        bits = self._bits
+        best: int | None = None
+        while True:
+            level, idx = self._next_slot(now_t)
+            if level < 0:
+                break
+            slot = self._slots[level][idx]
+            if slot:
+                if level == 0:
+                    best = min(slot.values())
+                else:
+                    shift = bits * level
+                    up = shift + bits
+                    best = max((((now_t >> up) << up) | (idx << shift)) * self._tick, self._now_ns)
+                break
+            self._slots[level][idx] = None
+            self._occ[level] &= ~(1 << idx)
+        if self._overflow:
+            low = max(self._overflow_min_tick * self._tick, self._now_ns)
+            best = low if best is None else min(best, low)
+        return best
+
     def advance(self, to_ns: int) -> list[K]:
         """Move time to ``to_ns`` and return the keys of every timer with ``deadline_ns <= to_ns``.
 

@@ -75,6 +75,35 @@ def test_next_deadline() -> None:
     assert w.next_deadline_ns() == START + 3 * DAY
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 20 * DAY), min_size=1, max_size=40), st.integers(0, 3))
+def test_next_bound_is_a_lower_bound_that_reaches_the_deadline(offsets: list[int], cancels: int) -> None:
+    """Advancing to the bound again and again reaches the exact next deadline, one cascade per
+    level (overflow included), and never fires anything early on the way."""
+    w: TimingWheel[int] = TimingWheel(START, bits=4, levels=3)  # span 4 s: overflow is exercised
+    for k, off in enumerate(offsets):
+        w.schedule(k, START + off)
+    for k in range(min(cancels, len(offsets) - 1)):
+        w.cancel(k)
+    exact = w.next_deadline_ns()
+    assert exact is not None
+    looks = 0
+    while (bound := w.next_bound_ns()) != exact:
+        assert bound is not None and w.now_ns <= bound < exact
+        assert w.advance(bound) == []
+        looks += 1
+        assert looks <= 4
+    assert w.advance(exact) != []
+
+
+def test_next_bound_of_an_empty_wheel() -> None:
+    w: TimingWheel[str] = TimingWheel(START)
+    assert w.next_bound_ns() is None
+    w.schedule("a", START + 2 * DAY)
+    w.advance(START + 2 * DAY)
+    assert w.next_bound_ns() is None
+
+
 def test_time_never_goes_back() -> None:
     w: TimingWheel[str] = TimingWheel(START)
     w.advance(START + S)
