@@ -195,6 +195,12 @@ def _reference(ticks: list[tuple[str, int, float]]) -> set[tuple[str, str, str, 
     return {(z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns) for z in reg.active()}
 
 
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time (user + system), from /proc: steadier than wall time on a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
@@ -246,6 +252,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(pid)])  # fmt: skip
             await asyncio.sleep(1.0)
         t0 = time.perf_counter()
+        cpu0, own0 = _cpu_s(pid), time.process_time()
         for k, (sym, t, p) in enumerate(ticks):
             pub.publish(px_topic(sym), Price(symbol=sym, price=p, event_ns=t))
             if k % 5000 == 4999:
@@ -259,6 +266,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
                 raise TimeoutError("the marker's touch never came")
             take(batch)
         elapsed = time.perf_counter() - t0
+        cpu, own = _cpu_s(pid) - cpu0, time.process_time() - own0
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await asyncio.to_thread(spy.wait)
@@ -278,6 +286,8 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
                 zones.add((z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns))
     return {
         "ticks_per_s": len(ticks) / elapsed,
+        "cpu_us_per_tick": cpu / len(ticks) * 1e6,
+        "replayer_cpu_us_per_tick": own / len(ticks) * 1e6,
         "late": late,
         "zones": zones,
         "heartbeat_gap_max_s": max(gaps, default=0.0),
@@ -332,6 +342,9 @@ def replay_figures() -> dict[str, dict[str, Any]]:
             "zones": len(reference),
             "zones_differing": len(res["zones"] ^ reference),
             "late_ticks": res["late"],
+            # CPU time per tick, the registry's and the replayer's (this process): steadier figures
+            "registry_cpu_us_per_tick": round(res["cpu_us_per_tick"], 2),
+            "replayer_cpu_us_per_tick": round(res["replayer_cpu_us_per_tick"], 2),
             "heartbeat_gap_max_s": round(res["heartbeat_gap_max_s"], 3),  # interval 1 s; 3 s is a miss
             "wheel_lag_max_s": res["wheel_lag_max_s"],
             "note": f"{REPLAY_TICKS} recorded ticks of {REPLAY_SYMBOLS} symbols x "

@@ -26,6 +26,7 @@ from services.registry.patterns import Candle, CandleBuilder, Detection, FvgRule
 from shared.bars import Bar, Watermark
 
 _NEVER = -(1 << 63)  # a fast path's ``hi`` that no event time is below: the cache is stale
+_INF = float("inf")
 
 
 class CandleState(msgspec.Struct, array_like=True, gc=False):
@@ -96,17 +97,15 @@ _Pair = tuple[CandleBuilder, PatternDetector]
 
 class _Open:
     """A symbol's fast path: the newest candle of every timeframe, while a tick in ``[lo, hi)``
-    falls into each of them and its point closes none (below ``next_close``): most ticks update
-    these only. ``touched``: a tick took it since the builders' ``changed`` flags were set."""
+    falls into each of them and its point closes none (below ``next_close``): most ticks only
+    gather into ``high``/``low``/``close``/``ticks``, which :meth:`Detectors._untouch` hands to
+    those candles (max, min, last and a sum: equal to updating each candle per tick)."""
 
-    __slots__ = ("bars", "hi", "lo", "next_close", "touched")
+    __slots__ = ("bars", "close", "hi", "high", "lo", "low", "mark", "next_close", "ticks")
 
-    def __init__(self) -> None:
-        self.bars: list[Bar] = []
-        self.lo = 0
-        self.hi = _NEVER
-        self.next_close = 0
-        self.touched = False
+    def __init__(self, mark: Watermark) -> None:
+        self.mark, self.bars, self.lo, self.hi, self.next_close = mark, list[Bar](), 0, _NEVER, 0
+        self.high, self.low, self.close, self.ticks = -_INF, _INF, 0.0, 0
 
 
 class Detectors:
@@ -177,33 +176,28 @@ class Detectors:
 
     def on_price(self, symbol: str, ts_ns: int, price: float, now_ns: int | None = None) -> list[Detection]:
         """A price of event time ``ts_ns`` arriving at wall clock ``now_ns`` (default: ``ts_ns``).
-
         Candles its event time closes close first; then it joins its own candle, or, if that one
-        is closed, it is counted as late (per timeframe).
-        """
+        is closed, it is counted as late (per timeframe)."""
         self._changed[symbol] = None
-        all_pairs = self._pairs
-        pairs = all_pairs.pop(symbol, None)
-        if pairs is None:
-            pairs = self._for(symbol)
-            del all_pairs[symbol]
-        all_pairs[symbol] = pairs  # the most recently ticked last
-        mark = self._marks[symbol]
         now = ts_ns if now_ns is None else now_ns
-        mark.observe(ts_ns, now)
-        point = mark.point(now)
         fast = self._open.get(symbol)
-        if fast is not None and point < fast.next_close and fast.lo <= ts_ns < fast.hi:
-            # Every timeframe's newest candle takes it (BarBuilder.add's own update), none closes.
-            for bar in fast.bars:
-                if price > bar.high:
-                    bar.high = price
-                elif price < bar.low:
-                    bar.low = price
-                bar.close = price
-                bar.ticks += 1
-            fast.touched = True
-            return []
+        if fast is not None:
+            point = fast.mark.advance(ts_ns, now)
+            pairs = self._pairs[symbol] = self._pairs.pop(symbol)  # the most recently ticked last
+            if point < fast.next_close and fast.lo <= ts_ns < fast.hi:
+                if price > fast.high:
+                    fast.high = price
+                if price < fast.low:
+                    fast.low = price
+                fast.close = price
+                fast.ticks += 1
+                return []
+            if fast.ticks:  # the gathered ticks go first: they came before this one
+                self._untouch(symbol)
+        else:  # a new symbol, or one without a fast path yet
+            old = self._pairs.pop(symbol, None)
+            pairs = self._pairs[symbol] = old if old is not None else self._for(symbol)
+            point = self._marks[symbol].advance(ts_ns, now)
         out: list[Detection] = []
         for builder, detector in pairs:
             if point >= builder.closed_before + builder.size_ns:
@@ -233,9 +227,7 @@ class Detectors:
     def _refresh(self, symbol: str, pairs: list[_Pair], fast: _Open | None) -> None:
         """Rebuild ``symbol``'s fast path after its candles moved (the builders take its marks)."""
         if fast is None:
-            fast = self._open[symbol] = _Open()
-        elif fast.touched:
-            self._untouch(symbol)
+            fast = self._open[symbol] = _Open(self._marks[symbol])
         bars = []
         lo, hi, next_close = 0, -_NEVER, -_NEVER
         for builder, _ in pairs:
@@ -253,12 +245,20 @@ class Detectors:
         fast.bars, fast.lo, fast.hi, fast.next_close = bars, lo, hi, next_close
 
     def _untouch(self, symbol: str, stale: bool = False) -> None:
-        """Hand the fast path's changes to the builders' flags; ``stale``: ``symbol``'s candles
-        moved outside the tick path, which is off until its next slow tick."""
+        """Hand the fast path's gathered ticks to the candles (the builders' flags set); ``stale``:
+        ``symbol``'s candles moved outside the tick path, which is off until its next slow tick."""
         fast = self._open.get(symbol)
         if fast is not None:
-            if fast.touched:
-                fast.touched = False
+            if fast.ticks:
+                high, low, close, ticks = fast.high, fast.low, fast.close, fast.ticks
+                for bar in fast.bars:
+                    if high > bar.high:
+                        bar.high = high
+                    if low < bar.low:
+                        bar.low = low
+                    bar.close = close
+                    bar.ticks += ticks
+                fast.high, fast.low, fast.ticks = -_INF, _INF, 0
                 for builder, _ in self._pairs[symbol]:
                     builder.changed = True
             if stale:
@@ -268,13 +268,11 @@ class Detectors:
         """Close the candles of live symbols that went quiet (see shared/bars.py): of ``symbols``
         (default: all; a caller going through them in pieces passes a copy of :meth:`symbol_list`)."""
         out: list[Detection] = []
-        marks = self._marks
-        every = self._pairs
-        for symbol in list(every) if symbols is None else symbols:
-            pairs = every.get(symbol)
+        for symbol in list(self._pairs) if symbols is None else symbols:
+            pairs = self._pairs.get(symbol)
             if pairs is None:  # evicted meanwhile
                 continue
-            point = marks[symbol].point(now_ns)
+            point = self._marks[symbol].point(now_ns)
             for builder, detector in pairs:
                 if point < builder.closed_before + builder.size_ns:
                     continue
@@ -303,6 +301,8 @@ class Detectors:
     # -- state across restarts -----------------------------------------------------------------
     def state(self) -> list[PairState]:
         """Every pair's state (a copy: later ticks do not change it)."""
+        for symbol in self._open:
+            self._untouch(symbol)
         return [self._state(pair) for pairs in self._pairs.values() for pair in pairs]
 
     def changed(self, limit: int | None = None) -> list[PairState]:

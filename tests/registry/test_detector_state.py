@@ -15,6 +15,7 @@ from services.registry.patterns import Detection
 from services.registry.restore import restore_detectors
 from services.registry.store import ZoneStore
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
+from shared.bars import Watermark
 
 S = 1_000_000_000
 M = 60 * S
@@ -358,3 +359,19 @@ def test_the_tick_fast_path_gives_what_the_full_path_gives(lateness_s: int) -> N
     assert fast.state() == full_way.state()
     assert fast.stats == full_way.stats and fast.stats.late_ticks > 10
     assert slow_ticks < 0.7 * ticks  # the fast path took the rest
+
+
+@pytest.mark.parametrize("lateness_s", [0, 2])
+def test_watermark_advance_is_observe_then_point(lateness_s: int) -> None:
+    """The tick path's one call gives what the two calls give: the same point and the same mark."""
+    rng = random.Random(7)
+    one, two = Watermark(lateness_s * S), Watermark(lateness_s * S)
+    now, kinds = T0, set()
+    for _ in range(2_000):
+        now += rng.choice((0, S // 2, 3 * S))
+        event = now + rng.randrange(-10 * S, 2 * S)  # late, on time, or ahead of the clock
+        two.observe(event, now)
+        assert one.advance(event, now) == two.point(now)
+        assert (one.event_ns, one.live, one.last_point) == (two.event_ns, two.live, two.last_point)
+        kinds.add(one.live)
+    assert kinds == {True, False}  # both a live stream and one behind the clock were seen
