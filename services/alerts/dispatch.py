@@ -10,10 +10,13 @@ timeout names the attempt that timed out.
 Results are checked against what is in flight: a result for a job that recently left flight (the
 first attempt answering after its retry went out, a job answered twice) is *late*; one for a job
 never sent here, or naming another strategy than its job's, is *refused* (``refused`` counts by
-reason) and changes nothing.
+reason) and changes nothing. "Recently" is at most ``RECENT_TIMEOUTS`` job timeouts and at most
+``RECENT_IDS`` jobs: a result later than that is refused as ``unknown_job`` (it changes nothing
+either way). Without the time bound the ids piled up at the rate jobs finish (~100 B each: about
+0.4 MB an hour at one job a second, for the 28 hours 100 000 of them took to fill).
 """
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +24,10 @@ from typing import Literal
 from shared.messages import JobResult, StrategyJob
 
 Status = Literal["done", "retry", "failed", "late", "refused", "deferred"]
-RECENT_IDS = 100_000  # ids of jobs that left flight, remembered to tell a late result from a stranger
+# ids of jobs that left flight, remembered to tell a late result from a stranger: at most this
+# many, for at most this many job timeouts
+RECENT_IDS = 100_000
+RECENT_TIMEOUTS = 10
 
 
 @dataclass(slots=True)
@@ -55,7 +61,8 @@ class Dispatcher:
         self.queue: deque[tuple[StrategyJob, int | None, int]] = deque()
         self.in_flight: dict[str, InFlight] = {}
         self.refused: Counter[str] = Counter()  # results refused, by reason
-        self._recent: dict[str, None] = {}
+        self.recent_ns = timeout_ns * RECENT_TIMEOUTS
+        self.recent: OrderedDict[str, int] = OrderedDict()  # job id -> when it left flight, oldest first
 
     def submit(self, job: StrategyJob, *, recovered: bool = False) -> None:
         self.stats.submitted += 1
@@ -92,14 +99,21 @@ class Dispatcher:
         self.send_ready(now_ns, take)
         return out
 
-    def _leave(self, job_id: str) -> InFlight | None:
+    def _leave(self, job_id: str, now_ns: int) -> InFlight | None:
         entry = self.in_flight.pop(job_id, None)
         if entry is not None:
-            recent = self._recent
-            recent[job_id] = None
-            if len(recent) > RECENT_IDS:
-                del recent[next(iter(recent))]
+            recent = self.recent
+            recent[job_id] = now_ns
+            recent.move_to_end(job_id)
+            self._forget(now_ns)
         return entry
+
+    def _forget(self, now_ns: int) -> None:
+        """Drop the ids that left flight more than ``recent_ns`` ago, or beyond ``RECENT_IDS``."""
+        recent = self.recent
+        cutoff = now_ns - self.recent_ns
+        while recent and (len(recent) > RECENT_IDS or next(iter(recent.values())) < cutoff):
+            recent.popitem(last=False)
 
     def _retry_or_fail(self, entry: InFlight) -> Status:
         job = entry.job
@@ -114,7 +128,7 @@ class Dispatcher:
         """Why this result is refused (None: it answers a job in flight, or is late)."""
         entry = self.in_flight.get(result.job_id)
         if entry is None:
-            return None if result.job_id in self._recent else "unknown_job"
+            return None if result.job_id in self.recent else "unknown_job"
         if result.strategy != entry.job.strategy:
             return "strategy_mismatch"
         return None
@@ -125,7 +139,7 @@ class Dispatcher:
         if reason is not None:
             self.refused[reason] += 1
             return "refused", None, 0
-        entry = self._leave(result.job_id)
+        entry = self._leave(result.job_id, now_ns)
         if entry is None:
             self.stats.late += 1
             return "late", None, 0
@@ -141,14 +155,15 @@ class Dispatcher:
         same result, handled again later, completes it."""
         self.stats.done -= 1
         self.in_flight[job.job_id] = InFlight(job, now_ns, now_ns + self.timeout_ns, now_ns - latency_ns)
-        self._recent.pop(job.job_id, None)
+        self.recent.pop(job.job_id, None)
 
     def expire(self, now_ns: int) -> list[tuple[Status, StrategyJob]]:
         """Jobs past their deadline: retried once, then failed. ``job.attempt`` is the one that timed out."""
         out: list[tuple[Status, StrategyJob]] = []
+        self._forget(now_ns)
         expired = [e for e in self.in_flight.values() if e.deadline_ns <= now_ns]
         for entry in expired:
-            self._leave(entry.job.job_id)
+            self._leave(entry.job.job_id, now_ns)
             self.stats.timeouts += 1
             out.append((self._retry_or_fail(entry), entry.job))
         return out

@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 from services.alerts.config import AlertsConfig
 from services.alerts.core import Alerts
+from services.alerts.dispatch import RECENT_TIMEOUTS, Dispatcher
 from services.alerts.inputs import ROW_PREFIX
 from shared.config import convert
-from shared.messages import Swap, Trade, Zone, ZoneTouched
+from shared.messages import JobResult, StrategyJob, Swap, Trade, Zone, ZoneTouched
 
 S = 1_000_000_000
 M = 60 * S
@@ -111,3 +112,26 @@ def test_without_a_strategy_reading_order_flow_trades_keep_no_flow_state(store_f
     assert core.flow.engines == {}
     assert not [k for k in core.store.load_inputs() if k.startswith(ROW_PREFIX)]
     assert {f"pm.{i}" for i in range(40)} | {"dex.0xp"} <= set(core.store.tickers())
+
+
+def test_ids_of_finished_jobs_are_remembered_for_a_bounded_time() -> None:
+    """The ids kept to tell a late result from a stranger stay within RECENT_TIMEOUTS job timeouts
+    of jobs, not one per job ever (the soak's one job a second grew them by ~0.4 MB an hour)."""
+    timeout = 10 * S
+    d = Dispatcher(timeout_ns=timeout)
+    n = 5000  # one job a second, each answered within it
+
+    def answer(i: int, at: int) -> str:
+        return d.complete(JobResult(job_id=f"j{i}", strategy="s", worker="w", ok=True), at)[0]
+
+    for i in range(n):
+        d.submit(StrategyJob(job_id=f"j{i}", strategy="s", kind="price_cross", bucket_ns=0, tickers=[]))
+        d.ready(i * S)
+        assert answer(i, i * S + S // 2) == "done"
+    window_s = RECENT_TIMEOUTS * timeout // S
+    assert len(d.recent) <= window_s + 1
+    last = (n - 1) * S + S // 2
+    assert answer(n - 1, last + (window_s - 1) * S) == "late"  # answered twice, within the window
+    assert answer(0, last) == "refused" and d.refused["unknown_job"] == 1  # long gone: a stranger
+    d.expire(last + (window_s + 1) * S)  # the ticker forgets them with time, without new jobs
+    assert not d.recent
