@@ -201,6 +201,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU time (s) per thread name of a process: the loop, the store's, ZeroMQ's I/O threads."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, rest = task.joinpath("stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = rest.split()
+        name = "loop" if task.name == str(pid) else name  # the main thread; "python": the others
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
@@ -232,7 +246,8 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
 
     async with (
         Subscriber(cfg["pub"], (ZONE_PREFIX,)) as sub,
-        Publisher(cfg["prices"][0], service="replay", heartbeat_interval=0.5) as pub,
+        # lossless, as `poolwire replay`: past the high-water mark it waits instead of dropping
+        Publisher(cfg["prices"][0], service="replay", heartbeat_interval=0.5, lossless=True) as pub,
     ):
         await sub.wait_for_publisher("registry", timeout=30)
         await pub.wait_for_subscriber(px_topic(""), timeout=30)
@@ -252,7 +267,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(pid)])  # fmt: skip
             await asyncio.sleep(1.0)
         t0 = time.perf_counter()
-        cpu0, own0 = _cpu_s(pid), time.process_time()
+        cpu0, own0, threads0 = _cpu_s(pid), time.process_time(), _thread_cpu_s(pid)
         for k, (sym, t, p) in enumerate(ticks):
             pub.publish(px_topic(sym), Price(symbol=sym, price=p, event_ns=t))
             if k % 5000 == 4999:
@@ -267,6 +282,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             take(batch)
         elapsed = time.perf_counter() - t0
         cpu, own = _cpu_s(pid) - cpu0, time.process_time() - own0
+        threads = {k: v - threads0.get(k, 0.0) for k, v in _thread_cpu_s(pid).items()}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             await asyncio.to_thread(spy.wait)
@@ -277,6 +293,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=60).read().decode())
         late = _metric(text, "poolwire_registry_late_ticks_total")
         lag_max = _metric(text, "poolwire_registry_wheel_lag_max_seconds")
+        lost = _metric(text, 'poolwire_bus_messages_missed_total{socket="sub"}')
         # The zones held (none expire or are evicted here), from the Clone snapshot: the events,
         # 3-4 per tick, would overrun this reader's SUB queue.
         _, items = await request_snapshot(cfg["snapshot"], ZONE_PREFIX, timeout=120)
@@ -288,7 +305,9 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
         "ticks_per_s": len(ticks) / elapsed,
         "cpu_us_per_tick": cpu / len(ticks) * 1e6,
         "replayer_cpu_us_per_tick": own / len(ticks) * 1e6,
+        "thread_us_per_tick": {k: round(v / len(ticks) * 1e6, 2) for k, v in threads.items() if v},
         "late": late,
+        "lost": lost,
         "zones": zones,
         "heartbeat_gap_max_s": max(gaps, default=0.0),
         "heartbeats": len(gaps) + 1,
@@ -342,9 +361,11 @@ def replay_figures() -> dict[str, dict[str, Any]]:
             "zones": len(reference),
             "zones_differing": len(res["zones"] ^ reference),
             "late_ticks": res["late"],
+            "ticks_lost": res["lost"],  # the registry's SUB saw gaps
             # CPU time per tick, the registry's and the replayer's (this process): steadier figures
             "registry_cpu_us_per_tick": round(res["cpu_us_per_tick"], 2),
             "replayer_cpu_us_per_tick": round(res["replayer_cpu_us_per_tick"], 2),
+            "registry_cpu_us_per_tick_by_thread": res["thread_us_per_tick"],
             "heartbeat_gap_max_s": round(res["heartbeat_gap_max_s"], 3),  # interval 1 s; 3 s is a miss
             "wheel_lag_max_s": res["wheel_lag_max_s"],
             "note": f"{REPLAY_TICKS} recorded ticks of {REPLAY_SYMBOLS} symbols x "
