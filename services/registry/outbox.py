@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from services.registry.store import Batch, ZoneStore
+from services.registry.turns import Turns
 from shared.messages import Message
 
 Publish = Callable[[list[Message], int], None]  # (events, the oldest cause's publish_ns or 0)
@@ -53,6 +54,7 @@ class Outbox:
         *,
         inline_bytes: int = INLINE_BYTES,
         max_waiting: int = MAX_WAITING,
+        turns: Turns | None = None,
     ) -> None:
         """``inline_bytes``: the largest write committed on the loop (0: every write on the thread);
         ``max_waiting``: how many events may wait behind a write before :meth:`wait_room` holds
@@ -61,6 +63,7 @@ class Outbox:
         self._publish = publish
         self.inline_bytes = inline_bytes
         self.max_waiting = max_waiting
+        self.turns = turns
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="registry-store")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="registry-store-checkpoint")
         self._checkpoint: Future[None] | None = None
@@ -139,7 +142,12 @@ class Outbox:
             if not out.written.done():
                 await asyncio.wait([asyncio.wrap_future(out.written)])
             if self._writing is out:  # settle_now may have taken it meanwhile
+                t0 = self.turns.start() if self.turns is not None else 0.0
                 self._finish(out)
+                if self.turns is not None:
+                    self.turns.done(
+                        "outbox", t0, "%d events out, next write %d", len(out.events), self.in_flight
+                    )
 
     async def wait_room(self) -> None:
         """Hold the caller while more than ``max_waiting`` events wait behind a write."""

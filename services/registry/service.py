@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from services.registry.clocked import ClockedLoops
 from services.registry.config import RegistryConfig
 from services.registry.detectors import Detectors
-from services.registry.intake import Intake
 from services.registry.logs import RateLimitFilter
 from services.registry.metrics import RegistryCollector, service_histograms
 from services.registry.outbox import Outbox
 from services.registry.registry import Registry
 from services.registry.restore import restore_detectors, stored_zones
 from services.registry.store import ZoneStore
+from services.registry.turns import Turns
 from services.registry.validate import (
     MAX_TTL_NS,
     Limits,
@@ -54,12 +54,10 @@ from shared.snapshot import SnapshotServer
 log = logging.getLogger("poolwire.registry")
 
 EVENT_NAMES = ZONE_EVENT_NAMES
-EXPIRY_CHUNK = 500  # zones expired (or removed) per turn of the expiry loop
 SUB_DRAIN = 256  # price frames read per drain of the SUB
-CANDLE_CHUNK = 100  # symbols whose candles the candle loop closes per turn (~0.3-3 ms)
 
 
-class RegistryService(Intake):
+class RegistryService(ClockedLoops):
     def __init__(self, ctx: ServiceContext[RegistryConfig]) -> None:
         self.ctx = ctx
         cfg = ctx.config
@@ -112,6 +110,8 @@ class RegistryService(Intake):
             prices_refused=lambda: self.prices_refused,
         )
         ctx.metrics.register(collector)
+        self.turns = Turns(self.processing)
+        ctx.metrics.register(self.turns)
         self.pub = Publisher(
             cfg.pub,
             service="registry",
@@ -136,7 +136,7 @@ class RegistryService(Intake):
             bind_later=True,
         )
         collector.snapshot_bad_requests = lambda: self.snapshots.bad_requests
-        self.outbox = Outbox(self.store, self.publish) if self.store is not None else None
+        self.outbox = Outbox(self.store, self.publish, turns=self.turns) if self.store is not None else None
 
     # ------------------------------------------------------------------------------------------
     def emit(self, oldest_ns: int = 0) -> int:
@@ -212,38 +212,14 @@ class RegistryService(Intake):
         self.pub.flush()
         return self.pub.seq, items
 
-    def point_ns(self, now_ns: int) -> int:
-        """How far the wheel goes: the clock until the first price, and while the stream is live;
-        else (a replay of history) the newest event time of its prices, whatever the pace."""
-        if not self.registry.timers.seen_ns:
-            return now_ns
-        return self.stream.point(now_ns) + self.stream.lateness_ns
-
-    def observe_stream(self, arrived_ns: int = 0) -> None:
-        """After a turn of prices: the stream's newest event time, and whether it is live, as of
-        ``arrived_ns``, when the turn's last price was sent (else the clock): the stream's lag, not
-        this process's (on the clock, a registry behind its input took itself for a replay)."""
-        seen = self.registry.timers.seen_ns
-        if seen:
-            stream = self.stream
-            now = self.clock.time_ns()
-            stream.observe(seen, arrived_ns if 0 < arrived_ns < now else now)
-            if stream.live != self.registry.timers.live:
-                self.registry.timers.live = stream.live
-                log.info(
-                    "the price stream is %s",
-                    "live: TTLs on the clock"
-                    if stream.live
-                    else "behind the clock (a replay): TTLs on its event time",
-                )
-                self._wake.set()  # the expiry loop plans on the other time
-
     async def price_loop(self) -> None:
         while True:
             batch = await self.sub.recv_batch()
             start = 0
             while start < len(batch):
-                start = self.prices(batch, start)
+                t0 = self.turns.start()
+                was, start = start, self.prices(batch, start)
+                self.turns.done("prices", t0, "%d prices", start - was, observe=False)
                 last = batch[start - 1][1]
                 self.observe_stream(last.publish_ns if isinstance(last, Price) else 0)
                 await self.next_turn()  # recv_batch does not yield while prices are queued
@@ -253,70 +229,19 @@ class RegistryService(Intake):
             msgs = await self.puller.recv_batch()
             start = 0
             while start < len(msgs):
-                start = self.detector_events(msgs, start)
+                t0 = self.turns.start()
+                was, start = start, self.detector_events(msgs, start)
+                self.turns.done("detector_events", t0, "%d events", start - was, observe=False)
                 await self.next_turn()
-
-    async def expiry_loop(self) -> None:
-        interval = self.pools.auto_expire_interval or 30.0
-        while True:
-            t0 = time.perf_counter()
-            now = self.clock.time_ns()
-            point = self.point_ns(now)
-            try:
-                self.registry.advance(point, EXPIRY_CHUNK)  # guarded per zone inside
-            except Exception:
-                self.internal(self.bad_events, "the expiry pass")
-            if self.registry.due_backlog:  # a big pass: publish this chunk, let the loop turn
-                self.emit_safely()
-                self.processing.labels("expiry").observe(time.perf_counter() - t0)
-                await self.next_turn()
-                continue
-            self.emit_safely()
-            self.processing.labels("expiry").observe(time.perf_counter() - t0)
-            wake = now + int(interval * 1e9)
-            if not self.registry.timers.seen_ns or self.stream.live:  # on the clock: at the next deadline
-                nxt = self.registry.next_deadline_ns()
-                if nxt is not None and nxt < wake:
-                    wake = nxt
-                self._wake_below_ns = wake
-            else:  # event time moves with the prices, and a price expires what it reaches first
-                self._wake_below_ns = point + 1  # only a zone due already (created late) wakes it
-            self._planned_wake_ns = wake
-            self._wake.clear()
-            await sleep_or_wake(self.clock, max(0.0, (wake - self.clock.time_ns()) / 1e9), self._wake)
-
-    async def candle_loop(self) -> None:
-        """Close the candles of live symbols that went quiet, when the next one is due (at least
-        every second: a symbol that turns live is seen within one). Apart from the expiry loop:
-        a pass walks every symbol (~3 ms for 2 000), and zone deadlines come every few ms."""
-        detectors = self.detectors
-        assert detectors is not None
-        while True:
-            now = self.clock.time_ns()
-            symbols = detectors.symbol_list()
-            for i in range(0, len(symbols), CANDLE_CHUNK):  # at a boundary every symbol closes one
-                t0 = time.perf_counter()
-                try:
-                    for d in detectors.on_time(now, symbols[i : i + CANDLE_CHUNK]):
-                        self.create(d, now, now)  # closed by the clock: the clock is the cause
-                except Exception:
-                    self.internal(self.prices_refused, "the candles' close on time")
-                self.emit_safely()
-                self.processing.labels("candles").observe(time.perf_counter() - t0)
-                await self.next_turn()
-            wake = now + NS
-            close = detectors.next_close_ns()
-            if close is not None and close < wake:
-                wake = close
-            self._planned_close_ns = wake
-            await self.clock.sleep(max(0.0, (wake - self.clock.time_ns()) / 1e9))
 
     async def flush_loop(self) -> None:
         assert self.store is not None
         interval = self.ctx.config.store_flush_interval
         while True:
             await self.clock.sleep(interval)
+            t0 = self.turns.start()
             self.flush_store()
+            self.turns.done("store", t0, "the zones' flush")
 
     async def log_loop(self) -> None:
         while True:
@@ -327,7 +252,9 @@ class RegistryService(Intake):
         cfg = self.ctx.config
         while True:
             await self.clock.sleep(cfg.detector_state_interval)
+            t0 = self.turns.start()
             self.flush_store(detector_symbols=cfg.detector_state_batch)
+            self.turns.done("store", t0, "the detectors' state")
 
     # ------------------------------------------------------------------------------------------
     async def bind(self) -> None:
@@ -356,11 +283,13 @@ class RegistryService(Intake):
         # the cyclic GC's full collections, whose pauses are the registry's longest stalls.
         gc.collect()
         gc.freeze()
+        gc.callbacks.append(self.turns.on_gc)
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "prices": self.price_loop(),
             "detector-events": self.detector_loop(),
             "expiry": self.expiry_loop(),
             "skip-log": self.log_loop(),
+            "turns": self.turns.probe(),
         }
         if self.outbox is not None:
             loops["outbox"] = self.outbox.run()
@@ -388,6 +317,7 @@ class RegistryService(Intake):
                 self.store.close()  # a last write, here on the loop: the outbox is closed
             self.skip_log.flush()
             self.log_filter.remove()
+            gc.callbacks.remove(self.turns.on_gc)
             log.info("stopped with %d zone(s) held", len(self.registry))
 
 

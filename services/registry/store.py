@@ -56,9 +56,10 @@ CHECKPOINT_INTERVAL_S = 1.0
 # between: ZoneStore.write), and the WAL starts over, cut back to WAL_LIMIT_BYTES.
 CATCH_UP_ROUNDS = 8
 WAL_LIMIT_BYTES = 32 << 20
-# Rows per INSERT statement. sqlite3 lets go of the GIL around each step, and a thread that wants
-# it back waits up to the switch interval (5 ms) while the event loop's thread runs Python: one
-# step per row made a 75-row write take hundreds of ms under a burst. The sizes are fixed (a row
+# Rows per statement (INSERT, and DELETE: an executemany is one step per row too). sqlite3 lets go
+# of the GIL around each step, and a thread that wants it back waits up to the switch interval
+# (5 ms) while the event loop's thread runs Python: one step per row made a 75-row write take
+# hundreds of ms under a burst, and each hand-over needs both threads scheduled by the OS. The sizes are fixed (a row
 # count is split into them) so that the statement cache holds a handful of statements.
 _CHUNKS = (256, 32, 4, 1)
 
@@ -69,14 +70,29 @@ def _insert_sql(table: str, width: int, size: int) -> str:
     return f"INSERT OR REPLACE INTO {table} VALUES {', '.join([row] * size)}"
 
 
-def _insert_rows(db: sqlite3.Connection, table: str, width: int, rows: Sequence[tuple[object, ...]]) -> None:
+@functools.cache
+def _delete_sql(table: str, width: int, size: int) -> str:
+    """``table`` is ``name (key columns)``: the rows whose key is one of ``size``."""
+    name, keys = table.split(" ", 1)
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"DELETE FROM {name} WHERE {keys} IN (VALUES {', '.join([row] * size)})"
+
+
+def _by_chunks(
+    db: sqlite3.Connection,
+    sql: Callable[[str, int, int], str],
+    table: str,
+    width: int,
+    rows: Sequence[tuple[object, ...]],
+) -> None:
+    """One statement per chunk of rows (not one step per row: each step lets go of the GIL)."""
     i, n = 0, len(rows)
     for size in _CHUNKS:
         if n - i < size:
             continue
-        sql = _insert_sql(table, width, size)
+        stmt = sql(table, width, size)
         while n - i >= size:
-            db.execute(sql, [v for row in rows[i : i + size] for v in row])
+            db.execute(stmt, [v for row in rows[i : i + size] for v in row])
             i += size
 
 
@@ -241,14 +257,12 @@ class ZoneStore:
                 self._catch_up()
             try:
                 db.execute("BEGIN IMMEDIATE")
-                _insert_rows(db, "zones (id, body)", 2, batch.zone_rows)
-                if batch.removed:
-                    db.executemany("DELETE FROM zones WHERE id = ?", [(zid,) for zid in batch.removed])
-                _insert_rows(db, "detector_state (symbol, timeframe, body)", 3, batch.state_rows)
-                if batch.states_removed:
-                    db.executemany(
-                        "DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", batch.states_removed
-                    )
+                _by_chunks(db, _insert_sql, "zones (id, body)", 2, batch.zone_rows)
+                _by_chunks(db, _delete_sql, "zones (id)", 1, [(zid,) for zid in batch.removed])
+                _by_chunks(db, _insert_sql, "detector_state (symbol, timeframe, body)", 3, batch.state_rows)
+                _by_chunks(
+                    db, _delete_sql, "detector_state (symbol, timeframe)", 2, list(batch.states_removed)
+                )
                 db.execute("COMMIT")
             except Exception as exc:  # disk full, locked, I/O error: nothing written, nothing dropped
                 self._rollback()

@@ -114,3 +114,24 @@ async def test_under_steady_small_writes_the_outbox_keeps_the_wal_bounded(
     # 3 000 commits of a page or more each: without starting over the WAL would be ~12 MB
     assert peak <= 32 * PAGE + 16 * FRAME and store.wal_catch_ups > 10  # a write or two past it
     store.close()
+
+
+def test_removals_in_chunks_of_every_size_delete_exactly_those_rows(tmp_path: Path) -> None:
+    from services.registry.detectors import PairState
+
+    store = ZoneStore(tmp_path / "z.sqlite")
+    store.changed_many(zone(i) for i in range(300))
+    store.states_changed(
+        PairState(symbol=f"pm.{i}", timeframe="M1", tf_ns=60 * S, swing_bars=2) for i in range(300)
+    )
+    store.flush()
+    gone = range(7, 300)  # 293 = 256 + 32 + 4 + 1: a statement of each size
+    for i in gone:
+        store.removed(f"H1_{i:06d}")
+    store.states_removed([(f"pm.{i}", "M1") for i in gone])
+    store.flush()
+    store.close()
+    again = ZoneStore(tmp_path / "z.sqlite")
+    assert sorted(z.id for z in again.load()) == [f"H1_{i:06d}" for i in range(7)]
+    assert sorted(s.symbol for s in again.load_detector_state()) == sorted(f"pm.{i}" for i in range(7))
+    again.close()

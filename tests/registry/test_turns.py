@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
+import services.registry.clocked as clocked_module
 import services.registry.intake as intake_module
 from services.registry.config import RegistryConfig
 from services.registry.metrics import RegistryCollector
@@ -244,6 +246,7 @@ async def test_a_burst_of_detector_events_is_handled_over_many_loop_turns(
 
 
 async def test_a_big_expiry_pass_is_published_over_many_loop_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clocked_module, "EXPIRY_TURN_S", 0.0)  # one step (100 zones) per turn
     async with service() as svc:
         clock_now = svc.clock.time_ns()
         for k in range(2000):  # all past their TTL already
@@ -261,7 +264,7 @@ async def test_a_big_expiry_pass_is_published_over_many_loop_turns(monkeypatch: 
                 turns += 1
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        assert turns >= 3  # 2 000 zones, 500 a turn
+        assert turns >= 20  # 2 000 zones, 100 a turn
         assert not any(isinstance(m, ZoneRemoved) for m in sent)  # their grace has not run out
 
 
@@ -274,3 +277,43 @@ async def test_a_turn_ends_soon_after_the_next_planned_timer() -> None:
         assert svc.turn_budget(now) == pytest.approx(0.003 + intake_module.TURN_BUDGET_S)
         svc._planned_wake_ns = now - 1 * MS  # already due: the shortest turn
         assert svc.turn_budget(now) == intake_module.TURN_BUDGET_S
+
+
+async def test_the_probe_counts_a_loop_held_on_the_cpu_and_a_slow_piece_by_stage() -> None:
+    from services.registry.turns import Turns
+
+    turns = Turns(Histogram("t_processing_seconds", "", ["stage"], registry=CollectorRegistry()))
+    probe = asyncio.create_task(turns.probe())
+    await asyncio.sleep(0.02)  # the probe sleeps
+    t0 = turns.start()
+    c0 = time.thread_time()
+    while time.thread_time() - c0 < 0.06:  # the loop held, on the CPU, for 60 ms
+        pass
+    turns.done("candles", t0, "%d symbols", 10)
+    async with asyncio.timeout(10):
+        while not turns.stalls[2]:
+            await asyncio.sleep(0.001)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    assert turns.stalls[2] >= 1 and turns.busy[2] >= 1  # 50 ms and over, its own CPU
+    assert turns.slow["candles"] == 1 and turns.slow["prices"] == 0
+    samples = {
+        (s.name, s.labels.get("over") or s.labels.get("stage")): s.value
+        for family in turns.collect()
+        for s in family.samples
+    }
+    assert samples[("poolwire_registry_slow_turns_total", "candles")] == 1
+    assert samples[("poolwire_registry_loop_busy_total", "50ms")] >= 1
+
+
+def test_gc_collections_over_5_ms_are_counted_by_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.registry import turns as turns_module
+
+    turns = turns_module.Turns(Histogram("t_processing_seconds", "", ["stage"], registry=CollectorRegistry()))
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    for gen, took in ((0, 0.001), (2, 0.030), (1, 0.006)):
+        turns.on_gc("start", {"generation": gen})
+        now[0] += took
+        turns.on_gc("stop", {"generation": gen})
+    assert turns.gc_slow == [0, 1, 1]
