@@ -154,16 +154,18 @@ async def test_dead_publisher_is_reported_after_missed_heartbeats() -> None:
 
 async def test_quiet_publisher_is_not_dead() -> None:
     endpoint = tcp_endpoint()
-    sub = Subscriber(endpoint, ["px."], health_services=["beacon"])
-    with sub, spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, heartbeat="50ms")):
+    # Dead after 1 s of silence, watched for 2 s of heartbeats only: a run where the beacon or this
+    # process got no CPU for 150 ms (3 missed at 50 ms, on a loaded machine) is not what is tested.
+    sub = Subscriber(endpoint, ["px."], health_services=["beacon"], liveness=10)
+    with sub, spawn("-m", "tests.shared.beacon", env=beacon_env(endpoint, heartbeat="100ms")):
         info = await sub.wait_for_publisher("beacon", timeout=20)
-        target = info.heartbeats + 10
+        target = info.heartbeats + 20
 
         await eventually(
             lambda: info.heartbeats >= target,
             wake=lambda: sub.recv_batch(1),
             timeout=20,
-            what="ten more heartbeats",
+            what="twenty more heartbeats",
             state=lambda: info.heartbeats,
         )
     assert sub.stats.dead == 0
