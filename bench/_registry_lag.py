@@ -6,7 +6,7 @@ socket; the wheel-lag histogram and the loop's stall counts taken after a warm-u
         [--warmup 40] [--profile FILE] [--log-level DEBUG]
 
 ``--tree``: the source tree whose registry runs (another checkout, to compare); ``--profile``:
-py-spy records the registry (every thread, 100 Hz, raw folded stacks) from the warm-up to the end.
+py-spy records the registry (every thread on the CPU, 100 Hz, raw folded stacks) from the warm-up to the end.
 The machine is shared: run before and after in turn, and prefer the counts to the wall figures.
 """
 
@@ -101,6 +101,8 @@ def summary(base: dict[str, float], end: dict[str, float], minutes: float) -> di
     stalls = _diff(end, base, "poolwire_registry_loop_stalls_total")
     busy = _diff(end, base, "poolwire_registry_loop_busy_total")
     gcs = _diff(end, base, "poolwire_registry_gc_slow_total")
+    wakes = _diff(end, base, "poolwire_registry_expiry_wake_delays_total")
+    by_loop = _diff(end, base, "poolwire_registry_timers_by_expiry_loop_total")
     return {
         "timers": lag.get(LAG + "{le=+Inf}", 0.0),
         "lag_ms": {
@@ -113,6 +115,8 @@ def summary(base: dict[str, float], end: dict[str, float], minutes: float) -> di
         "loop_stalls_per_min": _per_min(stalls, "over", minutes),
         "loop_busy_per_min": _per_min(busy, "over", minutes),
         "gc_over_5ms": _per_min(gcs, "generation", 1.0),
+        "expiry_wakes_late_per_min": _per_min(wakes, "over", minutes),
+        "timers_by_expiry_loop": sum(by_loop.values()),
     }
 
 
@@ -149,7 +153,7 @@ async def feed(args: argparse.Namespace, section: dict[str, Any], pid: int) -> d
                 )  # fmt: skip
                 if args.profile:
                     rest = int(args.seconds - args.warmup)
-                    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "100", "--threads", "--idle",
+                    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "100", "--threads",
                            "--format", "raw", "--duration", str(rest), "-o", str(args.profile), "--nonblocking"]  # fmt: skip
                     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             nxt += step
@@ -165,6 +169,12 @@ async def feed(args: argparse.Namespace, section: dict[str, Any], pid: int) -> d
     out["floor_stalls_per_min"] = {k: round(v / minutes, 1) for k, v in floor_stalls.items()}
     out["cpu_pct"] = round(100 * (cpu1 - cpu0) / (t1 - tw), 1)
     out["prices"] = end.get("poolwire_registry_prices_total")
+    turns = {
+        stage: end.get(f"poolwire_registry_processing_seconds_count{{stage={stage}}}", 0.0)
+        - base.get(f"poolwire_registry_processing_seconds_count{{stage={stage}}}", 0.0)
+        for stage in ("prices", "expiry", "candles", "outbox", "store")
+    }
+    out["turns_per_s"] = {k: round(v / (t1 - tw), 1) for k, v in turns.items()}
     return out
 
 

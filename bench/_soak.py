@@ -126,6 +126,16 @@ def summarize(samples: list[dict[str, Any]], watch: BusWatch, minutes: float) ->
             "p99": None if lag[0.99] is None else round(lag[0.99] * 1000, 2),
             "max": round(registry.get("poolwire_registry_wheel_lag_max_seconds", 0.0) * 1000, 2),
         },
+        # the registry's loop (services/registry/turns.py): per minute, over the whole run
+        "registry_loop_per_min": {
+            name: {
+                k.split("=", 1)[1].rstrip("}"): round(v / minutes, 1)
+                for k, v in registry.items()
+                if k.startswith(f"poolwire_registry_{name}_total{{")
+            }
+            for name in ("slow_turns", "loop_stalls", "loop_busy", "expiry_wake_delays")
+        },
+        "registry_timers_by_expiry_loop": registry.get("poolwire_registry_timers_by_expiry_loop_total"),
         "job_latency_ms": {
             f"p{round(q * 100)}": None if v is None else round(v * 1000, 2) for q, v in job_p.items()
         },

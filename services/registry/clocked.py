@@ -64,6 +64,7 @@ class ClockedLoops(Intake):
 
     async def expiry_loop(self) -> None:
         interval = self.pools.auto_expire_interval or 30.0
+        planned = 0  # the deadline the last sleep was for (0: the interval's backstop, or none)
         while True:
             t0 = self.turns.start()
             now = self.clock.time_ns()
@@ -77,6 +78,10 @@ class ClockedLoops(Intake):
             except Exception:
                 self.internal(self.bad_events, "the expiry pass")
             late_ms = (now - self._planned_wake_ns) / 1e6
+            self.turns.by_expiry_loop += handled
+            if planned:
+                self.turns.woke(late_ms)
+                planned = 0
             if self.registry.due_backlog:  # a big pass: publish this chunk, let the loop turn
                 self.emit_safely()
                 self.turns.done("expiry", t0, "%d timers, woke %.1f ms late, more due", handled, late_ms)
@@ -88,13 +93,14 @@ class ClockedLoops(Intake):
             if not self.registry.timers.seen_ns or self.stream.live:  # on the clock: at the next deadline
                 nxt = self.registry.next_deadline_ns()
                 if nxt is not None and nxt < wake:
-                    wake = nxt
+                    wake = planned = nxt
                 self._wake_below_ns = wake
             else:  # event time moves with the prices, and a price expires what it reaches first
                 self._wake_below_ns = point + 1  # only a zone due already (created late) wakes it
             self._planned_wake_ns = wake
             self._wake.clear()
-            await sleep_or_wake(self.clock, max(0.0, (wake - self.clock.time_ns()) / 1e9), self._wake)
+            if await sleep_or_wake(self.clock, max(0.0, (wake - self.clock.time_ns()) / 1e9), self._wake):
+                planned = 0  # woken before its time: no lateness to count
 
     async def candle_loop(self) -> None:
         """Close the candles of live symbols that went quiet, when the next one is due (at least

@@ -317,3 +317,20 @@ def test_gc_collections_over_5_ms_are_counted_by_generation(monkeypatch: pytest.
         now[0] += took
         turns.on_gc("stop", {"generation": gen})
     assert turns.gc_slow == [0, 1, 1]
+
+
+def test_the_expiry_loops_late_wakes_are_counted_by_bound() -> None:
+    from services.registry.turns import Turns
+
+    turns = Turns(Histogram("t_processing_seconds", "", ["stage"], registry=CollectorRegistry()))
+    for late_ms in (0.5, 7.0, 60.0):
+        turns.woke(late_ms)
+    turns.by_expiry_loop += 3
+    samples = {(s.name, s.labels.get("over")): s.value for family in turns.collect() for s in family.samples}
+    assert [samples[("poolwire_registry_expiry_wake_delays_total", f"{b}ms")] for b in (5, 20, 50, 100)] == [
+        2,
+        1,
+        1,
+        0,
+    ]
+    assert samples[("poolwire_registry_timers_by_expiry_loop_total", None)] == 3
