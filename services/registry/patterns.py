@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
@@ -22,6 +23,7 @@ from shared.bars import Bar, BarBuilder
 
 Candle = Bar  # a candle is shared/bars.py's bar
 FvgRule = Literal["gap", "body"]
+_HIGH, _LOW = attrgetter("high"), attrgetter("low")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +100,10 @@ class PatternDetector:
         n = self.n
         if len(cs) == 2 * n + 1:
             pivot = cs[n]
-            highs = [o.high for o in cs]
-            del highs[n]
-            if pivot.high > max(highs):
+            others = cs[:n] + cs[n + 1 :]
+            if pivot.high > max(map(_HIGH, others)):
                 out.append(self._det(BSL, pivot.high, max(pivot.open, pivot.close), 1.0, c.end_ns))
-            lows = [o.low for o in cs]
-            del lows[n]
-            if pivot.low < min(lows):
+            if pivot.low < min(map(_LOW, others)):
                 out.append(self._det(SSL, min(pivot.open, pivot.close), pivot.low, 1.0, c.end_ns))
         return out
 
