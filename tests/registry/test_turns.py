@@ -334,3 +334,12 @@ def test_the_expiry_loops_late_wakes_are_counted_by_bound() -> None:
         0,
     ]
     assert samples[("poolwire_registry_timers_by_expiry_loop_total", None)] == 3
+
+
+async def test_the_expiry_loops_sleep_ends_on_its_timer_or_on_a_wake() -> None:
+    async with service() as svc:
+        assert await svc._sleep_or_wake(0.001) is False  # the timer rang
+        svc._wake.clear()
+        asyncio.get_running_loop().call_soon(svc._wake.set)
+        assert await svc._sleep_or_wake(60.0) is True  # woken long before its minute
+        assert await svc._sleep_or_wake(60.0) is True  # still set: at once
