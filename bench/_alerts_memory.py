@@ -296,8 +296,8 @@ def run(args: argparse.Namespace) -> None:
                 + " ".join(f"{k}={v}" for k, v in sizes.items() if first is None or v != first[k]),
                 flush=True,
             )
-            if args.trace and sec >= args.warmup:
-                snaps.append((sec + 1, tracemalloc.take_snapshot()))
+            if args.trace and sec >= args.warmup:  # the first and the latest: each is megabytes
+                snaps[1:] = [(sec + 1, tracemalloc.take_snapshot())]
     print(f"{inputs} inputs, {jobs} jobs, {fired} event alerts in {time.perf_counter() - wall:.0f} s wall")
     if first is not None:
         last = containers(alerts)
