@@ -260,7 +260,10 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             pusher.close()
         while not any(isinstance(m, ZoneCreated) for _, m in await sub.recv_batch(timeout=30)):
             pass
-        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=3.0))
+        # The marker's prices carry the recording's event times too: a price on the clock would
+        # make the registry take the whole stream for live (TTLs on the clock), not a replay.
+        first_ns, last_ns = ticks[0][1], ticks[-1][1]
+        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=3.0, event_ns=first_ns))
         profile = os.environ.get("BENCH_REGISTRY_PYSPY")  # a path: py-spy's raw stacks of the registry
         spy = None
         if profile:
@@ -273,7 +276,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
             if k % 5000 == 4999:
                 await pub.drain()
                 take([(topic, m) for topic, msgs in sub._drain() for m in msgs])
-        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=1.5))
+        pub.publish(px_topic("pm.marker"), Price(symbol="pm.marker", price=1.5, event_ns=last_ns))
         await pub.drain()
         while not marked:
             batch = await sub.recv_batch(timeout=120)
