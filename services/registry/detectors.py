@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import chain, islice
 
 import msgspec
 
@@ -312,9 +313,8 @@ class Detectors:
         others in the order they changed: what a limit leaves out is the next call's.
         """
         closed, changed = self._closed, self._changed
-        order = [*closed, *(s for s in changed if s not in closed)]
-        if limit is not None:
-            order = order[:limit]
+        # taken before the loop below changes the dicts; the first ``limit`` only (not all 2 000)
+        order = list(islice(chain(closed, (s for s in changed if s not in closed)), limit))
         out = []
         for symbol in order:
             del changed[symbol]
