@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import gc
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -319,6 +320,7 @@ def run(args: argparse.Namespace) -> None:
         all_diff = sum(s.size_diff for s in b.compare_to(a, "filename"))
         print(f"heap traced: {all_diff / 1024:+.1f} kB in all between the snapshots")
     store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _work(alerts: Alerts, table: StrategyTable, now: int) -> int:
