@@ -72,7 +72,8 @@ def _insert_sql(table: str, width: int, size: int) -> str:
 
 @functools.cache
 def _delete_sql(table: str, width: int, size: int) -> str:
-    """``table`` is ``name (key columns)``: the rows whose key is one of ``size``."""
+    """``table`` is ``name (key column)``: the rows whose key is one of ``size`` (one column:
+    SQLite searches its index; with a row value of two it scanned the table)."""
     name, keys = table.split(" ", 1)
     row = "(" + ", ".join("?" * width) + ")"
     return f"DELETE FROM {name} WHERE {keys} IN (VALUES {', '.join([row] * size)})"
@@ -260,9 +261,10 @@ class ZoneStore:
                 _by_chunks(db, _insert_sql, "zones (id, body)", 2, batch.zone_rows)
                 _by_chunks(db, _delete_sql, "zones (id)", 1, [(zid,) for zid in batch.removed])
                 _by_chunks(db, _insert_sql, "detector_state (symbol, timeframe, body)", 3, batch.state_rows)
-                _by_chunks(
-                    db, _delete_sql, "detector_state (symbol, timeframe)", 2, list(batch.states_removed)
-                )
+                if batch.states_removed:  # rare (evicted symbols); a row-value IN would scan the table
+                    db.executemany(
+                        "DELETE FROM detector_state WHERE symbol = ? AND timeframe = ?", batch.states_removed
+                    )
                 db.execute("COMMIT")
             except Exception as exc:  # disk full, locked, I/O error: nothing written, nothing dropped
                 self._rollback()
