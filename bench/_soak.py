@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench._soak_stats import histogram_quantile, parents, slope_per_hour, tree_usage
+from bench._soak_stats import histogram_quantile, parents, slope_per_hour, slope_stderr_per_hour, tree_usage
 from shared.bus import Subscriber
 from shared.messages import AlertFired
 from tests.e2e.pipeline import Endpoints, honcho
@@ -86,18 +86,23 @@ def _sum(metrics: dict[str, float], part: str) -> float:
     return sum(v for k, v in metrics.items() if part in k.split("{", 1)[0] and not k.endswith("_created"))
 
 
-def summarize(samples: list[dict[str, Any]], watch: BusWatch, minutes: float) -> dict[str, Any]:
-    half = samples[len(samples) // 2 :]
+def summarize(
+    samples: list[dict[str, Any]], watch: BusWatch, minutes: float, rss: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``rss``: the finer RSS samples (every few seconds), for the slopes; else the samples'."""
+    fine = rss or [{"t": s["t"], "rss": {n: p["rss"] for n, p in s["procs"].items()}} for s in samples]
+    half = [s for s in fine if s["t"] >= fine[-1]["t"] / 2]
     at10 = min(samples, key=lambda s: abs(s["t"] - 600))
     last = samples[-1]["metrics"]
     services: dict[str, Any] = {}
     for name in samples[-1]["procs"]:
-        series = [(s["t"], s["procs"][name]["rss"] / MB) for s in half if name in s["procs"]]
+        series = [(s["t"], s["rss"][name] / MB) for s in half if s["rss"].get(name)]
         cpu = [(s["t"], s["procs"][name]["cpu_s"]) for s in samples if name in s["procs"]]
         services[name] = {
             "rss_mb_end": round(series[-1][1], 1) if series else 0.0,
             "rss_mb_at_10min": round(at10["procs"].get(name, {}).get("rss", 0) / MB, 1),
             "rss_slope_mb_per_hour_second_half": round(slope_per_hour(series), 2),
+            "rss_slope_stderr_mb_per_hour": round(slope_stderr_per_hour(series), 2),
             "cpu_percent": round(100 * (cpu[-1][1] - cpu[0][1]) / max(cpu[-1][0] - cpu[0][0], 1e-9), 1),
             "fds_max": max(s["procs"][name]["fds"] for s in samples if name in s["procs"]),
         }
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-s", type=int, default=10_000)
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--sample", type=float, default=60, help="seconds between samples")
+    parser.add_argument(
+        "--rss-sample", type=float, default=10, help="seconds between RSS samples (for the slopes)"
+    )
     parser.add_argument("--smoke", action="store_true", help="3 minutes, a sample every 15 s")
     parser.add_argument("--out", type=Path, default=HERE / "soak.json")
     args = parser.parse_args(argv)
@@ -202,32 +210,43 @@ def main(argv: list[str] | None = None) -> int:
         watch = BusWatch(ep.pubs)
         watch.start()
         samples: list[dict[str, Any]] = []
+        rss: list[dict[str, Any]] = []
         with honcho(env, Path(tmp) / "honcho.log") as run:
             t0 = time.monotonic()
+            end = minutes * 60
+            next_full = 0.0
             while True:
                 t = time.monotonic() - t0
                 tree = parents()
-                samples.append(
-                    {
-                        "t": round(t, 1),
-                        "procs": {name: tree_usage(pid, tree) for name, pid in run.started().items()},
-                        "metrics": {svc: scrape(port) for svc, port in ports.items()},
-                    }
-                )
-                done = sum(1 for s in samples[-1]["procs"].values() if s["rss"])
-                print(
-                    f"soak: {t / 60:5.1f} min, {done} processes, {watch.messages} messages, {watch.gaps} gaps",
-                    file=sys.stderr,
-                )
-                if t >= minutes * 60 or run.popen.poll() is not None:
+                usage = {name: tree_usage(pid, tree) for name, pid in run.started().items()}
+                # RSS every few seconds between the full samples: a slope of 1 MB/hour is not told
+                # from a megabyte of allocator noise by 15 points a half hour.
+                rss.append({"t": round(t, 1), "rss": {n: u["rss"] for n, u in usage.items()}})
+                stopped = t >= end or run.popen.poll() is not None
+                if t >= next_full or stopped:
+                    samples.append(
+                        {
+                            "t": round(t, 1),
+                            "procs": usage,
+                            "metrics": {svc: scrape(port) for svc, port in ports.items()},
+                        }
+                    )
+                    done = sum(1 for u in usage.values() if u["rss"])
+                    print(
+                        f"soak: {t / 60:5.1f} min, {done} processes, {watch.messages} messages, "
+                        f"{watch.gaps} gaps",
+                        file=sys.stderr,
+                    )
+                    next_full += sample_s
+                if stopped:
                     break
-                time.sleep(min(sample_s, max(0.0, minutes * 60 - t)))
+                time.sleep(max(0.0, min(args.rss_sample, next_full - t, end - t)))
             crashed = run.popen.poll() is not None
             if crashed:
                 print(run.output()[-4000:], file=sys.stderr)
         watch.stop()
-    summary = summarize(samples, watch, minutes)
-    args.out.write_text(json.dumps({"summary": summary, "samples": samples}, indent=1))
+    summary = summarize(samples, watch, minutes, rss)
+    args.out.write_text(json.dumps({"summary": summary, "samples": samples, "rss": rss}, indent=1))
     plot(samples, summary, args.out.with_suffix(".png"))
     print(json.dumps(summary, indent=2))
     print(f"soak: wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)

@@ -23,6 +23,23 @@ def slope_per_hour(series: list[tuple[float, float]]) -> float:
     return sum((t - mt) * (v - mv) for t, v in series) / var * 3600
 
 
+def slope_stderr_per_hour(series: list[tuple[float, float]]) -> float:
+    """The standard error of :func:`slope_per_hour` (per hour), from the residuals of the fit; 0
+    for fewer than three points. A slope within about two of these of the goal does not decide it:
+    RSS moves by a megabyte or two with what the allocator keeps, whatever the heap holds."""
+    n = len(series)
+    if n < 3:
+        return 0.0
+    mt = sum(t for t, _ in series) / n
+    mv = sum(v for _, v in series) / n
+    var = sum((t - mt) ** 2 for t, _ in series)
+    if var == 0:
+        return 0.0
+    b = sum((t - mt) * (v - mv) for t, v in series) / var
+    residual = sum((v - mv - b * (t - mt)) ** 2 for t, v in series) / (n - 2)
+    return math.sqrt(residual / var) * 3600
+
+
 def histogram_quantile(metrics: dict[str, float], bucket: str, q: float) -> float | None:
     """Prometheus' ``histogram_quantile`` over one scrape: linear inside the bucket that holds it.
 

@@ -6,7 +6,13 @@ import sys
 
 import pytest
 
-from bench._soak_stats import histogram_quantile, parents, slope_per_hour, tree_usage
+from bench._soak_stats import (
+    histogram_quantile,
+    parents,
+    slope_per_hour,
+    slope_stderr_per_hour,
+    tree_usage,
+)
 
 MB = 1024 * 1024
 
@@ -15,6 +21,34 @@ def test_slope_is_per_hour_and_flat_is_zero() -> None:
     assert slope_per_hour([(0, 100.0), (1800, 101.0), (3600, 102.0)]) == pytest.approx(2.0)
     assert slope_per_hour([(0, 5.0), (60, 5.0), (120, 5.0)]) == 0.0
     assert slope_per_hour([(0, 5.0)]) == 0.0
+
+
+def test_slope_stderr_is_zero_on_a_line_and_shrinks_with_more_points() -> None:
+    assert slope_stderr_per_hour([(t, 50.0 + t / 3600) for t in range(0, 1800, 60)]) == pytest.approx(0)
+    assert slope_stderr_per_hour([(0, 5.0), (60, 6.0)]) == 0.0
+
+    def noisy(step: int) -> list[tuple[float, float]]:  # +-1 MB alternating around a flat line
+        return [(float(t), 80.0 + (1 if (t // step) % 2 else -1)) for t in range(0, 1800, step)]
+
+    coarse, fine = slope_stderr_per_hour(noisy(60)), slope_stderr_per_hour(noisy(10))
+    assert coarse > 1.0  # 30 points a half hour cannot tell 1 MB/hour from this noise
+    assert fine < coarse / 2
+
+
+def test_summary_slopes_come_from_the_fine_rss_samples() -> None:
+    from bench._soak import BusWatch, summarize
+
+    full = [
+        {"t": float(t), "procs": {"a": {"rss": 80 * MB, "cpu_s": t / 10, "fds": 9}}, "metrics": {}}
+        for t in range(0, 1801, 600)
+    ]
+    rss = [{"t": float(t), "rss": {"a": int((80 + t / 3600) * MB)}} for t in range(0, 1801, 10)]
+    watch = BusWatch([])  # not started: nothing heard
+    out = summarize(full, watch, 30, rss)["services"]["a"]
+    assert out["rss_slope_mb_per_hour_second_half"] == pytest.approx(1.0, abs=0.01)
+    assert out["rss_slope_stderr_mb_per_hour"] < 0.01
+    flat = summarize(full, watch, 30)["services"]["a"]  # no fine samples: the full ones
+    assert flat["rss_slope_mb_per_hour_second_half"] == 0.0
 
 
 def test_histogram_quantile_interpolates_inside_its_bucket() -> None:
