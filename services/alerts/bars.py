@@ -59,10 +59,15 @@ class Series:
         self.updated_ns = 0
 
     def bar(self, start_ns: int) -> TickerInput:
-        """The job's input for the bucket starting at ``start_ns`` (before it is closed)."""
+        """The job's input for the bucket starting at ``start_ns`` (before it is closed). Its
+        previous close is the bar before it, open or closed: a replay evaluates several boundaries
+        in one call, before the bars between them are rolled, and must see what live saw."""
         zones = list(self.zones.get(start_ns, ()))
         c = self.last_close
-        for b in self.builder.bars:
+        for b in self.builder.bars:  # oldest first
+            if b.start_ns < start_ns:
+                c = b.close
+                continue
             if b.start_ns == start_ns:
                 return TickerInput(
                     open=b.open,

@@ -203,3 +203,18 @@ def test_a_restart_slower_than_a_bar_still_evaluates_the_bar_open_at_the_kill(st
     second.start()
     jobs = evaluate(second, B + 3 * M + L)
     assert [(j.bucket_ns, [z.event_ns for z in j.inputs["pm.a"].zones]) for j in jobs] == [(B, [B - 20 * S])]
+
+
+def test_boundaries_evaluated_in_one_call_see_the_close_before_each_bar(store_factory: Any) -> None:
+    """A replay whose next input is two boundaries on evaluates both at once, before the bar
+    between them is rolled: the second bar's previous close is the first bar's, as live saw it."""
+    move = {"id": "move", "kind": "percent_move", "bucket": "1m", "universe": ["pm.*"], "params": {"pct": 1}}
+    core = start(config(move), store_factory())
+    later = B + 86400 * S
+    core.on_message(Price(symbol="pm.a", price=0.50, event_ns=B - M + S), later)
+    core.on_message(Price(symbol="pm.a", price=0.60, event_ns=B + L // 2), later)  # the next bar
+    core.on_message(Price(symbol="pm.a", price=0.61, event_ns=B + M + L), later)  # closes both
+    jobs = {job.bucket_ns: job for job in evaluate(core, later)}
+    assert set(jobs) == {B, B + M}
+    assert jobs[B + M].inputs["pm.a"].close == 0.60
+    assert jobs[B + M].inputs["pm.a"].prev_close == 0.50  # not 0.0: the bar before B was open still

@@ -49,7 +49,8 @@ STRATEGIES: list[dict[str, Any]] = [
         "universe": UNIVERSE,
         "params": {"metric": "delta", "op": ">", "value": 0},
     },
-    {"id": "end", "kind": "price_cross", "bucket": "1s", "universe": ["pm.end"], "params": {"level": 0.5}},
+    # The sentinel has the longest bucket: its boundary is the last with inputs, evaluated with them.
+    {"id": "end", "kind": "price_cross", "bucket": "2s", "universe": ["pm.end"], "params": {"level": 0.5}},
     {"id": "now", "kind": "price_cross", "trigger": "event", "universe": ["pm.a"], "params": {"level": 0.5}},
 ]
 EVENT_TRIGGERED = {"now"}
@@ -74,8 +75,8 @@ def touch(symbol: str, i: int, event_ns: int) -> ZoneTouched:
 
 def generate(start_ns: int) -> Stretch:
     """Prices that cross 0.5 often, trades, swaps and touches, every 50 ms in [0, 600 ms) of each
-    second; then the sentinel (pm.end crosses in the last bucket) and one price past the last
-    boundary plus the lateness, which closes it on event time."""
+    second; then the sentinel (pm.end crosses in the last bucket of the longest size) and one price
+    past the last boundary plus the lateness, which closes every bucket on event time."""
     rng = random.Random(14)
     prices = {s: 0.5 for s in UNIVERSE}
     out: Stretch = []
@@ -102,7 +103,10 @@ def generate(start_ns: int) -> Stretch:
     last = (SECONDS - 1) * S
     for off, price in ((last + 100 * MS, 0.4), (last + 200 * MS, 0.6)):
         out.append((off, px_topic("pm.end"), Price(symbol="pm.end", price=price, event_ns=start_ns + off)))
-    off = SECONDS * S + S + 100 * MS  # past the last boundary plus the lateness
+    # Past the last boundary plus the lateness: a 2 s bucket holding the last second ends at most
+    # one second after the stretch. (At SECONDS + 1.1 s, one alignment in two left that bucket to
+    # the wall clock: evaluated when the stream still looked live, and not when it did not.)
+    off = (SECONDS + 1) * S + S + 100 * MS
     out.append((off, px_topic("pm.clock"), Price(symbol="pm.clock", price=0.5, event_ns=start_ns + off)))
     return out
 
