@@ -173,20 +173,23 @@ class TimingWheel(Generic[K]):
             occ[level] = 0
         return -1, -1
 
-    def next_deadline_ns(self) -> int | None:
-        """The earliest deadline scheduled, or None when the wheel is empty."""
-        now_t = self._now_ns // self._tick
-        best: int | None = None
+    def _earliest_slot(self, now_t: int) -> tuple[int, int, dict[K, int]]:
+        """(level, index, timers) of the earliest slot holding a timer, or (-1, -1, {}); the
+        emptied slots met on the way are dropped."""
         while True:
             level, idx = self._next_slot(now_t)
             if level < 0:
-                break
+                return -1, -1, {}
             slot = self._slots[level][idx]
             if slot:
-                best = min(slot.values())
-                break
+                return level, idx, slot
             self._slots[level][idx] = None
             self._occ[level] &= ~(1 << idx)
+
+    def next_deadline_ns(self) -> int | None:
+        """The earliest deadline scheduled, or None when the wheel is empty."""
+        level, _, slot = self._earliest_slot(self._now_ns // self._tick)
+        best = min(slot.values()) if level >= 0 else None
         if self._overflow:
             low = min(self._overflow.values())
             best = low if best is None else min(best, low)
@@ -198,23 +201,14 @@ class TimingWheel(Generic[K]):
         advance to it cascades, so a caller that looks again at the bound meets each timer's slot
         once per level instead of taking the minimum of a slot of thousands at every look."""
         now_t = self._now_ns // self._tick
-        bits = self._bits
+        level, idx, slot = self._earliest_slot(now_t)
         best: int | None = None
-        while True:
-            level, idx = self._next_slot(now_t)
-            if level < 0:
-                break
-            slot = self._slots[level][idx]
-            if slot:
-                if level == 0:
-                    best = min(slot.values())
-                else:
-                    shift = bits * level
-                    up = shift + bits
-                    best = max((((now_t >> up) << up) | (idx << shift)) * self._tick, self._now_ns)
-                break
-            self._slots[level][idx] = None
-            self._occ[level] &= ~(1 << idx)
+        if level == 0:
+            best = min(slot.values())
+        elif level > 0:
+            shift = self._bits * level
+            up = shift + self._bits
+            best = max((((now_t >> up) << up) | (idx << shift)) * self._tick, self._now_ns)
         if self._overflow:
             low = max(self._overflow_min_tick * self._tick, self._now_ns)
             best = low if best is None else min(best, low)
