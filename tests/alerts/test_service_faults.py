@@ -55,23 +55,33 @@ async def read_until(proc: subprocess.Popen[str], pattern: str, timeout: float =
 async def test_jobs_left_pending_all_go_out_at_once_after_a_restart(tmp_path: Path) -> None:
     source = tcp_endpoint()
     strategies = [
-        {"id": "echo", "kind": "python", "function": f"{FN}:fire_all", "bucket": "1h", "universe": ["pm.a"]}
+        {
+            "id": "echo",
+            "kind": "python",
+            "function": f"{FN}:fire_all_after_gate",
+            "bucket": "1h",
+            "universe": ["pm.a"],
+        }
     ]
     path, cfg = write_config(tmp_path, source, strategies, workers=2, job_timeout="60s")
+    gate = tmp_path / "subscribed"  # the recovered jobs answer only once this test listens
     store = SqliteStore(cfg["sqlite_path"])
     n = 8
     for k in range(n):  # a previous run's claims, their jobs never answered
         job = StrategyJob(
-            job_id=f"old-{k}", strategy="echo", kind="python", function=f"{FN}:fire_all",
+            job_id=f"old-{k}", strategy="echo", kind="python", function=f"{FN}:fire_all_after_gate",
             bucket_ns=B + k * M, tickers=["pm.a"],
         )  # fmt: skip
         store.claim(B + k * M, ["echo"], partial(only, job))
     assert store.pending_jobs() == n
     store.close()
     async with Publisher(source, service="ingest", heartbeat_interval=0.2):
-        with spawn("-m", "services.alerts", "--config", str(path)) as proc:
+        with spawn(
+            "-m", "services.alerts", "--config", str(path), env={"ALERTS_TEST_GATE": str(gate)}
+        ) as proc:
             async with Subscriber(cfg["pub"], ["alert."]) as sub:
                 await sub.wait_for_publisher("alerts", timeout=20)
+                gate.touch()
                 got: list[AlertFired] = []
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 30  # well inside job_timeout: no job waits it out
