@@ -81,9 +81,29 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+BLOCKS = "poolwire_python_allocated_blocks"
+SQLITE = "poolwire_sqlite_memory_bytes"
+
+
 def _sum(metrics: dict[str, float], part: str) -> float:
     """The sum of every sample whose metric name (labels aside) contains ``part``."""
     return sum(v for k, v in metrics.items() if part in k.split("{", 1)[0] and not k.endswith("_created"))
+
+
+def _heaps(samples: list[dict[str, Any]], name: str) -> dict[str, float]:
+    """A service's own heaps (shared.metrics.HeapCollector) over the second half: an RSS slope with
+    flat heaps is the allocator's pages, not objects kept."""
+    half = [s for s in samples if s["t"] >= samples[-1]["t"] / 2]
+    out: dict[str, float] = {}
+    blocks = [(s["t"], v) for s in half if (v := s["metrics"].get(name, {}).get(BLOCKS)) is not None]
+    if blocks:
+        out["python_blocks_end"] = blocks[-1][1]
+        out["python_blocks_slope_per_hour_second_half"] = round(slope_per_hour(blocks))
+    sqlite = [v for s in half if (v := s["metrics"].get(name, {}).get(SQLITE)) is not None]
+    if sqlite:
+        out["sqlite_mb_end"] = round(sqlite[-1] / MB, 2)
+        out["sqlite_mb_max_second_half"] = round(max(sqlite) / MB, 2)
+    return out
 
 
 def summarize(
@@ -106,6 +126,7 @@ def summarize(
             "cpu_percent": round(100 * (cpu[-1][1] - cpu[0][1]) / max(cpu[-1][0] - cpu[0][0], 1e-9), 1),
             "fds_max": max(s["procs"][name]["fds"] for s in samples if name in s["procs"]),
         }
+        services[name].update(_heaps(samples, name))
     registry = last.get("registry", {})
     lag = {
         q: histogram_quantile(registry, "poolwire_registry_wheel_lag_seconds_bucket", q) for q in (0.5, 0.99)

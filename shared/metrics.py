@@ -6,6 +6,8 @@ Prometheus scrapes. Names carry units, counters end in ``_total``, variants are 
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields, is_dataclass
 from typing import Any
@@ -63,8 +65,40 @@ class StatsCollector(Collector):
         yield from families.values()
 
 
+class HeapCollector(Collector):
+    """Where a process's memory is, beside its RSS: the blocks Python's allocator holds for live
+    objects, and SQLite's own heap where the process uses SQLite. An RSS that grows while both stay
+    flat is the allocator's arenas and pages (fragmentation), not objects kept."""
+
+    def __init__(self) -> None:
+        self._sqlite_used: Callable[[], int] | None = None
+
+    def _sqlite(self) -> Callable[[], int] | None:
+        if self._sqlite_used is None and "_sqlite3" in sys.modules:
+            # sqlite3 exposes no memory statistics; its C library does, and the extension module's
+            # handle resolves the symbol in the very library it loaded (the same counters).
+            used = ctypes.CDLL(sys.modules["_sqlite3"].__file__).sqlite3_memory_used
+            used.restype = ctypes.c_int64
+            self._sqlite_used = used
+        return self._sqlite_used
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "poolwire_python_allocated_blocks",
+            "Memory blocks Python's allocator holds for live objects (sys.getallocatedblocks)",
+            value=sys.getallocatedblocks(),
+        )
+        used = self._sqlite()
+        if used is not None:
+            yield GaugeMetricFamily(
+                "poolwire_sqlite_memory_bytes",
+                "Bytes of SQLite's heap in use, page caches included (sqlite3_memory_used)",
+                value=used(),
+            )
+
+
 def new_registry() -> CollectorRegistry:
-    """A registry with the process collectors (CPU, memory, fds) a service should always export."""
+    """A registry with the process collectors (CPU, memory, fds, heaps) a service should always export."""
     from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR  # noqa: F401
     from prometheus_client.gc_collector import GCCollector
     from prometheus_client.platform_collector import PlatformCollector
@@ -74,6 +108,7 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    registry.register(HeapCollector())
     return registry
 
 

@@ -51,6 +51,23 @@ def test_summary_slopes_come_from_the_fine_rss_samples() -> None:
     assert flat["rss_slope_mb_per_hour_second_half"] == 0.0
 
 
+def test_summary_reports_each_service_heaps_over_the_second_half() -> None:
+    from bench._soak import BLOCKS, SQLITE, BusWatch, summarize
+
+    def sample(t: int) -> dict[str, object]:
+        # the registry's objects grow 1 000 blocks an hour; its SQLite heap peaks at 3 MB
+        heaps = {BLOCKS: 500_000 + t * 1000 / 3600, SQLITE: (3 if t == 1200 else 2) * MB}
+        procs = {n: {"rss": 80 * MB, "cpu_s": 0.0, "fds": 9} for n in ("registry", "exex")}
+        return {"t": float(t), "procs": procs, "metrics": {"registry": heaps}}
+
+    out = summarize([sample(t) for t in range(0, 1801, 60)], BusWatch([]), 30)["services"]
+    assert out["registry"]["python_blocks_slope_per_hour_second_half"] == pytest.approx(1000, abs=1)
+    assert out["registry"]["python_blocks_end"] == 500_500
+    assert out["registry"]["sqlite_mb_end"] == 2.0
+    assert out["registry"]["sqlite_mb_max_second_half"] == 3.0
+    assert "python_blocks_end" not in out["exex"]  # no metrics endpoint: no heap figures
+
+
 def test_histogram_quantile_interpolates_inside_its_bucket() -> None:
     name = "lag_seconds_bucket"
     # 100 observations: 50 in (0, 0.001], 40 in (0.001, 0.005], 9 in (0.005, 0.05], 1 above
