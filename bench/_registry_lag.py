@@ -59,29 +59,6 @@ def registry_section() -> dict[str, Any]:
     }
 
 
-def floor_probe(seconds: float) -> None:
-    """The OS's share, beside the registry: a bare uvloop process sleeping the registry's probe
-    period (turns.py) over and over, printing its stall counts (JSON) at the end."""
-    import uvloop
-
-    from services.registry.turns import PROBE_S, STALL_MS
-
-    async def probe() -> list[int]:
-        stalls = [0] * len(STALL_MS)
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            await asyncio.sleep(PROBE_S)
-            late_ms = (time.perf_counter() - t0 - PROBE_S) * 1e3
-            for i, bound in enumerate(STALL_MS):
-                if late_ms < bound:
-                    break
-                stalls[i] += 1
-        return stalls
-
-    print(json.dumps(dict(zip([f"{b}ms" for b in STALL_MS], uvloop.run(probe()), strict=True))))
-
-
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -148,7 +125,7 @@ async def feed(args: argparse.Namespace, section: dict[str, Any], pid: int) -> d
                 base = await asyncio.to_thread(scrape, port)
                 cpu0, tw = cpu_s(pid), time.monotonic()
                 floor = subprocess.Popen(
-                    [sys.executable, "-m", "bench._registry_lag", "--floor", str(args.seconds - args.warmup)],
+                    [sys.executable, "-m", "bench._floor", str(args.seconds - args.warmup)],
                     cwd=ROOT, stdout=subprocess.PIPE,
                 )  # fmt: skip
                 if args.profile:
@@ -165,8 +142,7 @@ async def feed(args: argparse.Namespace, section: dict[str, Any], pid: int) -> d
     assert base is not None and floor is not None, "the run ended before its warm-up"
     minutes = (t1 - tw) / 60
     out = summary(base, end, minutes)
-    floor_stalls = json.loads(floor.communicate(timeout=60)[0])
-    out["floor_stalls_per_min"] = {k: round(v / minutes, 1) for k, v in floor_stalls.items()}
+    out["floor"] = json.loads(floor.communicate(timeout=60)[0])
     out["cpu_pct"] = round(100 * (cpu1 - cpu0) / (t1 - tw), 1)
     out["prices"] = end.get("poolwire_registry_prices_total")
     turns = {
@@ -186,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=150)
     ap.add_argument("--warmup", type=float, default=40)
     ap.add_argument("--profile", type=Path)
-    ap.add_argument("--floor", type=float, help=argparse.SUPPRESS)  # the floor probe's own run
     ap.add_argument("--log-level", default="DEBUG", help="DEBUG: the slow turns and stalls logged")
     args = ap.parse_args(argv)
-    if args.floor:
-        floor_probe(args.floor)
-        return 0
     tmp = Path(tempfile.mkdtemp(prefix="registry-lag-"))
     section = registry_section()
     cfg = tmp / "poolwire.yaml"

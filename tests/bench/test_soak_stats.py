@@ -68,6 +68,16 @@ def test_summary_reports_each_service_heaps_over_the_second_half() -> None:
     assert "python_blocks_end" not in out["exex"]  # no metrics endpoint: no heap figures
 
 
+def test_floor_summary_counts_stalls_per_minute_by_bound() -> None:
+    from bench._floor import summarize as floor_summary
+
+    late = [0.1] * 980 + [6.0] * 10 + [25.0] * 8 + [60.0, 130.0]  # 1 000 wakes in 2 minutes
+    out = floor_summary(late, 2.0)
+    assert out["stalls_per_min"] == {"5ms": 10.0, "20ms": 5.0, "50ms": 1.0, "100ms": 0.5}
+    assert out["p99_ms"] == 25.0 and out["max_ms"] == 130.0
+    assert floor_summary([], 1.0)["max_ms"] is None
+
+
 def test_histogram_quantile_interpolates_inside_its_bucket() -> None:
     name = "lag_seconds_bucket"
     # 100 observations: 50 in (0, 0.001], 40 in (0.001, 0.005], 9 in (0.005, 0.05], 1 above
