@@ -2,11 +2,12 @@
 (S5/S15/M1, grace 15 s), detectors and SQLite on, fed N symbols at R live prices/s over a real
 socket; the wheel-lag histogram and the loop's stall counts taken after a warm-up.
 
-    python -m bench._registry_lag [--tree DIR] [--symbols 2000] [--rate 13000] [--seconds 150]
+    python -m bench._registry_lag [--tree DIR] [--symbols 2000] [--rate 13000] [--seconds 150] [--pin]
         [--warmup 40] [--profile FILE] [--log-level DEBUG]
 
 ``--tree``: the source tree whose registry runs (another checkout, to compare); ``--profile``:
-py-spy records the registry (every thread on the CPU, 100 Hz, raw folded stacks) from the warm-up to the end.
+py-spy records the registry (every thread on the CPU, 100 Hz, raw folded stacks) from the warm-up to the end;
+``--pin``: the registry and the floor on core 1, the feeder on core 0 (what a core of its own gives).
 The machine is shared: run before and after in turn, and prefer the counts to the wall figures.
 """
 
@@ -125,7 +126,7 @@ async def feed(args: argparse.Namespace, section: dict[str, Any], pid: int) -> d
                 base = await asyncio.to_thread(scrape, port)
                 cpu0, tw = cpu_s(pid), time.monotonic()
                 floor = subprocess.Popen(
-                    [sys.executable, "-m", "bench._floor", str(args.seconds - args.warmup)],
+                    [*args.floor_prefix, sys.executable, "-m", "bench._floor", str(args.seconds - args.warmup)],
                     cwd=ROOT, stdout=subprocess.PIPE,
                 )  # fmt: skip
                 if args.profile:
@@ -162,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=150)
     ap.add_argument("--warmup", type=float, default=40)
     ap.add_argument("--profile", type=Path)
+    ap.add_argument(
+        "--pin", action="store_true", help="the registry (and the floor) on core 1, this feeder on core 0"
+    )
     ap.add_argument("--log-level", default="DEBUG", help="DEBUG: the slow turns and stalls logged")
     args = ap.parse_args(argv)
+    args.floor_prefix = ["taskset", "-c", "1"] if args.pin else []  # the floor where the registry runs
     tmp = Path(tempfile.mkdtemp(prefix="registry-lag-"))
     section = registry_section()
     cfg = tmp / "poolwire.yaml"
@@ -174,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = dict(os.environ, PYTHONPATH=str(args.tree))
     with (tmp / "stderr.log").open("w") as err:
+        pin = ["taskset", "-c", "1"] if args.pin else []
+        if args.pin:
+            os.sched_setaffinity(0, {0})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.registry", "--config", str(cfg)],
+            [*pin, sys.executable, "-m", "services.registry", "--config", str(cfg)],
             cwd=args.tree,
             env=env,
             stderr=err,
