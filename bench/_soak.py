@@ -160,7 +160,7 @@ def summarize(
                 for k, v in registry.items()
                 if k.startswith(f"poolwire_registry_{name}_total{{")
             }
-            for name in ("slow_turns", "loop_stalls", "loop_busy", "expiry_wake_delays")
+            for name in ("slow_turns", "loop_stalls", "loop_busy", "expiry_wake_delays", "gc_slow")
         },
         "registry_timers_by_expiry_loop": registry.get("poolwire_registry_timers_by_expiry_loop_total"),
         "job_latency_ms": {
