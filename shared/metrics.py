@@ -72,12 +72,19 @@ class HeapCollector(Collector):
 
     def __init__(self) -> None:
         self._sqlite_used: Callable[[], int] | None = None
+        self._sqlite_tried = False
 
     def _sqlite(self) -> Callable[[], int] | None:
-        if self._sqlite_used is None and "_sqlite3" in sys.modules:
+        if not self._sqlite_tried and "_sqlite3" in sys.modules:
+            self._sqlite_tried = True
             # sqlite3 exposes no memory statistics; its C library does, and the extension module's
-            # handle resolves the symbol in the very library it loaded (the same counters).
-            used = ctypes.CDLL(sys.modules["_sqlite3"].__file__).sqlite3_memory_used
+            # handle resolves the symbol in the very library it loaded (the same counters). An
+            # interpreter with sqlite3 built in has no file: its own symbols are searched.
+            try:
+                lib = ctypes.CDLL(getattr(sys.modules["_sqlite3"], "__file__", None))
+                used = lib.sqlite3_memory_used
+            except (OSError, AttributeError):
+                return None  # no such symbol here: the gauge is left out
             used.restype = ctypes.c_int64
             self._sqlite_used = used
         return self._sqlite_used
