@@ -2,7 +2,7 @@
 
 Drives one :class:`services.alerts.core.Alerts` in-process, as the service does, with a soak-like
 stream on event time: ``--symbols`` Polymarket symbols and six pools, the demo's strategies
-(deploy/demo.yaml), at the proportions the 30-minute soak delivered to alerts (bench/soak-60min.json, the 30-minute run before it:
+(deploy/demo.yaml), at the proportions a 30-minute soak delivered to alerts (the run before bench/soak-60min.json:
 per second 576 prices, 847 trades, 1 005 zone events: 270 created, 215 touched, 260 expired, 260
 removed; 3 swaps). Inputs come in batches of 10 ms, the shell's ticker every ``flush_every``;
 jobs run in-process through the worker's own ``run_one`` and their results come back through
