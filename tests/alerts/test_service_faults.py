@@ -4,6 +4,7 @@ processes killed, its SQLite store locked by another process."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import signal
@@ -75,24 +76,27 @@ async def test_jobs_left_pending_all_go_out_at_once_after_a_restart(tmp_path: Pa
         store.claim(B + k * M, ["echo"], partial(only, job))
     assert store.pending_jobs() == n
     store.close()
-    async with Publisher(source, service="ingest", heartbeat_interval=0.2):
-        with spawn(
-            "-m", "services.alerts", "--config", str(path), env={"ALERTS_TEST_GATE": str(gate)}
-        ) as proc:
-            async with Subscriber(cfg["pub"], ["alert."]) as sub:
-                await sub.wait_for_publisher("alerts", timeout=20)
-                gate.touch()
-                got: list[AlertFired] = []
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 30  # well inside job_timeout: no job waits it out
-                while len(got) < n:
-                    assert loop.time() < deadline, f"{len(got)} of {n} recovered jobs answered"
-                    got += [m for _, m in await sub.recv_batch(timeout=1) if isinstance(m, AlertFired)]
-                assert sorted(a.bucket_ns for a in got) == [B + k * M for k in range(n)]
-                m = await scrape(cfg["metrics_port"])
-                assert m['poolwire_alerts_jobs_total{status="recovered"}'] == n
-                assert m['poolwire_alerts_jobs_total{status="timeouts"}'] == 0
-            stop(proc)
+    gate.touch()
+    with gate.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # before the service starts: its jobs wait on it
+        async with Publisher(source, service="ingest", heartbeat_interval=0.2):
+            with spawn(
+                "-m", "services.alerts", "--config", str(path), env={"ALERTS_TEST_GATE": str(gate)}
+            ) as proc:
+                async with Subscriber(cfg["pub"], ["alert."]) as sub:
+                    await sub.wait_for_publisher("alerts", timeout=20)
+                    fcntl.flock(held, fcntl.LOCK_UN)
+                    got: list[AlertFired] = []
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 30  # well inside job_timeout: no job waits it out
+                    while len(got) < n:
+                        assert loop.time() < deadline, f"{len(got)} of {n} recovered jobs answered"
+                        got += [m for _, m in await sub.recv_batch(timeout=1) if isinstance(m, AlertFired)]
+                    assert sorted(a.bucket_ns for a in got) == [B + k * M for k in range(n)]
+                    m = await scrape(cfg["metrics_port"])
+                    assert m['poolwire_alerts_jobs_total{status="recovered"}'] == n
+                    assert m['poolwire_alerts_jobs_total{status="timeouts"}'] == 0
+                stop(proc)
 
 
 async def test_a_killed_worker_of_the_service_is_counted(tmp_path: Path) -> None:

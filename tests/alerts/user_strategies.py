@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-import time
 from collections.abc import Iterator
 
 from services.alerts.strategies import Outcome, Signal
@@ -16,14 +16,11 @@ def fire_all(job: StrategyJob) -> Iterator[Signal]:
 
 
 def fire_all_after_gate(job: StrategyJob) -> Iterator[Signal]:
-    """``fire_all`` once the file named by ``ALERTS_TEST_GATE`` exists (bounded): a test opens the gate
-    when its subscriber is in, so no alert goes out before anyone listens (PUB/SUB's slow joiner)."""
-    gate = os.environ["ALERTS_TEST_GATE"]
-    deadline = time.monotonic() + 30
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} never opened")
-        time.sleep(0.01)  # a worker process polling a file: nothing else to wait on
+    """``fire_all`` once the test lets go of its lock on the file named by ``ALERTS_TEST_GATE``: a
+    test holds it until its subscriber is in, so no alert goes out before anyone listens (PUB/SUB's
+    slow joiner). A shared lock waits on the exclusive one; the job timeout bounds it."""
+    with open(os.environ["ALERTS_TEST_GATE"]) as gate:
+        fcntl.flock(gate, fcntl.LOCK_SH)
     yield from fire_all(job)
 
 
