@@ -22,7 +22,12 @@ log = logging.getLogger("poolwire.registry")
 # Every turn of the expiry and candle loops is bounded by the clock, not by a count: a count's
 # time varies tenfold with what the pieces hold (a candle close creating zones or not).
 EXPIRY_STEP = 100  # zones expired (or removed) between two looks at the clock (~0.3 ms)
-EXPIRY_TURN_S = 0.004  # a turn handles due timers this long (~1 300), then publishes and yields
+# A turn handles due timers this long (~2 000 here), then publishes and yields. A price handles
+# every due timer before it anyway (event time), so a longer turn holds no price back; it lets a
+# burst sharing one deadline (every symbol's candle closed together) go out whole, where 4 ms
+# turns left the rest of a burst behind the candles' and the outbox's turns (wheel lag p99 27 ->
+# 15 ms with a core of its own).
+EXPIRY_TURN_S = 0.012
 CANDLE_STEP = 10  # symbols whose candles are closed between two looks at the clock
 CANDLE_TURN_S = 0.002  # (100 symbols a turn took up to 18 ms of CPU when their candles closed)
 
@@ -92,7 +97,7 @@ class ClockedLoops(Intake):
             self.turns.done("expiry", t0, "%d timers, woke %.1f ms late", handled, late_ms)
             wake = now + int(interval * 1e9)
             if not self.registry.timers.seen_ns or self.stream.live:  # on the clock: at the next deadline
-                nxt = self.registry.next_deadline_ns()
+                nxt = self.registry.next_wake_ns()
                 if nxt is not None and nxt < wake:
                     wake = planned = nxt
                 self._wake_below_ns = wake
