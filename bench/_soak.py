@@ -100,11 +100,30 @@ def _heaps(samples: list[dict[str, Any]], name: str) -> dict[str, float]:
     if blocks:
         out["python_blocks_end"] = blocks[-1][1]
         out["python_blocks_slope_per_hour_second_half"] = round(slope_per_hour(blocks))
+    first, last = half[0]["metrics"].get(name, {}), half[-1]["metrics"].get(name, {})
+    for key, value in last.items():  # the bus's per-topic tables: still filling, or full
+        if key.startswith("poolwire_bus_topics{"):
+            socket = key.split("socket=", 1)[1].rstrip("}")
+            out[f"bus_topics_{socket}_end"] = value
+            out[f"bus_topics_{socket}_added_second_half"] = value - first.get(key, 0.0)
     sqlite = [v for s in half if (v := s["metrics"].get(name, {}).get(SQLITE)) is not None]
     if sqlite:
         out["sqlite_mb_end"] = round(sqlite[-1] / MB, 2)
         out["sqlite_mb_max_second_half"] = round(max(sqlite) / MB, 2)
     return out
+
+
+def _anon(half: list[dict[str, Any]], name: str) -> dict[str, float]:
+    """The slope of the RSS no file backs, beside the RSS's: pages of libraries and code touched
+    late in a run count in the RSS, and are no memory the process keeps."""
+    series = [(s["t"], v / MB) for s in half if (v := s.get("anon", {}).get(name))]
+    if len(series) < 2:
+        return {}
+    return {
+        "anon_mb_end": round(series[-1][1], 1),
+        "anon_slope_mb_per_hour_second_half": round(slope_per_hour(series), 2),
+        "anon_slope_stderr_mb_per_hour": round(slope_stderr_per_hour(series), 2),
+    }
 
 
 def summarize(
@@ -124,6 +143,7 @@ def summarize(
             "rss_mb_at_10min": round(at10["procs"].get(name, {}).get("rss", 0) / MB, 1),
             "rss_slope_mb_per_hour_second_half": round(slope_per_hour(series), 2),
             "rss_slope_stderr_mb_per_hour": round(slope_stderr_per_hour(series), 2),
+            **_anon(half, name),
             "cpu_percent": round(100 * (cpu[-1][1] - cpu[0][1]) / max(cpu[-1][0] - cpu[0][0], 1e-9), 1),
             "fds_max": max(s["procs"][name]["fds"] for s in samples if name in s["procs"]),
         }
@@ -247,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
                 usage = {name: tree_usage(pid, tree) for name, pid in run.started().items()}
                 # RSS every few seconds between the full samples: a slope of 1 MB/hour is not told
                 # from a megabyte of allocator noise by 15 points a half hour.
-                rss.append({"t": round(t, 1), "rss": {n: u["rss"] for n, u in usage.items()}})
+                rss.append(
+                    {
+                        "t": round(t, 1),
+                        "rss": {n: u["rss"] for n, u in usage.items()},
+                        "anon": {n: u["anon"] for n, u in usage.items()},
+                    }
+                )
                 stopped = t >= end or run.popen.poll() is not None
                 if t >= next_full or stopped:
                     samples.append(

@@ -30,6 +30,7 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "dead": ("publishers_dead_total", "Publishers presumed dead after missed heartbeats"),
     "revived": ("publishers_revived_total", "Publishers heard from again after presumed dead"),
     "would_block": ("would_block_total", "Sends refused because the peer queue was full"),
+    "topics": ("topics", "Topics whose sequence numbers the socket keeps (its per-topic state)"),
 }
 
 

@@ -42,6 +42,7 @@ class PublisherStats:
     frames: int = 0  # payload frames (a batch is one frame)
     bytes: int = 0
     heartbeats: int = 0
+    topics: int = 0  # topics numbered so far: one entry each in the per-topic sequences
 
 
 class Publisher(security.BindLater):
@@ -103,6 +104,8 @@ class Publisher(security.BindLater):
     def _stamp(self, topic: str, msg: Message) -> None:
         self.seq += 1
         tseq = self._topic_seqs.get(topic, 0) + 1
+        if tseq == 1:
+            self.stats.topics += 1
         self._topic_seqs[topic] = tseq
         self._topic_last_seq[topic] = self.seq
         msg.publisher = self.publisher_id
@@ -166,6 +169,8 @@ class Publisher(security.BindLater):
         v2 = self.wire_version == 2
         for topic, msgs in runs:
             tseq = topic_seqs.get(topic, 0)
+            if not tseq:
+                self.stats.topics += 1
             if v2:
                 payload = stamp_and_encode_v2(publisher, seq + 1, tseq + 1, now, msgs)
                 seq += len(msgs)

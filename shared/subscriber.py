@@ -43,6 +43,7 @@ class SubscriberStats:
     restarts: int = 0  # a publisher's numbering started over
     dead: int = 0  # publishers presumed dead after missed heartbeats
     revived: int = 0
+    topics: int = 0  # (publisher, topic) pairs whose last topic_seq is kept for the gap check
 
 
 @dataclass(slots=True)
@@ -207,6 +208,8 @@ class Subscriber:
                     log.warning("gap on %s from %s: %d message(s) lost", topic, first.publisher, step - 1)
             elif step <= 0:
                 self.stats.restarts += 1
+        else:
+            self.stats.topics += 1
         seqs[topic] = last.topic_seq
 
     def seed(self, publisher: str, topic: str, topic_seq: int) -> None:
@@ -215,6 +218,8 @@ class Subscriber:
         if topic_seq <= 0:
             return
         seqs = self._seqs.setdefault(publisher, {})
+        if topic not in seqs:
+            self.stats.topics += 1
         seqs[topic] = max(seqs.get(topic, 0), topic_seq)
 
     def _on_heartbeat(self, hb: Heartbeat) -> None:
@@ -226,7 +231,7 @@ class Subscriber:
             log.info("publisher %s (%s) seen", hb.publisher, hb.service)
         elif info.started_ns != hb.started_ns:
             log.warning("publisher %s restarted: its sequence numbers start over", hb.publisher)
-            self._seqs.pop(hb.publisher, None)
+            self.stats.topics -= len(self._seqs.pop(hb.publisher, {})) - 1
             self._seqs[hb.publisher] = {health_topic(hb.service): hb.topic_seq}
             info.started_ns = hb.started_ns
         info.last_seen = now

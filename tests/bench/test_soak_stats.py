@@ -47,6 +47,13 @@ def test_summary_slopes_come_from_the_fine_rss_samples() -> None:
     out = summarize(full, watch, 30, rss)["services"]["a"]
     assert out["rss_slope_mb_per_hour_second_half"] == pytest.approx(1.0, abs=0.01)
     assert out["rss_slope_stderr_mb_per_hour"] < 0.01
+    assert "anon_slope_mb_per_hour_second_half" not in out  # samples without it: left out
+    for i, sample in enumerate(rss):  # a file-backed part that grows: the anonymous part is flat
+        sample["anon"] = {"a": int((60 + (i % 2) * 1e-3) * MB)}
+    anon = summarize(full, watch, 30, rss)["services"]["a"]
+    assert anon["rss_slope_mb_per_hour_second_half"] == pytest.approx(1.0, abs=0.01)
+    assert anon["anon_slope_mb_per_hour_second_half"] == pytest.approx(0.0, abs=0.01)
+    assert anon["anon_mb_end"] == 60.0
     flat = summarize(full, watch, 30)["services"]["a"]  # no fine samples: the full ones
     assert flat["rss_slope_mb_per_hour_second_half"] == 0.0
 
@@ -57,6 +64,7 @@ def test_summary_reports_each_service_heaps_over_the_second_half() -> None:
     def sample(t: int) -> dict[str, object]:
         # the registry's objects grow 1 000 blocks an hour; its SQLite heap peaks at 3 MB
         heaps = {BLOCKS: 500_000 + t * 1000 / 3600, SQLITE: (3 if t == 1200 else 2) * MB}
+        heaps["poolwire_bus_topics{socket=pub}"] = 100 + t // 60  # a topic a minute, still filling
         procs = {n: {"rss": 80 * MB, "cpu_s": 0.0, "fds": 9} for n in ("registry", "exex")}
         return {"t": float(t), "procs": procs, "metrics": {"registry": heaps}}
 
@@ -65,6 +73,8 @@ def test_summary_reports_each_service_heaps_over_the_second_half() -> None:
     assert out["registry"]["python_blocks_end"] == 500_500
     assert out["registry"]["sqlite_mb_end"] == 2.0
     assert out["registry"]["sqlite_mb_max_second_half"] == 3.0
+    assert out["registry"]["bus_topics_pub_end"] == 130
+    assert out["registry"]["bus_topics_pub_added_second_half"] == 15
     assert "python_blocks_end" not in out["exex"]  # no metrics endpoint: no heap figures
 
 
@@ -105,6 +115,7 @@ def test_tree_usage_counts_a_child_process() -> None:
             alone = tree_usage(child.pid)
             with_child = tree_usage(os.getpid(), parents())
             assert alone["rss"] >= 80 * MB
+            assert 80 * MB <= alone["anon"] <= alone["rss"]  # the bytearray: no file backs it
             assert with_child["rss"] >= alone["rss"] + tree_usage(os.getpid(), {})["rss"] * 0.9
             assert alone["fds"] >= 3 and alone["cpu_s"] >= 0
         finally:

@@ -98,6 +98,32 @@ async def test_interleaved_topics_keep_seq_order_on_the_wire() -> None:
     assert [m.price for _, m in got] == [r * 10 + i for r in range(50) for i in range(len(topics))]  # type: ignore[attr-defined]
 
 
+async def test_each_end_counts_the_topics_it_keeps_sequences_for() -> None:
+    """The bus's per-topic state is one entry per topic at each end: exported as a gauge, so
+    that a table still filling (new topics late in a run) is told from memory kept."""
+    from prometheus_client import CollectorRegistry
+
+    from shared.metrics import StatsCollector
+
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="sync", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, ["dex."]) as sub:
+            await pub.wait_for_subscriber("dex.", timeout=5)
+            for round_ in range(3):
+                for topic in ("dex.pool.1", "dex.pool.2", "dex.block"):
+                    pub.publish(topic, Price(symbol="x", price=round_))
+                await collect(sub, 3)
+            pub.publish("dex.pool.3", Price(symbol="x", price=0))
+            await collect(sub, 1)
+            collector = StatsCollector()
+            collector.add("pub", pub.stats)
+            collector.add("sub", sub.stats)
+            registry = CollectorRegistry()
+            registry.register(collector)
+            assert registry.get_sample_value("poolwire_bus_topics", {"socket": "pub"}) == 4
+            assert registry.get_sample_value("poolwire_bus_topics", {"socket": "sub"}) == 4
+
+
 async def test_slow_joiner_loses_nothing_once_a_subscriber_is_seen() -> None:
     endpoint = tcp_endpoint()
     with (
