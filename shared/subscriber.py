@@ -229,6 +229,7 @@ class Subscriber:
             info = PublisherInfo(hb.publisher, hb.service, hb.interval_ms / 1000, hb.started_ns, now)
             self.publishers[hb.publisher] = info
             log.info("publisher %s (%s) seen", hb.publisher, hb.service)
+            self._forget_replaced(hb.service)
         elif info.started_ns != hb.started_ns:
             log.warning("publisher %s restarted: its sequence numbers start over", hb.publisher)
             self.stats.topics -= len(self._seqs.pop(hb.publisher, {})) - 1
@@ -265,7 +266,30 @@ class Subscriber:
                 )
                 if self.handlers.on_dead is not None:
                     self.handlers.on_dead(info)
+        for service in {info.service for info in newly_dead}:
+            self._forget_replaced(service)
         return newly_dead
+
+    def _forget_replaced(self, service: str) -> None:
+        """Forget the dead publishers of ``service`` that a later one replaced (a restart takes a
+        new id: its pid), with their per-topic sequences: else every restart of a publisher would
+        leave its whole table here for as long as this process runs. One that comes back after
+        all is met as new: the first message of each topic starts its gap check again."""
+        infos = [p for p in self.publishers.values() if p.service == service]
+        newest_alive = max((p.started_ns for p in infos if p.alive), default=None)
+        if newest_alive is None:
+            return
+        for info in infos:
+            if not info.alive and info.started_ns < newest_alive:
+                del self.publishers[info.publisher]
+                topics = len(self._seqs.pop(info.publisher, {}))
+                self.stats.topics -= topics
+                log.info(
+                    "publisher %s (%s) replaced by a newer one: forgot it and %d topic sequence(s)",
+                    info.publisher,
+                    service,
+                    topics,
+                )
 
     def _ensure_watchdog(self) -> None:
         if self._watchdog is None:

@@ -178,6 +178,32 @@ async def test_dead_publisher_is_reported_after_missed_heartbeats() -> None:
     assert not sub.publishers[info.publisher].alive
 
 
+async def test_a_restarted_publisher_replaces_the_dead_one_and_its_table_is_forgotten() -> None:
+    """A restart is a new publisher (a new pid): the dead one it replaced goes, with its per-topic
+    sequences, so a consumer's memory does not grow with every restart upstream."""
+    endpoint = tcp_endpoint()
+    sub = Subscriber(endpoint, ["px."], health_services=["beacon"])
+    env = beacon_env(endpoint, heartbeat="100ms", every="20ms")
+    with sub:
+        with spawn("-m", "tests.shared.beacon", env=env) as first:
+            old = await sub.wait_for_publisher("beacon", timeout=20)
+            await collect(sub, 1)  # px.test numbered: two topics kept for it, with its health topic
+            assert sub.stats.topics == 2
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        with spawn("-m", "tests.shared.beacon", env=env):
+            await eventually(
+                lambda: old.publisher not in sub.publishers and len(sub.publishers) == 1,
+                wake=lambda: sub.recv_batch(1),
+                timeout=20,
+                what="the new publisher seen and the dead one forgotten",
+                state=lambda: {p.publisher: p.alive for p in sub.publishers.values()},
+            )
+            await collect(sub, 1)
+            assert sub.stats.topics == 2  # the new publisher's two, none of the old one's
+    assert sub.stats.dead == 1
+
+
 async def test_quiet_publisher_is_not_dead() -> None:
     endpoint = tcp_endpoint()
     # Dead after 1 s of silence, watched for 2 s of heartbeats only: a run where the beacon or this
