@@ -97,7 +97,7 @@ class ClockedLoops(Intake):
             self.turns.done("expiry", t0, "%d timers, woke %.1f ms late", handled, late_ms)
             wake = now + int(interval * 1e9)
             if not self.registry.timers.seen_ns or self.stream.live:  # on the clock: at the next deadline
-                nxt = self.registry.next_wake_ns()
+                nxt = self.registry.timers.next_wake_ns()
                 if nxt is not None and nxt < wake:
                     wake = planned = nxt
                 self._wake_below_ns = wake

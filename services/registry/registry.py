@@ -83,9 +83,6 @@ class Registry:
     def next_deadline_ns(self) -> int | None:
         return self.timers.next_deadline_ns()
 
-    def next_wake_ns(self) -> int | None:
-        return self.timers.next_wake_ns()
-
     def last_price(self, symbol: str) -> float | None:
         return self._prices.last_price(symbol)
 
