@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# The compiled core (shared/compiled.py): rebuilt here when its sources changed; pure Python where
+# there is no C compiler.
 install: $(STAMP)
+	@$(BIN)/python -m shared.compiled build
 
 # Real contracts and a local EVM node for chain tests and the demo (npm registry only).
 $(NODE_STAMP): package.json package-lock.json examples/node/package.json examples/node/package-lock.json
@@ -108,4 +111,5 @@ $(WHEEL_STAMP): pyproject.toml | base-image
 wheelhouse: $(WHEEL_STAMP)
 
 clean:
+	-test -x $(BIN)/python && $(BIN)/python -m shared.compiled clean
 	rm -rf $(VENV) node_modules data bench/results.json

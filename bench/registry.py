@@ -8,7 +8,11 @@ one least disturbed by other work.
 from __future__ import annotations
 
 import gc
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -248,17 +252,60 @@ def wheel_vs_heap(n: int = 1_000_000) -> tuple[float, float, float]:
     return wheel_s / heap_s, wheel_s, heap_s
 
 
+def core_figures() -> dict[str, Any]:
+    """The core's figures that the compiled core changes, in this process (compiled or not)."""
+    eps, mix = events_per_s()
+    pps, touches = price_updates_per_s(step=0.002, gap=0.0)
+    return {
+        "crud_10k_ms": crud_10k_ms(),
+        "events_per_s": eps,
+        "mix": mix,
+        "price_updates_per_s": pps,
+        "touches_per_update": touches,
+    }
+
+
+def compiled_speedup(here: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The same core figures on the pure modules (a process with POOLWIRE_PURE set), as a ratio."""
+    import services.registry.registry as core
+    from shared import compiled
+
+    if not compiled.is_compiled(core):
+        return {"registry.compiled_speedup": {"value": None, "status": compiled.status("services.registry")}}
+    code = "import json; from bench.registry import core_figures; print(json.dumps(core_figures()))"
+    env = {**os.environ, compiled.PURE_ENV: "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    pure = json.loads(done.stdout.splitlines()[-1])
+    crud = pure["crud_10k_ms"] / here["crud_10k_ms"]
+    return {
+        "registry.compiled_speedup": {
+            "value": crud,
+            "unit": "x",
+            "what": "crud_10k_ms pure / compiled (shared/compiled.py)",
+            "pure": {k: v for k, v in pure.items() if k != "mix"},
+            "compiled": {k: v for k, v in here.items() if k != "mix"},
+            "events_per_s_x": here["events_per_s"] / pure["events_per_s"],
+            "price_updates_per_s_x": here["price_updates_per_s"] / pure["price_updates_per_s"],
+        }
+    }
+
+
 def run() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    out["registry.crud_10k_ms"] = {"value": crud_10k_ms(), "unit": "ms", "goal": "<= 15"}
-    eps, mix = events_per_s()
-    out["registry.events_per_s"] = {"value": eps, "unit": "events/s", "goal": ">= 600000", "mix": mix}
-    pps, touches = price_updates_per_s(step=0.002, gap=0.0)
+    core = core_figures()
+    out["registry.crud_10k_ms"] = {"value": core["crud_10k_ms"], "unit": "ms", "goal": "<= 15"}
+    out.update(compiled_speedup(core))
+    out["registry.events_per_s"] = {
+        "value": core["events_per_s"],
+        "unit": "events/s",
+        "goal": ">= 600000",
+        "mix": core["mix"],
+    }
     out["registry.price_updates_per_s"] = {
-        "value": pps,
+        "value": core["price_updates_per_s"],
         "unit": "updates/s",
         "goal": ">= 300000",
-        "touches_per_update": touches,
+        "touches_per_update": core["touches_per_update"],
     }
     pps, touches = price_updates_per_s(step=0.05, gap=0.0)
     out["registry.price_updates_busy_per_s"] = {

@@ -15,22 +15,11 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-import msgspec
-
+from services.registry.entry import ABOVE, BELOW, INSIDE, LOOSE, OUT, PENDING, Entry
 from services.registry.zones import FILL_DOWN, FILL_UP
-from shared.messages import Zone
 
 _push = heapq.heappush
 _pop = heapq.heappop
-
-# Where a zone sits relative to its symbol's last price.
-PENDING = 0  # no price seen yet for the symbol
-ABOVE = 1
-BELOW = 2
-INSIDE = 3
-OUT = 4  # not in the price index (expired, in grace, removed)
-LOOSE = 5  # active, just popped from a heap, about to be placed again
-
 
 # Invalidated heap items a symbol may keep beyond its live ones before a compaction. Each keeps
 # its entry and its zone (~0.45 kB) alive: at 1 024 (before), 2 000 symbols whose zones expire a
@@ -42,19 +31,6 @@ STALE_SLACK = 16
 class PriceCounts(Protocol):
     prices: int
     bad_prices: int
-
-
-class Entry(msgspec.Struct, gc=False):
-    """A zone in the index. gc=False: it holds a zone and scalars, never a cycle, so the cyclic
-    GC does not walk the entries, nor the heap items holding them (tuples of untracked objects
-    are dropped from the GC): a full collection of 2 000 symbols' state took 170 ms, not 440."""
-
-    zone: Zone
-    lo: float
-    hi: float
-    fill: int
-    side: int = OUT
-    tok: int = 0
 
 
 class SymbolIndex:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from services.registry.books import Book, WeakestFirst
 from services.registry.due import DueTimers
-from services.registry.price_index import OUT, Entry, PriceIndex
+from services.registry.entry import OUT, Entry
+from services.registry.price_index import PriceIndex
 from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
 from services.registry.zones import FILL_NONE, FILL_SIDE, Rules, ZoneError, check_range, zone_id
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
@@ -317,7 +318,7 @@ class Registry:
             entry = self._entries.get(zone_id)
             return None if entry is None or entry.side == OUT else entry.zone
 
-        books = (book for tfs in self._books.values() if (book := tfs.get(timeframe)) is not None)
+        books = [book for tfs in self._books.values() if (book := tfs.get(timeframe)) is not None]
         zid = self._weakest.pop(timeframe, self.stats.by_tf[timeframe].active, active, books)
         if zid is not None:
             self._expire(self._entries[zid], "evicted", event_ns)

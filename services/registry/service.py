@@ -32,6 +32,7 @@ from services.registry.validate import (
     Limits,
 )
 from services.registry.zones import NS, timeframe_ns
+from shared import compiled
 from shared.backoff import sleep_or_wake
 from shared.bars import Watermark
 from shared.bus import Publisher, Puller, Subscriber
@@ -266,6 +267,7 @@ class RegistryService(ClockedLoops):
         ctx = self.ctx
         now = self.clock.time_ns()
         self.log_filter.install()
+        log.info("core: %s", compiled.status("services.registry"))
         await self.bind()
         self.pub.start()
         self.snapshots.start()

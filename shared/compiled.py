@@ -1,0 +1,219 @@
+"""The compiled core: pure cores built with mypyc into C extensions, pure Python the fallback.
+
+A group is a package whose pure modules mypyc compiles together (one C runtime library shared by
+them). ``make install`` runs ``python -m shared.compiled build``: with a C compiler and the Python
+headers it builds every group whose sources changed since its last build, next to the sources, and
+records each source's digest in the package's ``.compiled.json``; without them it says so and the
+pure modules run. At run time the package's ``__init__`` calls :func:`guard` before any of its
+modules is imported: the extensions load only when they were built from the sources as they are now
+(a stale build would run old code) and ``POOLWIRE_PURE`` is not set; otherwise every module of the
+group loads from its ``.py`` and :func:`status` says why, which each service logs at start.
+
+    python -m shared.compiled build [--force]   # compile what is stale (what `make install` does)
+    python -m shared.compiled status            # compiled or pure, and why, per group
+    python -m shared.compiled clean             # remove the extensions: pure Python from now on
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+PURE_ENV = "POOLWIRE_PURE"  # set (non-empty, not "0"): every group runs its pure modules
+STAMP_NAME = ".compiled.json"
+ROOT = Path(__file__).resolve().parent.parent
+
+# package -> the modules compiled together: pure, synchronous, mypy-strict; no msgspec Struct with
+# gc=False is defined in them (a class built by compiled code keeps the GC flag: see price_index).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "services.registry": ("books", "due", "price_index", "registry", "stats", "wheel", "zones"),
+}
+
+_status: dict[str, str] = {}
+
+
+def _package_dir(package: str) -> Path:
+    return ROOT.joinpath(*package.split("."))
+
+
+def _sources(package: str) -> dict[str, Path]:
+    base = _package_dir(package)
+    return {name: base / f"{name}.py" for name in GROUPS[package]}
+
+
+def _extension(package: str, name: str) -> Path:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return _package_dir(package) / f"{name}{suffix}"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build_id() -> str:
+    """What an extension is tied to besides its sources: the interpreter that loads it."""
+    return f"{sys.implementation.cache_tag} {sysconfig.get_platform()}"
+
+
+def why_pure(package: str) -> str | None:
+    """None if the group's extensions match its sources and this interpreter, else the reason."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return f"{PURE_ENV} is set"
+    extensions = [_extension(package, name) for name in GROUPS[package]]
+    if not any(p.exists() for p in extensions):
+        return "not built (make install builds it where a C compiler is present)"
+    missing = [p.name for p in extensions if not p.exists()]
+    if missing:
+        return f"incomplete build (no {', '.join(missing)}): run make install"
+    stamp_path = _package_dir(package) / STAMP_NAME
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        return f"no readable {STAMP_NAME} beside the extensions: run make install"
+    if stamp.get("build") != _build_id():
+        return f"built for {stamp.get('build')!r}, this interpreter is {_build_id()!r}: run make install"
+    stale = [n for n, p in _sources(package).items() if stamp.get("sources", {}).get(n) != _digest(p)]
+    if stale:
+        return f"stale: {', '.join(sorted(stale))} changed since the build: run make install"
+    return None
+
+
+class _SourceFirst(importlib.abc.MetaPathFinder):
+    """Loads the listed modules from their ``.py``, so an extension beside them is never used."""
+
+    def __init__(self, sources: dict[str, Path]) -> None:
+        self.sources = sources
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        source = self.sources.get(fullname)
+        return None if source is None else importlib.util.spec_from_file_location(fullname, source)
+
+
+def guard(package: str) -> None:
+    """Called by the package's ``__init__`` before its modules are imported (see the module doc)."""
+    if package in _status:
+        return
+    reason = why_pure(package)
+    if reason is None:
+        _status[package] = "compiled (mypyc)"
+        return
+    _status[package] = f"pure Python: {reason}"
+    sources = {f"{package}.{name}": path for name, path in _sources(package).items()}
+    if any(_extension(package, name).exists() for name in GROUPS[package]):
+        sys.meta_path.insert(0, _SourceFirst(sources))
+
+
+def status(package: str) -> str:
+    """``compiled (mypyc)`` or ``pure Python: <why>``, as decided when the package was imported."""
+    if package in _status:
+        return _status[package]
+    reason = why_pure(package)
+    return "compiled (mypyc)" if reason is None else f"pure Python: {reason}"
+
+
+def is_compiled(module: ModuleType) -> bool:
+    return (module.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+# Build ------------------------------------------------------------------------------------------
+
+
+def missing_toolchain() -> str | None:
+    """None if a C compiler and the Python headers are present, else what is missing."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc!r} is not on PATH)"
+    include = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not include.exists():
+        return f"no Python headers ({include} is missing; Debian: apt install python3-dev)"
+    return None
+
+
+def clean(package: str) -> None:
+    for name in GROUPS[package]:
+        _extension(package, name).unlink(missing_ok=True)
+    (_package_dir(package) / STAMP_NAME).unlink(missing_ok=True)
+    runtime = _runtime_library(package)
+    if runtime is not None:
+        runtime.unlink(missing_ok=True)
+
+
+def _group_name(package: str) -> str:
+    return "poolwire_" + package.replace(".", "_")
+
+
+def _runtime_library(package: str) -> Path | None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    path = ROOT / f"{_group_name(package)}__mypyc{suffix}"
+    return path if path.exists() else None
+
+
+def build(package: str) -> None:
+    """Compile the group in place with mypyc (the sources, and the runtime library at the root)."""
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    clean(package)
+    sources = _sources(package)
+    here = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        extensions = mypycify(
+            [str(p.relative_to(ROOT)) for p in sources.values()],
+            opt_level="3",
+            group_name=_group_name(package),
+        )
+        setup(
+            name=_group_name(package),
+            ext_modules=extensions,
+            script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/mypyc"],
+        )
+    finally:
+        os.chdir(here)
+    stamp = {"build": _build_id(), "sources": {n: _digest(p) for n, p in sources.items()}}
+    (_package_dir(package) / STAMP_NAME).write_text(json.dumps(stamp, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.compiled", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["build", "status", "clean"])
+    parser.add_argument("--force", action="store_true", help="build even the groups that are up to date")
+    args = parser.parse_args(argv)
+    for package in GROUPS:
+        if args.command == "status":
+            print(f"{package}: {status(package)}")
+        elif args.command == "clean":
+            clean(package)
+            print(f"{package}: extensions removed, pure Python from now on")
+        elif (reason := why_pure(package)) is None and not args.force:
+            print(f"{package}: compiled core up to date")
+        elif (lacking := missing_toolchain()) is not None:
+            clean(package)
+            print(f"{package}: not compiled, {lacking}: the pure Python core runs")
+        else:
+            print(f"{package}: compiling with mypyc ({reason or 'forced'})", flush=True)
+            try:
+                build(package)
+            except (Exception, SystemExit) as exc:  # setuptools reports a compiler error as SystemExit
+                clean(package)
+                print(f"{package}: compiling failed ({exc}): the pure Python core runs", file=sys.stderr)
+                return 1
+            print(f"{package}: compiled")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
