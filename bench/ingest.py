@@ -39,6 +39,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -370,6 +371,40 @@ async def _scale() -> Figures:
             await asyncio.to_thread(scale.stop_all)
 
 
+def router_rate() -> tuple[float, float]:
+    """The router's updates/s and updates per CPU second, hash checks on, in this process."""
+
+    async def measure() -> Rates:
+        sim, dump, frames = _frames(400, 40_000)
+        return await _rate(True, frames, sim, dump)
+
+    rate, _frames_s, _pub, cpu = uvloop.run(measure())
+    return rate, cpu
+
+
+def compiled_speedup(rate: float, cpu: float) -> Figures:
+    """The router's rates on the pure modules (a process with POOLWIRE_PURE set), as a ratio."""
+    import services.ingest.router as core
+    from shared import compiled
+
+    if not compiled.is_compiled(core):
+        return {"ingest.compiled_speedup": {"value": None, "status": compiled.status("services.ingest")}}
+    code = "import json; from bench.ingest import router_rate; print(json.dumps(router_rate()))"
+    env = {**os.environ, compiled.PURE_ENV: "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    pure_rate, pure_cpu = json.loads(done.stdout.splitlines()[-1])
+    return {
+        "ingest.compiled_speedup": {
+            "value": rate / pure_rate,
+            "unit": "x",
+            "what": "router_msgs_per_s compiled / pure (shared/compiled.py)",
+            "pure_msgs_per_s": pure_rate,
+            "pure_msgs_per_cpu_s": pure_cpu,
+            "cpu_x": cpu / pure_cpu,
+        }
+    }
+
+
 async def _in_process() -> tuple[Rates, Rates, tuple[float, float]]:
     sim, dump, frames = _frames(400, 40_000)
     with_hash, no_hash = await _rate(True, frames, sim, dump), await _rate(False, frames, sim, dump)
@@ -385,6 +420,7 @@ def run() -> Figures:
     e2e = uvloop.run(_e2e())
     return {
         **e2e,
+        **compiled_speedup(rate_h, cpu_h),
         "ingest.router_msgs_per_s": {"value": rate_h, "unit": "updates/s", "goal": ">= 150000"},
         "ingest.router_msgs_per_cpu_s": {"value": cpu_h, "unit": "updates/CPU s", "goal": ""},
         "ingest.router_frames_per_s": {"value": frames_h, "unit": "frames/s", "goal": ""},

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # gc=False is defined in them (a class built by compiled code keeps the GC flag: see price_index).
 GROUPS: dict[str, tuple[str, ...]] = {
     "services.registry": ("books", "due", "price_index", "registry", "stats", "wheel", "zones"),
+    "services.ingest": ("book", "handoff", "hashcheck", "parse", "router", "state"),
 }
 
 _status: dict[str, str] = {}

@@ -26,6 +26,7 @@ from services.ingest.rest import RestClient, Resyncer
 from services.ingest.router import Router
 from services.ingest.shard import ANY_SHARD, Shard
 from services.ingest.subscriptions import Subscriptions
+from shared import compiled
 from shared.bus import Publisher, Puller
 from shared.constants import md_topic
 from shared.messages import ForceSubscribe, MarketLifecycle, Message, SnapshotRequest
@@ -285,12 +286,13 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     snapshots.start()
     await pool.start()
     log.info(
-        "ingest%s: publishing on %s, commands on %s, snapshots on %s, %d static assets",
+        "ingest%s: publishing on %s, commands on %s, snapshots on %s, %d static assets; core: %s",
         f" shard {shard}" if shard.enabled else "",
         cfg.pub,
         cfg.pull,
         cfg.snapshot,
         len(static),
+        compiled.status("services.ingest"),
     )
     try:
         await ctx.stopping.wait()

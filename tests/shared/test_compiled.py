@@ -1,5 +1,5 @@
-"""The compiled core (shared/compiled.py): built where a compiler is, used only when built from the
-sources as they are, the pure modules otherwise; and the registry's tests pass on both."""
+"""The compiled cores (shared/compiled.py): built where a compiler is, used only when built from the
+sources as they are, the pure modules otherwise; and their services' tests pass on both."""
 
 from __future__ import annotations
 
@@ -21,38 +21,32 @@ ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def test_the_registry_core_is_compiled_where_a_compiler_is() -> None:
-    """`make install` builds it; where it cannot, the status says why (and the pure core runs)."""
-    status = compiled.status("services.registry")
+@pytest.mark.parametrize("package", sorted(compiled.GROUPS))
+def test_each_core_is_compiled_where_a_compiler_is(package: str) -> None:
+    """`make install` builds them; where it cannot, the status says why (and the pure cores run)."""
+    modules = [importlib.import_module(f"{package}.{name}") for name in compiled.GROUPS[package]]
+    status = compiled.status(package)
     if os.environ.get(compiled.PURE_ENV):
         assert status == f"pure Python: {compiled.PURE_ENV} is set"
-        assert not compiled.is_compiled(services.registry.registry)
+        assert not any(compiled.is_compiled(m) for m in modules)
     elif compiled.missing_toolchain() is None:
         assert status == "compiled (mypyc)"
-        assert compiled.is_compiled(services.registry.registry)
+        assert all(compiled.is_compiled(m) for m in modules)
     else:
         assert status.startswith("pure Python: not built")
-        assert not compiled.is_compiled(services.registry.registry)
+        assert not any(compiled.is_compiled(m) for m in modules)
 
 
-@pytest.mark.timeout(300)
-def test_the_registry_tests_pass_on_the_pure_core_too() -> None:
-    """This run uses the compiled core where it is built: the same tests on the pure modules."""
+@pytest.mark.timeout(600)
+def test_the_cores_tests_pass_on_the_pure_modules_too() -> None:
+    """This run uses the compiled cores where they are built: their tests again on the pure ones."""
     if not compiled.is_compiled(services.registry.registry):
         return  # this run is the pure one
-    env = {**os.environ, compiled.PURE_ENV: "1"}
+    tests = [f"tests/{package.split('.')[-1]}" for package in sorted(compiled.GROUPS)]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-o",
-            "addopts=-q -p no:cacheprovider",
-            "tests/registry",
-            "tests/shared/test_compiled.py",
-        ],
+        [sys.executable, "-m", "pytest", "-o", "addopts=-q -p no:cacheprovider", *tests, __file__],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, compiled.PURE_ENV: "1"},
         capture_output=True,
         text=True,
     )
