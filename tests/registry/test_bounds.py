@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 
+from services.registry import zones
 from services.registry.price_index import STALE_SLACK
 from services.registry.registry import Registry
 from services.registry.zones import Rules, TimeframeRules
@@ -72,3 +73,10 @@ def test_zone_entries_heap_items_and_bars_are_not_tracked_by_the_cyclic_gc() -> 
     bars.add(T0, 1.0)
     bars.add(T0 + 6 * S, 1.1)
     assert bars.bars and not any(gc.is_tracked(b) for b in bars.bars)
+
+
+def test_the_id_timestamp_cache_stays_small_while_zones_are_made_every_second() -> None:
+    reg = Registry(rules(), T0)
+    churn(reg, CYCLES)  # 5 000 zones, each created in a second of its own
+    assert reg.stats.by_tf["S5"].created == CYCLES
+    assert 0 < len(zones._iso_cache) <= zones.ISO_CACHE_MAX
