@@ -32,6 +32,7 @@ from types import ModuleType
 
 PURE_ENV = "POOLWIRE_PURE"  # set (non-empty, not "0"): every group runs its pure modules
 STAMP_NAME = ".compiled.json"
+RUNTIME = "core__mypyc"  # the group's runtime library, built as <package>.core__mypyc
 ROOT = Path(__file__).resolve().parent.parent
 
 # package -> the modules compiled together: pure, synchronous, mypy-strict; no msgspec Struct with
@@ -58,6 +59,12 @@ def _extension(package: str, name: str) -> Path:
     return _package_dir(package) / f"{name}{suffix}"
 
 
+def _extensions(package: str) -> list[Path]:
+    """Every file a build of the group makes: a module's each, and the group's runtime library
+    (mypyc's ``<group>__mypyc``, inside the package so that it imports from anywhere)."""
+    return [_extension(package, name) for name in (*GROUPS[package], RUNTIME)]
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -71,7 +78,7 @@ def why_pure(package: str) -> str | None:
     """None if the group's extensions match its sources and this interpreter, else the reason."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return f"{PURE_ENV} is set"
-    extensions = [_extension(package, name) for name in GROUPS[package]]
+    extensions = _extensions(package)
     if not any(p.exists() for p in extensions):
         return "not built (make install builds it where a C compiler is present)"
     missing = [p.name for p in extensions if not p.exists()]
@@ -113,7 +120,7 @@ def guard(package: str) -> None:
         return
     _status[package] = f"pure Python: {reason}"
     sources = {f"{package}.{name}": path for name, path in _sources(package).items()}
-    if any(_extension(package, name).exists() for name in GROUPS[package]):
+    if any(p.exists() for p in _extensions(package)):
         sys.meta_path.insert(0, _SourceFirst(sources))
 
 
@@ -144,22 +151,9 @@ def missing_toolchain() -> str | None:
 
 
 def clean(package: str) -> None:
-    for name in GROUPS[package]:
-        _extension(package, name).unlink(missing_ok=True)
+    for path in _extensions(package):
+        path.unlink(missing_ok=True)
     (_package_dir(package) / STAMP_NAME).unlink(missing_ok=True)
-    runtime = _runtime_library(package)
-    if runtime is not None:
-        runtime.unlink(missing_ok=True)
-
-
-def _group_name(package: str) -> str:
-    return "poolwire_" + package.replace(".", "_")
-
-
-def _runtime_library(package: str) -> Path | None:
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    path = ROOT / f"{_group_name(package)}__mypyc{suffix}"
-    return path if path.exists() else None
 
 
 def build(package: str) -> None:
@@ -175,10 +169,10 @@ def build(package: str) -> None:
         extensions = mypycify(
             [str(p.relative_to(ROOT)) for p in sources.values()],
             opt_level="3",
-            group_name=_group_name(package),
+            group_name=f"{package}.{RUNTIME.removesuffix('__mypyc')}",
         )
         setup(
-            name=_group_name(package),
+            name=f"poolwire-{package}",
             ext_modules=extensions,
             script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/mypyc"],
         )

@@ -37,6 +37,18 @@ def test_each_core_is_compiled_where_a_compiler_is(package: str) -> None:
         assert not any(compiled.is_compiled(m) for m in modules)
 
 
+def test_a_compiled_core_imports_whatever_the_working_directory(tmp_path: Path) -> None:
+    """Its runtime library sits in its package: a service started elsewhere finds it too."""
+    code = (
+        "import services.registry.registry as r, services.ingest.router as i; from shared import compiled;"
+        "print(compiled.is_compiled(r), compiled.is_compiled(i))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    built = compiled.is_compiled(services.registry.registry)
+    assert run.stdout.split() == [str(built), str(built)]
+
+
 @pytest.mark.timeout(600)
 def test_the_cores_tests_pass_on_the_pure_modules_too() -> None:
     """This run uses the compiled cores where they are built: their tests again on the pure ones."""
@@ -81,7 +93,7 @@ def group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def fake_build(package: str) -> None:
     """What a build leaves: an extension per module (here not loadable) and the stamp."""
     base = compiled.ROOT / package
-    for name in compiled.GROUPS[package]:
+    for name in (*compiled.GROUPS[package], compiled.RUNTIME):
         (base / f"{name}{SUFFIX}").write_bytes(b"not an ELF file")
     sources = {n: compiled._digest(base / f"{n}.py") for n in compiled.GROUPS[package]}
     (base / compiled.STAMP_NAME).write_text(json.dumps({"build": compiled._build_id(), "sources": sources}))
