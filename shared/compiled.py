@@ -140,7 +140,9 @@ def is_compiled(module: ModuleType) -> bool:
 
 
 def missing_toolchain() -> str | None:
-    """None if a C compiler and the Python headers are present, else what is missing."""
+    """None if mypyc, a C compiler and the Python headers are present, else what is missing."""
+    if importlib.util.find_spec("mypyc") is None:
+        return "no mypyc (it comes with mypy: pip install -e '.[dev]')"
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(cc) is None:
         return f"no C compiler ({cc!r} is not on PATH)"
@@ -161,7 +163,7 @@ def build(package: str) -> None:
     from mypyc.build import mypycify
     from setuptools import setup
 
-    clean(package)
+    clean(package)  # unlinked, not overwritten: a running service keeps the library it has mapped
     sources = _sources(package)
     here = Path.cwd()
     os.chdir(ROOT)
