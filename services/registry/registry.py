@@ -5,14 +5,13 @@ Lifecycle: ACTIVE -(price enters)-> TOUCHED -(ttl | filled | evicted)-> EXPIRED 
 (``ZoneCreated``, ``ZoneTouched``, ``ZoneExpired`` with its reason, ``ZoneRemoved``), each carrying
 a copy of the zone as it was then and the event time of its cause (README, "Event time").
 
-Structures (zones.py has the touch and fill rules): ``id -> entry`` (O(1) get/update/delete);
-a book per (symbol, timeframe), kept while it has an active zone, so expiring an H1 zone never
-touches an H4 zone; :class:`~services.registry.due.DueTimers`, every TTL and grace period on event
-time (README); a price index per symbol (price_index.py). Capacity: at most ``max_per_tf`` active
-zones per timeframe (all symbols); one more evicts the weakest (lowest strength, then oldest
-created_ns), counted. Confluence: a ``ZoneCreated`` lists the ids of the active zones of *other*
-timeframes of the same symbol whose ``[bottom, top]`` overlaps the new zone's.
-"""
+Structures (zones.py: the touch and fill rules): ``id -> entry`` (O(1) get/update/delete); a
+book per (symbol, timeframe), kept while it has an active zone, so expiring an H1 zone never touches
+an H4 zone; :class:`~services.registry.due.DueTimers`, every TTL and grace period on event time; a
+price index per symbol (price_index.py). Capacity: at most ``max_per_tf`` active zones per timeframe
+(all symbols); one more evicts the weakest (lowest strength, then oldest created_ns), counted.
+Confluence: a ``ZoneCreated`` lists the active zones of *other* timeframes of the same symbol whose
+``[bottom, top]`` overlaps the new zone's. Compiled by mypyc where it can be (shared/compiled.py)."""
 
 from __future__ import annotations
 
@@ -318,7 +317,7 @@ class Registry:
             entry = self._entries.get(zone_id)
             return None if entry is None or entry.side == OUT else entry.zone
 
-        books = [book for tfs in self._books.values() if (book := tfs.get(timeframe)) is not None]
+        books = [b for tfs in self._books.values() if (b := tfs.get(timeframe)) is not None]
         zid = self._weakest.pop(timeframe, self.stats.by_tf[timeframe].active, active, books)
         if zid is not None:
             self._expire(self._entries[zid], "evicted", event_ns)
