@@ -39,7 +39,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -389,10 +388,7 @@ def compiled_speedup(rate: float, cpu: float) -> Figures:
 
     if not compiled.is_compiled(core):
         return {"ingest.compiled_speedup": {"value": None, "status": compiled.status("services.ingest")}}
-    code = "import json; from bench.ingest import router_rate; print(json.dumps(router_rate()))"
-    env = {**os.environ, compiled.PURE_ENV: "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    pure_rate, pure_cpu = json.loads(done.stdout.splitlines()[-1])
+    pure_rate, pure_cpu = compiled.pure_result("bench.ingest:router_rate")
     return {
         "ingest.compiled_speedup": {
             "value": rate / pure_rate,

@@ -8,11 +8,7 @@ one least disturbed by other work.
 from __future__ import annotations
 
 import gc
-import json
-import os
 import random
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -272,10 +268,7 @@ def compiled_speedup(here: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     if not compiled.is_compiled(core):
         return {"registry.compiled_speedup": {"value": None, "status": compiled.status("services.registry")}}
-    code = "import json; from bench.registry import core_figures; print(json.dumps(core_figures()))"
-    env = {**os.environ, compiled.PURE_ENV: "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    pure = json.loads(done.stdout.splitlines()[-1])
+    pure = compiled.pure_result("bench.registry:core_figures")
     crud = pure["crud_10k_ms"] / here["crud_10k_ms"]
     return {
         "registry.compiled_speedup": {

@@ -24,11 +24,13 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 PURE_ENV = "POOLWIRE_PURE"  # set (non-empty, not "0"): every group runs its pure modules
 STAMP_NAME = ".compiled.json"
@@ -36,7 +38,7 @@ RUNTIME = "core__mypyc"  # the group's runtime library, built as <package>.core_
 ROOT = Path(__file__).resolve().parent.parent
 
 # package -> the modules compiled together: pure, synchronous, mypy-strict; no msgspec Struct with
-# gc=False is defined in them (a class built by compiled code keeps the GC flag: see price_index).
+# gc=False is defined in them (a class built by compiled code keeps the GC flag: registry/entry.py).
 GROUPS: dict[str, tuple[str, ...]] = {
     "services.registry": ("books", "due", "price_index", "registry", "stats", "wheel", "zones"),
     "services.ingest": ("book", "handoff", "hashcheck", "parse", "router", "state"),
@@ -75,9 +77,15 @@ def _build_id() -> str:
 
 
 def why_pure(package: str) -> str | None:
-    """None if the group's extensions match its sources and this interpreter, else the reason."""
+    """None if the group's extensions are to be used, else the reason (``POOLWIRE_PURE``, or
+    :func:`build_problem`)."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return f"{PURE_ENV} is set"
+    return build_problem(package)
+
+
+def build_problem(package: str) -> str | None:
+    """None if the group's extensions match its sources and this interpreter, else what is wrong."""
     extensions = _extensions(package)
     if not any(p.exists() for p in extensions):
         return "not built (make install builds it where a C compiler is present)"
@@ -115,10 +123,9 @@ def guard(package: str) -> None:
     if package in _status:
         return
     reason = why_pure(package)
+    _status[package] = _describe(reason)
     if reason is None:
-        _status[package] = "compiled (mypyc)"
         return
-    _status[package] = f"pure Python: {reason}"
     sources = {f"{package}.{name}": path for name, path in _sources(package).items()}
     if any(p.exists() for p in _extensions(package)):
         sys.meta_path.insert(0, _SourceFirst(sources))
@@ -126,14 +133,25 @@ def guard(package: str) -> None:
 
 def status(package: str) -> str:
     """``compiled (mypyc)`` or ``pure Python: <why>``, as decided when the package was imported."""
-    if package in _status:
-        return _status[package]
-    reason = why_pure(package)
+    return _status.get(package) or _describe(why_pure(package))
+
+
+def _describe(reason: str | None) -> str:
     return "compiled (mypyc)" if reason is None else f"pure Python: {reason}"
 
 
 def is_compiled(module: ModuleType) -> bool:
     return (module.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def pure_result(target: str) -> Any:
+    """What ``module:function`` returns (JSON), called in a process that runs the pure modules:
+    the benchmarks' compiled/pure ratios."""
+    module, function = target.split(":")
+    code = f"import json; from {module} import {function}; print(json.dumps({function}()))"
+    env = {**os.environ, PURE_ENV: "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 # Build ------------------------------------------------------------------------------------------
@@ -159,7 +177,8 @@ def clean(package: str) -> None:
 
 
 def build(package: str) -> None:
-    """Compile the group in place with mypyc (the sources, and the runtime library at the root)."""
+    """Compile the group in place with mypyc: an extension beside each source, and the group's
+    runtime library in the package."""
     from mypyc.build import mypycify
     from setuptools import setup
 
@@ -195,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "clean":
             clean(package)
             print(f"{package}: extensions removed, pure Python from now on")
-        elif (reason := why_pure(package)) is None and not args.force:
+        elif (reason := build_problem(package)) is None and not args.force:
             print(f"{package}: compiled core up to date")
         elif (lacking := missing_toolchain()) is not None:
             clean(package)
