@@ -57,14 +57,20 @@ soak: install node-deps
 
 # The image of deploy/Dockerfile, built with podman when installed, else docker. `make image` starts
 # from BASE and installs from the package index, or from WHEELHOUSE (a directory of wheels in the
-# repository). `make image-local` needs neither an image registry nor the index in the build: a
-# Debian base made here by mmdebstrap (`make base-image`, kept once built) and the wheels of this
-# host's Python 3.11, the base's (`make wheelhouse`). podman reads deploy/podman/containers.conf.
+# repository); its build stage starts from BUILD_BASE (BASE by default), where the compiled core is
+# built if a C compiler is there or apt can install one. `make image-local` needs neither an image
+# registry nor the index in the build: Debian bases made here by mmdebstrap (`make base-image`, kept
+# once built: the runtime's, and the build stage's with gcc and the Python headers) and the wheels
+# of this host's Python 3.11, the base's (`make wheelhouse`). podman reads deploy/podman/containers.conf.
 ENGINE       ?= $(if $(shell command -v podman 2>/dev/null),podman,docker)
 IMAGE        ?= poolwire:latest
 BASE         ?= python:3.11-slim
+BUILD_BASE   ?= $(BASE)
 WHEELHOUSE   ?=
 LOCAL_BASE   ?= localhost/poolwire-base:bookworm-1
+LOCAL_BUILD_BASE ?= localhost/poolwire-build-base:bookworm-1
+BASE_PACKAGES    := python3,python3-venv,python3-pip,python-is-python3,passwd
+BUILD_PACKAGES   := $(BASE_PACKAGES),gcc,libc6-dev,python3-dev
 WHEEL_PYTHON ?=
 PODMAN_CONF  ?= $(CURDIR)/deploy/podman/containers.conf
 ENGINE_ENV   := $(if $(filter podman,$(notdir $(ENGINE))),CONTAINERS_CONF=$(PODMAN_CONF))
@@ -74,26 +80,31 @@ WHEEL_STAMP  := build/wheelhouse/.for-$(subst /,_,$(subst :,_,$(LOCAL_BASE)))
 
 image:
 	$(ENGINE_ENV) $(ENGINE) build -f deploy/Dockerfile --build-arg BASE=$(BASE) \
-	  --build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(IMAGE) .
+	  --build-arg BUILD_BASE=$(BUILD_BASE) --build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(IMAGE) .
 
 image-local: base-image wheelhouse
-	$(MAKE) image BASE=$(LOCAL_BASE) WHEELHOUSE=build/wheelhouse
+	$(MAKE) image BASE=$(LOCAL_BASE) BUILD_BASE=$(LOCAL_BUILD_BASE) WHEELHOUSE=build/wheelhouse
 
-# Bump LOCAL_BASE's tag when the package list changes. The tarball is written first: a failed
-# mmdebstrap must not leave a truncated base behind.
-base-image:
-	@$(ENGINE_ENV) $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 || { \
-	  echo "building $(LOCAL_BASE) with mmdebstrap" && mkdir -p build && \
-	  mmdebstrap --quiet --variant=minbase \
-	    --include=python3,python3-venv,python3-pip,python-is-python3,passwd \
+# $(call debian_base,IMAGE,PACKAGES): a minimal bookworm with PACKAGES, unless IMAGE exists. Bump an
+# image's tag when its package list changes. The tarball is written first: a failed mmdebstrap must
+# not leave a truncated base behind.
+define debian_base
+	@$(ENGINE_ENV) $(ENGINE) image inspect $(1) >/dev/null 2>&1 || { \
+	  echo "building $(1) with mmdebstrap" && mkdir -p build && \
+	  mmdebstrap --quiet --variant=minbase --include=$(2) \
 	    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	    --dpkgopt='path-exclude=/usr/share/locale/*' bookworm build/base.tar && \
 	  $(ENGINE_ENV) $(ENGINE) import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-	    --change 'ENV LANG=C.UTF-8' build/base.tar $(LOCAL_BASE); \
+	    --change 'ENV LANG=C.UTF-8' build/base.tar $(1); \
 	  status=$$?; rm -f build/base.tar; exit $$status; }
+endef
 
-# The project's runtime dependencies and build backend as wheels for LOCAL_BASE (the project itself is
-# built in the image). pip picks dependencies by the Python it runs on (markers such as
+base-image:
+	$(call debian_base,$(LOCAL_BASE),$(BASE_PACKAGES))
+	$(call debian_base,$(LOCAL_BUILD_BASE),$(BUILD_PACKAGES))
+
+# The project's runtime dependencies, build backend and the compiled core's build tools (the
+# `compile` extra) as wheels for LOCAL_BASE (the project itself is built in the image). pip picks dependencies by the Python it runs on (markers such as
 # python_full_version < "3.11.3"), so the wheels are made by a Python of exactly the base's version:
 # WHEEL_PYTHON, else the venv's, else python3 (on Debian bookworm, /usr/bin/python3 is the base's).
 $(WHEEL_STAMP): pyproject.toml | base-image
@@ -105,7 +116,8 @@ $(WHEEL_STAMP): pyproject.toml | base-image
 	[ -n "$$py" ] || { echo "wheelhouse: no Python $$want with pip here, the base's (set WHEEL_PYTHON)"; exit 1; }; \
 	set -x; rm -rf build/wheelhouse && mkdir -p build/wheelhouse && \
 	$$py -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
-	  print(*p["project"]["dependencies"], *p["build-system"]["requires"], sep="\n")' > build/wheelhouse.txt && \
+	  print(*p["project"]["dependencies"], *p["build-system"]["requires"], \
+	  *p["project"]["optional-dependencies"]["compile"], sep="\n")' > build/wheelhouse.txt && \
 	$$py -m pip wheel -q --wheel-dir build/wheelhouse -r build/wheelhouse.txt && touch $@
 
 wheelhouse: $(WHEEL_STAMP)

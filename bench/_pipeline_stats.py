@@ -34,6 +34,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu(pids: dict[str, int]) -> str:
+    """One line per thread: service, tid, name, utime and stime in seconds (for a profile's notes)."""
+    tick, lines = os.sysconf("SC_CLK_TCK"), []
+    for name, pid in pids.items():
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            lines.append(
+                f"{name} {task.name} {comm} {int(fields[11]) / tick:.2f} {int(fields[12]) / tick:.2f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class Seen:
     """What the probe symbols did at each stage: (price, publish_ns) per symbol, in order."""
@@ -51,6 +67,7 @@ class Window:
     updates: int
     gaps: float
     cpu_s: dict[str, float]  # CPU seconds (utime + stime, every thread) each process used in the window
+    bus_per_s: dict[str, float] = field(default_factory=dict)  # flushes_<service>, wakeups_<service>
     latencies_ms: list[float] = field(default_factory=list)
     hops_ms: dict[str, list[float]] = field(default_factory=dict)
     probes: int = 0
@@ -132,6 +149,10 @@ def report(main: Window, steps: list[Window], sub_gaps: int) -> None:
     out.append(
         "  hops at 10 k/s (p50 / p99 ms): "
         + ", ".join(f"{n} {pct(v, 0.5):.2f} / {pct(v, 0.99):.2f}" for n, v in main.hops_ms.items())
+    )
+    out.append(
+        "  bus at 10 k/s (per second): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in sorted(main.bus_per_s.items()))
     )
     out.append(f"  gaps seen by this process's subscribers: {sub_gaps}")
     print("\n".join(out), file=sys.stderr, flush=True)

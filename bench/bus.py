@@ -12,6 +12,10 @@
   poolwire alternating). ``p50_us``/``p99_us`` are over every message of all rounds;
   ``p99_us_median_round`` is the median of the rounds' own p99s (the host preempts this VM's vCPUs,
   and one round's p99 swings tenfold: a preempted round moves the first, not the second).
+- CPU per paced message (``sub_cpu_us_paced``): the receiving process's CPU time (every thread) per
+  message over the latency rounds, where each message arrives alone and wakes the receiver: the
+  cost of a wakeup, which dominates a service's CPU at a few thousand messages a second. Raw: a
+  blocking ``recv_multipart`` on a plain socket, nothing decoded.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,9 +194,14 @@ def run() -> dict[str, dict[str, Any]]:
     # This machine is a VM whose vCPUs the host preempts: one 2 s sample's p99 swings 10x. Rounds
     # of raw and poolwire alternate; the percentiles are over all rounds, the median round's beside.
     raw_rounds, pw_rounds, pw_rounds_v2 = [], [], []
+    paced_cpu: dict[str, list[float]] = {"raw": [], "pw": []}  # us per message, each round
     for _ in range(LATENCY_ROUNDS):
-        raw_rounds.append(raw_run("raw-single-latency", LATENCY_N, latency=True)["latency_us"])
-        pw_rounds.append(poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)["latency_us"])
+        raw = raw_run("raw-single-latency", LATENCY_N, latency=True)
+        raw_rounds.append(raw["latency_us"])
+        pw = poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True)
+        pw_rounds.append(pw["latency_us"])
+        for key, r in (("raw", raw), ("pw", pw)):
+            paced_cpu[key].append(1e6 * float(r["cpu_s"]) / float(r["received"]))
         pw_rounds_v2.append(
             poolwire_run("pw-latency", LATENCY_N, batching=True, latency=True, wire_version=2)["latency_us"]
         )
@@ -230,6 +240,13 @@ def run() -> dict[str, dict[str, Any]]:
         "bus.p50_us_v2": (all_rounds(pw_rounds_v2, 0.50), "us", None),
         "bus.p99_us_v2": (all_rounds(pw_rounds_v2, 0.99), "us", "<= 1000"),
         "bus.p99_us_v2_median_round": (median_round(pw_rounds_v2, 0.99), "us", None),
+        "bus.raw_sub_cpu_us_paced": (statistics.median(paced_cpu["raw"]), "us CPU/msg", None),
+        "bus.sub_cpu_us_paced": (statistics.median(paced_cpu["pw"]), "us CPU/msg", None),
+        "bus.sub_cpu_ratio_paced": (
+            statistics.median(paced_cpu["raw"]) / statistics.median(paced_cpu["pw"]),
+            "ratio",
+            None,
+        ),
     }
     return {k: {"value": v, "unit": u, "goal": g} for k, (v, u, g) in figures.items()}
 

@@ -31,6 +31,9 @@ updates/s offered (the 30 k step's achieved rate beside it: the niced simulator 
 ``*_pinned``: then the 10 k/s window again (6 s), every thread of each process pinned by ``taskset``
 (the simulator and ingest on core 0; registry, alerts and this collector on core 1): what cores of
 their own give.
+
+``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (native frames included)
+over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into ``dir/threads-*.txt``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import aiohttp
 import uvloop
 import yaml
 
-from bench._pipeline_stats import Seen, Window, analyse, cpu_s, figures, pinned_figures, report
+from bench._pipeline_stats import Seen, Window, analyse, cpu_s, figures, pinned_figures, report, threads_cpu
 from shared.bus import Pusher, Subscriber
 from shared.messages import AlertFired, DetectorEvent, Price, ZoneCreated, ZoneTouched
 from tests.ports import free_port
@@ -182,14 +185,32 @@ class Pipeline:
         async with http.get(f"{self.http}/bench/state") as r:
             return await r.json()  # type: ignore[no-any-return]
 
-    async def gaps(self, http: aiohttp.ClientSession) -> float:
-        total = 0.0
-        for name in ("registry", "alerts"):
+    async def counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        """Gaps seen by registry and alerts; each service's bus flushes and wakeups (sums)."""
+        out = {"gaps": 0.0}
+        for name in SERVICES:
             async with http.get(f"http://127.0.0.1:{self.metrics[name]}/metrics") as r:
                 for line in (await r.text()).splitlines():
-                    if line.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total")):
-                        total += float(line.rsplit(" ", 1)[1])
-        return total
+                    key, _, value = line.rpartition(" ")
+                    if key.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total")):
+                        out["gaps"] += float(value) if name != "ingest" else 0.0
+                    for counter in ("flushes", "wakeups"):
+                        if key.startswith(f"poolwire_bus_{counter}_total"):
+                            out[f"{counter}_{name}"] = out.get(f"{counter}_{name}", 0.0) + float(value)
+        return out
+
+    def profile(self, out: str | None, seconds: float) -> list[subprocess.Popen[bytes]]:
+        if not out:
+            return []
+        Path(out).mkdir(parents=True, exist_ok=True)
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        (Path(out) / "threads-start.txt").write_text(threads_cpu({n: self.procs[n].pid for n in SERVICES}))
+        return [
+            subprocess.Popen([spy, "record", "--threads", "-r", "1000", "-f", "raw",
+                              "-d", str(int(seconds)), "-o", f"{out}/{name}.txt", "--pid", str(self.procs[name].pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name in SERVICES
+        ]  # fmt: skip
 
     def cpu(self) -> dict[str, float]:
         return {name: cpu_s(p.pid) for name, p in self.procs.items()}
@@ -217,11 +238,12 @@ class Pipeline:
         await asyncio.gather(one(px), one(zones))
 
     async def window(self, http: aiohttp.ClientSession, rate: int, seconds: float) -> Window:
-        s0, g0, c0, t0 = await self.state(http), await self.gaps(http), self.cpu(), time.time_ns()
+        s0, k0, c0, t0 = await self.state(http), await self.counters(http), self.cpu(), time.time_ns()
         await asyncio.sleep(seconds)
-        s1, g1, c1, t1 = await self.state(http), await self.gaps(http), self.cpu(), time.time_ns()
+        s1, k1, c1, t1 = await self.state(http), await self.counters(http), self.cpu(), time.time_ns()
         used = {name: c1[name] - c0[name] for name in c0}
-        return Window(rate, t0, t1, s1["updates"] - s0["updates"], g1 - g0, used)
+        per_s = {k: (k1[k] - k0.get(k, 0.0)) / ((t1 - t0) / 1e9) for k in k1 if k != "gaps"}
+        return Window(rate, t0, t1, s1["updates"] - s0["updates"], k1["gaps"] - k0["gaps"], used, per_s)
 
 
 async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
@@ -275,7 +297,13 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
 
             await p.sim(http, RATE, PROBES_PER_S)
             await asyncio.sleep(WARMUP_S)
+            spies = p.profile(os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S)
             main = await p.window(http, RATE, WINDOW_S)
+            for spy in spies:
+                spy.wait(timeout=30)
+            if spies:
+                pids = {n: p.procs[n].pid for n in SERVICES}
+                Path(os.environ["BENCH_PIPELINE_PYSPY"], "threads-end.txt").write_text(threads_cpu(pids))
             steps: list[Window] = []
             for rate in (LOW_RATE, *RAMP):
                 await p.sim(http, rate, PROBES_PER_S)

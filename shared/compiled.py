@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -176,29 +177,52 @@ def clean(package: str) -> None:
     (_package_dir(package) / STAMP_NAME).unlink(missing_ok=True)
 
 
+def _installed() -> bool:
+    """Whether the packages run from an installed copy (site-packages: the container image), not
+    from this repository's checkout."""
+    return not (ROOT / "pyproject.toml").exists()
+
+
 def build(package: str) -> None:
-    """Compile the group in place with mypyc: an extension beside each source, and the group's
-    runtime library in the package."""
+    """Compile the group with mypyc: an extension beside each source, and the group's runtime
+    library in the package.
+
+    In the checkout the build runs in place (mypy reads the project's settings). An installed copy
+    is built in a temporary copy of its packages (mypy must not take site-packages for a source
+    tree: it would check every library there as the project's own), then the extensions move in.
+    """
     from mypyc.build import mypycify
     from setuptools import setup
 
     clean(package)  # unlinked, not overwritten: a running service keeps the library it has mapped
     sources = _sources(package)
     here = Path.cwd()
-    os.chdir(ROOT)
-    try:
-        extensions = mypycify(
-            [str(p.relative_to(ROOT)) for p in sources.values()],
-            opt_level="3",
-            group_name=f"{package}.{RUNTIME.removesuffix('__mypyc')}",
-        )
-        setup(
-            name=f"poolwire-{package}",
-            ext_modules=extensions,
-            script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/mypyc"],
-        )
-    finally:
-        os.chdir(here)
+    with tempfile.TemporaryDirectory(prefix="poolwire-mypyc-") as tmp:
+        tree = ROOT
+        if _installed():
+            tree = Path(tmp) / "tree"
+            for top in ("shared", "services"):
+                shutil.copytree(ROOT / top, tree / top, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+            (tree / "mypy.ini").write_text(
+                "[mypy]\nignore_missing_imports = True\n"
+            )  # as pyproject.toml says
+        os.chdir(tree)
+        try:
+            extensions = mypycify(
+                [str(p.relative_to(ROOT)) for p in sources.values()],
+                opt_level="3",
+                group_name=f"{package}.{RUNTIME.removesuffix('__mypyc')}",
+            )
+            setup(
+                name=f"poolwire-{package}",
+                ext_modules=extensions,
+                script_args=["-q", "build_ext", "--inplace", "--build-temp", str(Path(tmp) / "build")],
+            )
+        finally:
+            os.chdir(here)
+        if tree != ROOT:
+            for built in _extensions(package):
+                shutil.move(tree / built.relative_to(ROOT), built)
     stamp = {"build": _build_id(), "sources": {n: _digest(p) for n, p in sources.items()}}
     (_package_dir(package) / STAMP_NAME).write_text(json.dumps(stamp, indent=1) + "\n")
 

@@ -21,6 +21,8 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "sent": ("messages_sent_total", "Messages sent"),
     "received": ("messages_received_total", "Messages received"),
     "frames": ("frames_total", "Payload frames (a batch is one frame)"),
+    "flushes": ("flushes_total", "Sends of what was queued (each wakes a subscriber at most once)"),
+    "wakeups": ("wakeups_total", "Waits for the socket that ended with a message"),
     "bytes": ("payload_bytes_total", "Payload bytes sent"),
     "heartbeats": ("heartbeats_sent_total", "Heartbeats sent"),
     "gaps": ("gaps_total", "Sequence gaps seen (messages lost upstream or at the HWM)"),

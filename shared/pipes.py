@@ -16,10 +16,10 @@ from shared.ratelog import RateLimitedLog
 from shared.sockets import (
     DEFAULT_MAX_MESSAGE_SIZE,
     NOBLOCK,
+    ReadWaiter,
     context,
     default_publisher_id,
     sync_view,
-    wait_readable,
 )
 from shared.wire import decode_payload
 
@@ -115,12 +115,12 @@ class Puller(security.BindLater):
         else:
             security.connect(self._asock, endpoint)
         self._sock = sync_view(self._asock)
+        self._ready = ReadWaiter(self._sock)
 
     async def recv_batch(self, timeout: float | None = None) -> list[Message]:
         """Wait for messages and drain them; empty list after ``timeout`` seconds of nothing."""
         await asyncio.sleep(0)  # one loop turn per call, as Subscriber.recv_frames: no starving
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout is None else self._ready.loop.time() + timeout
         while True:
             out: list[Message] = []
             for _ in range(self.max_drain):
@@ -136,8 +136,8 @@ class Puller(security.BindLater):
             if out:
                 self.stats.received += len(out)
                 return out
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            if not await wait_readable(self._sock, remaining) and deadline is not None:
+            remaining = None if deadline is None else max(0.0, deadline - self._ready.loop.time())
+            if not await self._ready.wait(remaining) and deadline is not None:
                 return []
 
     def __enter__(self) -> Puller:
@@ -152,4 +152,5 @@ class Puller(security.BindLater):
                 yield msg
 
     def close(self) -> None:
+        self._ready.close()
         self._asock.close()

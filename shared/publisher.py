@@ -40,6 +40,7 @@ DRAIN_PAUSE_MAX_S = 0.02
 class PublisherStats:
     sent: int = 0  # messages
     frames: int = 0  # payload frames (a batch is one frame)
+    flushes: int = 0  # sends of what was queued: each wakes the subscribers' I/O threads once at most
     bytes: int = 0
     heartbeats: int = 0
     topics: int = 0  # topics numbered so far: one entry each in the per-topic sequences
@@ -85,6 +86,8 @@ class Publisher(security.BindLater):
         self._last_topic = ""
         self._pending = 0
         self._flush_scheduled = False
+        # Looked up once: asyncio.get_running_loop makes a getpid system call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health_topic = health_topic(service)
         # XPUB: a PUB that also reports subscriptions, so a sender can wait for its first reader.
@@ -135,7 +138,10 @@ class Publisher(security.BindLater):
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
 
     def publish_many(self, topic: str, msgs: Sequence[Message]) -> None:
         """Queue several messages of one topic at once (a burst the caller already has)."""
@@ -160,6 +166,7 @@ class Publisher(security.BindLater):
         self._runs = []
         self._last_run = None
         self._pending = 0
+        self.stats.flushes += 1
         now = self.clock.time_ns()
         publisher = self.publisher_id
         seq = self.seq

@@ -21,7 +21,7 @@ from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, SERVICES, health_topic
 from shared.messages import Heartbeat, Message
 from shared.ratelog import RateLimitedLog
-from shared.sockets import DEFAULT_HWM, NOBLOCK, context, sync_view, wait_readable
+from shared.sockets import DEFAULT_HWM, NOBLOCK, ReadWaiter, context, sync_view
 from shared.wire import decode_payload
 
 # pyzmq's recv_multipart asks ZMQ_RCVMORE through Socket.get (an enum conversion, ~1 us a call,
@@ -37,6 +37,7 @@ skip_log = RateLimitedLog(log)
 class SubscriberStats:
     received: int = 0  # messages delivered (heartbeats included)
     frames: int = 0
+    wakeups: int = 0  # waits for the socket that ended with a message (each a loop wakeup)
     gaps: int = 0  # gap events
     missed: int = 0  # messages known lost (sum of gap sizes)
     decode_errors: int = 0
@@ -117,6 +118,7 @@ class Subscriber:
         for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
             security.connect(self._asock, endpoint)
         self._sock = sync_view(self._asock)
+        self._ready = ReadWaiter(self._sock)
 
     def _wants(self, topic: str) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -135,14 +137,15 @@ class Subscriber:
             out = list(self._backlog)
             self._backlog.clear()
             return out
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout is None else self._ready.loop.time() + timeout
         while True:
             out = self._drain()
             if out:
                 return out
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            if not await wait_readable(self._sock, remaining) and deadline is not None:
+            remaining = None if deadline is None else max(0.0, deadline - self._ready.loop.time())
+            if await self._ready.wait(remaining):
+                self.stats.wakeups += 1
+            elif deadline is not None:
                 return []
 
     async def recv_batch(self, timeout: float | None = None) -> list[tuple[str, Message]]:
@@ -329,7 +332,7 @@ class Subscriber:
                 )
             self._backlog.extend(self._drain())
             if found() is None:
-                await wait_readable(self._sock, remaining)
+                await self._ready.wait(remaining)
         return info
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, Message]]:
@@ -341,6 +344,7 @@ class Subscriber:
     def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self._ready.close()
         self._asock.close()
 
     def __enter__(self) -> Subscriber:

@@ -259,6 +259,13 @@ async def test_compose_services_run_as_containers() -> None:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (.ci/run installs it)")
     t_build = build_image()
+    # the build stage compiled the core (its base has gcc): the services run it, not the pure modules
+    core = podman("run", "--rm", "--network", "none", IMAGE, "python", "-m", "shared.compiled", "status")
+    assert core.stdout.splitlines() == [
+        "services.registry: compiled (mypyc)",
+        "services.ingest: compiled (mypyc)",
+    ], core.stdout
+    assert podman("run", "--rm", IMAGE, "python", "-c", "import mypy", check=False).returncode != 0
     services, simulators = compose_specs(), simulator_specs()
     assert {s.service for s in services} == {
         "ingest-0",

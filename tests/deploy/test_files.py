@@ -233,7 +233,8 @@ def test_dockerfile_copies_what_exists_and_installs_the_package() -> None:
     for s in sources:
         assert (ROOT / s).exists(), s
     text = (DEPLOY / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir ." in text and "-e ." not in text
+    assert 'pip install --no-cache-dir ".[compile]"' in text and "-e ." not in text
+    assert "python -m shared.compiled build" in text  # the compiled core, in the build stage
     assert "POOLWIRE_CONFIG=/etc/poolwire/poolwire.yaml" in text and "POOLWIRE_COMMON__DATA_DIR=/data" in text
 
 

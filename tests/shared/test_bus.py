@@ -72,12 +72,27 @@ async def test_burst_is_batched_and_idle_message_goes_alone() -> None:
                 pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
             assert pub.stats.frames == 0  # queued until the loop turns
             got = await collect(sub, 100)
-            assert pub.stats.frames == 1
+            assert (pub.stats.frames, pub.stats.flushes) == (1, 1)
             pub.publish("px.pm.a", Price(symbol="pm.a", price=-1))
             got += await collect(sub, 1)
-            assert pub.stats.frames == 2
+            assert (pub.stats.frames, pub.stats.flushes) == (2, 2)
     assert [m.price for _, m in got] == [*range(100), -1]  # type: ignore[attr-defined]
     assert [m.topic_seq for _, m in got] == list(range(1, 102))
+
+
+async def test_a_subscriber_counts_the_waits_a_message_ended() -> None:
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, ["px."], health_services=()) as sub:
+            await pub.wait_for_subscriber("px.", timeout=5)
+            for i in range(3):
+                receiving = asyncio.create_task(sub.recv_batch(timeout=10))
+                for _ in range(3):  # its loop turn, its drain of nothing: it waits
+                    await asyncio.sleep(0)
+                assert not receiving.done()
+                pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
+                assert [m.price for _, m in await receiving] == [i]  # type: ignore[attr-defined]
+                assert sub.stats.wakeups == i + 1
 
 
 async def test_interleaved_topics_keep_seq_order_on_the_wire() -> None:
