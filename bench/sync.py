@@ -98,8 +98,7 @@ def _mixed_buffer(n_events: int, seed: int) -> tuple[EventBuffer, int]:
     return _buffer(blocks), len(blocks)
 
 
-def core_figures() -> dict[str, float]:
-    """The in-process figures the compiled core changes, in this process (compiled or not)."""
+def run() -> dict[str, dict[str, Any]]:
     rng = random.Random(7)
     pools, v2 = _v2_blocks(1000, 200_000, rng)
     v2_rate = max(_apply_rate(pools, v2) for _ in range(3))
@@ -118,6 +117,13 @@ def core_figures() -> dict[str, float]:
             proc.apply_block(number, bhash, parent, events)
         best_replay = min(best_replay, time.perf_counter() - t0)
 
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    buf, _ = _mixed_buffer(60_000, 12)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_event = used / len(buf)
+
     # exactness costs: a quote across ticks
     proc = EventProcessor()
     for pool in fresh_pools():
@@ -131,45 +137,6 @@ def core_figures() -> dict[str, float]:
         v3pool.quote(10**21, zero_for_one=True)
     quote_us = (time.perf_counter() - t0) / n_quotes * 1e6
     assert amm.get_tick_at_sqrt_ratio(amm.get_sqrt_ratio_at_tick(1)) == 1
-    return {
-        "v2_events_per_s": v2_rate,
-        "v3_events_per_s": v3_rate,
-        "replay_60k_s": best_replay,
-        "quote_us": quote_us,
-    }
-
-
-def compiled_speedup(here: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """The same figures on the pure modules (a process with POOLWIRE_PURE set), as ratios."""
-    import services.sync.journal as core
-    from shared import compiled
-
-    if not compiled.is_compiled(core):
-        return {"sync.compiled_speedup": {"value": None, "status": compiled.status("services.sync")}}
-    pure = compiled.pure_result("bench.sync:core_figures")
-    return {
-        "sync.compiled_speedup": {
-            "value": here["v3_events_per_s"] / pure["v3_events_per_s"],
-            "unit": "x",
-            "what": "v3_events_per_s compiled / pure (shared/compiled.py)",
-            "pure": pure,
-            "compiled": here,
-            "v2_events_per_s_x": here["v2_events_per_s"] / pure["v2_events_per_s"],
-            "replay_60k_x": pure["replay_60k_s"] / here["replay_60k_s"],
-            "quote_x": pure["quote_us"] / here["quote_us"],
-        }
-    }
-
-
-def run() -> dict[str, dict[str, Any]]:
-    core = core_figures()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    buf, _ = _mixed_buffer(60_000, 12)
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    per_event = used / len(buf)
-
     chain_figures: dict[str, dict[str, Any]] = {}
     try:
         from bench import _sync_chain
@@ -179,10 +146,9 @@ def run() -> dict[str, dict[str, Any]]:
         print(f"sync: no local node for the JSON-RPC figures ({exc}); run npm install", flush=True)
     return {
         **chain_figures,
-        "sync.v2_events_per_s": {"value": core["v2_events_per_s"], "unit": "events/s", "goal": ">= 300000"},
-        "sync.v3_events_per_s": {"value": core["v3_events_per_s"], "unit": "events/s", "goal": ">= 100000"},
-        "sync.replay_60k_s": {"value": core["replay_60k_s"], "unit": "s", "goal": "<= 0.3"},
+        "sync.v2_events_per_s": {"value": v2_rate, "unit": "events/s", "goal": ">= 300000"},
+        "sync.v3_events_per_s": {"value": v3_rate, "unit": "events/s", "goal": ">= 100000"},
+        "sync.replay_60k_s": {"value": best_replay, "unit": "s", "goal": "<= 0.3"},
         "sync.bytes_per_buffered_event": {"value": per_event, "unit": "B", "goal": "<= 200"},
-        "sync.quote_us": {"value": core["quote_us"], "unit": "us", "goal": ""},
-        **compiled_speedup(core),
+        "sync.quote_us": {"value": quote_us, "unit": "us", "goal": ""},
     }

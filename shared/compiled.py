@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS: dict[str, tuple[str, ...]] = {
     "services.registry": ("books", "due", "price_index", "registry", "stats", "wheel", "zones"),
     "services.ingest": ("book", "handoff", "hashcheck", "parse", "router", "state"),
-    "services.sync": ("amm", "apply", "journal", "pool", "pools"),
 }
 
 _status: dict[str, str] = {}

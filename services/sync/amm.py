@@ -8,8 +8,6 @@ checked explicitly.
 
 from __future__ import annotations
 
-from services.sync.errors import MathError as MathError
-
 MIN_TICK = -887272
 MAX_TICK = 887272
 MIN_SQRT_RATIO = 4295128739
@@ -22,6 +20,10 @@ U256_MAX = (1 << 256) - 1
 I128_MIN = -(1 << 127)
 I128_MAX = (1 << 127) - 1
 U112_MAX = (1 << 112) - 1
+
+
+class MathError(ArithmeticError):
+    """The contract would revert here (overflow, out-of-range tick or price)."""
 
 
 # TickMath.getSqrtRatioAtTick: ratio multipliers for each bit of |tick|, Q128.128.

@@ -32,8 +32,7 @@ class EventApplier(PoolBook):
 
     def undo(self, undo: list[tuple[Any, ...]], changed: set[Pool]) -> None:
         """Restore the state before ``undo`` was recorded (newest change first)."""
-        for i in range(len(undo) - 1, -1, -1):  # not reversed(): mypyc fails on it over tuple[Any, ...]
-            item = undo[i]
+        for item in reversed(undo):
             tag = item[0]
             pool: Pool = item[1]
             if tag == RESERVES:

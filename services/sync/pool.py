@@ -83,18 +83,6 @@ class Pool:
         self.bitmap: dict[int, int] = {}
         self.max_liquidity_per_tick = amm.max_liquidity_per_tick(tick_spacing) if tick_spacing > 0 else 0
 
-    def copy(self) -> Pool:
-        """An independent copy of the state (the ticks are immutable tuples: their tables are
-        copied, not them). ``copy.deepcopy`` cannot copy a compiled Pool (shared/compiled.py)."""
-        twin = Pool(self.key, self.protocol, snapshot_block=self.snapshot_block, fee=self.fee,
-                    tick_spacing=self.tick_spacing, token0=self.token0, token1=self.token1)  # fmt: skip
-        twin.stale = self.stale
-        twin.reserve0, twin.reserve1 = self.reserve0, self.reserve1
-        twin.sqrt_price_x96, twin.tick, twin.liquidity = self.sqrt_price_x96, self.tick, self.liquidity
-        twin.ticks = dict(self.ticks)
-        twin.bitmap = dict(self.bitmap)
-        return twin
-
     def set_ticks(self, ticks: Iterable[tuple[int, int, int]]) -> None:
         """Load scraped ticks (tick, gross, net); the bitmap is derived from them."""
         self.ticks = {}

@@ -23,7 +23,6 @@ from services.sync.rpc import RpcError, RpcUnavailable, hex_int
 from services.sync.scraper import pool_key
 from services.sync.source import Resync
 from services.sync.whitelist import WhitelistGate
-from shared import compiled
 from shared.backoff import Backoff
 from shared.bus import Publisher, Puller
 from shared.lifecycle import run_loops
@@ -276,7 +275,6 @@ class SyncService:
             await owner.bound(self.clock)
         self.pub.start()
         self.snap.start()
-        log.info("core: %s", compiled.status("services.sync"))
         try:
             # a stop cuts the start-up short as well as the loops; a failure in either is raised
             await run_loops(self.ctx.stopping, {"sync": self.start_then_follow()})
