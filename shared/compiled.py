@@ -45,6 +45,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "services.ingest": ("book", "handoff", "hashcheck", "parse", "router", "state"),
 }
 
+TREES = ("shared", "services")  # the project's packages, where an extension can only be a group's
+
 _status: dict[str, str] = {}
 
 
@@ -171,6 +173,19 @@ def missing_toolchain() -> str | None:
     return None
 
 
+def orphans() -> list[Path]:
+    """Extensions under the project's packages that no group builds: what a group no longer in
+    :data:`GROUPS` left. Nothing guards them, and Python imports an extension before a ``.py``."""
+    built = {p for package in GROUPS for p in _extensions(package)}
+    found = {
+        p
+        for top in TREES
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        for p in (ROOT / top).rglob(f"*{suffix}")
+    }
+    return sorted(found - built)
+
+
 def clean(package: str) -> None:
     for path in _extensions(package):
         path.unlink(missing_ok=True)
@@ -232,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["build", "status", "clean"])
     parser.add_argument("--force", action="store_true", help="build even the groups that are up to date")
     args = parser.parse_args(argv)
+    if args.command in ("build", "clean"):
+        for path in orphans():
+            path.unlink()
+            print(
+                f"removed {path.relative_to(ROOT)}: no compiled group builds it (it would load before its .py)"
+            )
     for package in GROUPS:
         if args.command == "status":
             print(f"{package}: {status(package)}")

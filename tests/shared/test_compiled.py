@@ -172,6 +172,23 @@ def test_build_without_a_compiler_says_so_and_removes_an_old_build(
     assert compiled.why_pure(group) == "not built (make install builds it where a C compiler is present)"
 
 
+@pytest.mark.parametrize("command", ["build", "clean"])
+def test_an_extension_no_group_builds_is_removed(
+    group: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A group taken out of GROUPS leaves extensions that nothing guards: Python would import
+    them before the sources they were built from."""
+    fake_build(group)
+    gone = compiled.ROOT / "services" / "oldgroup"
+    gone.mkdir(parents=True)
+    (gone / "amm.py").write_text("WHERE = 'source'\n")
+    (gone / f"amm{SUFFIX}").write_bytes(b"an old build")
+    assert compiled.main([command]) == 0
+    assert not (gone / f"amm{SUFFIX}").exists() and (gone / "amm.py").exists()
+    assert f"removed services/oldgroup/amm{SUFFIX}: no compiled group builds it" in capsys.readouterr().out
+    assert (compiled.ROOT / group / f"core{SUFFIX}").exists() == (command == "build")
+
+
 def test_build_leaves_an_up_to_date_group_alone(group: str, capsys: pytest.CaptureFixture[str]) -> None:
     fake_build(group)
     assert compiled.main(["build"]) == 0
