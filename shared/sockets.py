@@ -53,6 +53,7 @@ class ReadWaiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._waiter: asyncio.Future[bool] | None = None
+        self.suspended = False  # whether the last wait gave the loop a turn (it was not readable at once)
 
     def readable(self) -> bool:
         return bool(self._sock.getsockopt(zmq.EVENTS) & POLLIN)  # type: ignore[operator]
@@ -77,10 +78,12 @@ class ReadWaiter:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True once the socket has a message; False if ``timeout`` seconds pass first."""
+        self.suspended = False
         if self.readable():
             return True
         if timeout is not None and timeout <= 0:
             return False
+        self.suspended = True
         loop = self.loop
         waiter = self._waiter = loop.create_future()
         timer = None if timeout is None else loop.call_later(timeout, self._wake, False)

@@ -119,6 +119,7 @@ class Subscriber:
             security.connect(self._asock, endpoint)
         self._sock = sync_view(self._asock)
         self._ready = ReadWaiter(self._sock)
+        self._turned = False  # the last receive waited for the socket: the loop turned in it
 
     def _wants(self, topic: str) -> bool:
         return any(topic.startswith(p) for p in self.prefixes)
@@ -130,9 +131,12 @@ class Subscriber:
         way to consume), or an empty list if ``timeout`` seconds pass with nothing to deliver.
         """
         self._ensure_watchdog()
-        # One loop turn per call, even with input queued: a reader in a burst must not starve the
-        # process's other tasks (heartbeats, timers; registry once went 15 s without a heartbeat).
-        await asyncio.sleep(0)
+        # A loop turn before a read unless the last one waited (the loop turned in it), even with
+        # input queued: a reader in a burst must not starve the process's other tasks (heartbeats,
+        # timers; registry once went 15 s without a heartbeat). A turn costs a poll of the loop's FDs.
+        if not self._turned:
+            await asyncio.sleep(0)
+        self._turned = False
         if self._backlog:
             out = list(self._backlog)
             self._backlog.clear()
@@ -145,6 +149,7 @@ class Subscriber:
             remaining = None if deadline is None else max(0.0, deadline - self._ready.loop.time())
             if await self._ready.wait(remaining):
                 self.stats.wakeups += 1
+                self._turned = self._ready.suspended
             elif deadline is not None:
                 return []
 
