@@ -186,7 +186,8 @@ class Pipeline:
             return await r.json()  # type: ignore[no-any-return]
 
     async def counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
-        """Gaps seen by registry and alerts; each service's bus flushes and wakeups (sums)."""
+        """Gaps seen by registry and alerts; each service's bus flushes, wakeups and messages
+        received (sums over its sockets)."""
         out = {"gaps": 0.0}
         for name in SERVICES:
             async with http.get(f"http://127.0.0.1:{self.metrics[name]}/metrics") as r:
@@ -194,7 +195,7 @@ class Pipeline:
                     key, _, value = line.rpartition(" ")
                     if key.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total")):
                         out["gaps"] += float(value) if name != "ingest" else 0.0
-                    for counter in ("flushes", "wakeups"):
+                    for counter in ("flushes", "wakeups", "messages_received"):
                         if key.startswith(f"poolwire_bus_{counter}_total"):
                             out[f"{counter}_{name}"] = out.get(f"{counter}_{name}", 0.0) + float(value)
         return out
