@@ -104,9 +104,10 @@ base-image:
 	$(call debian_base,$(LOCAL_BUILD_BASE),$(BUILD_PACKAGES))
 
 # The project's runtime dependencies, build backend and the compiled core's build tools (the
-# `compile` extra) as wheels for LOCAL_BASE (the project itself is built in the image). pip picks dependencies by the Python it runs on (markers such as
-# python_full_version < "3.11.3"), so the wheels are made by a Python of exactly the base's version:
-# WHEEL_PYTHON, else the venv's, else python3 (on Debian bookworm, /usr/bin/python3 is the base's).
+# `compile` extra) as wheels for LOCAL_BASE (the project itself is built in the image). pip picks
+# dependencies by the Python it runs on (markers such as python_full_version < "3.11.3"), so the
+# wheels are made by a Python of exactly the base's version: WHEEL_PYTHON, else the venv's, else
+# python3 (on Debian bookworm, /usr/bin/python3 is the base's).
 $(WHEEL_STAMP): pyproject.toml | base-image
 	@version='import platform; print(platform.python_version())'; \
 	want=$$($(ENGINE_ENV) $(ENGINE) run --rm --network none $(LOCAL_BASE) python3 -c "$$version") || exit 1; \

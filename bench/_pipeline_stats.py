@@ -67,9 +67,8 @@ class Window:
     updates: int
     gaps: float
     cpu_s: dict[str, float]  # CPU seconds (utime + stime, every thread) each process used in the window
-    bus_per_s: dict[str, float] = field(
-        default_factory=dict
-    )  # flushes_, wakeups_, messages_received_<service>
+    # flushes_<service>, wakeups_<service>, messages_received_<service>: per second
+    bus_per_s: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     hops_ms: dict[str, list[float]] = field(default_factory=dict)
     probes: int = 0

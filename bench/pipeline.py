@@ -33,12 +33,14 @@ updates/s offered (the 30 k step's achieved rate beside it: the niced simulator 
 their own give.
 
 ``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (native frames included)
-over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into ``dir/threads-*.txt``.
+over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into
+``dir/threads-*.txt``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,25 +196,35 @@ class Pipeline:
             async with http.get(f"http://127.0.0.1:{self.metrics[name]}/metrics") as r:
                 for line in (await r.text()).splitlines():
                     key, _, value = line.rpartition(" ")
-                    if key.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total")):
-                        out["gaps"] += float(value) if name != "ingest" else 0.0
+                    gaps = key.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total"))
+                    if gaps and name != "ingest":
+                        out["gaps"] += float(value)
                     for counter in ("flushes", "wakeups", "messages_received"):
                         if key.startswith(f"poolwire_bus_{counter}_total"):
                             out[f"{counter}_{name}"] = out.get(f"{counter}_{name}", 0.0) + float(value)
         return out
 
-    def profile(self, out: str | None, seconds: float) -> list[subprocess.Popen[bytes]]:
+    @contextlib.contextmanager
+    def profiled(self, out: str | None, seconds: float) -> Iterator[None]:
+        """py-spy on each service for ``seconds`` and each thread's CPU before and after, into
+        ``out`` (nothing if None)."""
         if not out:
-            return []
+            yield
+            return
         Path(out).mkdir(parents=True, exist_ok=True)
         spy = str(Path(sys.executable).with_name("py-spy"))
-        (Path(out) / "threads-start.txt").write_text(threads_cpu({n: self.procs[n].pid for n in SERVICES}))
-        return [
+        pids = {name: self.procs[name].pid for name in SERVICES}
+        (Path(out) / "threads-start.txt").write_text(threads_cpu(pids))
+        spies = [
             subprocess.Popen([spy, "record", "--threads", "-r", "1000", "-f", "raw",
-                              "-d", str(int(seconds)), "-o", f"{out}/{name}.txt", "--pid", str(self.procs[name].pid)],
+                              "-d", str(int(seconds)), "-o", f"{out}/{name}.txt", "--pid", str(pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for name in SERVICES
+            for name, pid in pids.items()
         ]  # fmt: skip
+        yield
+        for proc in spies:
+            proc.wait(timeout=30)
+        (Path(out) / "threads-end.txt").write_text(threads_cpu(pids))
 
     def cpu(self) -> dict[str, float]:
         return {name: cpu_s(p.pid) for name, p in self.procs.items()}
@@ -298,13 +311,8 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
 
             await p.sim(http, RATE, PROBES_PER_S)
             await asyncio.sleep(WARMUP_S)
-            spies = p.profile(os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S)
-            main = await p.window(http, RATE, WINDOW_S)
-            for spy in spies:
-                spy.wait(timeout=30)
-            if spies:
-                pids = {n: p.procs[n].pid for n in SERVICES}
-                Path(os.environ["BENCH_PIPELINE_PYSPY"], "threads-end.txt").write_text(threads_cpu(pids))
+            with p.profiled(os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S):
+                main = await p.window(http, RATE, WINDOW_S)
             steps: list[Window] = []
             for rate in (LOW_RATE, *RAMP):
                 await p.sim(http, rate, PROBES_PER_S)

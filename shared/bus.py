@@ -30,7 +30,6 @@ from shared.sockets import (
     context,
     default_publisher_id,
     sync_view,
-    wait_readable,
 )
 from shared.subscriber import PublisherInfo, Subscriber, SubscriberStats
 
@@ -52,5 +51,4 @@ __all__ = [
     "context",
     "default_publisher_id",
     "sync_view",
-    "wait_readable",
 ]

@@ -22,7 +22,7 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "received": ("messages_received_total", "Messages received"),
     "frames": ("frames_total", "Payload frames (a batch is one frame)"),
     "flushes": ("flushes_total", "Sends of what was queued (each wakes a subscriber at most once)"),
-    "wakeups": ("wakeups_total", "Waits for the socket that ended with a message"),
+    "wakeups": ("wakeups_total", "Waits that suspended until a message came (each a loop wakeup)"),
     "bytes": ("payload_bytes_total", "Payload bytes sent"),
     "heartbeats": ("heartbeats_sent_total", "Heartbeats sent"),
     "gaps": ("gaps_total", "Sequence gaps seen (messages lost upstream or at the HWM)"),

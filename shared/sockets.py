@@ -103,15 +103,5 @@ class ReadWaiter:
             loop.remove_reader(self._fd)
 
 
-async def wait_readable(sock: zmq.Socket[bytes], timeout: float | None = None) -> bool:
-    """Wait once until ``sock`` has a message; False if ``timeout`` seconds pass first. A socket
-    waited on again and again keeps a :class:`ReadWaiter` instead."""
-    waiter = ReadWaiter(sock)
-    try:
-        return await waiter.wait(timeout)
-    finally:
-        waiter.close()
-
-
 def default_publisher_id(service: str) -> str:
     return os.environ.get("POOLWIRE_PUBLISHER_ID") or f"{service}@{_socket.gethostname()}:{os.getpid()}"

@@ -37,7 +37,7 @@ skip_log = RateLimitedLog(log)
 class SubscriberStats:
     received: int = 0  # messages delivered (heartbeats included)
     frames: int = 0
-    wakeups: int = 0  # waits for the socket that ended with a message (each a loop wakeup)
+    wakeups: int = 0  # waits that suspended until a message came (each a loop wakeup)
     gaps: int = 0  # gap events
     missed: int = 0  # messages known lost (sum of gap sizes)
     decode_errors: int = 0
@@ -148,8 +148,8 @@ class Subscriber:
                 return out
             remaining = None if deadline is None else max(0.0, deadline - self._ready.loop.time())
             if await self._ready.wait(remaining):
-                self.stats.wakeups += 1
                 self._turned = self._ready.suspended
+                self.stats.wakeups += self._turned
             elif deadline is not None:
                 return []
 
