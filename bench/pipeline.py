@@ -30,7 +30,9 @@ the highest rate sustained with no gaps, no lost alert, the simulator keeping it
 updates/s offered (the 30 k step's achieved rate beside it: the niced simulator tops out near 25 k).
 ``*_pinned``: then the 10 k/s window again (6 s), every thread of each process pinned by ``taskset``
 (the simulator and ingest on core 0; registry, alerts and this collector on core 1): what cores of
-their own give.
+their own give. ``*_cohosted``: then the 10 k/s window once more in a fresh pipeline whose three
+services share one process (``python -m services ingest registry alerts``: README, "Fewer
+processes"), reading each other in-process.
 
 ``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (native frames included)
 over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into
@@ -56,7 +58,18 @@ import aiohttp
 import uvloop
 import yaml
 
-from bench._pipeline_stats import Seen, Window, analyse, cpu_s, figures, pinned_figures, report, threads_cpu
+from bench._pipeline_stats import (
+    DRIVER,
+    Seen,
+    Window,
+    analyse,
+    cohosted_figures,
+    cpu_s,
+    figures,
+    pinned_figures,
+    report,
+    threads_cpu,
+)
 from shared.bus import Pusher, Subscriber
 from shared.messages import AlertFired, DetectorEvent, Price, ZoneCreated, ZoneTouched
 from tests.ports import free_port
@@ -80,6 +93,7 @@ ALL_CORES = os.sched_getaffinity(0)
 PINNED_SETTLE_S = 2.0  # after the 40 k/s step: its queues drain
 PINNED_WINDOW_S = 6.0
 SERVICES = ("ingest", "registry", "alerts")
+COHOSTED = "services"  # the process of ``python -m services ingest registry alerts``
 
 
 def _ep() -> str:
@@ -174,6 +188,10 @@ class Pipeline:
                 proc.stdout.close()
         return codes
 
+    def process(self, service: str) -> str:
+        """The name of the process ``service`` runs in."""
+        return service if service in self.procs else COHOSTED
+
     def errors(self, name: str) -> str:
         return (self.tmp / f"{name}.err").read_text(errors="replace")[-2000:]
 
@@ -213,7 +231,7 @@ class Pipeline:
             return
         Path(out).mkdir(parents=True, exist_ok=True)
         spy = str(Path(sys.executable).with_name("py-spy"))
-        pids = {name: self.procs[name].pid for name in SERVICES}
+        pids = {name: p.pid for name, p in self.procs.items() if name != DRIVER}
         (Path(out) / "threads-start.txt").write_text(threads_cpu(pids))
         spies = [
             subprocess.Popen([spy, "record", "--threads", "-r", "1000", "-f", "raw",
@@ -260,7 +278,10 @@ class Pipeline:
         return Window(rate, t0, t1, s1["updates"] - s0["updates"], k1["gaps"] - k0["gaps"], used, per_s)
 
 
-async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
+async def _run(tmp: Path, cohosted: bool = False) -> dict[str, dict[str, Any]]:
+    """The whole run: the 10 k/s window, the 1 k/s step, the ramp and the pinned window; with
+    ``cohosted``, the three services in one process (``python -m services``) and the 10 k/s window
+    only."""
     p = Pipeline(tmp)
     sim = p.spawn("simulator", "bench._pipeline_sim", str(p.ws_port), str(p.http_port), str(N_ASSETS), str(N_PROBES), "1")  # fmt: skip
     assert sim.stdout is not None
@@ -273,8 +294,11 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
         async with aiohttp.ClientSession() as http:
             probe_assets = (await p.state(http))["probe_assets"]
             cfg = p.config(probe_assets)
-            for name in SERVICES:
-                p.spawn(name, f"services.{name}", "--config", str(cfg))
+            if cohosted:
+                p.spawn(COHOSTED, "services", *SERVICES, "--config", str(cfg))
+            else:
+                for name in SERVICES:
+                    p.spawn(name, f"services.{name}", "--config", str(cfg))
             await p.sim(http, RATE, 0)
             symbols = [f"pm.{a}" for a in probe_assets]
             alerts_sub = Subscriber(p.alerts["pub"], ["alert."])
@@ -285,7 +309,7 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
                 try:
                     await sub.wait_for_publisher(service, timeout=30)
                 except TimeoutError:
-                    raise RuntimeError(f"{service} did not start: {p.errors(service)}") from None
+                    raise RuntimeError(f"{service} did not start: {p.errors(p.process(service))}") from None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 60
             while (await p.state(http))["subscribed"] < N_ASSETS + N_PROBES:
@@ -314,12 +338,12 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
             with p.profiled(os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S):
                 main = await p.window(http, RATE, WINDOW_S)
             steps: list[Window] = []
-            for rate in (LOW_RATE, *RAMP):
+            for rate in () if cohosted else (LOW_RATE, *RAMP):
                 await p.sim(http, rate, PROBES_PER_S)
                 await asyncio.sleep(STEP_SETTLE_S)
                 steps.append(await p.window(http, rate, STEP_S))
             pinned = None
-            if len(ALL_CORES) >= 2 and shutil.which("taskset"):
+            if not cohosted and len(ALL_CORES) >= 2 and shutil.which("taskset"):
                 try:
                     p.pin(PINS)
                     await p.sim(http, RATE, PROBES_PER_S)
@@ -345,6 +369,10 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
         raise RuntimeError(f"processes did not stop cleanly: {bad}: {[p.errors(n) for n in bad]}")
     for w in (main, *steps, *([pinned] if pinned else [])):
         analyse(w, probes, p.seen)
+    if cohosted:
+        print("  the three services in one process (python -m services):", file=sys.stderr)
+        report(main, [], sub_gaps)
+        return cohosted_figures(main, sub_gaps)
     low, steps = steps[0], steps[1:]
     report(main, [low, *steps], sub_gaps)
     out = figures(main, low, steps, sub_gaps)
@@ -356,8 +384,11 @@ async def _run(tmp: Path) -> dict[str, dict[str, Any]]:
 
 
 def run() -> dict[str, dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="poolwire-pipeline-") as tmp:
-        return uvloop.run(_run(Path(tmp)))
+    out: dict[str, dict[str, Any]] = {}
+    for cohosted in (False, True):
+        with tempfile.TemporaryDirectory(prefix="poolwire-pipeline-") as tmp:
+            out.update(uvloop.run(_run(Path(tmp), cohosted)))
+    return out
 
 
 if __name__ == "__main__":

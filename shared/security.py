@@ -21,6 +21,7 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from shared import inproc
 from shared.backoff import Backoff
 from shared.clock import Clock
 
@@ -114,6 +115,7 @@ async def bind_async(
     deadline = backoff.clock.monotonic() + retry_s
     while not _try_bind(sock, endpoint, past_deadline=backoff.clock.monotonic() > deadline):
         await backoff.wait()
+    inproc.bind_alias(sock, endpoint)
 
 
 def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
@@ -124,6 +126,7 @@ def bind(sock: zmq.Socket[Any], endpoint: str) -> None:
     deadline = time.monotonic() + BIND_RETRY_S
     while not _try_bind(sock, endpoint, past_deadline=time.monotonic() > deadline):
         time.sleep(backoff.next_delay())
+    inproc.bind_alias(sock, endpoint)
 
 
 class BindLater:
@@ -189,7 +192,7 @@ def private_directory(path: Path) -> None:
 def connect(sock: zmq.Socket[Any], endpoint: str) -> None:
     if _active is not None:
         _active.client(sock)
-    sock.connect(endpoint)
+    sock.connect(inproc.target(endpoint))
 
 
 def create_keys(directory: str) -> tuple[Path, Path]:

@@ -1,12 +1,21 @@
 """A real service process under the runner: signals, exit codes, config errors, metrics."""
 
 import asyncio
+import logging
+import os
 import signal
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+from prometheus_client import CollectorRegistry
+
 from shared.bus import Subscriber
+from shared.clock import RealClock
+from shared.config import CommonConfig
+from shared.metrics import StatsCollector
+from shared.runner import ServiceContext, supervise_all
 from tests.helpers import spawn
 from tests.ports import free_port, tcp_endpoint
 
@@ -88,3 +97,63 @@ async def test_metrics_are_served_on_the_service_port() -> None:
     assert 'poolwire_bus_messages_sent_total{socket="pub"}' in body
     assert 'poolwire_bus_heartbeats_sent_total{socket="pub"}' in body
     assert "process_resident_memory_bytes" in body
+
+
+def service_context(name: str) -> ServiceContext[None]:
+    return ServiceContext(
+        name=name,
+        common=CommonConfig(),
+        config=None,
+        clock=RealClock(),
+        metrics=CollectorRegistry(),
+        bus_stats=StatsCollector(),
+        log=logging.getLogger(f"poolwire.{name}"),
+    )
+
+
+async def test_services_in_one_process_share_its_fate(caplog: pytest.LogCaptureFixture) -> None:
+    stopped: list[str] = []
+
+    async def failing(ctx: ServiceContext[None]) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("boom")
+
+    async def steady(ctx: ServiceContext[None]) -> None:
+        await ctx.stopping.wait()
+        stopped.append(ctx.name)
+
+    with caplog.at_level(logging.INFO, logger="poolwire"):
+        code = await supervise_all([(service_context("a"), failing), (service_context("b"), steady)], grace=5)
+    assert code == 1
+    assert stopped == ["b"]
+    said = [(r.name, r.getMessage()) for r in caplog.records]
+    assert ("poolwire.b", "stopping: a ended, and it shares this process") in said
+    assert ("poolwire.a", "failed: RuntimeError('boom')") in said
+
+
+async def test_a_co_hosted_service_that_cannot_stop_is_cancelled_and_the_others_stop_clean() -> None:
+    async def finishing(ctx: ServiceContext[None]) -> None:
+        await asyncio.sleep(0)
+
+    async def stuck(ctx: ServiceContext[None]) -> None:
+        await asyncio.Event().wait()
+
+    code = await supervise_all([(service_context("a"), finishing), (service_context("b"), stuck)], grace=0.2)
+    assert code == 1  # b was cancelled
+
+
+async def test_co_hosted_services_all_stop_on_sigterm_with_exit_0() -> None:
+    stopped: list[str] = []
+
+    async def steady(ctx: ServiceContext[None]) -> None:
+        await ctx.stopping.wait()
+        stopped.append(ctx.name)
+
+    async def send_sigterm() -> None:
+        await asyncio.sleep(0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    asyncio.get_running_loop().create_task(send_sigterm())
+    code = await supervise_all([(service_context("a"), steady), (service_context("b"), steady)], grace=5)
+    assert code == 0
+    assert sorted(stopped) == ["a", "b"]
