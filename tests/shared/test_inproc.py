@@ -1,18 +1,21 @@
 """Publishers served in-process too (services co-hosted in one process), over real sockets."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
 
-from shared import inproc
+from shared import inproc, security
 from shared.bus import Publisher, Subscriber
 from shared.messages import Price
+from shared.security import create_keys
 from shared.sockets import context
 from shared.wire import decode_payload
 from tests.helpers import eventually
 from tests.ports import tcp_endpoint
+from tests.shared.test_security import curve_config
 
 
 @pytest.fixture
@@ -89,3 +92,22 @@ async def test_a_reader_that_connects_before_the_publisher_binds_still_reads(sha
         batch = await sub.recv_batch(timeout=10)
         assert [m.price for _, m in batch if isinstance(m, Price)] == [2.0]
     await pub.close()
+
+
+async def test_under_curve_the_in_process_reader_reads_too(shared_endpoint: str, tmp_path: Path) -> None:
+    # common.curve on: the publisher is a CURVE server on both bindings, the reader a client
+    create_keys(str(tmp_path / "keys"))
+    security.enable(curve_config(tmp_path / "keys", None), context())
+    try:
+        pub = Publisher(shared_endpoint, service="beacon")
+        pub.start()
+        with Subscriber(shared_endpoint, ["px."]) as sub:
+            assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
+            await pub.wait_for_subscriber("px.", timeout=10)
+            pub.publish("px.a", Price(symbol="a", price=3.0))
+            pub.flush()
+            batch = await sub.recv_batch(timeout=10)
+            assert [m.price for _, m in batch if isinstance(m, Price)] == [3.0]
+        await pub.close()
+    finally:
+        security.enable(None, context())
