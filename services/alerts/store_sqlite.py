@@ -74,6 +74,7 @@ class SqliteStore:
         self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA temp_store=MEMORY")  # statement journals: no temporary files
         self._checkpointer: Checkpointer | None = None
         if path != ":memory:":  # the checkpoints' fsyncs off the event loop (checkpoint.py)
             self._db.execute("PRAGMA wal_autocheckpoint=0")

@@ -143,6 +143,9 @@ class ZoneStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        # A statement that writes many rows keeps a statement journal; past 64 KiB SQLite spills it
+        # to a temporary file (a file and its writes each flush): memory instead.
+        self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
