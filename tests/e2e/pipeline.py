@@ -65,6 +65,18 @@ def procfile() -> dict[str, str]:
     return out
 
 
+def cohosted_procfile(path: Path) -> dict[str, str]:
+    """Procfile.demo with its four services on one line, ``python -m services`` (README, "Fewer
+    processes"), after the waits of their lines; written to ``path``. Returns ``name -> command``."""
+    lines = procfile()
+    waits = [lines[name].partition(" && exec ")[0] for name in BUS_SERVICES if " && exec " in lines[name]]
+    out = {name: cmd for name, cmd in lines.items() if name not in BUS_SERVICES}
+    config = '--config "${POOLWIRE_CONFIG:-deploy/demo.yaml}"'
+    out["services"] = " && ".join([*waits, f"exec python -m services {' '.join(BUS_SERVICES)} {config}"])
+    path.write_text("".join(f"{name}: {cmd}\n" for name, cmd in out.items()))
+    return out
+
+
 def demo_config() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text())
     return data
@@ -335,11 +347,11 @@ class Pipeline:
 class Honcho:
     """``honcho -f Procfile.demo start`` as a subprocess; its output goes to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, procfile: Path = PROCFILE) -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.popen = subprocess.Popen(
-            [str(VENV_BIN / "honcho"), "-f", str(PROCFILE), "start"],
+            [str(VENV_BIN / "honcho"), "-f", str(procfile), "-d", str(ROOT), "start"],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -394,8 +406,8 @@ class Honcho:
 
 
 @contextlib.contextmanager
-def honcho(env: dict[str, str], log_path: Path) -> Iterator[Honcho]:
-    h = Honcho(env, log_path)
+def honcho(env: dict[str, str], log_path: Path, procfile: Path = PROCFILE) -> Iterator[Honcho]:
+    h = Honcho(env, log_path, procfile)
     try:
         yield h
     finally:

@@ -24,9 +24,11 @@ from shared.messages import ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 from tests.e2e.pipeline import (
     BUS_SERVICES,
     DEMO_CONFIG,
+    PROCFILE,
     Collector,
     Endpoints,
     S,
+    cohosted_procfile,
     demo_config,
     demo_pool_keys,
     honcho,
@@ -61,8 +63,14 @@ def bar_end(ns: int) -> int:
 
 
 @pytest.mark.slow
-async def test_demo_end_to_end_through_the_procfile(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["one per service", "cohosted"])
+async def test_demo_end_to_end_through_the_procfile(tmp_path: Path, processes: str) -> None:
+    """The demo as its Procfile runs it, and with its four services in one process."""
     ep = Endpoints.allocate(tmp_path)
+    lines, path = procfile(), PROCFILE
+    if processes == "cohosted":
+        path = tmp_path / "Procfile.cohosted"
+        lines = cohosted_procfile(path)
     # The demo as configured, with zones that live 10 s and leave grace after 6 s, so that a whole
     # life (created, touched, expired, removed) fits in the test. The heartbeat interval comes from a
     # copy of the demo's file named by POOLWIRE_CONFIG, as a user would point `make demo` at theirs.
@@ -78,7 +86,7 @@ async def test_demo_end_to_end_through_the_procfile(tmp_path: Path) -> None:
         }
     )
     t_start = time.monotonic()
-    with honcho(env, tmp_path / "honcho.log") as h:
+    with honcho(env, tmp_path / "honcho.log", path) as h:
         async with Collector(ep.pubs) as c:
 
             def why() -> str:
@@ -188,7 +196,7 @@ async def test_demo_end_to_end_through_the_procfile(tmp_path: Path) -> None:
     # -- a clean stop ----------------------------------------------------------------------------
     assert took < 10, f"honcho took {took:.1f} s to stop\n{output[-3000:]}"
     assert rc in (0, 143), output[-3000:]  # honcho exits 143 after a SIGTERM it passed on
-    assert stopped == dict.fromkeys(procfile(), 0), f"{stopped}\n{output[-3000:]}"
+    assert stopped == dict.fromkeys(lines, 0), f"{stopped}\n{output[-3000:]}"
     assert "Traceback" not in output, output[output.index("Traceback") - 500 :][:3000]
     print(
         f"\ndemo: all publishers up {t_up:.1f} s after start, first alert at {t_first_alert:.1f} s; created/touched/expired/removed and "
