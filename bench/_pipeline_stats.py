@@ -207,46 +207,37 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
 def pinned_figures(main: Window, pins: dict[str, int]) -> dict[str, dict[str, Any]]:
     """The 10 k/s window with the processes pinned to cores (``taskset``)."""
     where = ", ".join(f"{n}: {c}" for n, c in pins.items())
-    out: dict[str, dict[str, Any]] = {
-        "pipeline.p99_ms_pinned": {
-            "value": pct(main.latencies_ms, 0.99),
-            "unit": "ms",
-            "goal": "",
-            "note": f"as pipeline.p99_ms, each process on one core ({where}); {main.probes} probes",
-        },
-        "pipeline.p50_ms_pinned": {"value": pct(main.latencies_ms, 0.5), "unit": "ms", "goal": ""},
-        "pipeline.lost_alerts_pinned": {"value": main.lost, "unit": "alerts", "goal": "<= 0"},
-        "pipeline.cpu_us_per_update_pinned": {
-            "value": main.cpu_us_per_update(),
-            "unit": "us CPU/update",
-            "goal": "",
-        },
-    }
-    for name, values in main.hops_ms.items():
-        out[f"pipeline.hop_{name}_p50_ms_pinned"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
-        out[f"pipeline.hop_{name}_p99_ms_pinned"] = {"value": pct(values, 0.99), "unit": "ms", "goal": ""}
-    return out
+    return variant_figures(main, "pinned", f"each process on one core ({where})")
 
 
 def cohosted_figures(main: Window, sub_gaps: float) -> dict[str, dict[str, Any]]:
     """The 10 k/s window with ingest, registry and alerts in one process (``python -m services``)."""
+    out = variant_figures(main, "cohosted", "the three services in one process, on one event loop")
+    out["pipeline.p99_ms_cohosted"]["goal"] = "<= 3"
+    out["pipeline.cpu_us_per_update_cohosted"]["goal"] = f"<= {CPU_BASELINE_US / 2:g}"
+    out["pipeline.gaps_cohosted"] = {"value": main.gaps + sub_gaps, "unit": "gaps", "goal": "<= 0"}
+    return out
+
+
+def variant_figures(main: Window, suffix: str, how: str) -> dict[str, dict[str, Any]]:
+    """The main window's figures again, run another way (``how``), each name ending in ``_suffix``."""
     out: dict[str, dict[str, Any]] = {
-        "pipeline.p99_ms_cohosted": {
+        f"pipeline.p99_ms_{suffix}": {
             "value": pct(main.latencies_ms, 0.99),
             "unit": "ms",
-            "goal": "<= 3",
-            "note": f"as pipeline.p99_ms, the three services on one event loop; {main.probes} probes",
+            "goal": "",
+            "note": f"as pipeline.p99_ms, {how}; {main.probes} probes",
         },
-        "pipeline.p50_ms_cohosted": {"value": pct(main.latencies_ms, 0.5), "unit": "ms", "goal": ""},
-        "pipeline.lost_alerts_cohosted": {"value": main.lost, "unit": "alerts", "goal": "<= 0"},
-        "pipeline.gaps_cohosted": {"value": main.gaps + sub_gaps, "unit": "gaps", "goal": "<= 0"},
-        "pipeline.cpu_us_per_update_cohosted": {
+        f"pipeline.p50_ms_{suffix}": {"value": pct(main.latencies_ms, 0.5), "unit": "ms", "goal": ""},
+        f"pipeline.lost_alerts_{suffix}": {"value": main.lost, "unit": "alerts", "goal": "<= 0"},
+        f"pipeline.cpu_us_per_update_{suffix}": {
             "value": main.cpu_us_per_update(),
             "unit": "us CPU/update",
-            "goal": f"<= {CPU_BASELINE_US / 2:g}",
-            "note": "as pipeline.cpu_us_per_update, the three services in one process",
+            "goal": "",
+            "note": f"as pipeline.cpu_us_per_update, {how}",
         },
     }
     for name, values in main.hops_ms.items():
-        out[f"pipeline.hop_{name}_p99_ms_cohosted"] = {"value": pct(values, 0.99), "unit": "ms", "goal": ""}
+        out[f"pipeline.hop_{name}_p50_ms_{suffix}"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
+        out[f"pipeline.hop_{name}_p99_ms_{suffix}"] = {"value": pct(values, 0.99), "unit": "ms", "goal": ""}
     return out

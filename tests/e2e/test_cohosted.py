@@ -20,9 +20,13 @@ from tests.ports import free_port, tcp_endpoint
 pytestmark = pytest.mark.slow
 
 
+# An event-triggered strategy: an alert on each zone touch, as the message that made it arrives.
+TOUCH = {"id": "touch", "kind": "zone_event", "trigger": "event", "universe": ["pm.*"], "params": {"events": ["touched"]}}  # fmt: skip
+
+
 def config(tmp: Path, prices: str) -> tuple[Path, dict[str, dict[str, Any]]]:
     registry = {"pub": tcp_endpoint(), "pull": tcp_endpoint(), "snapshot": tcp_endpoint()}
-    alerts = {"pub": tcp_endpoint(), "jobs": tcp_endpoint(), "results": tcp_endpoint()}
+    alerts = {"pub": tcp_endpoint(), "jobs": tcp_endpoint(), "results": tcp_endpoint(), "workers": 0}
     cfg: dict[str, dict[str, Any]] = {
         "common": {"data_dir": str(tmp / "data"), "heartbeat_interval": "200ms"},
         "registry": {**registry, "metrics_port": free_port(), "prices": [prices]},
@@ -30,16 +34,7 @@ def config(tmp: Path, prices: str) -> tuple[Path, dict[str, dict[str, Any]]]:
             **alerts,
             "metrics_port": free_port(),
             "sub": [prices, registry["pub"]],
-            "workers": 0,
-            "strategies": [
-                {
-                    "id": "touch",
-                    "kind": "zone_event",
-                    "trigger": "event",
-                    "universe": ["pm.*"],
-                    "params": {"events": ["touched"]},
-                }
-            ],
+            "strategies": [TOUCH],
         },
     }
     path = tmp / "poolwire.yaml"

@@ -3,7 +3,6 @@
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 import zmq
 
@@ -28,6 +27,14 @@ def shared_endpoint() -> Iterator[str]:
 
 def last_endpoint(sock: zmq.Socket[bytes]) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+async def one_price_through(pub: Publisher, sub: Subscriber, price: float) -> None:
+    await pub.wait_for_subscriber("px.", timeout=10)
+    pub.publish("px.a", Price(symbol="a", price=price))
+    pub.flush()
+    batch = await sub.recv_batch(timeout=10)
+    assert [m.price for _, m in batch if isinstance(m, Price)] == [price]
 
 
 async def test_a_reader_in_this_process_takes_the_inproc_pipe_and_tcp_readers_still_read(
@@ -72,11 +79,7 @@ async def test_an_endpoint_not_shared_is_connected_as_configured(shared_endpoint
     pub.start()
     with Subscriber(other, ["px."]) as sub:
         assert last_endpoint(sub._sock) == other
-        await pub.wait_for_subscriber("px.", timeout=10)
-        pub.publish("px.a", Price(symbol="a", price=1.0))
-        pub.flush()
-        batch = await sub.recv_batch(timeout=10)
-        assert [msgspec.structs.asdict(m)["price"] for _, m in batch] == [1.0]
+        await one_price_through(pub, sub, 1.0)
     await pub.close()
 
 
@@ -86,11 +89,7 @@ async def test_a_reader_that_connects_before_the_publisher_binds_still_reads(sha
         pub = Publisher(shared_endpoint, service="beacon", bind_later=True)
         await pub.bound()
         pub.start()
-        await pub.wait_for_subscriber("px.", timeout=10)
-        pub.publish("px.a", Price(symbol="a", price=2.0))
-        pub.flush()
-        batch = await sub.recv_batch(timeout=10)
-        assert [m.price for _, m in batch if isinstance(m, Price)] == [2.0]
+        await one_price_through(pub, sub, 2.0)
     await pub.close()
 
 
@@ -103,11 +102,7 @@ async def test_under_curve_the_in_process_reader_reads_too(shared_endpoint: str,
         pub.start()
         with Subscriber(shared_endpoint, ["px."]) as sub:
             assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
-            await pub.wait_for_subscriber("px.", timeout=10)
-            pub.publish("px.a", Price(symbol="a", price=3.0))
-            pub.flush()
-            batch = await sub.recv_batch(timeout=10)
-            assert [m.price for _, m in batch if isinstance(m, Price)] == [3.0]
+            await one_price_through(pub, sub, 3.0)
         await pub.close()
     finally:
         security.enable(None, context())
