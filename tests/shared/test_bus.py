@@ -9,6 +9,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+import shared.subscriber
 from shared.bus import Publisher, PublisherInfo, Puller, Pusher, Subscriber, context
 from shared.messages import (
     ONE_DECODER,
@@ -93,6 +94,38 @@ async def test_a_subscriber_counts_the_waits_a_message_ended() -> None:
                 pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
                 assert [m.price for _, m in await receiving] == [i]  # type: ignore[attr-defined]
                 assert sub.stats.wakeups == i + 1
+
+
+async def test_a_message_that_arrives_alone_costs_one_empty_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty read raises zmq.Again (~2 us): a receive after a drain that emptied the socket waits
+    # (checking the socket first) instead of reading it empty again.
+    empty_reads = 0
+    real = shared.subscriber._zmq_recv
+
+    def counting(sock: zmq.Socket[bytes], *args: object) -> zmq.Frame:
+        nonlocal empty_reads
+        try:
+            return real(sock, *args)  # type: ignore[no-any-return]
+        except zmq.Again:
+            empty_reads += 1
+            raise
+
+    monkeypatch.setattr(shared.subscriber, "_zmq_recv", counting)
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="ingest", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, ["px."], health_services=()) as sub:
+            await pub.wait_for_subscriber("px.", timeout=5)
+            got: list[float] = []
+            for i in range(5):
+                receiving = asyncio.create_task(sub.recv_batch(timeout=10))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert not receiving.done()
+                pub.publish("px.pm.a", Price(symbol="pm.a", price=i))
+                got += [m.price for _, m in await receiving]  # type: ignore[attr-defined]
+            assert got == [0, 1, 2, 3, 4]
+            assert sub.stats.wakeups == 5
+            assert empty_reads == 1 + 5  # the first receive's, then one after each message
 
 
 async def test_interleaved_topics_keep_seq_order_on_the_wire() -> None:
