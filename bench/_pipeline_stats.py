@@ -88,6 +88,11 @@ class Window:
         used = self.cpu_s[name] if name else sum(s for n, s in self.cpu_s.items() if n != DRIVER)
         return 1e6 * used / max(self.updates, 1)
 
+    def cpu_ratio_to_driver(self) -> float:
+        """The pipeline's CPU over the simulator's in the same window. The simulator's work is set
+        by the rate, so the ratio holds still when the host's speed moves (20-40 % between runs)."""
+        return self.cpu_us_per_update() / max(self.cpu_us_per_update(DRIVER), 1e-9)
+
     def sustained(self) -> bool:
         return (
             self.achieved >= 0.95 * self.rate
@@ -138,7 +143,8 @@ def analyse(w: Window, probes: list[list[Any]], seen: Seen) -> None:
 def report(main: Window, steps: list[Window], sub_gaps: int) -> None:
     def line(w: Window) -> str:
         cpu = (
-            " ".join(f"{n}={c:.0f}%" for n, c in w.cpu.items()) + f" ({w.cpu_us_per_update():.1f} us/update)"
+            " ".join(f"{n}={c:.0f}%" for n, c in w.cpu.items())
+            + f" ({w.cpu_us_per_update():.1f} us/update, {w.cpu_ratio_to_driver():.2f}x the simulator's)"
         )
         return (
             f"  {w.rate:>6}/s: achieved {w.achieved:>8.0f}/s, probes {w.probes:>4}, lost {w.lost}, "
@@ -175,6 +181,12 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
             "note": f"ingest + registry + alerts, every thread, at 10 k updates/s (not the simulator); "
             f"goal: half the baseline, {CPU_BASELINE_US:g} us (3 runs at 5fac3a9: {CPU_BASELINE_RANGE})",
         },
+    }
+    out["pipeline.cpu_ratio_to_simulator"] = {
+        "value": main.cpu_ratio_to_driver(),
+        "unit": "x",
+        "goal": "",
+        "note": "pipeline.cpu_us_per_update over the simulator's CPU per update in the same window",
     }
     for name, values in main.hops_ms.items():
         out[f"pipeline.hop_{name}_p50_ms"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
@@ -235,6 +247,11 @@ def variant_figures(main: Window, suffix: str, how: str) -> dict[str, dict[str, 
             "unit": "us CPU/update",
             "goal": "",
             "note": f"as pipeline.cpu_us_per_update, {how}",
+        },
+        f"pipeline.cpu_ratio_to_simulator_{suffix}": {
+            "value": main.cpu_ratio_to_driver(),
+            "unit": "x",
+            "goal": "",
         },
     }
     for name, values in main.hops_ms.items():
