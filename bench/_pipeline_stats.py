@@ -216,10 +216,10 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
     return out
 
 
-def pinned_figures(main: Window, pins: dict[str, int]) -> dict[str, dict[str, Any]]:
+def pinned_figures(main: Window, pins: dict[str, int], suffix: str = "pinned") -> dict[str, dict[str, Any]]:
     """The 10 k/s window with the processes pinned to cores (``taskset``)."""
     where = ", ".join(f"{n}: {c}" for n, c in pins.items())
-    return variant_figures(main, "pinned", f"each process on one core ({where})")
+    return variant_figures(main, suffix, f"each process on one core ({where})")
 
 
 def cohosted_figures(main: Window, sub_gaps: float) -> dict[str, dict[str, Any]]:

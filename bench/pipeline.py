@@ -31,7 +31,8 @@ the highest rate sustained with no gaps, no lost alert, the simulator keeping it
 updates/s offered (the 30 k step's achieved rate beside it: the niced simulator tops out near 25 k).
 ``*_pinned``: then the 10 k/s window again (6 s), every thread of each process pinned by ``taskset``
 (the simulator and ingest on core 0; registry, alerts and this collector on core 1): what cores of
-their own give. ``*_cohosted``: then the 10 k/s window once more in a fresh pipeline whose three
+their own give; ``*_cohosted_pinned``: the same after the co-hosted window (the simulator and this
+collector on core 0, the one pipeline process on core 1). ``*_cohosted``: then the 10 k/s window once more in a fresh pipeline whose three
 services share one process (``python -m services ingest registry alerts``: README, "Fewer
 processes"), reading each other in-process.
 
@@ -89,12 +90,13 @@ STEP_S = 4.0
 # Each process on a core of its own is more than 2 cores hold: the exchange and ingest share one,
 # registry, alerts and this collector the other. After the ramp, the running processes are pinned
 # (every thread) and the 10 k/s window measured again, shorter: it is one figure.
-PINS = {"simulator": 0, "ingest": 0, "registry": 1, "alerts": 1}
+PINS = {"simulator": 0, "ingest": 0, "registry": 1, "alerts": 1, "collector": 1}
 ALL_CORES = os.sched_getaffinity(0)
 PINNED_SETTLE_S = 2.0  # after the 40 k/s step: its queues drain
 PINNED_WINDOW_S = 6.0
 SERVICES = ("ingest", "registry", "alerts")
 COHOSTED = "services"  # the process of ``python -m services ingest registry alerts``
+PINS_COHOSTED = {"simulator": 0, "collector": 0, COHOSTED: 1}  # the pipeline with a core of its own
 
 
 def _ep() -> str:
@@ -167,10 +169,10 @@ class Pipeline:
         return proc
 
     def pin(self, pins: dict[str, int] | None) -> None:
-        """Every thread of each process (and of this one, the collector: beside registry and alerts)
-        onto its core; ``None``: this process back on every core."""
+        """Every thread of each process (and of this one, the collector) onto its core; ``None``:
+        this process back on every core."""
         cores = {p.pid: str(pins[n]) for n, p in self.procs.items()} if pins else {}
-        cores[os.getpid()] = str(pins["alerts"]) if pins else ",".join(map(str, sorted(ALL_CORES)))
+        cores[os.getpid()] = str(pins["collector"]) if pins else ",".join(map(str, sorted(ALL_CORES)))
         for pid, core in cores.items():
             subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], check=True, capture_output=True)
 
@@ -344,9 +346,10 @@ async def _run(tmp: Path, cohosted: bool = False) -> dict[str, dict[str, Any]]:
                 await asyncio.sleep(STEP_SETTLE_S)
                 steps.append(await p.window(http, rate, STEP_S))
             pinned = None
-            if not cohosted and len(ALL_CORES) >= 2 and shutil.which("taskset"):
+            pins = PINS_COHOSTED if cohosted else PINS
+            if len(ALL_CORES) >= 2 and shutil.which("taskset"):
                 try:
-                    p.pin(PINS)
+                    p.pin(pins)
                     await p.sim(http, RATE, PROBES_PER_S)
                     await asyncio.sleep(PINNED_SETTLE_S)
                     pinned = await p.window(http, RATE, PINNED_WINDOW_S)
@@ -373,12 +376,17 @@ async def _run(tmp: Path, cohosted: bool = False) -> dict[str, dict[str, Any]]:
     if cohosted:
         print("  the three services in one process (python -m services):", file=sys.stderr)
         report(main, [], sub_gaps)
-        return cohosted_figures(main, sub_gaps)
+        out = cohosted_figures(main, sub_gaps)
+        if pinned is not None:
+            print(f"  pinned ({pins}):", file=sys.stderr)
+            report(pinned, [], 0)
+            out.update(pinned_figures(pinned, pins, "cohosted_pinned"))
+        return out
     low, steps = steps[0], steps[1:]
     report(main, [low, *steps], sub_gaps)
     out = figures(main, low, steps, sub_gaps)
     if pinned is not None:
-        print(f"  pinned ({PINS}, this process on {PINS['alerts']}):", file=sys.stderr)
+        print(f"  pinned ({PINS}):", file=sys.stderr)
         report(pinned, [], 0)
         out.update(pinned_figures(pinned, PINS))
     return out
