@@ -26,27 +26,32 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def cpu_s(pid: int) -> float:
+def _times(stat: Path) -> tuple[float, float]:
+    """utime and stime in seconds from a /proc ``stat`` file (0, 0 once the task is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # "pid (comm) state ...": comm may hold spaces and parentheses, so split after the last ")"
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_s(pid: int) -> float:
+    return sum(_times(Path(f"/proc/{pid}/stat")))
 
 
 def threads_cpu(pids: dict[str, int]) -> str:
     """One line per thread: service, tid, name, utime and stime in seconds (for a profile's notes)."""
-    tick, lines = os.sysconf("SC_CLK_TCK"), []
+    lines = []
     for name, pid in pids.items():
         for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
             try:
                 comm = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            lines.append(
-                f"{name} {task.name} {comm} {int(fields[11]) / tick:.2f} {int(fields[12]) / tick:.2f}"
-            )
+            user, system = _times(task / "stat")
+            lines.append(f"{name} {task.name} {comm} {user:.2f} {system:.2f}")
     return "\n".join(lines) + "\n"
 
 

@@ -31,13 +31,13 @@ the highest rate sustained with no gaps, no lost alert, the simulator keeping it
 updates/s offered (the 30 k step's achieved rate beside it: the niced simulator tops out near 25 k).
 ``*_pinned``: then the 10 k/s window again (6 s), every thread of each process pinned by ``taskset``
 (the simulator and ingest on core 0; registry, alerts and this collector on core 1): what cores of
-their own give; ``*_cohosted_pinned``: the same after the co-hosted window (the simulator and this
-collector on core 0, the one pipeline process on core 1). ``*_cohosted``: then the 10 k/s window once more in a fresh pipeline whose three
+their own give. ``*_cohosted``: then the 10 k/s window once more in a fresh pipeline whose three
 services share one process (``python -m services ingest registry alerts``: README, "Fewer
-processes"), reading each other in-process.
+processes"), reading each other in-process; ``*_cohosted_pinned``: that one pinned (the simulator
+and this collector on core 0, the pipeline's one process on core 1).
 
-``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (native frames included)
-over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into
+``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (Python frames: with
+``--native`` py-spy stalled the processes until alerts were lost) over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into
 ``dir/threads-*.txt``.
 """
 

@@ -146,7 +146,6 @@ def run(
 @dataclass
 class _Prepared:
     service: Service[Any]
-    common: CommonConfig
     config: Any
     metrics: CollectorRegistry
     bus_stats: StatsCollector
@@ -168,21 +167,22 @@ def run_services(
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", help="YAML config file (default: $POOLWIRE_CONFIG)")
     args = parser.parse_args(argv)
-    loaded = []
+    loaded: list[tuple[Service[Any], Any]] = []
+    common = CommonConfig()
     for service in services:
-        try:
-            loaded.append((service, *load_section(service.name, service.section_type, args.config)))
+        try:  # one file: every section reads the same common section
+            common, config = load_section(service.name, service.section_type, args.config)
         except ConfigError as exc:
             setup_logging()
             logging.getLogger(f"poolwire.{service.name}").error("bad config: %s", exc)
             print(f"poolwire {service.name}: bad config: {exc}", file=sys.stderr)
             return 2
+        loaded.append((service, config))
     if args.config:  # processes the service starts (alerts' workers) read the same file
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
-    common = loaded[0][1]  # one file: every section reads the same common section
     setup_logging(common.log_level)
     prepared: list[_Prepared] = []
-    for service, _, config in loaded:
+    for service, config in loaded:
         log = logging.getLogger(f"poolwire.{service.name}")
         registry = new_registry()
         bus_stats = StatsCollector()
@@ -196,7 +196,7 @@ def run_services(
             return 1
         if port:
             log.info("metrics on http://%s:%d/metrics", host, port)
-        prepared.append(_Prepared(service, common, config, registry, bus_stats, log))
+        prepared.append(_Prepared(service, config, registry, bus_stats, log))
     if len(services) > 1:
         pubs = [str(p.config.pub) for p in prepared if hasattr(p.config, "pub")]
         inproc.share(pubs)
@@ -216,7 +216,7 @@ def run_services(
             (
                 ServiceContext(
                     name=p.service.name,
-                    common=p.common,
+                    common=common,
                     config=p.config,
                     clock=clock or RealClock(),
                     metrics=p.metrics,
