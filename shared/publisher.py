@@ -24,7 +24,15 @@ from shared import security
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
-from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
+from shared.sockets import (
+    DEFAULT_HWM,
+    DEFAULT_MAX_BATCH,
+    NOBLOCK,
+    ReadWaiter,
+    context,
+    default_publisher_id,
+    sync_view,
+)
 from shared.wire import WIRE_VERSIONS, stamp_and_encode_v2
 
 # Plain ints: send_multipart combines enum flags on every call (a visible share of a publish).
@@ -34,6 +42,10 @@ MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _zmq_send = zmq.backend.Socket.send
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
+# A send may read the FD signal of a subscription that arrived meanwhile (ZeroMQ processes its
+# pending commands then), so the watcher is re-checked this long after a send: once a period at
+# most, as a check costs about a send (~1.5 us).
+SUBSCRIPTION_RECHECK_S = 0.001
 
 
 @dataclass(slots=True)
@@ -103,6 +115,8 @@ class Publisher(security.BindLater):
         self.subscriptions: set[str] = set()
         self._subscribed = asyncio.Event()
         self._subscription_task: asyncio.Task[None] | None = None
+        self._subscription_reader: ReadWaiter | None = None
+        self._recheck_scheduled = False
 
     def _stamp(self, topic: str, msg: Message) -> None:
         self.seq += 1
@@ -220,6 +234,14 @@ class Publisher(security.BindLater):
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
+        if self._subscription_reader is not None and not self._recheck_scheduled:
+            self._recheck_scheduled = True
+            self._subscription_reader.loop.call_later(SUBSCRIPTION_RECHECK_S, self._recheck_subscriptions)
+
+    def _recheck_subscriptions(self) -> None:
+        self._recheck_scheduled = False
+        if self._subscription_reader is not None:
+            self._subscription_reader.poke()
 
     def position(self, topic: str) -> tuple[int, int]:
         """``(seq, topic_seq)`` of the last message sent on ``topic``; ``(0, 0)`` if none was."""
@@ -260,17 +282,23 @@ class Publisher(security.BindLater):
             self.heartbeat()
             await self.clock.sleep(self.heartbeat_interval)
 
-    async def _watch_subscriptions(self) -> None:
+    async def _watch_subscriptions(self, reader: ReadWaiter) -> None:
+        sock = self._sock
         while True:
-            frame = await self._asock.recv()
-            if not frame:
-                continue
-            prefix = frame[1:].decode(errors="replace")
-            if frame[0] == 1:
-                self.subscriptions.add(prefix)
-                self._subscribed.set()
-            elif frame[0] == 0:
-                self.subscriptions.discard(prefix)
+            await reader.wait()
+            while True:
+                try:
+                    frame = sock.recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                if not frame:
+                    continue
+                prefix = frame[1:].decode(errors="replace")
+                if frame[0] == 1:
+                    self.subscriptions.add(prefix)
+                    self._subscribed.set()
+                elif frame[0] == 0:
+                    self.subscriptions.discard(prefix)
 
     def has_subscriber(self, topic: str = "") -> bool:
         """Whether some subscriber's prefix filter matches ``topic``."""
@@ -294,7 +322,8 @@ class Publisher(security.BindLater):
         """Start heartbeats (the first one goes out now) and subscription tracking."""
         loop = asyncio.get_running_loop()
         if self._subscription_task is None:
-            self._subscription_task = loop.create_task(self._watch_subscriptions())
+            reader = self._subscription_reader = ReadWaiter(self._sock)
+            self._subscription_task = loop.create_task(self._watch_subscriptions(reader))
         if self._heartbeat_task is None and self.heartbeat_interval > 0:
             self._heartbeat_task = loop.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.service}")
         return self
@@ -308,6 +337,9 @@ class Publisher(security.BindLater):
         await asyncio.gather(*tasks, return_exceptions=True)
         self.flush()
         self._closed = True
+        reader, self._subscription_reader = self._subscription_reader, None
+        if reader is not None:
+            reader.close()
         self._asock.close()
 
     async def __aenter__(self) -> Publisher:

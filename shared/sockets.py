@@ -71,6 +71,14 @@ class ReadWaiter:
         if self.readable():
             self._wake(True)
 
+    def poke(self) -> None:
+        """Check the events now: another operation on the socket may have taken the FD's signal.
+
+        Any send or receive processes ZeroMQ's pending commands, which reads the FD's signal; a
+        message those commands queued then waits with no signal left to fire the callback.
+        """
+        self._on_fd()
+
     def _wake(self, result: bool) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

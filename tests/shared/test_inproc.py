@@ -40,47 +40,45 @@ async def one_price_through(pub: Publisher, sub: Subscriber, price: float) -> No
 async def test_a_reader_in_this_process_takes_the_inproc_pipe_and_tcp_readers_still_read(
     shared_endpoint: str,
 ) -> None:
-    pub = Publisher(shared_endpoint, service="beacon")
-    pub.start()
     outside = context().socket(zmq.SUB)  # a plain TCP reader: what another program sees
-    outside.subscribe(b"px.a")
-    outside.connect(shared_endpoint)
-    with Subscriber(shared_endpoint, ["px."]) as sub:
-        assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
-        await eventually(
-            lambda: {"px.", "px.a"} <= pub.subscriptions,
-            wake=None,
-            timeout=10,
-            what="both readers subscribed",
-        )
-        for n in range(1, 101):
-            pub.publish("px.a", Price(symbol="a", price=float(n)))
-        pub.flush()
-        got: list[float] = []
-        while len(got) < 100:
-            got += [m.price for _, m in await sub.recv_batch(timeout=10) if isinstance(m, Price)]
-        assert got == [float(n) for n in range(1, 101)]
-        assert sub.stats.gaps == 0
-        seen: list[float] = []
-        while len(seen) < 100:
-            assert await outside.poll(10_000), f"the TCP reader got {len(seen)} of 100"
-            _, payload = await outside.recv_multipart()
-            msgs, bad = decode_payload(payload)
-            assert bad == 0
-            seen += [m.price for m in msgs if isinstance(m, Price)]
-        assert seen == got
-    outside.close(linger=0)
-    await pub.close()
+    async with Publisher(shared_endpoint, service="beacon") as pub:
+        try:
+            outside.subscribe(b"px.a")
+            outside.connect(shared_endpoint)
+            with Subscriber(shared_endpoint, ["px."]) as sub:
+                assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
+                await eventually(
+                    lambda: {"px.", "px.a"} <= pub.subscriptions,
+                    wake=None,
+                    timeout=10,
+                    what="both readers subscribed",
+                )
+                for n in range(1, 101):
+                    pub.publish("px.a", Price(symbol="a", price=float(n)))
+                pub.flush()
+                got: list[float] = []
+                while len(got) < 100:
+                    got += [m.price for _, m in await sub.recv_batch(timeout=10) if isinstance(m, Price)]
+                assert got == [float(n) for n in range(1, 101)]
+                assert sub.stats.gaps == 0
+                seen: list[float] = []
+                while len(seen) < 100:
+                    assert await outside.poll(10_000), f"the TCP reader got {len(seen)} of 100"
+                    _, payload = await outside.recv_multipart()
+                    msgs, bad = decode_payload(payload)
+                    assert bad == 0
+                    seen += [m.price for m in msgs if isinstance(m, Price)]
+                assert seen == got
+        finally:
+            outside.close(linger=0)
 
 
 async def test_an_endpoint_not_shared_is_connected_as_configured(shared_endpoint: str) -> None:
     other = tcp_endpoint()
-    pub = Publisher(other, service="beacon")
-    pub.start()
-    with Subscriber(other, ["px."]) as sub:
-        assert last_endpoint(sub._sock) == other
-        await one_price_through(pub, sub, 1.0)
-    await pub.close()
+    async with Publisher(other, service="beacon") as pub:
+        with Subscriber(other, ["px."]) as sub:
+            assert last_endpoint(sub._sock) == other
+            await one_price_through(pub, sub, 1.0)
 
 
 async def test_a_reader_that_connects_before_the_publisher_binds_still_reads(shared_endpoint: str) -> None:
@@ -88,9 +86,8 @@ async def test_a_reader_that_connects_before_the_publisher_binds_still_reads(sha
     with Subscriber(shared_endpoint, ["px."]) as sub:
         pub = Publisher(shared_endpoint, service="beacon", bind_later=True)
         await pub.bound()
-        pub.start()
-        await one_price_through(pub, sub, 2.0)
-    await pub.close()
+        async with pub:
+            await one_price_through(pub, sub, 2.0)
 
 
 async def test_under_curve_the_in_process_reader_reads_too(shared_endpoint: str, tmp_path: Path) -> None:
@@ -98,11 +95,9 @@ async def test_under_curve_the_in_process_reader_reads_too(shared_endpoint: str,
     create_keys(str(tmp_path / "keys"))
     security.enable(curve_config(tmp_path / "keys", None), context())
     try:
-        pub = Publisher(shared_endpoint, service="beacon")
-        pub.start()
-        with Subscriber(shared_endpoint, ["px."]) as sub:
-            assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
-            await one_price_through(pub, sub, 3.0)
-        await pub.close()
+        async with Publisher(shared_endpoint, service="beacon") as pub:
+            with Subscriber(shared_endpoint, ["px."]) as sub:
+                assert last_endpoint(sub._sock) == inproc.alias(shared_endpoint)
+                await one_price_through(pub, sub, 3.0)
     finally:
         security.enable(None, context())
