@@ -85,6 +85,9 @@ class CommonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     data_dir: str = "data"
     log_level: str = "INFO"
     heartbeat_interval: Duration = Duration(1.0)
+    # what a service publishes this long after its start waits, so that the subscribers of the
+    # incarnation it replaces have reconnected (ZeroMQ retries every 100 ms) and lose none of it
+    rejoin_wait: Duration = Duration(0.5)
     # bytes: a larger frame on a PULL or snapshot socket closes its sender's connection unread
     max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 4 * 1024 * 1024
     curve: CurveConfig | None = None  # CurveZMQ across hosts (shared/security.py); off by default

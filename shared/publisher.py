@@ -6,6 +6,10 @@ a consecutive run of one topic, so the wire keeps ``seq`` order even when topics
 an XPUB, so the sender can wait for its first subscriber. It never blocks: a slow subscriber loses
 messages at its high-water mark and sees them as gaps in ``topic_seq``. A ``lossless`` publisher
 (replay) instead keeps what the high-water mark refuses (XPUB_NODROP) until ``drain`` sends it.
+``hold``: what is published in the first ``hold`` seconds after :meth:`start` waits and goes out
+then: the subscribers of a restarted service reconnect within their reconnect interval (ZeroMQ's
+100 ms), and a message sent before they are back is lost to them. Heartbeats do not wait; a
+snapshot request ends the hold (:meth:`Publisher.release`).
 ``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
 default, sends msgpack maps that each carry the whole envelope.
 """
@@ -13,6 +17,7 @@ default, sends msgpack maps that each carry the whole envelope.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # pyzmq's Socket.send is a Python layer (routing_id, group, Frame checks) over the Cython send:
 # calling the Cython send for our bytes saves ~0.5 us a call, ~1 us a message (two parts).
 _zmq_send = zmq.backend.Socket.send
+log = logging.getLogger("poolwire.bus")
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
 # A send may read the FD signal of a subscription that arrived meanwhile (ZeroMQ processes its
@@ -74,6 +80,7 @@ class Publisher(security.BindLater):
         lossless: bool = False,
         wire_version: int = 1,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        hold: float = 0.0,
         ctx: zmq.asyncio.Context | None = None,
         bind_later: bool = False,
     ) -> None:
@@ -87,6 +94,9 @@ class Publisher(security.BindLater):
         self.batching = batching
         self.max_batch = max_batch
         self.heartbeat_interval = heartbeat_interval
+        self.hold = hold
+        self._held = False  # within ``hold`` of start: flushes wait
+        self._hold_task: asyncio.Task[None] | None = None
         self.stats = PublisherStats()
         self.seq = 0
         self.started_ns = self.clock.time_ns()
@@ -135,7 +145,7 @@ class Publisher(security.BindLater):
         Numbers and timestamps are stamped when the message goes out, so ``seq`` follows the
         order on the wire.
         """
-        if not self.batching:
+        if not self.batching and not self._held:
             self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
             self._send(topic.encode(), self._encode_one(msg), 1)
@@ -174,7 +184,7 @@ class Publisher(security.BindLater):
     def flush(self) -> None:
         """Send everything queued now: one frame per run of one topic, in publish order."""
         self._flush_scheduled = False
-        if not self._pending:
+        if not self._pending or self._held:
             return
         runs = self._runs
         self._runs = []
@@ -318,9 +328,30 @@ class Publisher(security.BindLater):
             except TimeoutError:
                 continue
 
+    def release(self) -> None:
+        """End the hold now and send what it kept: a snapshot names the seq it is exact at, so what
+        the owner's state already holds must have gone out (:class:`~shared.snapshot.SnapshotServer`)."""
+        if self._held:
+            self._held = False
+            log.info(
+                "%s: a snapshot was asked for during the start's hold: what it kept goes out now",
+                self.service,
+            )
+        self.flush()
+
+    async def _hold_then_flush(self) -> None:
+        try:
+            await self.clock.sleep(self.hold)
+        finally:
+            self._held = False
+            self.flush()
+
     def start(self) -> Publisher:
-        """Start heartbeats (the first one goes out now) and subscription tracking."""
+        """Start heartbeats (the first one goes out now), subscription tracking and the hold."""
         loop = asyncio.get_running_loop()
+        if self.hold > 0 and self._hold_task is None:
+            self._held = True
+            self._hold_task = loop.create_task(self._hold_then_flush(), name=f"hold:{self.service}")
         if self._subscription_task is None:
             reader = self._subscription_reader = ReadWaiter(self._sock)
             self._subscription_task = loop.create_task(self._watch_subscriptions(reader))
@@ -331,7 +362,7 @@ class Publisher(security.BindLater):
     async def close(self) -> None:
         if self._closed:
             return
-        tasks = [t for t in (self._heartbeat_task, self._subscription_task) if t is not None]
+        tasks = [t for t in (self._heartbeat_task, self._subscription_task, self._hold_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

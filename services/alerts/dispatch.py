@@ -7,8 +7,10 @@ or hung worker) or fails is retried once with ``attempt`` 2; if that also fails 
 failed. ``job.attempt`` is the attempt last sent until the retry goes out, so a log line about a
 timeout names the attempt that timed out.
 
-Results are checked against what is in flight: a result for a job that recently left flight (the
-first attempt answering after its retry went out, a job answered twice) is *late*; one for a job
+Results are checked against what is in flight or queued: a result for a queued job answers it (a
+recovered job the killed run's worker finished, a timed-out attempt answering before its retry
+left): it is taken from the queue and handled. One for a job that recently left flight (the first
+attempt answering after its retry went out, a job answered twice) is *late*; one for a job
 never sent here, or naming another strategy than its job's, is *refused* (``refused`` counts by
 reason) and changes nothing. "Recently" is at most ``RECENT_TIMEOUTS`` job timeouts and at most
 ``RECENT_IDS`` jobs: a result later than that is refused as ``unknown_job`` (it changes nothing
@@ -125,12 +127,31 @@ class Dispatcher:
         return "retry"
 
     def check(self, result: JobResult) -> str | None:
-        """Why this result is refused (None: it answers a job in flight, or is late)."""
+        """Why this result is refused (None: it answers a job in flight or queued, or is late)."""
         entry = self.in_flight.get(result.job_id)
-        if entry is None:
+        job = entry.job if entry is not None else self._queued(result.job_id)
+        if job is None:
             return None if result.job_id in self.recent else "unknown_job"
-        if result.strategy != entry.job.strategy:
+        if result.strategy != job.strategy:
             return "strategy_mismatch"
+        return None
+
+    def _queued(self, job_id: str) -> StrategyJob | None:
+        for job, _, _ in self.queue:
+            if job.job_id == job_id:
+                return job
+        return None
+
+    def _take_queued(self, job_id: str, now_ns: int) -> InFlight | None:
+        """A queued job answered before it went out: a recovered job that the killed run's worker
+        finished, or a timed-out attempt answering before its retry left. It is answered: taken
+        from the queue, not sent again."""
+        for i, (job, first, _) in enumerate(self.queue):
+            if job.job_id == job_id:
+                del self.queue[i]
+                self.recent[job_id] = now_ns
+                self.recent.move_to_end(job_id)
+                return InFlight(job, now_ns, now_ns + self.timeout_ns, now_ns if first is None else first)
         return None
 
     def complete(self, result: JobResult, now_ns: int) -> tuple[Status, StrategyJob | None, int]:
@@ -140,6 +161,8 @@ class Dispatcher:
             self.refused[reason] += 1
             return "refused", None, 0
         entry = self._leave(result.job_id, now_ns)
+        if entry is None and self.queue:
+            entry = self._take_queued(result.job_id, now_ns)
         if entry is None:
             self.stats.late += 1
             return "late", None, 0

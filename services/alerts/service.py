@@ -46,6 +46,7 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
         service="alerts",
         clock=clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
+        hold=ctx.common.rejoin_wait,
         wire_version=ctx.common.wire_version,
         bind_later=True,
     ).bound(clock)

@@ -48,6 +48,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
         publisher_id=cfg.publisher_id or None,
         clock=ctx.clock,
         heartbeat_interval=ctx.common.heartbeat_interval,
+        hold=ctx.common.rejoin_wait,
         wire_version=ctx.common.wire_version,
         bind_later=True,
     ).bound(ctx.clock)

@@ -118,6 +118,7 @@ class RegistryService(ClockedLoops):
             service="registry",
             clock=self.clock,
             heartbeat_interval=ctx.common.heartbeat_interval,
+            hold=ctx.common.rejoin_wait,
             wire_version=ctx.common.wire_version,
             bind_later=True,
         )

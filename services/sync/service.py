@@ -55,6 +55,7 @@ class SyncService:
             service="sync",
             clock=ctx.clock,
             heartbeat_interval=ctx.common.heartbeat_interval,
+            hold=ctx.common.rejoin_wait,
             wire_version=ctx.common.wire_version,
             bind_later=True,
         )

@@ -73,6 +73,29 @@ def test_only_a_result_for_a_job_in_flight_of_its_strategy_is_taken() -> None:
     assert d.stats.late == 1 and d.refused["unknown_job"] == 1
 
 
+def test_a_recovered_job_answered_before_it_went_out_is_done_and_not_sent() -> None:
+    # the restart queued the killed run's job; that run's worker answers it before a worker joins
+    d = Dispatcher(timeout_ns=10 * S)
+    d.submit(job(0), recovered=True)
+    d.submit(job(1), recovered=True)
+    assert d.complete(result("j0", strategy="other"), 1)[0] == "refused"  # a forged answer still is
+    assert [j.job_id for j, _, _ in d.queue] == ["j0", "j1"]
+    status, answered, _ = d.complete(result("j0"), 2)
+    assert (status, answered.job_id if answered else None) == ("done", "j0")
+    assert [j.job_id for j in d.ready(3)] == ["j1"]  # j0 is not evaluated again
+    assert d.complete(result("j0"), 4)[0] == "late"  # the re-run's answer, had it gone out
+    assert (d.stats.done, d.stats.late, d.refused) == (1, 1, {"strategy_mismatch": 1})
+
+
+def test_a_timed_out_attempt_answering_before_its_retry_left_answers_the_job() -> None:
+    d = Dispatcher(timeout_ns=10 * S)
+    d.submit(job(0))
+    d.ready(0)
+    d.expire(10 * S)  # the retry waits in the queue (no room, or no worker yet)
+    assert d.complete(result("j0"), 11 * S)[0] == "done"
+    assert not d.queue and not d.in_flight and d.ready(12 * S) == []
+
+
 @pytest.fixture
 def core(tmp_path: Path) -> Alerts:
     core = Alerts(config(CROSS), SqliteStore(str(tmp_path / "a.sqlite3")))

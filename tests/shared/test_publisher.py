@@ -4,9 +4,13 @@ import select
 
 import zmq
 
-from shared.bus import Publisher, context
-from shared.messages import Price
+from shared.bus import Publisher, Subscriber, context
+from shared.clock import FakeClock
+from shared.constants import health_topic
+from shared.messages import Heartbeat, Message, Price, SnapshotRequest
+from shared.snapshot import SnapshotServer, request_snapshot
 from tests.helpers import eventually
+from tests.ports import tcp_endpoint
 
 
 def fd_signalled(sock: zmq.Socket[bytes]) -> bool:
@@ -40,3 +44,65 @@ async def test_a_subscription_whose_signal_a_send_took_is_still_seen() -> None:
             )
         finally:
             sub.close(linger=0)
+
+
+async def test_what_is_published_within_the_hold_goes_out_when_it_ends_heartbeats_at_once() -> None:
+    clock = FakeClock()
+    endpoint = tcp_endpoint()
+    got: list[Message] = []
+
+    async def receive() -> None:
+        got.extend(m for _, m in await sub.recv_batch(timeout=1))
+
+    with Subscriber(endpoint, ["px.", health_topic("beacon")], clock=clock) as sub:
+        async with Publisher(
+            endpoint, service="beacon", clock=clock, hold=0.5, heartbeat_interval=0.2
+        ) as pub:
+            await pub.wait_for_subscriber(health_topic("beacon"), timeout=10)
+            for n in range(3):
+                pub.publish("px.a", Price(symbol="a", price=float(n)))
+            pub.flush()
+            clock.advance(0.2)  # a heartbeat goes out after the prices were published: they wait
+            await eventually(
+                lambda: any(isinstance(m, Heartbeat) for m in got),
+                wake=receive,
+                timeout=10,
+                what="a heartbeat",
+            )
+            assert not any(isinstance(m, Price) for m in got)  # one socket, in order: none went before
+            clock.advance(0.3)  # the hold is over: the prices go out, numbered after the heartbeats
+            await eventually(
+                lambda: sum(isinstance(m, Price) for m in got) == 3,
+                wake=receive,
+                timeout=10,
+                what="the prices",
+            )
+    prices = [m for m in got if isinstance(m, Price)]
+    assert [(p.price, p.topic_seq) for p in prices] == [(0.0, 1), (1.0, 2), (2.0, 3)]
+    assert [m.seq for m in got] == sorted(m.seq for m in got) and sub.stats.gaps == 0
+
+
+async def test_a_snapshot_asked_for_during_the_hold_ends_it_and_is_exact_at_its_seq() -> None:
+    clock = FakeClock()  # never advanced: only the snapshot can end the hold
+    endpoint, snap = tcp_endpoint(), tcp_endpoint()
+    with Subscriber(endpoint, ["px."], clock=clock) as sub:
+        async with Publisher(endpoint, service="beacon", clock=clock, hold=60, heartbeat_interval=0) as pub:
+            state: dict[str, Price] = {}
+
+            def source(request: SnapshotRequest) -> tuple[int, list[Message]]:
+                return pub.seq, [Price(symbol=s, price=p.price) for s, p in state.items()]
+
+            server = SnapshotServer(snap, source, publisher=pub).start()
+            try:
+                await pub.wait_for_subscriber("px.", timeout=10)
+                for n in (1.0, 2.0):
+                    state["a"] = Price(symbol="a", price=n)
+                    pub.publish("px.a", Price(symbol="a", price=n))
+                reply, items = await request_snapshot(snap, "px.", timeout=10)
+                assert reply.snapshot_seq == 2 and [
+                    (m.price, m.seq) for m in items if isinstance(m, Price)
+                ] == [(2.0, 2)]
+                got = await sub.recv_batch(timeout=10)  # what the snapshot counts went out before it
+                assert [(m.price, m.seq) for _, m in got if isinstance(m, Price)] == [(1.0, 1), (2.0, 2)]
+            finally:
+                await server.close()
