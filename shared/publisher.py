@@ -7,9 +7,10 @@ an XPUB, so the sender can wait for its first subscriber. It never blocks: a slo
 messages at its high-water mark and sees them as gaps in ``topic_seq``. A ``lossless`` publisher
 (replay) instead keeps what the high-water mark refuses (XPUB_NODROP) until ``drain`` sends it.
 ``hold``: what is published in the first ``hold`` seconds after :meth:`start` waits and goes out
-then: the subscribers of a restarted service reconnect within their reconnect interval (ZeroMQ's
-100 ms), and a message sent before they are back is lost to them. Heartbeats do not wait; a
-snapshot request ends the hold (:meth:`Publisher.release`).
+then, and heartbeats start after it (so a heartbeat still follows everything published before
+it): the subscribers of a restarted service reconnect within their reconnect interval (ZeroMQ's
+100 ms), and a message sent before they are back is lost to them. A snapshot request ends the
+hold (:meth:`Publisher.release`).
 ``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
 default, sends msgpack maps that each carry the whole envelope.
 """
@@ -329,34 +330,39 @@ class Publisher(security.BindLater):
                 continue
 
     def release(self) -> None:
-        """End the hold now and send what it kept: a snapshot names the seq it is exact at, so what
-        the owner's state already holds must have gone out (:class:`~shared.snapshot.SnapshotServer`)."""
-        if self._held:
-            self._held = False
-            log.info(
-                "%s: a snapshot was asked for during the start's hold: what it kept goes out now",
-                self.service,
-            )
+        """End the hold now: what it kept goes out, then heartbeats start. A snapshot calls this
+        (:class:`~shared.snapshot.SnapshotServer`): it names the seq it is exact at, so what the
+        owner's state already holds must have gone out."""
+        if not self._held:
+            return
+        self._held = False
+        if self._hold_task is not None and self._hold_task is not asyncio.current_task():
+            self._hold_task.cancel()
+            log.info("%s: a snapshot was asked for within the start's hold: it ends now", self.service)
         self.flush()
+        self._start_heartbeats()
 
-    async def _hold_then_flush(self) -> None:
-        try:
-            await self.clock.sleep(self.hold)
-        finally:
-            self._held = False
-            self.flush()
+    async def _hold_then_release(self) -> None:
+        await self.clock.sleep(self.hold)
+        self.release()
+
+    def _start_heartbeats(self) -> None:
+        if self._heartbeat_task is None and self.heartbeat_interval > 0:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(
+                self._heartbeat_loop(), name=f"heartbeat:{self.service}"
+            )
 
     def start(self) -> Publisher:
-        """Start heartbeats (the first one goes out now), subscription tracking and the hold."""
+        """Start subscription tracking and the hold, or heartbeats (the first one goes out now)."""
         loop = asyncio.get_running_loop()
-        if self.hold > 0 and self._hold_task is None:
-            self._held = True
-            self._hold_task = loop.create_task(self._hold_then_flush(), name=f"hold:{self.service}")
         if self._subscription_task is None:
             reader = self._subscription_reader = ReadWaiter(self._sock)
             self._subscription_task = loop.create_task(self._watch_subscriptions(reader))
-        if self._heartbeat_task is None and self.heartbeat_interval > 0:
-            self._heartbeat_task = loop.create_task(self._heartbeat_loop(), name=f"heartbeat:{self.service}")
+        if self.hold > 0 and self._hold_task is None:
+            self._held = True
+            self._hold_task = loop.create_task(self._hold_then_release(), name=f"hold:{self.service}")
+        elif not self._held:
+            self._start_heartbeats()
         return self
 
     async def close(self) -> None:
@@ -366,6 +372,7 @@ class Publisher(security.BindLater):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._held = False  # what the hold kept goes out with the rest
         self.flush()
         self._closed = True
         reader, self._subscription_reader = self._subscription_reader, None
