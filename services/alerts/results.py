@@ -38,7 +38,7 @@ class Results:
     def on_result(self, result: JobResult, now_ns: int) -> tuple[Status, list[Any], int]:
         """A job's result: the alerts to publish now (states persisted, job finished in the store).
 
-        Only a result for a job in flight, of that job's strategy, is taken (see
+        Only a result for a job in flight or queued, of that job's strategy, is taken (see
         :meth:`Dispatcher.check`); an alert in it of another strategy is dropped. Both are counted
         in ``dispatcher.refused`` and logged rate-limited. If the store fails while the result is
         handled, the job is in flight again and the result kept in ``deferred``, handled again by
