@@ -18,7 +18,6 @@ default, sends msgpack maps that each carry the whole envelope.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # pyzmq's Socket.send is a Python layer (routing_id, group, Frame checks) over the Cython send:
 # calling the Cython send for our bytes saves ~0.5 us a call, ~1 us a message (two parts).
 _zmq_send = zmq.backend.Socket.send
-log = logging.getLogger("poolwire.bus")
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
 # A send may read the FD signal of a subscription that arrived meanwhile (ZeroMQ processes its
@@ -329,18 +327,18 @@ class Publisher(security.BindLater):
             except TimeoutError:
                 continue
 
-    def release(self) -> None:
-        """End the hold now: what it kept goes out, then heartbeats start. A snapshot calls this
-        (:class:`~shared.snapshot.SnapshotServer`): it names the seq it is exact at, so what the
-        owner's state already holds must have gone out."""
+    def release(self) -> bool:
+        """End the hold now: what it kept goes out, then heartbeats start; whether a hold ended.
+        A snapshot calls this (:class:`~shared.snapshot.SnapshotServer`): it names the seq it is
+        exact at, so what the owner's state already holds must have gone out."""
         if not self._held:
-            return
+            return False
         self._held = False
         if self._hold_task is not None and self._hold_task is not asyncio.current_task():
             self._hold_task.cancel()
-            log.info("%s: a snapshot was asked for within the start's hold: it ends now", self.service)
         self.flush()
         self._start_heartbeats()
+        return True
 
     async def _hold_then_release(self) -> None:
         await self.clock.sleep(self.hold)

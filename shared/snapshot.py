@@ -102,8 +102,9 @@ class SnapshotServer(security.BindLater):
                 skip_log("bad request", "refused a snapshot request: %s", error)
                 await self._reply(identity, SnapshotReply(snapshot_seq=0, count=0, error=error), [])
                 continue
-            if self.publisher is not None:
-                self.publisher.release()  # the state is exact at a seq only once it has all gone out
+            # the state is exact at a seq only once what the publisher holds has gone out
+            if self.publisher is not None and self.publisher.release():
+                log.info("a snapshot asked for within the publisher's start hold: the hold ends now")
             try:
                 seq, items = self.source(request)
             except Exception:  # the owner's bug must not end the server: later requests still get answers

@@ -129,30 +129,36 @@ class Dispatcher:
     def check(self, result: JobResult) -> str | None:
         """Why this result is refused (None: it answers a job in flight or queued, or is late)."""
         entry = self.in_flight.get(result.job_id)
-        job = entry.job if entry is not None else self._queued(result.job_id)
+        if entry is not None:
+            job: StrategyJob | None = entry.job
+        else:
+            i = self._queued(result.job_id)
+            job = None if i is None else self.queue[i][0]
         if job is None:
             return None if result.job_id in self.recent else "unknown_job"
         if result.strategy != job.strategy:
             return "strategy_mismatch"
         return None
 
-    def _queued(self, job_id: str) -> StrategyJob | None:
-        for job, _, _ in self.queue:
+    def _queued(self, job_id: str) -> int | None:
+        """Where ``job_id`` waits in the queue (None: it does not)."""
+        for i, (job, _, _) in enumerate(self.queue):
             if job.job_id == job_id:
-                return job
+                return i
         return None
 
     def _take_queued(self, job_id: str, now_ns: int) -> InFlight | None:
         """A queued job answered before it went out: a recovered job that the killed run's worker
         finished, or a timed-out attempt answering before its retry left. It is answered: taken
         from the queue, not sent again."""
-        for i, (job, first, _) in enumerate(self.queue):
-            if job.job_id == job_id:
-                del self.queue[i]
-                self.recent[job_id] = now_ns
-                self.recent.move_to_end(job_id)
-                return InFlight(job, now_ns, now_ns + self.timeout_ns, now_ns if first is None else first)
-        return None
+        i = self._queued(job_id)
+        if i is None:
+            return None
+        job, first, _ = self.queue[i]
+        del self.queue[i]
+        self.recent[job_id] = now_ns
+        self.recent.move_to_end(job_id)
+        return InFlight(job, now_ns, now_ns + self.timeout_ns, now_ns if first is None else first)
 
     def complete(self, result: JobResult, now_ns: int) -> tuple[Status, StrategyJob | None, int]:
         """A result arrived: (status, its job, latency ns from the first send)."""
