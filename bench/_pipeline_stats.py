@@ -13,10 +13,16 @@ from typing import Any
 SUSTAINED_P99_MS = 100.0  # past it a window is not sustained: a queue that grows shows there first
 DRIVER = "simulator"  # the outside world: its CPU is not the pipeline's
 CURVE_TOP = 30_000  # the scaling curve: p99 at 1 k, 10 k and this many updates/s offered
-CPU_BASELINE_US = (
-    54.3  # pipeline.cpu_us_per_update before issue 17's work (the median of 3): the goal is half
-)
+CPU_BASELINE_US = 54.3  # pipeline.cpu_us_per_update before issue 17's work, on the host of that day
 CPU_BASELINE_RANGE = "53.2-54.9"
+# The same baseline as a ratio to the simulator's CPU per update, measured again in session 14 on
+# one host beside this tree (the tree at e558fb7, its own bench, three 10 k/s windows each,
+# interleaved): the simulator's code is the same in both and its CPU moves with the host's speed as
+# the pipeline's does, so half this ratio is the goal on any host (the microseconds moved 20-40 %
+# between runs and days: the same baseline tree measured 37.1-43.1 us that session).
+CPU_BASELINE_RATIO = 1.69
+CPU_BASELINE_RATIO_RANGE = "1.66-1.73"
+CPU_GOAL_RATIO = CPU_BASELINE_RATIO / 2
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,16 +188,20 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
         "pipeline.cpu_us_per_update": {
             "value": main.cpu_us_per_update(),
             "unit": "us CPU/update",
-            "goal": f"<= {CPU_BASELINE_US / 2:g}",
+            "goal": cpu_goal(main),
             "note": f"ingest + registry + alerts, every thread, at 10 k updates/s (not the simulator); "
-            f"goal: half the baseline, {CPU_BASELINE_US:g} us (3 runs at 5fac3a9: {CPU_BASELINE_RANGE})",
+            f"goal: half the baseline, as a ratio to the simulator's CPU in this window ({CPU_GOAL_RATIO:.3f} "
+            f"x {main.cpu_us_per_update(DRIVER):.2f} us; the baseline was {CPU_BASELINE_US:g} us on its "
+            f"day's host, 3 runs at 5fac3a9: {CPU_BASELINE_RANGE})",
         },
     }
     out["pipeline.cpu_ratio_to_simulator"] = {
         "value": main.cpu_ratio_to_driver(),
         "unit": "x",
-        "goal": "",
-        "note": "pipeline.cpu_us_per_update over the simulator's CPU per update in the same window",
+        "goal": f"<= {CPU_GOAL_RATIO:.3f}",
+        "note": "pipeline.cpu_us_per_update over the simulator's CPU per update in the same window; "
+        f"goal: half the baseline's {CPU_BASELINE_RATIO:g} ({CPU_BASELINE_RATIO_RANGE}, the tree before "
+        "issue 17 measured beside this one on one host)",
     }
     for name, values in main.hops_ms.items():
         out[f"pipeline.hop_{name}_p50_ms"] = {"value": pct(values, 0.5), "unit": "ms", "goal": ""}
@@ -221,6 +231,11 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
     return out
 
 
+def cpu_goal(w: Window) -> str:
+    """Half the baseline's CPU per update, in microseconds of this window's host (its simulator's)."""
+    return f"<= {CPU_GOAL_RATIO * w.cpu_us_per_update(DRIVER):.2f}"
+
+
 def pinned_figures(main: Window, pins: dict[str, int], suffix: str = "pinned") -> dict[str, dict[str, Any]]:
     """The 10 k/s window with the processes pinned to cores (``taskset``)."""
     where = ", ".join(f"{n}: {c}" for n, c in pins.items())
@@ -231,7 +246,8 @@ def cohosted_figures(main: Window, sub_gaps: float) -> dict[str, dict[str, Any]]
     """The 10 k/s window with ingest, registry and alerts in one process (``python -m services``)."""
     out = variant_figures(main, "cohosted", "the three services in one process, on one event loop")
     out["pipeline.p99_ms_cohosted"]["goal"] = "<= 3"
-    out["pipeline.cpu_us_per_update_cohosted"]["goal"] = f"<= {CPU_BASELINE_US / 2:g}"
+    out["pipeline.cpu_us_per_update_cohosted"]["goal"] = cpu_goal(main)
+    out["pipeline.cpu_ratio_to_simulator_cohosted"]["goal"] = f"<= {CPU_GOAL_RATIO:.3f}"
     out["pipeline.gaps_cohosted"] = {"value": main.gaps + sub_gaps, "unit": "gaps", "goal": "<= 0"}
     return out
 

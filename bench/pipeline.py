@@ -38,7 +38,8 @@ and this collector on core 0, the pipeline's one process on core 1).
 
 ``BENCH_PIPELINE_PYSPY=dir`` records py-spy's raw stacks of each service (Python frames: with
 ``--native`` py-spy stalled the processes until alerts were lost) over the 10 k/s window into ``dir/<service>.txt``, and each thread's CPU at its start and end into
-``dir/threads-*.txt``.
+``dir/threads-*.txt``. ``BENCH_PIPELINE_PERF=dir`` records ``perf`` with DWARF call graphs instead
+(``dir/<service>.perf``, native frames: the kernel, libzmq, the compiled cores; ``perf report -i``).
 """
 
 from __future__ import annotations
@@ -226,9 +227,9 @@ class Pipeline:
         return out
 
     @contextlib.contextmanager
-    def profiled(self, out: str | None, seconds: float) -> Iterator[None]:
-        """py-spy on each service for ``seconds`` and each thread's CPU before and after, into
-        ``out`` (nothing if None)."""
+    def profiled(self, out: str | None, seconds: float, perf: bool = False) -> Iterator[None]:
+        """py-spy (or ``perf``) on each service for ``seconds`` and each thread's CPU before and
+        after, into ``out`` (nothing if None)."""
         if not out:
             yield
             return
@@ -237,14 +238,17 @@ class Pipeline:
         pids = {name: p.pid for name, p in self.procs.items() if name != DRIVER}
         (Path(out) / "threads-start.txt").write_text(threads_cpu(pids))
         spies = [
-            subprocess.Popen([spy, "record", "--threads", "-r", "1000", "-f", "raw",
+            subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384",
+                              "-o", f"{out}/{name}.perf", "-p", str(pid), "--", "sleep", str(int(seconds))]
+                             if perf else
+                             [spy, "record", "--threads", "-r", "1000", "-f", "raw",
                               "-d", str(int(seconds)), "-o", f"{out}/{name}.txt", "--pid", str(pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, pid in pids.items()
         ]  # fmt: skip
         yield
         for proc in spies:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         (Path(out) / "threads-end.txt").write_text(threads_cpu(pids))
 
     def cpu(self) -> dict[str, float]:
@@ -338,7 +342,8 @@ async def _run(tmp: Path, cohosted: bool = False) -> dict[str, dict[str, Any]]:
 
             await p.sim(http, RATE, PROBES_PER_S)
             await asyncio.sleep(WARMUP_S)
-            with p.profiled(os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S):
+            perf = os.environ.get("BENCH_PIPELINE_PERF")
+            with p.profiled(perf or os.environ.get("BENCH_PIPELINE_PYSPY"), WINDOW_S, perf=bool(perf)):
                 main = await p.window(http, RATE, WINDOW_S)
             steps: list[Window] = []
             for rate in () if cohosted else (LOW_RATE, *RAMP):

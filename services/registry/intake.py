@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 import traceback
 
-from prometheus_client import Histogram
-
 from services.registry.detectors import Detectors
 from services.registry.patterns import Detection
 from services.registry.registry import Registry
@@ -38,7 +36,6 @@ class Intake:
     clock: Clock
     limits: Limits
     skip_log: RateLimitedLog
-    processing: Histogram
     bad_events: dict[str, int]  # detector events refused, by reason
     prices_refused: dict[str, int]
     _symbols_ok: set[str]  # symbols whose names passed the checks (the hot path)
@@ -100,7 +97,7 @@ class Intake:
 
     def prices(self, batch: list[tuple[str, Message]], start: int) -> int:
         """Handle the prices of ``batch`` from ``start`` for at most TURN_BUDGET_S, publish what
-        they caused; returns where it stopped."""
+        they caused; returns where it stopped. (Its time is the caller's to observe: Turns.done.)"""
         reg = self.registry
         detectors = self.detectors
         clock = self.clock
@@ -147,7 +144,6 @@ class Intake:
             if oldest == 0 and msg.publish_ns:
                 oldest = msg.publish_ns
         self.emit_safely(oldest)
-        self.processing.labels("prices").observe(time.perf_counter() - t0)
         return i
 
     def detector_events(self, msgs: list[Message], start: int) -> int:
@@ -170,5 +166,4 @@ class Intake:
             if not i & 63 and time.perf_counter() > until:
                 break
         self.emit_safely()
-        self.processing.labels("detector_events").observe(time.perf_counter() - t0)
         return i

@@ -221,7 +221,7 @@ class RegistryService(ClockedLoops):
             while start < len(batch):
                 t0 = self.turns.start()
                 was, start = start, self.prices(batch, start)
-                self.turns.done("prices", t0, "%d prices", start - was, observe=False)
+                self.turns.done("prices", t0, "%d prices", start - was)
                 last = batch[start - 1][1]
                 self.observe_stream(last.publish_ns if isinstance(last, Price) else 0)
                 await self.next_turn()  # recv_batch does not yield while prices are queued
@@ -233,7 +233,7 @@ class RegistryService(ClockedLoops):
             while start < len(msgs):
                 t0 = self.turns.start()
                 was, start = start, self.detector_events(msgs, start)
-                self.turns.done("detector_events", t0, "%d events", start - was, observe=False)
+                self.turns.done("detector_events", t0, "%d events", start - was)
                 await self.next_turn()
 
     async def flush_loop(self) -> None:

@@ -43,15 +43,14 @@ class Turns(Collector):
         CPU at ~20 000 pieces a second; the probe tells CPU from waiting.)"""
         return time.perf_counter()
 
-    def done(self, stage: str, t0: float, what: str = "", *args: object, observe: bool = True) -> float:
-        """The piece of ``stage`` begun at ``t0`` (perf_counter) is done: its time observed (unless
-        its caller did), and counted and logged if slow (``what % args``: what it did)."""
+    def done(self, stage: str, t0: float, what: str = "", *args: object) -> float:
+        """The piece of ``stage`` begun at ``t0`` (perf_counter) is done: its time observed, and
+        counted and logged if slow (``what % args``: what it did)."""
         took = time.perf_counter() - t0
-        if observe:
-            child = self._children.get(stage)
-            if child is None:
-                child = self._children[stage] = self.processing.labels(stage)
-            child.observe(took)
+        child = self._children.get(stage)
+        if child is None:
+            child = self._children[stage] = self.processing.labels(stage)
+        child.observe(took)
         if took > SLOW_S:
             self.slow[stage] = self.slow.get(stage, 0) + 1
             if log.isEnabledFor(logging.DEBUG):
