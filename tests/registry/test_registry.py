@@ -114,7 +114,10 @@ def test_out_of_order_created_at_still_scheduled() -> None:
 def test_ids_are_deterministic() -> None:
     a = zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.5)
     assert a == zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.5)
-    assert a.startswith("H1_20231114T221320Z_") and len(a.split("_")[-1]) == 12
+    # The same value in every version: zones kept in the store are found again by the id of their
+    # re-detection after an upgrade (48 bits of BLAKE2b over the packed range, time, symbol, kind).
+    assert a == "H1_20231114T221320Z_82c2c428c969"
+    assert zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.5) == a  # a second id hashes a fresh copy
     assert a != zone_id("H1", T0, "pm.a", FVG_BULLISH, 1.0, 0.50001)
     reg = Registry(rules(), T0)
     z1 = reg.create("pm.a", "H1", FVG_BULLISH, 1.0, 0.5, 1.0, T0, T0)
