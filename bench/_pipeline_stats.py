@@ -17,9 +17,9 @@ CPU_BASELINE_US = 54.3  # pipeline.cpu_us_per_update before issue 17's work, on 
 CPU_BASELINE_RANGE = "53.2-54.9"
 # The same baseline as a ratio to the simulator's CPU per update, measured again in session 14 on
 # one host beside this tree (the tree at e558fb7, its own bench, four 10 k/s windows each,
-# interleaved: the median): the simulator's code is the same in both and its CPU moves with the host's speed as
-# the pipeline's does, so half this ratio is the goal on any host (the microseconds moved 20-40 %
-# between runs and days: the same baseline tree measured 37.1-43.1 us that session).
+# interleaved: the median). The simulator's code is the same in both trees and its CPU moves with
+# the host's speed as the pipeline's does, so half this ratio is the goal on any host (the
+# microseconds moved 20-40 % between runs and days: that tree measured 37.1-43.1 us that session).
 CPU_BASELINE_RATIO = 1.71
 CPU_BASELINE_RATIO_RANGE = "1.66-1.76"
 CPU_GOAL_RATIO = CPU_BASELINE_RATIO / 2
