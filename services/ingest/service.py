@@ -104,7 +104,9 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     handle = router.handle_frame
     perf = time.perf_counter
 
-    burst = BurstFlush(pub.flush)  # a long burst's first messages go out before its end
+    burst = BurstFlush(
+        pub.flush, asyncio.get_running_loop().call_soon
+    )  # a long burst's first messages go first
     routed = burst.routed
 
     def on_frame(conn_id: str, data: str | bytes) -> int:
