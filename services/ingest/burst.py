@@ -10,8 +10,8 @@ early flush costs one flush call, not extra frames on the wire.
 A turn's end ends the burst: the first frame of a turn schedules, with ``defer`` (the loop's
 ``call_soon``), the reset that runs when the loop turns, where the publisher's own flush runs too.
 (Counting from the first frame of an earlier turn made every burst after a pause flush at its
-first frame: a second wakeup of ZeroMQ's I/O thread per burst, in the middle of it, and the
-pipeline bench's first hop 0.09 -> 0.24 ms at the median.)
+first frame: a second wakeup of ZeroMQ's I/O thread per burst, in the middle of it; the pipeline
+bench's ingest flushed 1 000-1 180 times a second, 650-780 since.)
 """
 
 from __future__ import annotations
