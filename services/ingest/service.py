@@ -104,9 +104,8 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     handle = router.handle_frame
     perf = time.perf_counter
 
-    burst = BurstFlush(
-        pub.flush, asyncio.get_running_loop().call_soon
-    )  # a long burst's first messages go first
+    # a long burst's first messages go out before its end
+    burst = BurstFlush(pub.flush, asyncio.get_running_loop().call_soon)
     routed = burst.routed
 
     def on_frame(conn_id: str, data: str | bytes) -> int:
