@@ -53,6 +53,17 @@ DRAIN_PAUSE_MAX_S = 0.02
 SUBSCRIPTION_RECHECK_S = 0.001
 
 
+class TopicState:
+    """A topic's numbering: its last ``topic_seq``, the ``seq`` of its last message, its bytes."""
+
+    __slots__ = ("last", "seq", "wire")
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+        self.seq = 0
+        self.last = 0
+
+
 @dataclass(slots=True)
 class PublisherStats:
     sent: int = 0  # messages
@@ -99,8 +110,7 @@ class Publisher(security.BindLater):
         self.stats = PublisherStats()
         self.seq = 0
         self.started_ns = self.clock.time_ns()
-        self._topic_seqs: dict[str, int] = {}
-        self._topic_last_seq: dict[str, int] = {}  # the seq of each topic's last message
+        self._topics: dict[str, TopicState] = {}  # one lookup a frame: its numbers and its bytes
         # Consecutive runs of one topic, in publish order; the last run grows while its topic repeats.
         self._runs: list[tuple[str, list[Message]]] = []
         self._last_run: list[Message] | None = None
@@ -127,16 +137,20 @@ class Publisher(security.BindLater):
         self._subscription_reader: ReadWaiter | None = None
         self._recheck_scheduled = False
 
-    def _stamp(self, topic: str, msg: Message) -> None:
+    def _topic(self, topic: str) -> TopicState:
+        state = self._topics[topic] = TopicState(topic.encode())
+        self.stats.topics += 1
+        return state
+
+    def _stamp(self, topic: str, msg: Message) -> TopicState:
+        state = self._topics.get(topic) or self._topic(topic)
         self.seq += 1
-        tseq = self._topic_seqs.get(topic, 0) + 1
-        if tseq == 1:
-            self.stats.topics += 1
-        self._topic_seqs[topic] = tseq
-        self._topic_last_seq[topic] = self.seq
+        state.seq += 1
+        state.last = self.seq
         msg.publisher = self.publisher_id
         msg.seq = self.seq
-        msg.topic_seq = tseq
+        msg.topic_seq = state.seq
+        return state
 
     def publish(self, topic: str, msg: Message) -> None:
         """Queue (batching) or send one message. Never blocks.
@@ -145,9 +159,9 @@ class Publisher(security.BindLater):
         order on the wire.
         """
         if not self.batching and not self._held:
-            self._stamp(topic, msg)
+            state = self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
-            self._send(topic.encode(), self._encode_one(msg), 1)
+            self._send(state.wire, self._encode_one(msg), 1)
             return
         run = self._last_run
         if run is not None and topic == self._last_topic:
@@ -189,35 +203,57 @@ class Publisher(security.BindLater):
         self._runs = []
         self._last_run = None
         self._pending = 0
-        self.stats.flushes += 1
+        stats = self.stats
+        stats.flushes += 1
         now = self.clock.time_ns()
         publisher = self.publisher_id
         seq = self.seq
-        topic_seqs = self._topic_seqs
-        last_seqs = self._topic_last_seq
+        topics = self._topics
         encode = ENCODER.encode
         v2 = self.wire_version == 2
-        for topic, msgs in runs:
-            tseq = topic_seqs.get(topic, 0)
-            if not tseq:
-                self.stats.topics += 1
-            if v2:
-                payload = stamp_and_encode_v2(publisher, seq + 1, tseq + 1, now, msgs)
-                seq += len(msgs)
-                tseq += len(msgs)
-            else:
-                for msg in msgs:
-                    seq += 1
-                    tseq += 1
-                    msg.publisher = publisher
-                    msg.seq = seq
-                    msg.topic_seq = tseq
-                    msg.publish_ns = now
-                payload = encode(msgs[0]) if len(msgs) == 1 else encode(msgs)
-            topic_seqs[topic] = tseq
-            last_seqs[topic] = seq
+        sock = self._sock
+        backlog = self._backlog
+        closed = self._closed
+        frames = sent = size = 0
+        try:
+            for topic, msgs in runs:
+                state = topics.get(topic) or self._topic(topic)
+                count = len(msgs)
+                if v2:
+                    payload = stamp_and_encode_v2(publisher, seq + 1, state.seq + 1, now, msgs)
+                else:
+                    mseq, tseq = seq, state.seq
+                    for msg in msgs:
+                        mseq += 1
+                        tseq += 1
+                        msg.publisher = publisher
+                        msg.seq = mseq
+                        msg.topic_seq = tseq
+                        msg.publish_ns = now
+                    payload = encode(msgs[0]) if count == 1 else encode(msgs)
+                seq += count  # numbers are taken once the frame is encoded
+                state.seq += count
+                state.last = seq
+                if closed:
+                    continue
+                frames += 1
+                sent += count
+                size += len(payload)
+                if backlog:
+                    backlog.append((state.wire, payload))
+                    continue
+                try:  # as in _send
+                    _zmq_send(sock, state.wire, MORE_NOBLOCK)
+                    _zmq_send(sock, payload, NOBLOCK)
+                except zmq.Again:
+                    backlog.append((state.wire, payload))
+        finally:  # what went out stays counted, and its numbers taken, should an encoding raise
             self.seq = seq
-            self._send(topic.encode(), payload, len(msgs))
+            stats.sent += sent
+            stats.frames += frames
+            stats.bytes += size
+        if frames:
+            self._sent_recheck()
 
     def _encode_one(self, msg: Message) -> bytes:
         """One stamped message as a payload of this publisher's wire version."""
@@ -243,6 +279,9 @@ class Publisher(security.BindLater):
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
+        self._sent_recheck()
+
+    def _sent_recheck(self) -> None:
         if self._subscription_reader is not None and not self._recheck_scheduled:
             self._recheck_scheduled = True
             self._subscription_reader.loop.call_later(SUBSCRIPTION_RECHECK_S, self._recheck_subscriptions)
@@ -254,7 +293,8 @@ class Publisher(security.BindLater):
 
     def position(self, topic: str) -> tuple[int, int]:
         """``(seq, topic_seq)`` of the last message sent on ``topic``; ``(0, 0)`` if none was."""
-        return self._topic_last_seq.get(topic, 0), self._topic_seqs.get(topic, 0)
+        state = self._topics.get(topic)
+        return (0, 0) if state is None else (state.last, state.seq)
 
     async def drain(self) -> None:
         """Flush, then wait until every frame the high-water mark refused has been sent."""
@@ -280,10 +320,10 @@ class Publisher(security.BindLater):
             started_ns=self.started_ns,
         )
         self.flush()  # queued data first, then the heartbeat that counts it
-        self._stamp(self._health_topic, hb)
+        state = self._stamp(self._health_topic, hb)
         hb.sent = self.seq
         hb.publish_ns = hb.event_ns = self.clock.time_ns()
-        self._send(self._health_topic.encode(), self._encode_one(hb), 1)
+        self._send(state.wire, self._encode_one(hb), 1)
         self.stats.heartbeats += 1
 
     async def _heartbeat_loop(self) -> None:

@@ -34,7 +34,7 @@ from services.ingest.protocol import (
 )
 from services.ingest.state import AssetState, Broadcasts, RouterStats, book_snapshot, snapshot
 from shared.clock import Clock, RealClock
-from shared.constants import md_topic, pm_symbol, px_topic
+from shared.constants import md_topic
 from shared.messages import BookChange, BookSnapshot, Message
 
 Publish = Callable[[str, Message], None]
@@ -224,7 +224,7 @@ class Router:
 
     def _mid(self, st: AssetState, bid: float, ask: float, ts_ns: int) -> None:
         if bid > 0.0 and ask > 0.0 and (bid + ask) * 0.5 != st.mid:
-            self._emit(px_topic(pm_symbol(st.asset)), st.set_mid(bid, ask, ts_ns))
+            self._emit(st.price_topic, st.set_mid(bid, ask, ts_ns))
 
     def _unknown_asset(self, asset: str, kind: str) -> None:
         self.stats.unknown_assets += 1
@@ -306,7 +306,7 @@ class Router:
         )
         if bid > 0.0 and ask > 0.0 and (bid + ask) * 0.5 != st.mid:
             stats.published += 1
-            self.publish(px_topic(pm_symbol(st.asset)), st.set_mid(bid, ask, ts_ns))
+            self.publish(st.price_topic, st.set_mid(bid, ask, ts_ns))
 
     def apply_book(self, ev: BookEvent) -> bool:
         """A book from elsewhere (a REST resync) applied as the asset's state, whoever owns it;

@@ -73,14 +73,18 @@ class AssetState(Ownership):
         "market",
         "mid",
         "mid_ns",
+        "price_topic",
         "stale",
+        "symbol",
         "variant",
     )
 
     def __init__(self, asset: str, owner: str) -> None:
         super().__init__(owner)
         self.asset = asset
-        self.change_topic = md_topic("change", asset)  # the hot one: built once
+        self.change_topic = md_topic("change", asset)  # the hot ones: built once
+        self.symbol = pm_symbol(asset)
+        self.price_topic = px_topic(self.symbol)
         self.market = ""
         self.book = LocalBook()
         self.booked = False  # a book was applied (and published): the local book is the state
@@ -101,7 +105,7 @@ class AssetState(Ownership):
         self.bid = bid
         self.ask = ask
         self.mid_ns = ts_ns
-        return parse.mid_price(self.asset, mid, bid, ask, ts_ns)
+        return parse.mid_price(self.symbol, mid, bid, ask, ts_ns)
 
 
 class Broadcasts:
@@ -175,5 +179,5 @@ def snapshot(states: Iterable[tuple[str, AssetState]], prefix: str = "") -> list
             assert book is not None
             items.append(book)
         if prices is not None and st.mid > 0.0 and prices(asset):
-            items.append(parse.mid_price(asset, st.mid, st.bid, st.ask, st.mid_ns))
+            items.append(parse.mid_price(st.symbol, st.mid, st.bid, st.ask, st.mid_ns))
     return items

@@ -147,6 +147,25 @@ async def test_interleaved_topics_keep_seq_order_on_the_wire() -> None:
     assert [m.price for _, m in got] == [r * 10 + i for r in range(50) for i in range(len(topics))]  # type: ignore[attr-defined]
 
 
+async def test_a_message_that_cannot_be_encoded_leaves_the_frames_before_it_sent_and_numbered() -> None:
+    """A bug's message (a field msgpack cannot hold) raises from the flush. The frames before it
+    are on the wire and counted, and the next message takes the number after theirs: no number
+    is sent twice, and none is skipped for the frame that never went out."""
+    endpoint = tcp_endpoint()
+    async with Publisher(endpoint, service="sync", heartbeat_interval=0) as pub:
+        with Subscriber(endpoint, [""]) as sub:
+            await pub.wait_for_subscriber("", timeout=5)
+            pub.publish("dex.pool.1", Price(symbol="x", price=1.0))
+            pub.publish("dex.pool.2", Price(symbol="x", price=object()))  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                pub.flush()
+            assert (pub.stats.frames, pub.stats.sent) == (1, 1)
+            pub.publish("dex.pool.1", Price(symbol="x", price=3.0))
+            got = await collect(sub, 2)
+    assert [(t, m.seq, m.topic_seq) for t, m in got] == [("dex.pool.1", 1, 1), ("dex.pool.1", 2, 2)]
+    assert pub.position("dex.pool.2") == (0, 0)
+
+
 async def test_each_end_counts_the_topics_it_keeps_sequences_for() -> None:
     """The bus's per-topic state is one entry per topic at each end: exported as a gauge, so
     that a table still filling (new topics late in a run) is told from memory kept."""

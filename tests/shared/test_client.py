@@ -127,7 +127,7 @@ async def test_follow_seeds_each_topics_gap_check_from_its_snapshot_item(
         item = await asyncio.wait_for(anext(stream), 10)
         assert isinstance(header[1], SnapshotReply) and header[1].topics == ["px.a"]
         assert item[0] == "snapshot" and item[1].topic_seq == 3
-        pub._topic_seqs["px.a"] += 1  # topic_seq 4 is lost on the way: the next update is 5
+        pub._topics["px.a"].seq += 1  # topic_seq 4 is lost on the way: the next update is 5
         with caplog.at_level(logging.WARNING, "poolwire.bus"):
             pub.publish("px.a", Price(symbol="a", price=5.0))
             topic, update = await asyncio.wait_for(anext(stream), 10)

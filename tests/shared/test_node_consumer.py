@@ -70,7 +70,7 @@ async def test_node_consumer_decodes_messages_batches_and_gaps(node: str, wire_v
         for msg in burst:  # one batch frame
             pub.publish("px.pm.a", msg)
         pub.flush()
-        pub._topic_seqs["px.pm.a"] += 2  # as if two messages were dropped at the high-water mark
+        pub._topics["px.pm.a"].seq += 2  # as if two messages were dropped at the high-water mark
         pub.publish("px.pm.a", Price(symbol="pm.a", price=0.9))
         pub.flush()
         out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -113,7 +113,7 @@ async def test_node_consumer_follows_an_owner_from_its_snapshot(node: str, wire_
         )
         await pub.wait_for_subscriber("px.", timeout=20)
         await asyncio.wait_for(server.answered.wait(), 20)  # the consumer heard the stream, then asked
-        pub._topic_seqs["px.pm.a"] += 1  # one update on px.pm.a lost after the snapshot
+        pub._topics["px.pm.a"].seq += 1  # one update on px.pm.a lost after the snapshot
         pub.publish("px.pm.a", Price(symbol="pm.a", price=0.45))
         pub.publish("px.pm.b", Price(symbol="pm.b", price=0.75))
         pub.flush()

@@ -248,7 +248,7 @@ async def test_a_v2_batch_after_a_gap_is_counted_as_the_gap() -> None:
         async with Publisher(endpoint, service="ingest", heartbeat_interval=0, wire_version=2) as pub:
             await pub.wait_for_subscriber("px.", timeout=10)
             pub.publish_many("px.pm.a", [Price(symbol="pm.a", price=0.1 * i) for i in range(3)])
-            pub._topic_seqs["px.pm.a"] += 4  # as if 4 messages were dropped at the high-water mark
+            pub._topics["px.pm.a"].seq += 4  # as if 4 messages were dropped at the high-water mark
             pub.publish_many("px.pm.a", [Price(symbol="pm.a", price=0.5 + 0.1 * i) for i in range(3)])
             got = await collect(sub, 6)
     assert [m.topic_seq for _, m in got] == [1, 2, 3, 8, 9, 10]
