@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> the modules compiled together: pure, synchronous, mypy-strict; no msgspec Struct with
 # gc=False is defined in them (a class built by compiled code keeps the GC flag: registry/entry.py).
+# Their module-level constants and caches are ``Final``: compiled code reads a Final global as a C
+# static, any other by a lookup in the module's dict at each use (a book's resize 0.77 -> 0.73 us).
 GROUPS: dict[str, tuple[str, ...]] = {
     "services.registry": ("books", "due", "price_index", "registry", "stats", "wheel", "zones"),
     "services.ingest": ("book", "handoff", "hashcheck", "parse", "router", "state"),

@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+from typing import Final
 
 import msgspec
 
-_ENC = msgspec.json.Encoder()
-_enc = _ENC.encode
-VARIANTS = (10, 9)  # fields hashed, in the order they are tried on a book not pinned yet
+_ENC: Final = msgspec.json.Encoder()
+_enc: Final = _ENC.encode
+VARIANTS: Final = (10, 9)  # fields hashed, in the order they are tried on a book not pinned yet
 
 
 def book_hash(
@@ -74,9 +75,9 @@ def _digest(
     return _sha1(b"".join((head, _enc(timestamp), _MID, bids, _ASKS, asks, tail))).hexdigest()
 
 
-_sha1 = hashlib.sha1
-_MID = b',"hash":"","bids":['
-_ASKS = b'],"asks":['
+_sha1: Final = hashlib.sha1
+_MID: Final = b',"hash":"","bids":['
+_ASKS: Final = b'],"asks":['
 
 
 def _head(market: str, asset_id: str) -> bytes:
@@ -204,8 +205,8 @@ class _Side:
 
 
 # Level prefixes already made: prices sit on a tick grid and repeat; bounded, cleared when full.
-_PREFIXES: dict[str, bytes] = {}
-PREFIX_CACHE_MAX = 4096
+_PREFIXES: Final[dict[str, bytes]] = {}
+PREFIX_CACHE_MAX: Final = 4096
 
 
 def _prefix(price: str) -> bytes:

@@ -22,9 +22,9 @@ The states (``Ownership.state``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
-RECENT_CAP = 4096  # keys remembered per asset during a handoff
+RECENT_CAP: Final = 4096  # keys remembered per asset during a handoff
 
 Apply = Callable[..., None]
 Held = list[tuple[str, Apply, tuple[Any, ...]]]

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from services.ingest.book import VARIANTS, LocalBook
 from shared.clock import Clock
 
-UNPINNED = 0
-UNVERIFIABLE = -1
+UNPINNED: Final = 0
+UNVERIFIABLE: Final = -1
 
 ResyncRequest = Callable[[str, str], None]  # connection id, asset id
 SkipLog = Callable[..., None]

@@ -9,7 +9,7 @@ reads as None, and so does an event that holds one: the router counts and skips 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Final, Literal
 
 from services.ingest.protocol import (
     BestBidAskEvent,
@@ -23,8 +23,8 @@ from services.ingest.protocol import (
 from shared.messages import BookLevel, MarketLifecycle, Price, TickSizeChange, Trade
 
 Side = Literal["buy", "sell"]
-_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-SIDES_AS_SENT: dict[str, Side] = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
+_SIDES: Final[dict[str, Side]] = {"buy": "buy", "sell": "sell"}
+SIDES_AS_SENT: Final[dict[str, Side]] = {"BUY": "buy", "SELL": "sell", "buy": "buy", "sell": "sell"}
 
 
 def side(value: str) -> Side | None:
@@ -42,13 +42,13 @@ def number(value: Num) -> float | None:
     return x if x >= 0.0 and math.isfinite(x) else None
 
 
-_INF = math.inf
+_INF: Final = math.inf
 
 
 # Wire price strings already read: prices sit on a tick grid and repeat (a dict hit costs a
 # fifth of float() on a string); bounded, cleared (in place: the router reads it too) when full.
-PRICES: dict[str, float] = {}
-PRICE_CACHE_MAX = 4096
+PRICES: Final[dict[str, float]] = {}
+PRICE_CACHE_MAX: Final = 4096
 
 
 def price_value(text: str) -> float | None:
@@ -202,7 +202,7 @@ def lifecycle(
     ]
 
 
-JSON_START = ("{", "[", b"{", b"[")
+JSON_START: Final = ("{", "[", b"{", b"[")
 
 
 def text_frame(data: bytes | str) -> Literal["notice", "garbage"] | None:

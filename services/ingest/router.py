@@ -16,7 +16,7 @@ Clone snapshot. This module dispatches each event of a frame and applies it to t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from services.ingest import parse
 from services.ingest.hashcheck import HashChecker, ResyncRequest
@@ -41,9 +41,9 @@ Publish = Callable[[str, Message], None]
 LifecycleKind = Literal["new", "resolved"]
 LifecycleHandler = Callable[[LifecycleKind, str, list[str], str], None]  # kind, market, assets, winner
 SkipLog = Callable[..., None]  # (reason, msg, *args): a shared.ratelog.RateLimitedLog
-_SIDES_AS_SENT = parse.SIDES_AS_SENT
-_PRICES = parse.PRICES
-_INF = float("inf")
+_SIDES_AS_SENT: Final = parse.SIDES_AS_SENT
+_PRICES: Final = parse.PRICES
+_INF: Final = float("inf")
 
 
 class Router:

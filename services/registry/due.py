@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from services.registry.wheel import TimingWheel
 
 K = TypeVar("K", bound=Hashable)
-FAR_NS = 2**63 - 1  # no deadline
+FAR_NS: Final = 2**63 - 1  # no deadline
 
 
 class DueTimers(Generic[K]):

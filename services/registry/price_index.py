@@ -13,19 +13,19 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from services.registry.entry import ABOVE, BELOW, INSIDE, LOOSE, OUT, PENDING, Entry
 from services.registry.zones import FILL_DOWN, FILL_UP
 
-_push = heapq.heappush
-_pop = heapq.heappop
+_push: Final = heapq.heappush
+_pop: Final = heapq.heappop
 
 # Invalidated heap items a symbol may keep beyond its live ones before a compaction. Each keeps
 # its entry and its zone (~0.45 kB) alive: at 1 024 (before), 2 000 symbols whose zones expire a
 # few a minute grew by ~3 MB a minute for hours. A compaction costs O(live + stale), paid for by
 # the ``stale > live`` removals before it.
-STALE_SLACK = 16
+STALE_SLACK: Final = 16
 
 
 class PriceCounts(Protocol):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from typing import Final
 
 from services.registry.books import Book, WeakestFirst
 from services.registry.due import DueTimers
@@ -26,8 +27,8 @@ from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
 from services.registry.zones import FILL_NONE, FILL_SIDE, Rules, ZoneError, check_range, zone_id
 from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
 
-MAX_TTL_NS = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
-_copy: Callable[[Zone], Zone] = Zone.__copy__  # type: ignore[attr-defined]
+MAX_TTL_NS: Final = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
+_copy: Final[Callable[[Zone], Zone]] = Zone.__copy__  # type: ignore[attr-defined]
 
 
 class Registry:

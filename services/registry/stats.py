@@ -4,10 +4,11 @@ Prometheus scrapes (on the HTTP server's thread: counts, never walks of the zone
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 # Upper bounds (le) of the wheel-lag histogram's buckets, in ns: fine around the goals (p99 5 ms,
 # max 50 ms); the wheel's tick is 1 ms.
-LAG_BOUNDS_NS = tuple(
+LAG_BOUNDS_NS: Final = tuple(
     int(ms * 1_000_000)
     for ms in (0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 250, 500, 1000, 2500, 10_000)
 )

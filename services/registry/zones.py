@@ -21,19 +21,25 @@ import re
 import struct
 import time
 from dataclasses import dataclass
+from typing import Final
 
-FVG_BULLISH = "fvg_bullish"
-FVG_BEARISH = "fvg_bearish"
-BSL = "bsl"  # buy-side liquidity above a swing high
-SSL = "ssl"  # sell-side liquidity below a swing low
+FVG_BULLISH: Final = "fvg_bullish"
+FVG_BEARISH: Final = "fvg_bearish"
+BSL: Final = "bsl"  # buy-side liquidity above a swing high
+SSL: Final = "ssl"  # sell-side liquidity below a swing low
 
-FILL_UP = 1
-FILL_DOWN = -1
-FILL_NONE = 0
+FILL_UP: Final = 1
+FILL_DOWN: Final = -1
+FILL_NONE: Final = 0
 
-FILL_SIDE: dict[str, int] = {FVG_BULLISH: FILL_DOWN, SSL: FILL_DOWN, FVG_BEARISH: FILL_UP, BSL: FILL_UP}
+FILL_SIDE: Final[dict[str, int]] = {
+    FVG_BULLISH: FILL_DOWN,
+    SSL: FILL_DOWN,
+    FVG_BEARISH: FILL_UP,
+    BSL: FILL_UP,
+}
 
-NS = 1_000_000_000
+NS: Final = 1_000_000_000
 _TF_PATTERN = re.compile(r"^([SMHDW])(\d+)$")
 _TF_UNITS = {"S": 1, "M": 60, "H": 3600, "D": 86400, "W": 7 * 86400}
 
@@ -70,14 +76,14 @@ class Rules:
     max_per_tf: int = 10_000
 
 
-_PACK = struct.Struct("<ddq").pack
+_PACK: Final = struct.Struct("<ddq").pack
 # Zones are created near their timeframes' boundaries, a few distinct seconds at a time: a small
 # cache takes the repeats. (At 4 096 it grew by a string and an int every second for 68 minutes
 # before each clear, ~0.5 MB with the table: a slow rise the hour-long soak saw.)
-ISO_CACHE_MAX = 256
-_iso_cache: dict[int, str] = {}
-_tag_cache: dict[tuple[str, str], bytes] = {}
-_BLAKE2B_48 = hashlib.blake2b(digest_size=6)  # never updated: each id hashes a copy
+ISO_CACHE_MAX: Final = 256
+_iso_cache: Final[dict[int, str]] = {}
+_tag_cache: Final[dict[tuple[str, str], bytes]] = {}
+_BLAKE2B_48: Final = hashlib.blake2b(digest_size=6)  # never updated: each id hashes a copy
 
 
 def iso_second(ns: int) -> str:
