@@ -1,4 +1,4 @@
-# poolwire: `make run` (real sources), `make demo` (simulator), `make test`, `make bench [ONLY=service]`.
+# poolwire: `make run` (real sources), `make demo` (simulator), `make test`, `make bench [ONLY=service] [RUNS=3]`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -44,7 +44,7 @@ test: install node-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install node-deps
-	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m bench $(if $(ONLY),--only $(ONLY)) $(if $(RUNS),--runs $(RUNS))
 
 # The demo pipeline at production scale, sampled every minute: bench/soak.json and bench/soak.png.
 # Not part of `make test`. SMOKE=1: 3 minutes.
