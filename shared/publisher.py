@@ -54,12 +54,11 @@ SUBSCRIPTION_RECHECK_S = 0.001
 
 
 class TopicState:
-    """A topic's numbering: its last ``topic_seq``, the ``seq`` of its last message, its bytes."""
+    """A topic's numbering: its last ``topic_seq`` and the ``seq`` of its last message."""
 
-    __slots__ = ("last", "seq", "wire")
+    __slots__ = ("last", "seq")
 
-    def __init__(self, wire: bytes) -> None:
-        self.wire = wire
+    def __init__(self) -> None:
         self.seq = 0
         self.last = 0
 
@@ -110,7 +109,7 @@ class Publisher(security.BindLater):
         self.stats = PublisherStats()
         self.seq = 0
         self.started_ns = self.clock.time_ns()
-        self._topics: dict[str, TopicState] = {}  # one lookup a frame: its numbers and its bytes
+        self._topics: dict[str, TopicState] = {}  # one lookup a frame for its numbers
         # Consecutive runs of one topic, in publish order; the last run grows while its topic repeats.
         self._runs: list[tuple[str, list[Message]]] = []
         self._last_run: list[Message] | None = None
@@ -138,11 +137,11 @@ class Publisher(security.BindLater):
         self._recheck_scheduled = False
 
     def _topic(self, topic: str) -> TopicState:
-        state = self._topics[topic] = TopicState(topic.encode())
+        state = self._topics[topic] = TopicState()
         self.stats.topics += 1
         return state
 
-    def _stamp(self, topic: str, msg: Message) -> TopicState:
+    def _stamp(self, topic: str, msg: Message) -> None:
         state = self._topics.get(topic) or self._topic(topic)
         self.seq += 1
         state.seq += 1
@@ -150,7 +149,6 @@ class Publisher(security.BindLater):
         msg.publisher = self.publisher_id
         msg.seq = self.seq
         msg.topic_seq = state.seq
-        return state
 
     def publish(self, topic: str, msg: Message) -> None:
         """Queue (batching) or send one message. Never blocks.
@@ -159,9 +157,9 @@ class Publisher(security.BindLater):
         order on the wire.
         """
         if not self.batching and not self._held:
-            state = self._stamp(topic, msg)
+            self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
-            self._send(state.wire, self._encode_one(msg), 1)
+            self._send(topic.encode(), self._encode_one(msg), 1)
             return
         run = self._last_run
         if run is not None and topic == self._last_topic:
@@ -239,14 +237,15 @@ class Publisher(security.BindLater):
                 frames += 1
                 sent += count
                 size += len(payload)
+                wire = topic.encode()  # not kept per topic: 120 B each, over 20 k assets' topics
                 if backlog:
-                    backlog.append((state.wire, payload))
+                    backlog.append((wire, payload))
                     continue
                 try:  # as in _send
-                    _zmq_send(sock, state.wire, MORE_NOBLOCK)
+                    _zmq_send(sock, wire, MORE_NOBLOCK)
                     _zmq_send(sock, payload, NOBLOCK)
                 except zmq.Again:
-                    backlog.append((state.wire, payload))
+                    backlog.append((wire, payload))
         finally:  # what went out stays counted, and its numbers taken, should an encoding raise
             self.seq = seq
             stats.sent += sent
@@ -320,10 +319,10 @@ class Publisher(security.BindLater):
             started_ns=self.started_ns,
         )
         self.flush()  # queued data first, then the heartbeat that counts it
-        state = self._stamp(self._health_topic, hb)
+        self._stamp(self._health_topic, hb)
         hb.sent = self.seq
         hb.publish_ns = hb.event_ns = self.clock.time_ns()
-        self._send(state.wire, self._encode_one(hb), 1)
+        self._send(self._health_topic.encode(), self._encode_one(hb), 1)
         self.stats.heartbeats += 1
 
     async def _heartbeat_loop(self) -> None:

@@ -20,6 +20,7 @@ from services.ingest.protocol import (
     TickSizeChangeEvent,
     ms_to_ns,
 )
+from shared.constants import pm_symbol
 from shared.messages import BookLevel, MarketLifecycle, Price, TickSizeChange, Trade
 
 Side = Literal["buy", "sell"]
@@ -175,9 +176,9 @@ def best_bid_ask(ev: BestBidAskEvent) -> tuple[float, float, int] | None:
     return bid, ask, ts_ns
 
 
-def mid_price(symbol: str, mid: float, bid: float, ask: float, ts_ns: int) -> Price:
-    """The book mid as ``px.<symbol>`` carries it (``symbol``: ``pm.<asset>``)."""
-    return Price(symbol=symbol, price=mid, bid=bid, ask=ask, source="book", event_ns=ts_ns)
+def mid_price(asset: str, mid: float, bid: float, ask: float, ts_ns: int) -> Price:
+    """The book mid as ``px.pm.<asset>`` carries it."""
+    return Price(symbol=pm_symbol(asset), price=mid, bid=bid, ask=ask, source="book", event_ns=ts_ns)
 
 
 def lifecycle(

@@ -75,7 +75,6 @@ class AssetState(Ownership):
         "mid_ns",
         "price_topic",
         "stale",
-        "symbol",
         "variant",
     )
 
@@ -83,8 +82,7 @@ class AssetState(Ownership):
         super().__init__(owner)
         self.asset = asset
         self.change_topic = md_topic("change", asset)  # the hot ones: built once
-        self.symbol = pm_symbol(asset)
-        self.price_topic = px_topic(self.symbol)
+        self.price_topic = px_topic(pm_symbol(asset))
         self.market = ""
         self.book = LocalBook()
         self.booked = False  # a book was applied (and published): the local book is the state
@@ -105,7 +103,7 @@ class AssetState(Ownership):
         self.bid = bid
         self.ask = ask
         self.mid_ns = ts_ns
-        return parse.mid_price(self.symbol, mid, bid, ask, ts_ns)
+        return parse.mid_price(self.asset, mid, bid, ask, ts_ns)
 
 
 class Broadcasts:
@@ -179,5 +177,5 @@ def snapshot(states: Iterable[tuple[str, AssetState]], prefix: str = "") -> list
             assert book is not None
             items.append(book)
         if prices is not None and st.mid > 0.0 and prices(asset):
-            items.append(parse.mid_price(st.symbol, st.mid, st.bid, st.ask, st.mid_ns))
+            items.append(parse.mid_price(asset, st.mid, st.bid, st.ask, st.mid_ns))
     return items
