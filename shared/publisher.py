@@ -29,16 +29,9 @@ from shared import security
 from shared.clock import Clock, RealClock
 from shared.constants import HEARTBEAT_INTERVAL_S, health_topic
 from shared.messages import ENCODER, Heartbeat, Message
-from shared.sockets import (
-    DEFAULT_HWM,
-    DEFAULT_MAX_BATCH,
-    NOBLOCK,
-    ReadWaiter,
-    context,
-    default_publisher_id,
-    sync_view,
-)
+from shared.sockets import DEFAULT_HWM, DEFAULT_MAX_BATCH, NOBLOCK, context, default_publisher_id, sync_view
 from shared.wire import WIRE_VERSIONS, stamp_and_encode_v2
+from shared.xpub import SubscriberWatch
 
 # Plain ints: send_multipart combines enum flags on every call (a visible share of a publish).
 MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -47,10 +40,6 @@ MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _zmq_send = zmq.backend.Socket.send
 DRAIN_PAUSE_MIN_S = 0.0005
 DRAIN_PAUSE_MAX_S = 0.02
-# A send may read the FD signal of a subscription that arrived meanwhile (ZeroMQ processes its
-# pending commands then), so the watcher is re-checked this long after a send: once a period at
-# most, as a check costs about a send (~1.5 us).
-SUBSCRIPTION_RECHECK_S = 0.001
 
 
 class TopicState:
@@ -130,11 +119,7 @@ class Publisher(security.BindLater):
         self._bind(self._asock, endpoint, later=bind_later)
         self._sock = sync_view(self._asock)
         self._closed = False
-        self.subscriptions: set[str] = set()
-        self._subscribed = asyncio.Event()
-        self._subscription_task: asyncio.Task[None] | None = None
-        self._subscription_reader: ReadWaiter | None = None
-        self._recheck_scheduled = False
+        self.watch = SubscriberWatch(self._sock, endpoint)  # its readers' subscriptions (XPUB)
 
     def _topic(self, topic: str) -> TopicState:
         state = self._topics[topic] = TopicState()
@@ -252,7 +237,7 @@ class Publisher(security.BindLater):
             stats.frames += frames
             stats.bytes += size
         if frames:
-            self._sent_recheck()
+            self.watch.sent()
 
     def _encode_one(self, msg: Message) -> bytes:
         """One stamped message as a payload of this publisher's wire version."""
@@ -278,17 +263,7 @@ class Publisher(security.BindLater):
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
-        self._sent_recheck()
-
-    def _sent_recheck(self) -> None:
-        if self._subscription_reader is not None and not self._recheck_scheduled:
-            self._recheck_scheduled = True
-            self._subscription_reader.loop.call_later(SUBSCRIPTION_RECHECK_S, self._recheck_subscriptions)
-
-    def _recheck_subscriptions(self) -> None:
-        self._recheck_scheduled = False
-        if self._subscription_reader is not None:
-            self._subscription_reader.poke()
+        self.watch.sent()
 
     def position(self, topic: str) -> tuple[int, int]:
         """``(seq, topic_seq)`` of the last message sent on ``topic``; ``(0, 0)`` if none was."""
@@ -330,41 +305,18 @@ class Publisher(security.BindLater):
             self.heartbeat()
             await self.clock.sleep(self.heartbeat_interval)
 
-    async def _watch_subscriptions(self, reader: ReadWaiter) -> None:
-        sock = self._sock
-        while True:
-            await reader.wait()
-            while True:
-                try:
-                    frame = sock.recv(NOBLOCK)
-                except zmq.Again:
-                    break
-                if not frame:
-                    continue
-                prefix = frame[1:].decode(errors="replace")
-                if frame[0] == 1:
-                    self.subscriptions.add(prefix)
-                    self._subscribed.set()
-                elif frame[0] == 0:
-                    self.subscriptions.discard(prefix)
+    @property
+    def subscriptions(self) -> set[str]:
+        """The prefixes this socket's subscribers have."""
+        return self.watch.prefixes
 
     def has_subscriber(self, topic: str = "") -> bool:
         """Whether some subscriber's prefix filter matches ``topic``."""
-        return any(topic.startswith(prefix) for prefix in self.subscriptions)
+        return self.watch.has_subscriber(topic)
 
     async def wait_for_subscriber(self, topic: str = "", timeout: float = 10.0) -> None:
         """Wait until a subscriber whose filter matches ``topic`` has joined (no slow-joiner loss)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.has_subscriber(topic):
-            self._subscribed.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"no subscriber for {topic!r} on {self.endpoint} in {timeout} s")
-            try:
-                await asyncio.wait_for(self._subscribed.wait(), remaining)
-            except TimeoutError:
-                continue
+        await self.watch.wait(topic, timeout)
 
     def release(self) -> bool:
         """End the hold now: what it kept goes out, then heartbeats start; whether a hold ended.
@@ -392,9 +344,7 @@ class Publisher(security.BindLater):
     def start(self) -> Publisher:
         """Start subscription tracking and the hold, or heartbeats (the first one goes out now)."""
         loop = asyncio.get_running_loop()
-        if self._subscription_task is None:
-            reader = self._subscription_reader = ReadWaiter(self._sock)
-            self._subscription_task = loop.create_task(self._watch_subscriptions(reader))
+        self.watch.start()
         if self.hold > 0 and self._hold_task is None:
             self._held = True
             self._hold_task = loop.create_task(self._hold_then_release(), name=f"hold:{self.service}")
@@ -405,16 +355,13 @@ class Publisher(security.BindLater):
     async def close(self) -> None:
         if self._closed:
             return
-        tasks = [t for t in (self._heartbeat_task, self._subscription_task, self._hold_task) if t is not None]
+        tasks = [t for t in (self._heartbeat_task, self._hold_task) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, self.watch.close(), return_exceptions=True)
         self._held = False  # what the hold kept goes out with the rest
         self.flush()
         self._closed = True
-        reader, self._subscription_reader = self._subscription_reader, None
-        if reader is not None:
-            reader.close()
         self._asock.close()
 
     async def __aenter__(self) -> Publisher:

@@ -375,10 +375,8 @@ class Registry:
 
     def restore(self, zones: Iterable[Zone], now_ns: int) -> int:
         """Load zones kept across a restart, without events; the next advance expires the overdue.
-
         Active zones get their TTL back on the wheel (a past deadline fires on the next advance);
-        zones in grace get the rest of their grace period. Returns how many were restored.
-        """
+        zones in grace get the rest of their grace period. Returns how many were restored."""
         count = 0
         for zone in zones:
             if zone.id in self._entries:

@@ -486,9 +486,9 @@ async def test_a_reader_in_a_burst_lets_the_other_tasks_run() -> None:
 
             async def both_joined() -> None:
                 while not {"px.", "px.pm."} <= pub.subscriptions:
-                    pub._subscribed.clear()
+                    pub.watch.joined.clear()
                     if not {"px.", "px.pm."} <= pub.subscriptions:
-                        await pub._subscribed.wait()
+                        await pub.watch.joined.wait()
 
             await asyncio.wait_for(both_joined(), 5)
             for i in range(3000):

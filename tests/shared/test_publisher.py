@@ -25,7 +25,7 @@ async def test_a_subscription_whose_signal_a_send_took_is_still_seen() -> None:
     async with Publisher(
         "inproc://publisher-send-takes-signal", service="beacon", heartbeat_interval=0
     ) as pub:
-        reader = pub._subscription_reader
+        reader = pub.watch.reader
         assert reader is not None
         await eventually(lambda: reader.suspended, wake=None, timeout=10, what="the watcher waiting")
         sub = context().socket(zmq.SUB)
