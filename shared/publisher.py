@@ -194,8 +194,7 @@ class Publisher(security.BindLater):
         topics = self._topics
         encode = ENCODER.encode
         v2 = self.wire_version == 2
-        sock = self._sock
-        backlog = self._backlog
+        put = self._put
         closed = self._closed
         frames = sent = size = 0
         try:
@@ -222,15 +221,7 @@ class Publisher(security.BindLater):
                 frames += 1
                 sent += count
                 size += len(payload)
-                wire = topic.encode()  # not kept per topic: 120 B each, over 20 k assets' topics
-                if backlog:
-                    backlog.append((wire, payload))
-                    continue
-                try:  # as in _send
-                    _zmq_send(sock, wire, MORE_NOBLOCK)
-                    _zmq_send(sock, payload, NOBLOCK)
-                except zmq.Again:
-                    backlog.append((wire, payload))
+                put(topic.encode(), payload)  # the bytes not kept per topic: 120 B each, 20 k assets' topics
         finally:  # what went out stays counted, and its numbers taken, should an encoding raise
             self.seq = seq
             stats.sent += sent
@@ -248,22 +239,25 @@ class Publisher(security.BindLater):
     def _send(self, topic: bytes, payload: bytes, count: int) -> None:
         if self._closed:
             return
-        if self._backlog:
-            self._backlog.append((topic, payload))
-        else:
-            try:
-                # Never blocks: past the HWM ZeroMQ drops (subscribers count the gap), or with
-                # XPUB_NODROP refuses, and the frame waits in the backlog for ``drain``.
-                sock = self._sock
-                _zmq_send(sock, topic, MORE_NOBLOCK)
-                _zmq_send(sock, payload, NOBLOCK)
-            except zmq.Again:
-                self._backlog.append((topic, payload))
+        self._put(topic, payload)
         stats = self.stats
         stats.sent += count
         stats.frames += 1
         stats.bytes += len(payload)
         self.watch.sent()
+
+    def _put(self, topic: bytes, payload: bytes) -> None:
+        """One frame onto the socket, or behind the frames waiting in the backlog."""
+        if self._backlog:
+            self._backlog.append((topic, payload))
+            return
+        try:
+            # Never blocks: past the HWM ZeroMQ drops (subscribers count the gap), or with
+            # XPUB_NODROP refuses, and the frame waits in the backlog for ``drain``.
+            _zmq_send(self._sock, topic, MORE_NOBLOCK)
+            _zmq_send(self._sock, payload, NOBLOCK)
+        except zmq.Again:
+            self._backlog.append((topic, payload))
 
     def position(self, topic: str) -> tuple[int, int]:
         """``(seq, topic_seq)`` of the last message sent on ``topic``; ``(0, 0)`` if none was."""
