@@ -27,27 +27,15 @@ def router(n: int) -> int:
     """Route ``n`` recorded simulator frames (hash checks on, publishing), after 2 000 to warm up."""
     import uvloop
 
-    from bench.ingest import _frames
-    from services.ingest.router import Router
-    from shared.bus import Publisher
-    from tests.ports import tcp_endpoint
+    from bench.ingest import _frames, route, router_rig
 
     sim, dump, frames = _frames(400, 2_500)
 
     async def run() -> int:
-        pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0)
-        router = Router(pub.publish, verify_hashes=True)
-        router.assign(sim.assets, "c1")
-        for m in sim.markets:
-            router.set_params([a.asset_id for a in m.assets], m.min_order_size, m.neg_risk)
-        router.handle_frame("c1", dump)
+        pub, router = router_rig(sim, dump, True)
         for part in (frames[:2_000], frames[2_000 : 2_000 + n]):
             before = router.stats.updates
-            for i, text in enumerate(part):
-                router.handle_frame("c1", text)
-                if i % 64 == 0:
-                    pub.flush()
-            pub.flush()
+            route(pub, router, part)
         await pub.close()
         return router.stats.updates - before
 
@@ -55,24 +43,14 @@ def router(n: int) -> int:
 
 
 def crud(n: int) -> int:
-    """Create ``n`` zones, update each one's strength, expire them all (bench/registry.py's CRUD)."""
-    import random
-
-    from bench.registry import T0, S, _rules
+    """bench/registry.py's CRUD of ``n`` zones."""
+    from bench.registry import T0, _rules, crud_specs
+    from bench.registry import crud as run
     from services.registry.registry import Registry
 
-    rng = random.Random(1)
-    specs = [(f"pm.{i % 50}", rng.uniform(0, 100)) for i in range(10_000)]
+    specs = crud_specs()
     for count in (2_000, n):  # the first round warms the caches (zone ids' times, tags)
-        reg = Registry(_rules(), T0)
-        ids = [
-            z.id
-            for i, (symbol, b) in enumerate(specs[:count])
-            if (z := reg.create(symbol, "H1", "fvg_bullish", b + 1.0, b, 0.5, T0 + i, T0)) is not None
-        ]
-        for zid in ids:
-            reg.update(zid, strength=0.9)
-        reg.advance(T0 + 7300 * S)
+        run(Registry(_rules(), T0), specs[:count])
     return n
 
 

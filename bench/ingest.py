@@ -88,24 +88,35 @@ def _frames(n_assets: int, steps: int) -> tuple[MarketSim, str, list[str]]:
     return sim, dump, frames
 
 
-async def _rate(verify: bool, frames: list[str], sim: MarketSim, dump: str) -> Rates:
-    """Best of 3 passes: (updates/s, frames/s, messages published/s, updates per CPU second)."""
+def router_rig(sim: MarketSim, dump: str, verify: bool) -> tuple[Publisher, Router]:
+    """A router publishing on a real PUB, following ``sim``'s assets, their books routed."""
     pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0)
     router = Router(pub.publish, verify_hashes=verify)
     router.assign(sim.assets, "c1")
     for m in sim.markets:  # what Gamma discovery gives: the fields the WebSocket books lack
         router.set_params([a.asset_id for a in m.assets], m.min_order_size, m.neg_risk)
     router.handle_frame("c1", dump)
+    return pub, router
+
+
+def route(pub: Publisher, router: Router, frames: list[str]) -> None:
+    """Route ``frames``, flushing every 64 and at the end (the service flushes once a loop turn)."""
     handle = router.handle_frame
+    for i, text in enumerate(frames):
+        handle("c1", text)
+        if i % 64 == 0:
+            pub.flush()
+    pub.flush()
+
+
+async def _rate(verify: bool, frames: list[str], sim: MarketSim, dump: str) -> Rates:
+    """Best of 3 passes: (updates/s, frames/s, messages published/s, updates per CPU second)."""
+    pub, router = router_rig(sim, dump, verify)
     best = (0.0, 0.0, 0.0, 0.0)
     for _ in range(3):
         updates0, frames0, pub0 = router.stats.updates, router.stats.frames, router.stats.published
         t0, c0 = time.perf_counter(), time.process_time()
-        for i, text in enumerate(frames):
-            handle("c1", text)
-            if i % 64 == 0:
-                pub.flush()
-        pub.flush()
+        route(pub, router, frames)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         updates = router.stats.updates - updates0
         rate = updates / dt

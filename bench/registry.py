@@ -41,24 +41,34 @@ def _best(fn: Callable[[], float], repeats: int) -> float:
     return best
 
 
-def crud_10k_ms() -> float:
-    """10k zones on 50 symbols: create, update each one's strength (not its range: the price index
-    is not touched), expire all on TTL with one advance. Milliseconds, best of 7."""
+def crud_specs(n: int = 10_000) -> list[tuple[str, float]]:
+    """The CRUD zones: (symbol, bottom), on 50 symbols."""
     rng = random.Random(1)
-    specs = [(f"pm.{i % 50}", rng.uniform(0, 100)) for i in range(10_000)]
+    return [(f"pm.{i % 50}", rng.uniform(0, 100)) for i in range(n)]
+
+
+def crud(reg: Registry, specs: list[tuple[str, float]]) -> None:
+    """Create the zones, update each one's strength (not its range: the price index is not
+    touched), expire all on TTL with one advance."""
+    create = reg.create
+    update = reg.update
+    ids = []
+    for i, (symbol, b) in enumerate(specs):
+        z = create(symbol, "H1", "fvg_bullish", b + 1.0, b, 0.5, T0 + i, T0)
+        ids.append(z.id)  # type: ignore[union-attr]
+    for zid in ids:
+        update(zid, strength=0.9)
+    reg.advance(T0 + 7300 * S)
+
+
+def crud_10k_ms() -> float:
+    """:func:`crud` of 10k zones. Milliseconds, best of 7."""
+    specs = crud_specs()
 
     def once() -> float:
         reg = Registry(_rules(), T0)
-        create = reg.create
-        update = reg.update
         t0 = time.perf_counter()
-        ids = []
-        for i, (symbol, b) in enumerate(specs):
-            z = create(symbol, "H1", "fvg_bullish", b + 1.0, b, 0.5, T0 + i, T0)
-            ids.append(z.id)  # type: ignore[union-attr]
-        for zid in ids:
-            update(zid, strength=0.9)
-        reg.advance(T0 + 7300 * S)
+        crud(reg, specs)
         elapsed = time.perf_counter() - t0
         assert reg.stats.by_tf["H1"].expired_ttl == 10_000
         return elapsed * 1000
