@@ -4,6 +4,7 @@ host's load or speed, for comparing two trees (wall and CPU figures here move 20
     python -m bench._instructions            # both, each as the difference of two runs
     python -m bench._instructions router     # ingest's router: instructions per update
     python -m bench._instructions crud       # the registry core: per zone created, updated, expired
+    python -m bench._instructions events     # the registry core: per lifecycle event (touches, fills)
 
 Each figure runs the same script twice, with no work and with N units, after the same set-up and
 warm-up, so imports and set-up cancel out. Needs valgrind (Debian's ``valgrind``); about 30 s each.
@@ -54,7 +55,24 @@ def crud(n: int) -> int:
     return n
 
 
-WORK = {"router": (router, 800, "instructions per update"), "crud": (crud, 10_000, "instructions per zone")}
+def events(n: int) -> int:
+    """bench/registry.py's lifecycle mix with ``n`` zones (and its 20 000 prices); units: the events."""
+    from bench.registry import events as run
+    from bench.registry import events_registry, events_specs
+
+    symbols, zones, walk = events_specs()
+    run(events_registry(symbols), (symbols, zones[:2_000], walk[:2_000]))  # warm-up
+    reg = events_registry(symbols)
+    if n:
+        run(reg, (symbols, zones[:n], walk))
+    return len(reg.drain())
+
+
+WORK = {
+    "router": (router, 800, "instructions per update"),
+    "crud": (crud, 10_000, "instructions per zone"),
+    "events": (events, 20_000, "instructions per event"),
+}
 
 
 def _collected(name: str, n: int) -> tuple[int, int]:

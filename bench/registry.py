@@ -76,32 +76,55 @@ def crud_10k_ms() -> float:
     return _best(once, 7)
 
 
-def events_per_s() -> tuple[float, dict[str, int]]:
-    """A full lifecycle mix through the core: created, touched, filled/expired, removed."""
+EventSpecs = tuple[list[str], list[tuple[str, float, bool]], list[tuple[str, float]]]
+
+
+def events_specs(n: int = 20_000) -> EventSpecs:
+    """The lifecycle mix's inputs: 100 symbols, ``n`` zones (half bullish FVGs), a walk of 20 000
+    prices."""
     rng = random.Random(2)
-    n = 20_000
     symbols = [f"pm.{i}" for i in range(100)]
     specs = [(symbols[i % 100], rng.uniform(10, 90), rng.random() < 0.5) for i in range(n)]
     walk = [(symbols[i % 100], 50 + 40 * rng.uniform(-1, 1)) for i in range(20_000)]
+    return symbols, specs, walk
+
+
+def events_registry(symbols: list[str]) -> Registry:
+    """A registry with a first price for each symbol (its zones are placed, not pending)."""
+    reg = Registry(_rules(grace_ns=60 * S), T0)
+    for s in symbols:
+        reg.on_price(s, 50.0, T0)
+    return reg
+
+
+def events(reg: Registry, specs: EventSpecs) -> None:
+    """A full lifecycle mix through the core: created, touched, filled/expired, removed."""
+    _, zones, walk = specs
+    create, on_price = reg.create, reg.on_price
+    for i, (symbol, b, bull) in enumerate(zones):
+        create(symbol, "H1", "fvg_bullish" if bull else "other", b + 0.2, b, 0.5, T0 + i, T0)
+    for symbol, p in walk:
+        on_price(symbol, p, T0 + S)
+    n = len(zones)
+    reg.advance(T0 + 7200 * S + n)
+    reg.advance(T0 + 7400 * S + n)
+
+
+def events_per_s() -> tuple[float, dict[str, int]]:
+    """:func:`events` timed: (events a second, the mix of event types)."""
+    specs = events_specs()
     mix: dict[str, int] = {}
 
     def once() -> float:
-        reg = Registry(_rules(grace_ns=60 * S), T0)
-        for s in symbols:
-            reg.on_price(s, 50.0, T0)
+        reg = events_registry(specs[0])
         t0 = time.perf_counter()
-        for i, (symbol, b, bull) in enumerate(specs):
-            reg.create(symbol, "H1", "fvg_bullish" if bull else "other", b + 0.2, b, 0.5, T0 + i, T0)
-        for symbol, p in walk:
-            reg.on_price(symbol, p, T0 + S)
-        reg.advance(T0 + 7200 * S + n)
-        reg.advance(T0 + 7400 * S + n)
+        events(reg, specs)
         elapsed = time.perf_counter() - t0
-        events = reg.drain()
+        out = reg.drain()
         mix.clear()
-        for e in events:
+        for e in out:
             mix[type(e).__name__] = mix.get(type(e).__name__, 0) + 1
-        return elapsed / len(events)
+        return elapsed / len(out)
 
     per_event = _best(once, 5)
     return 1 / per_event, dict(mix)

@@ -25,10 +25,11 @@ class Book:
         self.recent: list[tuple[float, float, str]] = []  # unsorted, newest
         self.max_height = 0.0
 
-    def add(self, zone: Zone) -> None:
-        self.zones[zone.id] = zone
-        self.recent.append((zone.bottom, zone.top, zone.id))
-        height = zone.top - zone.bottom
+    def add(self, zone_id: str, bottom: float, top: float, zone: Zone) -> None:
+        """An active zone, its id and range given (read once by the caller)."""
+        self.zones[zone_id] = zone
+        self.recent.append((bottom, top, zone_id))
+        height = top - bottom
         if height > self.max_height:
             self.max_height = height
         # Dead spans stay until a merge: past 8 unsorted, a book of 2 000 symbols x 3 timeframes held
@@ -74,16 +75,16 @@ class WeakestFirst:
     def __init__(self) -> None:
         self._heaps: dict[str, list[tuple[float, int, str]]] = {}
 
-    def push(self, zone: Zone, active_count: int) -> None:
+    def push(self, timeframe: str, strength: float, created_ns: int, zone_id: str, active_count: int) -> None:
         """A zone created, or its strength changed; ``active_count``: its timeframe's active zones.
         A heap whose garbage outgrew them is dropped (rebuilt at the next eviction): with no
         eviction to rebuild it, it grew by every zone ever created."""
-        heap = self._heaps.get(zone.timeframe)
+        heap = self._heaps.get(timeframe)
         if heap is not None:
             if len(heap) > 2 * active_count + 64:
-                del self._heaps[zone.timeframe]
+                del self._heaps[timeframe]
             else:
-                heapq.heappush(heap, (zone.strength, zone.created_ns, zone.id))
+                heapq.heappush(heap, (strength, created_ns, zone_id))
 
     def pop(
         self,

@@ -70,18 +70,18 @@ class PriceIndex:
 
     def place(self, entry: Entry) -> None:
         """Index an active zone by where it lies relative to its symbol's last price (no touch)."""
-        symbol = entry.zone.symbol
+        symbol = entry.symbol
         idx = self.by_symbol.get(symbol)
         if idx is None:
             idx = self.by_symbol[symbol] = SymbolIndex()
         self._place_in(idx, entry)
 
     def unplace(self, entry: Entry) -> None:
-        self._unplace_from(self.by_symbol[entry.zone.symbol], entry)
+        self._unplace_from(self.by_symbol[entry.symbol], entry)
 
     def replace(self, entry: Entry) -> None:
         """An entry whose reach changed: out, and in again where it now lies."""
-        idx = self.by_symbol[entry.zone.symbol]
+        idx = self.by_symbol[entry.symbol]
         self._unplace_from(idx, entry)
         self._place_in(idx, entry)
 
@@ -90,7 +90,7 @@ class PriceIndex:
         price = idx.price
         if price != price:  # no price yet
             entry.side = PENDING
-            idx.pending[entry.zone.id] = entry
+            idx.pending[entry.id] = entry
             return
         self._put(idx, entry, ABOVE if entry.lo > price else BELOW if entry.hi < price else INSIDE)
 
@@ -99,7 +99,7 @@ class PriceIndex:
         entry.side = OUT
         entry.tok = 0
         if side == PENDING:
-            del idx.pending[entry.zone.id]
+            del idx.pending[entry.id]
             return
         if side in (LOOSE, OUT):
             return

@@ -169,41 +169,43 @@ class Registry:
             created_ns=created_ns,
             expires_ns=created_ns + (ttl_ns or tf_rules.ttl_ns),
         )
-        confluence = self._confluence(zone)
+        confluence = self._confluence(symbol, timeframe, bottom, top)
         self._insert(zone, tf_rules.hit_tolerance)
         st.created += 1
         ev = max(event_ns, created_ns)
         self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=ev))
         return zone
 
-    def _confluence(self, zone: Zone) -> list[str]:
-        tfs = self._books.get(zone.symbol)
-        if tfs is None or len(tfs) < 2 - (zone.timeframe not in tfs):
+    def _confluence(self, symbol: str, timeframe: str, bottom: float, top: float) -> list[str]:
+        tfs = self._books.get(symbol)
+        if tfs is None or len(tfs) < 2 - (timeframe not in tfs):
             return []
         found: list[str] = []
         for tf, book in tfs.items():
-            if tf != zone.timeframe:
-                found.extend(book.overlapping(zone.bottom, zone.top))
+            if tf != timeframe:
+                found.extend(book.overlapping(bottom, top))
         return found
 
     def _insert(self, zone: Zone, tolerance: float) -> None:
         """Index an active zone and schedule its TTL (no event)."""
-        tol = tolerance * abs(zone.top)
-        entry = Entry(zone, zone.bottom - tol, zone.top + tol, FILL_SIDE.get(zone.kind, FILL_NONE))
-        self._entries[zone.id] = entry
-        tfs = self._books.get(zone.symbol)
-        if tfs is None:
-            tfs = self._books[zone.symbol] = {}
-        book = tfs.get(zone.timeframe)
-        if book is None:
-            book = tfs[zone.timeframe] = Book()
-        book.add(zone)
+        top, bottom = zone.top, zone.bottom
+        tol = tolerance * abs(top)
         st = self.stats.by_tf[zone.timeframe]
+        entry = Entry(zone, bottom - tol, top + tol, FILL_SIDE.get(zone.kind, FILL_NONE), st)
+        zid, symbol, tf = entry.id, entry.symbol, entry.timeframe
+        self._entries[zid] = entry
+        tfs = self._books.get(symbol)
+        if tfs is None:
+            tfs = self._books[symbol] = {}
+        book = tfs.get(tf)
+        if book is None:
+            book = tfs[tf] = Book()
+        book.add(zid, bottom, top, zone)
         st.active += 1
         if zone.state == "touched":
             st.touched_now += 1
-        self._weakest.push(zone, st.active)
-        self.timers.schedule(zone.id, zone.expires_ns)
+        self._weakest.push(tf, zone.strength, entry.created_ns, zid, st.active)
+        self.timers.schedule(zid, entry.expires_ns)
         self._prices.place(entry)
 
     def update(
@@ -225,15 +227,15 @@ class Registry:
         check_range(new_top, new_bottom, new_strength)
         if new_strength != zone.strength:
             zone.strength = new_strength
-            self._weakest.push(zone, self.stats.by_tf[zone.timeframe].active)
+            self._weakest.push(entry.timeframe, new_strength, entry.created_ns, zone_id, entry.st.active)
         if new_top != zone.top or new_bottom != zone.bottom:
             zone.top = new_top
             zone.bottom = new_bottom
-            book = self._books[zone.symbol][zone.timeframe]
-            book.recent.append((new_bottom, new_top, zone.id))
+            book = self._books[entry.symbol][entry.timeframe]
+            book.recent.append((new_bottom, new_top, zone_id))
             if new_top - new_bottom > book.max_height:
                 book.max_height = new_top - new_bottom
-            tol = self.rules.timeframes[zone.timeframe].hit_tolerance * abs(new_top)
+            tol = self.rules.timeframes[entry.timeframe].hit_tolerance * abs(new_top)
             entry.lo = new_bottom - tol
             entry.hi = new_top + tol
             self._prices.replace(entry)
@@ -254,16 +256,16 @@ class Registry:
     # Lifecycle
 
     def _deactivate(self, entry: Entry) -> None:
-        zone = entry.zone
-        book = (tfs := self._books[zone.symbol])[zone.timeframe]
-        del book.zones[zone.id]
+        tf = entry.timeframe
+        book = (tfs := self._books[entry.symbol])[tf]
+        del book.zones[entry.id]
         if not book.zones:  # only dead spans left: dropped, made again by the next zone
-            del tfs[zone.timeframe]
+            del tfs[tf]
             if not tfs:
-                del self._books[zone.symbol]
-        st = self.stats.by_tf[zone.timeframe]
+                del self._books[entry.symbol]
+        st = entry.st
         st.active -= 1
-        if zone.state == "touched":
+        if entry.zone.state == "touched":
             st.touched_now -= 1
         self._prices.unplace(entry)
 
@@ -273,8 +275,8 @@ class Registry:
         self._deactivate(entry)
         zone = entry.zone
         zone.state = "expired"
-        zone.ended_ns = ended = max(event_ns, zone.created_ns)
-        st = self.stats.by_tf[zone.timeframe]
+        zone.ended_ns = ended = max(event_ns, entry.created_ns)
+        st = entry.st
         if reason == "ttl":
             st.expired_ttl += 1
         elif reason == "filled":
@@ -285,20 +287,20 @@ class Registry:
         zone.state = "grace"
         st.grace += 1  # _remove takes it off again
         if self.rules.grace_ns > 0:
-            self.timers.schedule(zone.id, ended + self.rules.grace_ns)
+            self.timers.schedule(entry.id, ended + self.rules.grace_ns)
         else:
-            self.timers.wheel.cancel(zone.id)
+            self.timers.wheel.cancel(entry.id)
             self._remove(entry, ended)
 
     def _touch(self, entry: Entry, price: float, event_ns: int) -> None:
         zone = entry.zone
         zone.touches += 1
-        st = self.stats.by_tf[zone.timeframe]
+        st = entry.st
         if zone.state != "touched":
             zone.state = "touched"
             st.touched_now += 1
         st.touched += 1
-        ev = max(event_ns, zone.created_ns)
+        ev = max(event_ns, entry.created_ns)
         self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=ev))
 
     def _fill(self, entry: Entry, event_ns: int) -> None:
@@ -306,8 +308,8 @@ class Registry:
 
     def _remove(self, entry: Entry, event_ns: int) -> None:
         zone = entry.zone
-        del self._entries[zone.id]
-        st = self.stats.by_tf[zone.timeframe]
+        del self._entries[entry.id]
+        st = entry.st
         st.removed += 1
         if zone.state == "grace":
             st.grace -= 1
@@ -344,9 +346,8 @@ class Registry:
             entry = entries.get(zid)
             if entry is None or waiting(zid):  # gone, or rescheduled meanwhile (on the wheel again)
                 continue
-            zone = entry.zone
             active = entry.side != OUT
-            deadline = zone.expires_ns if active else zone.ended_ns + grace
+            deadline = entry.expires_ns if active else entry.zone.ended_ns + grace
             handled += 1
             try:
                 self._expire(entry, "ttl", deadline) if active else self._remove(entry, deadline)
@@ -391,9 +392,9 @@ class Registry:
                 zone.state = "grace"
                 if zone.ended_ns <= 0:
                     zone.ended_ns = now_ns
-                entry = Entry(zone, zone.bottom, zone.top, FILL_NONE)
-                self._entries[zone.id] = entry
-                self.stats.tf(zone.timeframe).grace += 1
+                st = self.stats.tf(zone.timeframe)
+                self._entries[zone.id] = Entry(zone, zone.bottom, zone.top, FILL_NONE, st)
+                st.grace += 1
                 self.timers.schedule(zone.id, zone.ended_ns + self.rules.grace_ns)
             count += 1
         return count

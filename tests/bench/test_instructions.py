@@ -16,3 +16,8 @@ def test_the_router_work_routes_updates_after_its_warm_up() -> None:
 def test_a_count_is_read_from_callgrinds_summary() -> None:
     assert _instructions.COLLECTED.search("==1== Collected : 2747854572\n").group(1) == "2747854572"  # type: ignore[union-attr]
     assert _instructions.UNITS.search("noise\nunits 7469\n").group(1) == "7469"  # type: ignore[union-attr]
+
+
+def test_the_events_work_counts_the_events_of_its_lifecycle_mix() -> None:
+    assert _instructions.events(0) == 0
+    assert _instructions.events(200) > 2 * 200  # each zone created, expired and removed, some touched

@@ -149,7 +149,9 @@ def test_one_zone_whose_expiry_raises_is_counted_and_the_others_expire() -> None
     bad = zones[2]
     assert bad is not None
     reg.drain()
-    bad.timeframe = "H9"  # a zone the registry's tables do not know: its expiry raises KeyError
+    reg._entries[
+        bad.id
+    ].timeframe = "H9"  # an entry the registry's tables do not know: its expiry raises KeyError
     told: list[tuple[str, Exception]] = []
     reg.on_expiry_error = lambda zid, exc: told.append((zid, exc))
     assert reg.advance(T0 + 3600 * S) == 5
