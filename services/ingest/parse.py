@@ -34,16 +34,16 @@ def side(value: str) -> Side | None:
     return SIDES_AS_SENT.get(value) or _SIDES.get(value.lower())
 
 
+_INF: Final = math.inf
+
+
 def number(value: Num) -> float | None:
     """A finite, non-negative decimal (a price, size, fee or tick size); None otherwise."""
     try:
         x = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return x if x >= 0.0 and math.isfinite(x) else None
-
-
-_INF: Final = math.inf
+    return x if 0.0 <= x < _INF else None  # NaN fails both; math.isfinite is a call through the module
 
 
 # Wire price strings already read: prices sit on a tick grid and repeat (a dict hit costs a
