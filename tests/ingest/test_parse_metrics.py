@@ -20,6 +20,11 @@ def test_sides_read_alike_whatever_their_case() -> None:
     assert parse.side("") is None and parse.side("BID") is None
 
 
+def test_a_number_is_a_finite_non_negative_decimal_or_none() -> None:
+    assert [parse.number(v) for v in ("0", "0.52", 3, "1e308")] == [0.0, 0.52, 3.0, 1e308]
+    assert [parse.number(v) for v in ("nan", "-nan", "inf", "-inf", "1e309", "-0.01", "x", "")] == [None] * 8
+
+
 def test_a_change_and_a_trade_with_a_mixed_case_side_are_published() -> None:
     out: list[tuple[str, Message]] = []
     router = Router(lambda t, m: out.append((t, m)), verify_hashes=False)
