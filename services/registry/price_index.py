@@ -5,17 +5,17 @@ their upper reach, zones containing it in two heaps on both edges. A price updat
 zones it enters or leaves: O(1) when it touches nothing, O(log n) per zone it does touch, however
 many zones the symbol has. Heap entries are invalidated lazily (a token per move) and compacted
 when the garbage outweighs the live entries. The index decides touches and fills (see zones.py for
-the rules); the registry core is told of each through two callbacks.
+the rules); the registry core, a :class:`PriceMoves`, is told of each.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 from services.registry.entry import ABOVE, BELOW, INSIDE, LOOSE, OUT, PENDING, Entry
+from services.registry.stats import RegistryStats
 from services.registry.zones import FILL_DOWN, FILL_UP
 
 _push: Final = heapq.heappush
@@ -28,9 +28,18 @@ _pop: Final = heapq.heappop
 STALE_SLACK: Final = 16
 
 
-class PriceCounts(Protocol):
-    prices: int
-    bad_prices: int
+class PriceMoves:
+    """Told of what a price does to the zones (the registry core subclasses it: compiled, a call to
+    it is a native one, with the price unboxed, where a callable held as an attribute was not)."""
+
+    def on_touch(self, entry: Entry, price: float, now_ns: int) -> None:
+        """A price entered the zone's reach."""
+        raise NotImplementedError
+
+    def on_fill(self, entry: Entry, now_ns: int) -> None:
+        """A price left the zone's reach across its far edge: the core expires it, which calls
+        :meth:`PriceIndex.unplace`, possibly inside a move."""
+        raise NotImplementedError
 
 
 class SymbolIndex:
@@ -48,20 +57,12 @@ class SymbolIndex:
 
 
 class PriceIndex:
-    """Every symbol's :class:`SymbolIndex`. ``on_touch(entry, price, now_ns)`` is called when a
-    price enters a zone's reach, ``on_fill(entry, now_ns)`` when it leaves across the far edge (the
-    core expires it, which calls :meth:`unplace`, possibly inside a move)."""
+    """Every symbol's :class:`SymbolIndex`; each touch and fill goes to ``moves``."""
 
-    def __init__(
-        self,
-        stats: PriceCounts,
-        on_touch: Callable[[Entry, float, int], None],
-        on_fill: Callable[[Entry, int], None],
-    ) -> None:
+    def __init__(self, stats: RegistryStats, moves: PriceMoves) -> None:
         self.by_symbol: dict[str, SymbolIndex] = {}
         self._stats = stats
-        self._on_touch = on_touch
-        self._on_fill = on_fill
+        self._moves = moves
         self._tok = 0
 
     def last_price(self, symbol: str) -> float | None:
@@ -189,10 +190,10 @@ class PriceIndex:
             idx.live -= 1
             entry.side = LOOSE
             entry.tok = 0
-            self._on_touch(entry, price, now_ns)
+            self._moves.on_touch(entry, price, now_ns)
             if entry.hi < price:  # crossed it in one move
                 if entry.fill == FILL_UP:
-                    self._on_fill(entry, now_ns)
+                    self._moves.on_fill(entry, now_ns)
                 else:
                     self._put(idx, entry, BELOW)
             else:
@@ -208,7 +209,7 @@ class PriceIndex:
             entry.side = LOOSE
             entry.tok = 0
             if entry.fill == FILL_UP:
-                self._on_fill(entry, now_ns)
+                self._moves.on_fill(entry, now_ns)
             else:
                 self._put(idx, entry, BELOW)
 
@@ -222,10 +223,10 @@ class PriceIndex:
             idx.live -= 1
             entry.side = LOOSE
             entry.tok = 0
-            self._on_touch(entry, price, now_ns)
+            self._moves.on_touch(entry, price, now_ns)
             if entry.lo > price:
                 if entry.fill == FILL_DOWN:
-                    self._on_fill(entry, now_ns)
+                    self._moves.on_fill(entry, now_ns)
                 else:
                     self._put(idx, entry, ABOVE)
             else:
@@ -241,6 +242,6 @@ class PriceIndex:
             entry.side = LOOSE
             entry.tok = 0
             if entry.fill == FILL_DOWN:
-                self._on_fill(entry, now_ns)
+                self._moves.on_fill(entry, now_ns)
             else:
                 self._put(idx, entry, ABOVE)

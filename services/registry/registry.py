@@ -22,16 +22,17 @@ from typing import Final
 from services.registry.books import Book, WeakestFirst
 from services.registry.due import DueTimers
 from services.registry.entry import OUT, Entry
-from services.registry.price_index import PriceIndex
+from services.registry.messages import copy_zone as _copy
+from services.registry.messages import new_zone, zone_created, zone_expired, zone_removed, zone_touched
+from services.registry.price_index import PriceIndex, PriceMoves
 from services.registry.stats import LAG_BOUNDS_NS, RegistryStats
 from services.registry.zones import FILL_NONE, FILL_SIDE, Rules, ZoneError, check_range, zone_id
-from shared.messages import Message, Zone, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
+from shared.messages import Message, Zone
 
 MAX_TTL_NS: Final = 7 * 86400 * 1_000_000_000  # the horizon the wheel is laid out for (wheel.py)
-_copy: Final[Callable[[Zone], Zone]] = Zone.__copy__  # type: ignore[attr-defined]
 
 
-class Registry:
+class Registry(PriceMoves):
     """Zones per (symbol, timeframe), their TTLs on a timing wheel, and a price index per symbol."""
 
     def __init__(self, rules: Rules, now_ns: int = 0, *, wall: Callable[[], int] | None = None) -> None:
@@ -41,7 +42,7 @@ class Registry:
         self.stats = RegistryStats()
         self._entries: dict[str, Entry] = {}
         self._books: dict[str, dict[str, Book]] = {}  # symbol -> tf -> book
-        self._prices = PriceIndex(self.stats, self._touch, self._fill)
+        self._prices = PriceIndex(self.stats, self)
         self.timers: DueTimers[str] = DueTimers(now_ns, wall)  # on event time
         self._weakest = WeakestFirst()
         # Told of each zone whose expiry raised (a bug), after it is counted; the others go on.
@@ -103,8 +104,7 @@ class Registry:
 
     def drain(self) -> list[Message]:
         """The events since the last drain, oldest first."""
-        out = self.events
-        self.events = []
+        out, self.events = self.events, []
         return out
 
     # Create / update / delete ---------------------------------------------------------------
@@ -158,7 +158,7 @@ class Registry:
         st = self.stats.by_tf[timeframe]
         if st.active >= self.rules.max_per_tf:
             self._evict_one(timeframe, event_ns or created_ns)  # the new zone is the cause
-        zone = Zone(
+        zone = new_zone(
             id=zid,
             symbol=symbol,
             timeframe=timeframe,
@@ -173,7 +173,7 @@ class Registry:
         self._insert(zone, tf_rules.hit_tolerance)
         st.created += 1
         ev = max(event_ns, created_ns)
-        self.events.append(ZoneCreated(zone=_copy(zone), confluence=confluence, event_ns=ev))
+        self.events.append(zone_created(zone=_copy(zone), confluence=confluence, event_ns=ev))
         return zone
 
     def _confluence(self, symbol: str, timeframe: str, bottom: float, top: float) -> list[str]:
@@ -283,7 +283,7 @@ class Registry:
             st.expired_filled += 1
         else:
             st.expired_evicted += 1
-        self.events.append(ZoneExpired(zone=_copy(zone), reason=reason, event_ns=ended))  # type: ignore[arg-type]
+        self.events.append(zone_expired(zone=_copy(zone), reason=reason, event_ns=ended))  # type: ignore[arg-type]
         zone.state = "grace"
         st.grace += 1  # _remove takes it off again
         if self.rules.grace_ns > 0:
@@ -292,7 +292,7 @@ class Registry:
             self.timers.wheel.cancel(entry.id)
             self._remove(entry, ended)
 
-    def _touch(self, entry: Entry, price: float, event_ns: int) -> None:
+    def on_touch(self, entry: Entry, price: float, event_ns: int) -> None:
         zone = entry.zone
         zone.touches += 1
         st = entry.st
@@ -301,9 +301,9 @@ class Registry:
             st.touched_now += 1
         st.touched += 1
         ev = max(event_ns, entry.created_ns)
-        self.events.append(ZoneTouched(zone=_copy(zone), price=price, event_ns=ev))
+        self.events.append(zone_touched(zone=_copy(zone), price=price, event_ns=ev))
 
-    def _fill(self, entry: Entry, event_ns: int) -> None:
+    def on_fill(self, entry: Entry, event_ns: int) -> None:
         self._expire(entry, "filled", event_ns)
 
     def _remove(self, entry: Entry, event_ns: int) -> None:
@@ -313,7 +313,7 @@ class Registry:
         st.removed += 1
         if zone.state == "grace":
             st.grace -= 1
-        self.events.append(ZoneRemoved(zone=_copy(zone), event_ns=event_ns))
+        self.events.append(zone_removed(zone=_copy(zone), event_ns=event_ns))
 
     def _evict_one(self, timeframe: str, event_ns: int) -> None:
         def active(zone_id: str) -> Zone | None:
