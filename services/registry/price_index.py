@@ -10,16 +10,13 @@ the rules); the registry core, a :class:`PriceMoves`, is told of each.
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Final
 
 from services.registry.entry import ABOVE, BELOW, INSIDE, LOOSE, OUT, PENDING, Entry
+from services.registry.heap import Item, heapify, pop, push
 from services.registry.stats import RegistryStats
 from services.registry.zones import FILL_DOWN, FILL_UP
-
-_push: Final = heapq.heappush
-_pop: Final = heapq.heappop
 
 # Invalidated heap items a symbol may keep beyond its live ones before a compaction. Each keeps
 # its entry and its zone (~0.45 kB) alive: at 1 024 (before), 2 000 symbols whose zones expire a
@@ -47,10 +44,10 @@ class SymbolIndex:
 
     def __init__(self) -> None:
         self.price = math.nan  # last price; nan until the first one
-        self.above: list[tuple[float, int, Entry]] = []  # min-heap on lo
-        self.below: list[tuple[float, int, Entry]] = []  # min-heap on -hi
-        self.in_hi: list[tuple[float, int, Entry]] = []  # min-heap on hi
-        self.in_lo: list[tuple[float, int, Entry]] = []  # min-heap on -lo
+        self.above: list[Item] = []  # min-heap on lo
+        self.below: list[Item] = []  # min-heap on -hi
+        self.in_hi: list[Item] = []  # min-heap on hi
+        self.in_lo: list[Item] = []  # min-heap on -lo
         self.pending: dict[str, Entry] = {}
         self.live = 0  # heap entries that are valid
         self.stale = 0  # heap entries invalidated but not yet popped
@@ -114,8 +111,8 @@ class PriceIndex:
         """Drop invalidated heap entries, in place (a move loop may hold a heap)."""
         live = 0
         for heap in (idx.above, idx.below, idx.in_hi, idx.in_lo):
-            heap[:] = [item for item in heap if item[2].tok == item[1]]
-            heapq.heapify(heap)
+            heap[:] = [item for item in heap if item.entry.tok == item.tok]
+            heapify(heap)
             live += len(heap)
         idx.live = live
         idx.stale = 0
@@ -138,11 +135,11 @@ class PriceIndex:
                 return
             idx.price = price
             above = idx.above
-            if above and above[0][0] <= price:
+            if above and above[0].key <= price:
                 self._move_up(idx, price, now_ns)
             else:
                 in_hi = idx.in_hi
-                if in_hi and in_hi[0][0] < price:
+                if in_hi and in_hi[0].key < price:
                     self._move_up(idx, price, now_ns)
         elif price < last:
             if price == -math.inf:
@@ -150,11 +147,11 @@ class PriceIndex:
                 return
             idx.price = price
             below = idx.below
-            if below and -below[0][0] >= price:
+            if below and -below[0].key >= price:
                 self._move_down(idx, price, now_ns)
             else:
                 in_lo = idx.in_lo
-                if in_lo and -in_lo[0][0] > price:
+                if in_lo and -in_lo[0].key > price:
                     self._move_down(idx, price, now_ns)
         elif price != price:
             self._stats.bad_prices += 1
@@ -170,21 +167,22 @@ class PriceIndex:
         tok = entry.tok = self._tok
         entry.side = side
         if side == BELOW:
-            _push(idx.below, (-entry.hi, tok, entry))
+            push(idx.below, Item(-entry.hi, tok, entry))
             idx.live += 1
         elif side == ABOVE:
-            _push(idx.above, (entry.lo, tok, entry))
+            push(idx.above, Item(entry.lo, tok, entry))
             idx.live += 1
         else:
-            _push(idx.in_hi, (entry.hi, tok, entry))
-            _push(idx.in_lo, (-entry.lo, tok, entry))
+            push(idx.in_hi, Item(entry.hi, tok, entry))
+            push(idx.in_lo, Item(-entry.lo, tok, entry))
             idx.live += 2
 
     def _move_up(self, idx: SymbolIndex, price: float, now_ns: int) -> None:
         above = idx.above
-        while above and above[0][0] <= price:
-            _, tok, entry = _pop(above)
-            if entry.tok != tok:
+        while above and above[0].key <= price:
+            item = pop(above)
+            entry = item.entry
+            if entry.tok != item.tok:
                 idx.stale -= 1
                 continue
             idx.live -= 1
@@ -199,9 +197,10 @@ class PriceIndex:
             else:
                 self._put(idx, entry, INSIDE)
         in_hi = idx.in_hi
-        while in_hi and in_hi[0][0] < price:
-            _, tok, entry = _pop(in_hi)
-            if entry.tok != tok:
+        while in_hi and in_hi[0].key < price:
+            item = pop(in_hi)
+            entry = item.entry
+            if entry.tok != item.tok:
                 idx.stale -= 1
                 continue
             idx.live -= 2  # this entry and its in_lo twin, which is now stale
@@ -215,9 +214,10 @@ class PriceIndex:
 
     def _move_down(self, idx: SymbolIndex, price: float, now_ns: int) -> None:
         below = idx.below
-        while below and -below[0][0] >= price:
-            _, tok, entry = _pop(below)
-            if entry.tok != tok:
+        while below and -below[0].key >= price:
+            item = pop(below)
+            entry = item.entry
+            if entry.tok != item.tok:
                 idx.stale -= 1
                 continue
             idx.live -= 1
@@ -232,9 +232,10 @@ class PriceIndex:
             else:
                 self._put(idx, entry, INSIDE)
         in_lo = idx.in_lo
-        while in_lo and -in_lo[0][0] > price:
-            _, tok, entry = _pop(in_lo)
-            if entry.tok != tok:
+        while in_lo and -in_lo[0].key > price:
+            item = pop(in_lo)
+            entry = item.entry
+            if entry.tok != item.tok:
                 idx.stale -= 1
                 continue
             idx.live -= 2

@@ -68,7 +68,7 @@ def test_zone_entries_heap_items_and_bars_are_not_tracked_by_the_cyclic_gc() -> 
     gc.collect()  # untracks the tuples that hold only untracked objects
     idx = reg._prices.by_symbol["pm.a"]
     items = idx.above + idx.below + idx.in_hi + idx.in_lo
-    assert items and not any(gc.is_tracked(item) or gc.is_tracked(item[2]) for item in items)
+    assert items and not any(gc.is_tracked(item) or gc.is_tracked(item.entry) for item in items)
     bars = BarBuilder(5 * S)
     bars.add(T0, 1.0)
     bars.add(T0 + 6 * S, 1.1)
