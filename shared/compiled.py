@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package -> the modules compiled together: pure, synchronous, mypy-strict. A msgspec Struct with
 # gc=False built by compiled code keeps the GC flag: a record the GC must not track is a native class
-# with @mypyc_attr(acyclic=True), a Struct only where the module runs pure (registry/entry.py).
+# with @mypyc_attr(acyclic=True), a Struct only where the module runs pure (when_pure).
 # Their module-level constants and caches are ``Final``: compiled code reads a Final global as a C
 # static, any other by a lookup in the module's dict at each use (a book's resize 0.77 -> 0.73 us).
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -158,7 +158,20 @@ def _describe(reason: str | None) -> str:
 
 
 def is_compiled(module: ModuleType) -> bool:
-    return (module.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    return _is_extension(module.__file__ or "")
+
+
+def _is_extension(path: str) -> bool:
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def when_pure(module_globals: dict[str, Any], **stand_ins: object) -> None:
+    """Called at the end of a group's module with its ``globals()``: run pure, its names are rebound
+    to ``stand_ins``. For a record the GC must not track, a native acyclic class when compiled and a
+    ``gc=False`` Struct when pure (a Python class would be tracked); or a routine the standard
+    library has in C, which a sift in Python would not match (registry/entry.py, heap.py)."""
+    if not _is_extension(module_globals["__file__"]):
+        module_globals.update(stand_ins)
 
 
 def pure_result(target: str) -> Any:

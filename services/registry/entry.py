@@ -18,6 +18,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from services.registry.stats import TimeframeStats
+from shared.compiled import when_pure
 from shared.messages import Zone
 
 PENDING: Final = 0  # no price seen yet for the symbol
@@ -74,5 +75,4 @@ class UntrackedEntry(msgspec.Struct, gc=False):
         self.created_ns, self.expires_ns = zone.created_ns, zone.expires_ns
 
 
-if __file__.endswith(".py"):  # pure: the modules importing Entry get the untracked one
-    globals()["Entry"] = UntrackedEntry
+when_pure(globals(), Entry=UntrackedEntry)  # the modules importing Entry get the untracked one

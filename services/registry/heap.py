@@ -18,6 +18,7 @@ import msgspec
 from mypy_extensions import mypyc_attr
 
 from services.registry.entry import Entry
+from shared.compiled import when_pure
 
 
 @mypyc_attr(acyclic=True)
@@ -88,5 +89,5 @@ class UntrackedItem(msgspec.Struct, gc=False, order=True):
     entry: Entry
 
 
-if __file__.endswith(".py"):  # pure: heapq's C over untracked, ordered Structs
-    globals().update(Item=UntrackedItem, push=heapq.heappush, pop=heapq.heappop, heapify=heapq.heapify)
+# pure: heapq's C over untracked, ordered Structs
+when_pure(globals(), Item=UntrackedItem, push=heapq.heappush, pop=heapq.heappop, heapify=heapq.heapify)

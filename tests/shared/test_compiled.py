@@ -194,3 +194,12 @@ def test_build_leaves_an_up_to_date_group_alone(group: str, capsys: pytest.Captu
     assert compiled.main(["build"]) == 0
     assert f"{group}: compiled core up to date" in capsys.readouterr().out
     assert (compiled.ROOT / group / f"core{SUFFIX}").read_bytes() == b"not an ELF file"
+
+
+def test_a_modules_stand_ins_replace_its_names_only_where_it_runs_from_its_source() -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    pure: dict[str, object] = {"__file__": "/x/services/registry/heap.py", "Item": "native"}
+    built: dict[str, object] = {"__file__": f"/x/services/registry/heap{suffix}", "Item": "native"}
+    for module_globals in (pure, built):
+        compiled.when_pure(module_globals, Item="struct")
+    assert pure["Item"] == "struct" and built["Item"] == "native"
