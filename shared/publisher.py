@@ -13,6 +13,11 @@ it): the subscribers of a restarted service reconnect within their reconnect int
 hold (:meth:`Publisher.release`).
 ``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
 default, sends msgpack maps that each carry the whole envelope.
+*Unread* topics: a run whose topic no subscriber's prefix matches is numbered as if sent, and
+neither encoded nor sent (the XPUB would drop it at the socket anyway): a subscriber that joins
+meanwhile, or whose subscription the socket had taken and this publisher had not read yet, sees the
+run as a gap, as it would see a message ZeroMQ dropped before its subscription took effect.
+``send_unread`` sends every message whatever the subscriptions.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class PublisherStats:
     bytes: int = 0
     heartbeats: int = 0
     topics: int = 0  # topics numbered so far: one entry each in the per-topic sequences
+    unread: int = 0  # messages numbered and not sent: no subscriber read their topic
 
 
 class Publisher(security.BindLater):
@@ -76,6 +82,7 @@ class Publisher(security.BindLater):
         max_batch: int = DEFAULT_MAX_BATCH,
         hwm: int = DEFAULT_HWM,
         lossless: bool = False,
+        send_unread: bool = False,
         wire_version: int = 1,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         hold: float = 0.0,
@@ -120,6 +127,7 @@ class Publisher(security.BindLater):
         self._sock = sync_view(self._asock)
         self._closed = False
         self.watch = SubscriberWatch(self._sock, endpoint)  # its readers' subscriptions (XPUB)
+        self.send_unread = send_unread
 
     def _topic(self, topic: str) -> TopicState:
         state = self._topics[topic] = TopicState()
@@ -142,6 +150,9 @@ class Publisher(security.BindLater):
         order on the wire.
         """
         if not self.batching and not self._held:
+            if not self._read(topic):
+                self._unread(topic, 1)
+                return
             self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
             self._send(topic.encode(), self._encode_one(msg), 1)
@@ -186,6 +197,8 @@ class Publisher(security.BindLater):
         self._runs = []
         self._last_run = None
         self._pending = 0
+        if not self.send_unread:
+            self.watch.poll()  # the subscriptions the socket has taken, before runs are skipped
         stats = self.stats
         stats.flushes += 1
         now = self.clock.time_ns()
@@ -196,11 +209,21 @@ class Publisher(security.BindLater):
         v2 = self.wire_version == 2
         put = self._put
         closed = self._closed
-        frames = sent = size = 0
+        send_unread, reads = self.send_unread, self.watch.read_topics
+        frames = sent = size = unread = 0
         try:
             for topic, msgs in runs:
                 state = topics.get(topic) or self._topic(topic)
                 count = len(msgs)
+                read = send_unread or reads.get(topic)
+                if read is None:
+                    read = self.watch.reads(topic)
+                if not read:
+                    seq += count  # numbered: a reader that should have had them sees a gap
+                    state.seq += count
+                    state.last = seq
+                    unread += count
+                    continue
                 if v2:
                     payload = stamp_and_encode_v2(publisher, seq + 1, state.seq + 1, now, msgs)
                 else:
@@ -225,10 +248,22 @@ class Publisher(security.BindLater):
         finally:  # what went out stays counted, and its numbers taken, should an encoding raise
             self.seq = seq
             stats.sent += sent
+            stats.unread += unread
             stats.frames += frames
             stats.bytes += size
         if frames:
             self.watch.sent()
+
+    def _read(self, topic: str) -> bool:
+        read = self.send_unread or self.watch.read_topics.get(topic)
+        return self.watch.reads(topic) if read is None else read
+
+    def _unread(self, topic: str, count: int) -> None:
+        state = self._topics.get(topic) or self._topic(topic)
+        self.seq += count
+        state.seq += count
+        state.last = self.seq
+        self.stats.unread += count
 
     def _encode_one(self, msg: Message) -> bytes:
         """One stamped message as a payload of this publisher's wire version."""

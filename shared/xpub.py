@@ -2,7 +2,9 @@
 
 An XPUB is a PUB that also delivers its subscribers' (un)subscriptions as messages: ``\\x01`` or
 ``\\x00`` then the prefix. :class:`SubscriberWatch` reads them as they come, so a sender can wait
-for its first reader (no slow-joiner loss) and ask whether anyone reads a topic.
+for its first reader (no slow-joiner loss) and ask whether anyone reads a topic. Without
+``XPUB_VERBOSE`` the socket reports a prefix when its first subscriber takes it and when its last
+one drops it, so the set of prefixes is exact however many subscribers share one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from shared.sockets import NOBLOCK, ReadWaiter
 # pending commands then), so the watcher is re-checked this long after a send: once a period at
 # most, as a check costs about a send (~1.5 us).
 RECHECK_AFTER_SEND_S = 0.001
+# Socket.get's Cython layer: asking EVENTS processes ZeroMQ's pending commands (subscriptions
+# included) and costs about half a NOBLOCK recv that raises zmq.Again.
+_zmq_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+READ_TOPICS_MAX = 1 << 18  # topics whose answer :meth:`SubscriberWatch.reads` keeps (ingest: ~6 an asset)
 
 
 class SubscriberWatch:
@@ -26,6 +34,7 @@ class SubscriberWatch:
         self._sock = sock
         self._endpoint = endpoint
         self.prefixes: set[str] = set()
+        self.read_topics: dict[str, bool] = {}  # topic -> whether a prefix matches, until they change
         self.joined = asyncio.Event()  # set when a subscription arrives
         self.reader: ReadWaiter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -58,22 +67,50 @@ class SubscriberWatch:
             self.reader.poke()
 
     async def _watch(self, reader: ReadWaiter) -> None:
-        sock = self._sock
         while True:
             await reader.wait()
-            while True:
-                try:
-                    frame = sock.recv(NOBLOCK)
-                except zmq.Again:
-                    break
-                if not frame:
-                    continue
-                prefix = frame[1:].decode(errors="replace")
-                if frame[0] == 1:
-                    self.prefixes.add(prefix)
-                    self.joined.set()
-                elif frame[0] == 0:
-                    self.prefixes.discard(prefix)
+            self._read()
+
+    def poll(self) -> bool:
+        """Read the (un)subscriptions that arrived, now rather than when the watching task next
+        runs; whether the prefixes changed."""
+        events: int = _zmq_get(self._sock, _EVENTS)  # type: ignore[assignment]  # an int option
+        if not events & _POLLIN:
+            return False
+        return self._read()
+
+    def _read(self) -> bool:
+        sock = self._sock
+        changed = False
+        while True:
+            try:
+                frame = sock.recv(NOBLOCK)
+            except zmq.Again:
+                break
+            if not frame:
+                continue
+            prefix = frame[1:].decode(errors="replace")
+            if frame[0] == 1:
+                self.prefixes.add(prefix)
+                self.joined.set()
+            elif frame[0] == 0:
+                self.prefixes.discard(prefix)
+            changed = True
+        if changed:
+            self.read_topics.clear()
+        return changed
+
+    def reads(self, topic: str) -> bool:
+        """Whether some subscriber reads ``topic``, kept in :attr:`read_topics` until the prefixes
+        change. Before a no, the subscriptions that arrived are read: the socket may have taken one
+        that the watching task has not read yet."""
+        read = topic.startswith(tuple(self.prefixes))
+        if not read and self.poll():
+            read = topic.startswith(tuple(self.prefixes))
+        if len(self.read_topics) >= READ_TOPICS_MAX:
+            self.read_topics.clear()
+        self.read_topics[topic] = read
+        return read
 
     def has_subscriber(self, topic: str = "") -> bool:
         """Whether some subscriber's prefix filter matches ``topic``."""
