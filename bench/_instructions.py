@@ -59,7 +59,7 @@ def router_read(n: int) -> int:
         pub, router = router_rig(sim, dump, True)
         pub.send_unread = False
         pub.start()
-        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         for prefix in PREFIXES:
             sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
         sub.connect(pub.endpoint)
