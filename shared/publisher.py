@@ -13,11 +13,9 @@ it): the subscribers of a restarted service reconnect within their reconnect int
 hold (:meth:`Publisher.release`).
 ``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
 default, sends msgpack maps that each carry the whole envelope.
-*Unread* topics: a run whose topic no subscriber's prefix matches is numbered as if sent, and
-neither encoded nor sent (the XPUB would drop it at the socket anyway): a subscriber that joins
-meanwhile, or whose subscription the socket had taken and this publisher had not read yet, sees the
-run as a gap, as it would see a message ZeroMQ dropped before its subscription took effect.
-``send_unread`` sends every message whatever the subscriptions.
+*Unread* topics: a run no subscriber's prefix matches is numbered, not encoded or sent (the XPUB
+would drop it): a reader that joins meanwhile sees a gap, as it would for a message sent before its
+subscription took effect. ``send_unread`` sends every message whatever the subscriptions.
 """
 
 from __future__ import annotations
@@ -48,13 +46,16 @@ DRAIN_PAUSE_MAX_S = 0.02
 
 
 class TopicState:
-    """A topic's numbering: its last ``topic_seq`` and the ``seq`` of its last message."""
+    """A topic's last ``topic_seq``, the ``seq`` of its last message, and whether it is read (as of
+    the subscriptions' ``read_version``)."""
 
-    __slots__ = ("last", "seq")
+    __slots__ = ("last", "read", "read_version", "seq")
 
     def __init__(self) -> None:
         self.seq = 0
         self.last = 0
+        self.read = False
+        self.read_version = -1
 
 
 @dataclass(slots=True)
@@ -150,8 +151,9 @@ class Publisher(security.BindLater):
         order on the wire.
         """
         if not self.batching and not self._held:
-            if not self._read(topic):
-                self._unread(topic, 1)
+            state = self._topics.get(topic) or self._topic(topic)
+            if not self._reads(topic, state):
+                self._unread(state, 1)
                 return
             self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
@@ -209,19 +211,17 @@ class Publisher(security.BindLater):
         v2 = self.wire_version == 2
         put = self._put
         closed = self._closed
-        send_unread, reads = self.send_unread, self.watch.read_topics
+        send_unread, watch = self.send_unread, self.watch
         frames = sent = size = unread = 0
         try:
             for topic, msgs in runs:
                 state = topics.get(topic) or self._topic(topic)
                 count = len(msgs)
-                read = send_unread or reads.get(topic)
-                if read is None:
-                    read = self.watch.reads(topic)
-                if not read:
-                    seq += count  # numbered: a reader that should have had them sees a gap
+                if state.read_version != watch.version and not send_unread:
+                    self._reads(topic, state)
+                if not (state.read or send_unread):
+                    seq = state.last = seq + count  # numbered: a reader that missed them sees a gap
                     state.seq += count
-                    state.last = seq
                     unread += count
                     continue
                 if v2:
@@ -254,15 +254,15 @@ class Publisher(security.BindLater):
         if frames:
             self.watch.sent()
 
-    def _read(self, topic: str) -> bool:
-        read = self.send_unread or self.watch.read_topics.get(topic)
-        return self.watch.reads(topic) if read is None else read
+    def _reads(self, topic: str, state: TopicState) -> bool:
+        if state.read_version != self.watch.version and not self.send_unread:
+            state.read = self.watch.reads(topic)
+            state.read_version = self.watch.version  # after the subscriptions ``reads`` may have read
+        return state.read or self.send_unread
 
-    def _unread(self, topic: str, count: int) -> None:
-        state = self._topics.get(topic) or self._topic(topic)
-        self.seq += count
+    def _unread(self, state: TopicState, count: int) -> None:
+        self.seq = state.last = self.seq + count
         state.seq += count
-        state.last = self.seq
         self.stats.unread += count
 
     def _encode_one(self, msg: Message) -> bytes:

@@ -24,7 +24,6 @@ RECHECK_AFTER_SEND_S = 0.001
 _zmq_get = zmq.backend.Socket.get
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-READ_TOPICS_MAX = 1 << 18  # topics whose answer :meth:`SubscriberWatch.reads` keeps (ingest: ~6 an asset)
 
 
 class SubscriberWatch:
@@ -34,7 +33,9 @@ class SubscriberWatch:
         self._sock = sock
         self._endpoint = endpoint
         self.prefixes: set[str] = set()
-        self.read_topics: dict[str, bool] = {}  # topic -> whether a prefix matches, until they change
+        self.version = (
+            0  # counts the changes of ``prefixes``: an answer of :meth:`reads` holds until it moves
+        )
         self.joined = asyncio.Event()  # set when a subscription arrives
         self.reader: ReadWaiter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,19 +98,16 @@ class SubscriberWatch:
                 self.prefixes.discard(prefix)
             changed = True
         if changed:
-            self.read_topics.clear()
+            self.version += 1
         return changed
 
     def reads(self, topic: str) -> bool:
-        """Whether some subscriber reads ``topic``, kept in :attr:`read_topics` until the prefixes
-        change. Before a no, the subscriptions that arrived are read: the socket may have taken one
-        that the watching task has not read yet."""
+        """Whether some subscriber reads ``topic``, true until :attr:`version` moves. Before a no,
+        the subscriptions that arrived are read: the socket may have taken one that the watching
+        task has not read yet."""
         read = topic.startswith(tuple(self.prefixes))
         if not read and self.poll():
             read = topic.startswith(tuple(self.prefixes))
-        if len(self.read_topics) >= READ_TOPICS_MAX:
-            self.read_topics.clear()
-        self.read_topics[topic] = read
         return read
 
     def has_subscriber(self, topic: str = "") -> bool:
