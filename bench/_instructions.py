@@ -3,7 +3,6 @@ host's load or speed, for comparing two trees (wall and CPU figures here move 20
 
     python -m bench._instructions            # both, each as the difference of two runs
     python -m bench._instructions router     # ingest's router: instructions per update
-    python -m bench._instructions router_read  # the same, read as in the pipeline (px., md.trade.)
     python -m bench._instructions crud       # the registry core: per zone created, updated, expired
     python -m bench._instructions events     # the registry core: per lifecycle event (touches, fills)
 
@@ -44,36 +43,6 @@ def router(n: int) -> int:
     return uvloop.run(run())
 
 
-def router_read(n: int) -> int:
-    """:func:`router` with the pipeline's readers: a SUB of registry's and alerts' prefixes
-    (``px.``, ``md.trade.``) is connected, so the other topics go unread and unsent."""
-    import uvloop
-    import zmq
-
-    from bench.ingest import _frames, route, router_rig
-    from services.alerts.core import PREFIXES
-
-    sim, dump, frames = _frames(400, 2_500)
-
-    async def run() -> int:
-        pub, router = router_rig(sim, dump, True)
-        pub.send_unread = False
-        pub.start()
-        sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
-        for prefix in PREFIXES:
-            sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
-        sub.connect(pub.endpoint)
-        await pub.wait_for_subscriber("px.", timeout=10)
-        for part in (frames[:2_000], frames[2_000 : 2_000 + n]):
-            before = router.stats.updates
-            route(pub, router, part)
-        await pub.close()
-        sub.close(linger=0)
-        return router.stats.updates - before
-
-    return uvloop.run(run())
-
-
 def crud(n: int) -> int:
     """bench/registry.py's CRUD of ``n`` zones."""
     from bench.registry import T0, _rules, crud_specs
@@ -101,7 +70,6 @@ def events(n: int) -> int:
 
 WORK = {
     "router": (router, 800, "instructions per update"),
-    "router_read": (router_read, 800, "instructions per update"),
     "crud": (crud, 10_000, "instructions per zone"),
     "events": (events, 20_000, "instructions per event"),
 }

@@ -78,7 +78,7 @@ class Window:
     updates: int
     gaps: float
     cpu_s: dict[str, float]  # CPU seconds (utime + stime, every thread) each process used in the window
-    # flushes_, wakeups_, messages_received_, messages_sent_, messages_unread_<service>: per second
+    # flushes_<service>, wakeups_<service>, messages_received_<service>: per second
     bus_per_s: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     hops_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -214,7 +214,7 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
                 "unit": "us CPU/update",
                 "goal": "",
             }
-    for key, per_s in sorted(main.bus_per_s.items()):  # flushes_, wakeups_, messages_..._<service>
+    for key, per_s in sorted(main.bus_per_s.items()):  # flushes_, wakeups_, messages_received_<service>
         out[f"pipeline.{key}_per_s"] = {"value": per_s, "unit": "/s", "goal": ""}
     curve = [low, main, *(w for w in steps if w.rate == CURVE_TOP)]
     rows = [[w.rate, pct(w.latencies_ms, 0.99), pct(w.latencies_ms, 0.5), round(w.achieved)] for w in curve]

@@ -89,10 +89,8 @@ def _frames(n_assets: int, steps: int) -> tuple[MarketSim, str, list[str]]:
 
 
 def router_rig(sim: MarketSim, dump: str, verify: bool) -> tuple[Publisher, Router]:
-    """A router publishing on a real PUB, following ``sim``'s assets, their books routed. Every
-    message is encoded and sent (``send_unread``), as to a reader of every topic: this PUB has none,
-    and a publisher skips the topics nobody reads."""
-    pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0, send_unread=True)
+    """A router publishing on a real PUB, following ``sim``'s assets, their books routed."""
+    pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0)
     router = Router(pub.publish, verify_hashes=verify)
     router.assign(sim.assets, "c1")
     for m in sim.markets:  # what Gamma discovery gives: the fields the WebSocket books lack

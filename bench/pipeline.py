@@ -211,9 +211,8 @@ class Pipeline:
             return await r.json()  # type: ignore[no-any-return]
 
     async def counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
-        """Gaps seen by registry and alerts; each service's bus flushes, wakeups, messages
-        received, sent and unread (numbered, not sent: no subscriber read the topic), summed over
-        its sockets."""
+        """Gaps seen by registry and alerts; each service's bus flushes, wakeups and messages
+        received (sums over its sockets)."""
         out = {"gaps": 0.0}
         for name in SERVICES:
             async with http.get(f"http://127.0.0.1:{self.metrics[name]}/metrics") as r:
@@ -222,13 +221,7 @@ class Pipeline:
                     gaps = key.startswith(("poolwire_bus_gaps_total", "poolwire_bus_messages_missed_total"))
                     if gaps and name != "ingest":
                         out["gaps"] += float(value)
-                    for counter in (
-                        "flushes",
-                        "wakeups",
-                        "messages_received",
-                        "messages_sent",
-                        "messages_unread",
-                    ):
+                    for counter in ("flushes", "wakeups", "messages_received"):
                         if key.startswith(f"poolwire_bus_{counter}_total"):
                             out[f"{counter}_{name}"] = out.get(f"{counter}_{name}", 0.0) + float(value)
         return out

@@ -106,7 +106,7 @@ async def ingest_cpu_us_per_update(counts: tuple[int, ...] = ASSETS, steps: int 
     ``REPEATS`` passes, each over its own ``steps`` simulator steps (a frame replayed would not
     match its hash: the mismatch path is another cost)."""
     sim = MarketSim(counts[0], seed=5)
-    pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0, send_unread=True)
+    pub = Publisher(tcp_endpoint(), service="ingest", heartbeat_interval=0)
     router = Router(pub.publish, verify_hashes=True)
     rows: list[list[float]] = []
     routed = 0

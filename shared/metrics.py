@@ -33,7 +33,6 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "revived": ("publishers_revived_total", "Publishers heard from again after presumed dead"),
     "would_block": ("would_block_total", "Sends refused because the peer queue was full"),
     "topics": ("topics", "Topics whose sequence numbers the socket keeps (its per-topic state)"),
-    "unread": ("messages_unread_total", "Messages numbered and not sent: no subscriber read their topic"),
 }
 
 

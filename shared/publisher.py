@@ -13,9 +13,6 @@ it): the subscribers of a restarted service reconnect within their reconnect int
 hold (:meth:`Publisher.release`).
 ``wire_version`` 2 sends one envelope per frame and array bodies (:mod:`shared.wire`); 1, the
 default, sends msgpack maps that each carry the whole envelope.
-*Unread* topics: a run no subscriber's prefix matches is numbered, not encoded or sent (the XPUB
-would drop it): a reader that joins meanwhile sees a gap, as it would for a message sent before its
-subscription took effect. ``send_unread`` sends every message whatever the subscriptions.
 """
 
 from __future__ import annotations
@@ -46,16 +43,13 @@ DRAIN_PAUSE_MAX_S = 0.02
 
 
 class TopicState:
-    """A topic's last ``topic_seq``, the ``seq`` of its last message, and whether it is read (as of
-    the subscriptions' ``read_version``)."""
+    """A topic's numbering: its last ``topic_seq`` and the ``seq`` of its last message."""
 
-    __slots__ = ("last", "read", "read_version", "seq")
+    __slots__ = ("last", "seq")
 
     def __init__(self) -> None:
         self.seq = 0
         self.last = 0
-        self.read = False
-        self.read_version = -1
 
 
 @dataclass(slots=True)
@@ -66,7 +60,6 @@ class PublisherStats:
     bytes: int = 0
     heartbeats: int = 0
     topics: int = 0  # topics numbered so far: one entry each in the per-topic sequences
-    unread: int = 0  # messages numbered and not sent: no subscriber read their topic
 
 
 class Publisher(security.BindLater):
@@ -83,7 +76,6 @@ class Publisher(security.BindLater):
         max_batch: int = DEFAULT_MAX_BATCH,
         hwm: int = DEFAULT_HWM,
         lossless: bool = False,
-        send_unread: bool = False,
         wire_version: int = 1,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         hold: float = 0.0,
@@ -128,7 +120,6 @@ class Publisher(security.BindLater):
         self._sock = sync_view(self._asock)
         self._closed = False
         self.watch = SubscriberWatch(self._sock, endpoint)  # its readers' subscriptions (XPUB)
-        self.send_unread = send_unread
 
     def _topic(self, topic: str) -> TopicState:
         state = self._topics[topic] = TopicState()
@@ -151,10 +142,6 @@ class Publisher(security.BindLater):
         order on the wire.
         """
         if not self.batching and not self._held:
-            state = self._topics.get(topic) or self._topic(topic)
-            if not self._reads(topic, state):
-                self._unread(state, 1)
-                return
             self._stamp(topic, msg)
             msg.publish_ns = self.clock.time_ns()
             self._send(topic.encode(), self._encode_one(msg), 1)
@@ -199,8 +186,6 @@ class Publisher(security.BindLater):
         self._runs = []
         self._last_run = None
         self._pending = 0
-        if not self.send_unread:
-            self.watch.poll()  # the subscriptions the socket has taken, before runs are skipped
         stats = self.stats
         stats.flushes += 1
         now = self.clock.time_ns()
@@ -211,19 +196,11 @@ class Publisher(security.BindLater):
         v2 = self.wire_version == 2
         put = self._put
         closed = self._closed
-        send_unread, watch = self.send_unread, self.watch
-        frames = sent = size = unread = 0
+        frames = sent = size = 0
         try:
             for topic, msgs in runs:
                 state = topics.get(topic) or self._topic(topic)
                 count = len(msgs)
-                if state.read_version != watch.version and not send_unread:
-                    self._reads(topic, state)
-                if not (state.read or send_unread):
-                    seq = state.last = seq + count  # numbered: a reader that missed them sees a gap
-                    state.seq += count
-                    unread += count
-                    continue
                 if v2:
                     payload = stamp_and_encode_v2(publisher, seq + 1, state.seq + 1, now, msgs)
                 else:
@@ -248,22 +225,10 @@ class Publisher(security.BindLater):
         finally:  # what went out stays counted, and its numbers taken, should an encoding raise
             self.seq = seq
             stats.sent += sent
-            stats.unread += unread
             stats.frames += frames
             stats.bytes += size
         if frames:
             self.watch.sent()
-
-    def _reads(self, topic: str, state: TopicState) -> bool:
-        if state.read_version != self.watch.version and not self.send_unread:
-            state.read = self.watch.reads(topic)
-            state.read_version = self.watch.version  # after the subscriptions ``reads`` may have read
-        return state.read or self.send_unread
-
-    def _unread(self, state: TopicState, count: int) -> None:
-        self.seq = state.last = self.seq + count
-        state.seq += count
-        self.stats.unread += count
 
     def _encode_one(self, msg: Message) -> bytes:
         """One stamped message as a payload of this publisher's wire version."""

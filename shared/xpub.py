@@ -2,9 +2,7 @@
 
 An XPUB is a PUB that also delivers its subscribers' (un)subscriptions as messages: ``\\x01`` or
 ``\\x00`` then the prefix. :class:`SubscriberWatch` reads them as they come, so a sender can wait
-for its first reader (no slow-joiner loss) and ask whether anyone reads a topic. Without
-``XPUB_VERBOSE`` the socket reports a prefix when its first subscriber takes it and when its last
-one drops it, so the set of prefixes is exact however many subscribers share one.
+for its first reader (no slow-joiner loss) and ask whether anyone reads a topic.
 """
 
 from __future__ import annotations
@@ -19,11 +17,6 @@ from shared.sockets import NOBLOCK, ReadWaiter
 # pending commands then), so the watcher is re-checked this long after a send: once a period at
 # most, as a check costs about a send (~1.5 us).
 RECHECK_AFTER_SEND_S = 0.001
-# Socket.get's Cython layer: asking EVENTS processes ZeroMQ's pending commands (subscriptions
-# included) and costs about half a NOBLOCK recv that raises zmq.Again.
-_zmq_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 class SubscriberWatch:
@@ -33,9 +26,6 @@ class SubscriberWatch:
         self._sock = sock
         self._endpoint = endpoint
         self.prefixes: set[str] = set()
-        self.version = (
-            0  # counts the changes of ``prefixes``: an answer of :meth:`reads` holds until it moves
-        )
         self.joined = asyncio.Event()  # set when a subscription arrives
         self.reader: ReadWaiter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -68,47 +58,22 @@ class SubscriberWatch:
             self.reader.poke()
 
     async def _watch(self, reader: ReadWaiter) -> None:
+        sock = self._sock
         while True:
             await reader.wait()
-            self._read()
-
-    def poll(self) -> bool:
-        """Read the (un)subscriptions that arrived, now rather than when the watching task next
-        runs; whether the prefixes changed."""
-        events: int = _zmq_get(self._sock, _EVENTS)  # type: ignore[assignment]  # an int option
-        if not events & _POLLIN:
-            return False
-        return self._read()
-
-    def _read(self) -> bool:
-        sock = self._sock
-        changed = False
-        while True:
-            try:
-                frame = sock.recv(NOBLOCK)
-            except zmq.Again:
-                break
-            if not frame:
-                continue
-            prefix = frame[1:].decode(errors="replace")
-            if frame[0] == 1:
-                self.prefixes.add(prefix)
-                self.joined.set()
-            elif frame[0] == 0:
-                self.prefixes.discard(prefix)
-            changed = True
-        if changed:
-            self.version += 1
-        return changed
-
-    def reads(self, topic: str) -> bool:
-        """Whether some subscriber reads ``topic``, true until :attr:`version` moves. Before a no,
-        the subscriptions that arrived are read: the socket may have taken one that the watching
-        task has not read yet."""
-        read = topic.startswith(tuple(self.prefixes))
-        if not read and self.poll():
-            read = topic.startswith(tuple(self.prefixes))
-        return read
+            while True:
+                try:
+                    frame = sock.recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                if not frame:
+                    continue
+                prefix = frame[1:].decode(errors="replace")
+                if frame[0] == 1:
+                    self.prefixes.add(prefix)
+                    self.joined.set()
+                elif frame[0] == 0:
+                    self.prefixes.discard(prefix)
 
     def has_subscriber(self, topic: str = "") -> bool:
         """Whether some subscriber's prefix filter matches ``topic``."""
