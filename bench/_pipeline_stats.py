@@ -99,10 +99,11 @@ class Window:
         used = self.cpu_s[name] if name else sum(s for n, s in self.cpu_s.items() if n != DRIVER)
         return 1e6 * used / max(self.updates, 1)
 
-    def cpu_ratio_to_driver(self) -> float:
-        """The pipeline's CPU over the simulator's in the same window. The simulator's work is set
-        by the rate, so the ratio holds still when the host's speed moves (20-40 % between runs)."""
-        return self.cpu_us_per_update() / max(self.cpu_us_per_update(DRIVER), 1e-9)
+    def cpu_ratio_to_driver(self, name: str | None = None) -> float:
+        """The pipeline's CPU (or one process's) over the simulator's in the same window. The
+        simulator's work is set by the rate, so the ratio holds still when the host's speed moves
+        (20-40 % between runs)."""
+        return self.cpu_us_per_update(name) / max(self.cpu_us_per_update(DRIVER), 1e-9)
 
     def sustained(self) -> bool:
         return (
@@ -212,6 +213,12 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
             out[f"pipeline.cpu_us_per_update_{name}"] = {
                 "value": main.cpu_us_per_update(name),
                 "unit": "us CPU/update",
+                "goal": "",
+            }
+            # a service's share, normalised as the total is: what an A/B of one service compares
+            out[f"pipeline.cpu_ratio_to_simulator_{name}"] = {
+                "value": main.cpu_ratio_to_driver(name),
+                "unit": "x",
                 "goal": "",
             }
     for key, per_s in sorted(main.bus_per_s.items()):  # flushes_, wakeups_, messages_received_<service>

@@ -34,6 +34,10 @@ def test_pipeline_figures_carry_per_service_cpu_and_the_p99_curve() -> None:
     assert out["pipeline.cpu_us_per_update"]["value"] == pytest.approx(50.0)
     assert "pipeline.cpu_us_per_update_simulator" not in out
     assert out["pipeline.cpu_us_per_update_registry"]["value"] == pytest.approx(10.0)
+    # each service over the simulator's CPU in the same window, as the total is
+    assert out["pipeline.cpu_ratio_to_simulator_ingest"]["value"] == pytest.approx(1.0)
+    assert out["pipeline.cpu_ratio_to_simulator_registry"]["value"] == pytest.approx(1 / 3)
+    assert "pipeline.cpu_ratio_to_simulator_simulator" not in out
     rows = out["pipeline.scaling_p99_ms"]["table"]["rows"]
     assert [r[0] for r in rows] == [1_000, 10_000, 30_000]
     assert rows[-1][3] == 20_000
