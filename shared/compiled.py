@@ -46,10 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS: dict[str, tuple[str, ...]] = {
     "services.registry": (
         "books",
+        "candles",
+        "detectors",
         "due",
         "entry",
         "heap",
         "messages",
+        "patterns",
         "price_index",
         "registry",
         "stats",

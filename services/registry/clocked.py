@@ -9,12 +9,12 @@ import asyncio
 import logging
 import time
 
+from services.registry.candles import Watermark
 from services.registry.config import PoolsConfig
 from services.registry.intake import Intake
 from services.registry.turns import Turns
 from services.registry.zones import NS
 from shared.backoff import sleep_or_wake
-from shared.bars import Watermark
 from shared.clock import RealClock
 
 log = logging.getLogger("poolwire.registry")

@@ -1,7 +1,7 @@
 """Zone detectors over the price stream: every (symbol, timeframe)'s candles and patterns
 (patterns.py: the FVG and pivot rules), one watermark per symbol, and their state across restarts.
 
-* Candles (shared/bars.py, on event time): a tick of event time ``t`` belongs to the bucket
+* Candles (candles.py, on event time): a tick of event time ``t`` belongs to the bucket
   ``[t // tf * tf, + tf)`` (UTC epoch aligned, so D1 candles run 00:00-24:00 UTC). A candle closes
   when the symbol's event time passes its end plus the allowed lateness, or, for a live symbol that
   goes quiet, when the wall clock does (:meth:`Detectors.on_time`). A replayed history is not live:
@@ -21,54 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
-import msgspec
-
+from services.registry.candles import Bar, Watermark
+from services.registry.pair_state import CandleState, PairState
 from services.registry.patterns import Candle, CandleBuilder, Detection, FvgRule, PatternDetector, window_size
-from shared.bars import Bar, Watermark
 
 _NEVER = -(1 << 63)  # a fast path's ``hi`` that no event time is below: the cache is stale
 _INF = float("inf")
-
-
-class CandleState(msgspec.Struct, array_like=True, gc=False):
-    """A candle as stored (a msgspec Struct is slower than a slots dataclass on the tick path)."""
-
-    start_ns: int
-    end_ns: int
-    open: float
-    high: float
-    low: float
-    close: float
-    ticks: int = 1
-
-    @classmethod
-    def of(cls, c: Candle) -> CandleState:
-        return cls(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)
-
-    def candle(self) -> Candle:
-        return Candle(self.start_ns, self.end_ns, self.open, self.high, self.low, self.close, self.ticks)
-
-
-class PairState(msgspec.Struct, kw_only=True):
-    """What the detectors of one (symbol, timeframe) need to continue exactly where they stopped.
-
-    The pivot state is the closed-candle window itself: a pivot is found from the last 2N+1 closed
-    candles, an FVG from the last 3.
-    """
-
-    symbol: str
-    timeframe: str
-    tf_ns: int
-    swing_bars: int  # the N the window was kept for
-    last_closed_start: int = -1  # ticks of this bucket or earlier are late
-    current: CandleState | None = None  # the open candle (the newest, when several are open)
-    closed: list[CandleState] = []  # oldest first
-    # Open candles older than ``current``, still within the allowed lateness (oldest first), and
-    # the symbol's watermark: its latest event time, whether it is live, and its point.
-    opening: list[CandleState] = []
-    event_ns: int = 0
-    live: bool = False
-    point_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +224,7 @@ class Detectors:
                 fast.hi = _NEVER
 
     def on_time(self, now_ns: int, symbols: Iterable[str] | None = None) -> list[Detection]:
-        """Close the candles of live symbols that went quiet (see shared/bars.py): of ``symbols``
+        """Close the candles of live symbols that went quiet (see candles.py): of ``symbols``
         (default: all; a caller going through them in pieces passes a copy of :meth:`symbol_list`)."""
         out: list[Detection] = []
         for symbol in list(self._pairs) if symbols is None else symbols:

@@ -21,7 +21,7 @@ class DueTimers(Generic[K]):
     Each timer's lateness runs from its deadline, or from when it became known if that is later
     (``known``: 0 for the deadline), to when it is handled.
 
-    ``wall``, the wall clock if any: an event time never passes it (as shared/bars.py's
+    ``wall``, the wall clock if any: an event time never passes it (as candles.py's
     Watermark: a forged time cannot fire timers early), and lateness is taken on it. ``live`` is
     the caller's: a timer fired on a live point (the clock) is late from its deadline; else (a
     replay's event time, which moves with its prices) from when it fired.

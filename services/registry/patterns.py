@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Literal
 
+from services.registry.candles import Bar, BarBuilder
 from services.registry.zones import BSL, FVG_BEARISH, FVG_BULLISH, SSL
-from shared.bars import Bar, BarBuilder
 
-Candle = Bar  # a candle is shared/bars.py's bar
+Candle = Bar  # a candle is candles.py's bar
 FvgRule = Literal["gap", "body"]
 _HIGH, _LOW = attrgetter("high"), attrgetter("low")
 
@@ -38,7 +38,7 @@ class Detection:
 
 
 class CandleBuilder(BarBuilder):
-    """Candles of one (symbol, timeframe): shared/bars.py's builder, noting changes for the store."""
+    """Candles of one (symbol, timeframe): candles.py's builder, noting changes for the store."""
 
     __slots__ = ("changed",)
 

@@ -2,7 +2,7 @@
 
 SUB ``px.*`` -> detectors (candles, FVGs, pivots) and the price index; PULL ``DetectorEvent`` from
 outside detectors; a timer loop advances the wheel to the event-time point (the clock while the
-price stream is live, its newest event time in a replay: shared/bars.py's Watermark); every event
+price stream is live, its newest event time in a replay: candles.py's Watermark); every event
 goes out on PUB
 ``zone.<event>.<tf>.<symbol>``; a ROUTER answers Clone snapshots of the active zones; SQLite keeps
 the zones and the detectors' candles across restarts.
@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from services.registry.candles import Watermark
 from services.registry.clocked import ClockedLoops
 from services.registry.config import RegistryConfig
 from services.registry.detectors import Detectors
@@ -34,7 +35,6 @@ from services.registry.validate import (
 from services.registry.zones import NS, timeframe_ns
 from shared import compiled
 from shared.backoff import sleep_or_wake
-from shared.bars import Watermark
 from shared.bus import Publisher, Puller, Subscriber
 from shared.constants import px_topic, zone_topic
 from shared.lifecycle import run_loops

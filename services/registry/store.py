@@ -33,7 +33,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.registry.detectors import PairState
+from services.registry.pair_state import PairState
 from shared.messages import Zone
 from shared.ratelog import RateLimitedLog
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.registry.detectors import CandleState, Detectors, PairState
+from services.registry.detectors import Detectors
+from services.registry.pair_state import CandleState, PairState
 from services.registry.patterns import Detection
 from services.registry.restore import restore_detectors
 from services.registry.store import ZoneStore
@@ -335,22 +336,16 @@ def test_the_tick_fast_path_gives_what_the_full_path_gives(lateness_s: int) -> N
     """Most ticks only update each timeframe's newest candle (Detectors' fast path): the same
     detections, late ticks, changed states and exported state as ticks all taken the full way."""
     full_way = Detectors(dict(TIMEFRAMES), swing_bars=2, lateness_ns=lateness_s * S)
-    full_way._refresh = lambda *args: None  # type: ignore[method-assign]  # no fast path
     fast = Detectors(dict(TIMEFRAMES), swing_bars=2, lateness_ns=lateness_s * S)
-    slow_ticks = 0
-    refresh = fast._refresh
-
-    def counted(*args: object) -> None:
-        nonlocal slow_ticks
-        slow_ticks += 1
-        refresh(*args)  # type: ignore[arg-type]
-
-    fast._refresh = counted  # type: ignore[method-assign,assignment]
-    ticks = 0
+    slow_ticks = ticks = 0
     for i, (what, sym, ts, price) in enumerate(STEPS):
         if what == "tick":
             ticks += 1
+            full_way._open.clear()  # no fast path: every tick goes the full way
             assert fast.on_price(sym, ts, price) == full_way.on_price(sym, ts, price)
+            # a fast tick gathers into its symbol's fast path; a slow one hands what was gathered
+            # to the candles first, and leaves it empty
+            slow_ticks += fast._open[sym].ticks == 0
         else:
             assert fast.on_time(ts) == full_way.on_time(ts)
         if i % 3 == 0:  # often: a fast tick after the export of its symbol's last slow one

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.registry.detectors import CandleState, PairState
+from services.registry.pair_state import CandleState, PairState
 from services.registry.zones import NS
 from shared.bus import Publisher, Pusher, Subscriber
 from shared.messages import DetectorEvent, Price, ZoneCreated

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.registry.detectors import CandleState, PairState
+from services.registry.pair_state import CandleState, PairState
 from services.registry.store import ZoneStore
 from shared.bus import Pusher, Subscriber
 from shared.messages import DetectorEvent, Zone, ZoneCreated, ZoneSnapshotItem

@@ -117,7 +117,7 @@ async def test_under_steady_small_writes_the_outbox_keeps_the_wal_bounded(
 
 
 def test_removals_in_chunks_of_every_size_delete_exactly_those_rows(tmp_path: Path) -> None:
-    from services.registry.detectors import PairState
+    from services.registry.pair_state import PairState
 
     store = ZoneStore(tmp_path / "z.sqlite")
     store.changed_many(zone(i) for i in range(300))

@@ -1,0 +1,52 @@
+"""What the detectors of one (symbol, timeframe) store to continue exactly after a restart.
+
+msgspec Structs the store encodes and decodes, kept out of the compiled detectors (detectors.py):
+a Struct class compiled by mypyc loses the field types msgspec decodes by.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.registry.candles import Bar
+
+
+class CandleState(msgspec.Struct, array_like=True, gc=False):
+    """A candle as stored (a msgspec Struct is slower than a slots dataclass on the tick path)."""
+
+    start_ns: int
+    end_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    ticks: int = 1
+
+    @classmethod
+    def of(cls, c: Bar) -> CandleState:
+        return cls(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)
+
+    def candle(self) -> Bar:
+        return Bar(self.start_ns, self.end_ns, self.open, self.high, self.low, self.close, self.ticks)
+
+
+class PairState(msgspec.Struct, kw_only=True):
+    """What the detectors of one (symbol, timeframe) need to continue exactly where they stopped.
+
+    The pivot state is the closed-candle window itself: a pivot is found from the last 2N+1 closed
+    candles, an FVG from the last 3.
+    """
+
+    symbol: str
+    timeframe: str
+    tf_ns: int
+    swing_bars: int  # the N the window was kept for
+    last_closed_start: int = -1  # ticks of this bucket or earlier are late
+    current: CandleState | None = None  # the open candle (the newest, when several are open)
+    closed: list[CandleState] = []  # oldest first
+    # Open candles older than ``current``, still within the allowed lateness (oldest first), and
+    # the symbol's watermark: its latest event time, whether it is live, and its point.
+    opening: list[CandleState] = []
+    event_ns: int = 0
+    live: bool = False
+    point_ns: int = 0
