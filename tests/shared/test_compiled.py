@@ -55,6 +55,7 @@ def test_the_cores_tests_pass_on_the_pure_modules_too() -> None:
     if not compiled.is_compiled(services.registry.registry):
         return  # this run is the pure one
     tests = [f"tests/{package.split('.')[-1]}" for package in sorted(compiled.GROUPS)]
+    tests += ["tests/shared/test_bars.py", "tests/alerts/test_bars.py"]  # the registry's bars, as shared.bars
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-o", "addopts=-q -p no:cacheprovider", *tests, __file__],
         cwd=ROOT,
