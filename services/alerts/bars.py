@@ -63,21 +63,13 @@ class Series:
         previous close is the bar before it, open or closed: a replay evaluates several boundaries
         in one call, before the bars between them are rolled, and must see what live saw."""
         zones = list(self.zones.get(start_ns, ()))
-        c = self.last_close
-        for b in self.builder.bars:  # oldest first
-            if b.start_ns < start_ns:
-                c = b.close
-                continue
-            if b.start_ns == start_ns:
-                return TickerInput(
-                    open=b.open,
-                    high=b.high,
-                    low=b.low,
-                    close=b.close,
-                    prev_close=c,
-                    updated_ns=self.updated_ns,
-                    zones=zones,
-                )
+        found = self.builder.prices_at(start_ns, self.last_close)
+        if found is not None:
+            o, h, lo, c, prev = found
+            return TickerInput(
+                open=o, high=h, low=lo, close=c, prev_close=prev, updated_ns=self.updated_ns, zones=zones
+            )
+        c = self.builder.close_before(start_ns, self.last_close)
         if c == 0.0:  # zone events only, no price yet
             return TickerInput(updated_ns=self.updated_ns, zones=zones)
         return TickerInput(
@@ -190,9 +182,10 @@ class Bars:
             for size, by_symbol in self._series.items():
                 s = by_symbol.get(symbol)
                 if s is not None:
-                    bars = [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in s.builder.bars]
                     closed = s.builder.closed_before
-                    series.append(SeriesRow(size, symbol, closed, bars, s.zones, s.last_close, s.updated_ns))
+                    series.append(
+                        SeriesRow(size, symbol, closed, s.builder.rows(), s.zones, s.last_close, s.updated_ns)
+                    )
             if series:
                 rows[f"{ROW_PREFIX}{symbol}"] = _ENC.encode(TickerRow(symbol, series))
         return rows

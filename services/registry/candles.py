@@ -213,5 +213,33 @@ class BarBuilder:
     def current(self) -> Bar | None:
         return self.bars[-1] if self.bars else None
 
+    # Reads for interpreted callers (alerts): a native bar's field read from Python allocates its
+    # int or float each time, so the scans over the bars are done here, once a call.
+
+    def prices_at(self, start_ns: int, before: float) -> tuple[float, float, float, float, float] | None:
+        """``(open, high, low, close, previous close)`` of the open bar of the bucket starting at
+        ``start_ns``, None if there is none; the previous close is that of the newest open bar
+        before it, else ``before``."""
+        previous = before
+        for bar in self.bars:  # oldest first
+            if bar.start_ns < start_ns:
+                previous = bar.close
+            elif bar.start_ns == start_ns:
+                return (bar.open, bar.high, bar.low, bar.close, previous)
+        return None
+
+    def close_before(self, start_ns: int, default: float) -> float:
+        """The close of the newest open bar that starts before ``start_ns``; ``default`` if none."""
+        close = default
+        for bar in self.bars:
+            if bar.start_ns >= start_ns:
+                break
+            close = bar.close
+        return close
+
+    def rows(self) -> list[tuple[int, float, float, float, float, int]]:
+        """The open bars as ``(start_ns, open, high, low, close, ticks)``, oldest first."""
+        return [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in self.bars]
+
 
 when_pure(globals(), Bar=UntrackedBar)  # the modules importing Bar get the untracked one

@@ -300,9 +300,9 @@ class Detectors:
             tf_ns=builder.size_ns,
             swing_bars=detector.n,
             last_closed_start=closed_before - builder.size_ns if closed_before > 0 else -1,
-            current=CandleState.of(bars[-1]) if bars else None,
-            opening=[CandleState.of(c) for c in bars[:-1]],
-            closed=[CandleState.of(c) for c in detector.candles],
+            current=_stored(bars[-1]) if bars else None,
+            opening=[_stored(c) for c in bars[:-1]],
+            closed=[_stored(c) for c in detector.candles],
             event_ns=mark.event_ns,
             live=mark.live,
             point_ns=mark.last_point,
@@ -355,3 +355,8 @@ class Detectors:
         ):
             return "open candle inconsistent"
         return None
+
+
+def _stored(c: Bar) -> CandleState:
+    """A candle as stored (its fields read natively here, not through Python attribute lookups)."""
+    return CandleState(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)

@@ -22,10 +22,6 @@ class CandleState(msgspec.Struct, array_like=True, gc=False):
     close: float
     ticks: int = 1
 
-    @classmethod
-    def of(cls, c: Bar) -> CandleState:
-        return cls(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)
-
     def candle(self) -> Bar:
         return Bar(self.start_ns, self.end_ns, self.open, self.high, self.low, self.close, self.ticks)
 

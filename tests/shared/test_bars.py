@@ -160,3 +160,19 @@ def test_bars_depend_on_the_events_only_not_on_how_fast_they_arrive(seed: int) -
     fastest = run([later] * len(events))
     assert live == one_khz == fastest
     assert len(live) > 10
+
+
+def test_the_reads_for_interpreted_callers_match_the_bars() -> None:
+    """``prices_at``, ``close_before`` and ``rows``: what alerts reads, scanned inside the builder."""
+    b = BarBuilder(10 * S)
+    assert b.prices_at(T0, 0.5) is None and b.close_before(T0, 0.5) == 0.5 and b.rows() == []
+    b.add(T0 + 1 * S, 1.0)
+    b.add(T0 + 21 * S, 3.0)  # two open bars: within the lateness nothing closed them
+    b.add(T0 + 2 * S, 2.0)
+    expected = [(T0, 1.0, 2.0, 1.0, 2.0, 2), (T0 + 20 * S, 3.0, 3.0, 3.0, 3.0, 1)]
+    assert [ohlc(x) for x in b.bars] == b.rows() == expected
+    assert b.prices_at(T0, 0.5) == (1.0, 2.0, 1.0, 2.0, 0.5)  # no bar before it: the default
+    assert b.prices_at(T0 + 20 * S, 0.5) == (3.0, 3.0, 3.0, 3.0, 2.0)  # the newest bar before it
+    assert b.prices_at(T0 + 10 * S, 0.5) is None
+    assert b.close_before(T0 + 20 * S, 0.5) == 2.0
+    assert b.close_before(T0 + 30 * S, 0.5) == 3.0
