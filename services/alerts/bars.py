@@ -1,8 +1,8 @@
 """What jobs know of each ticker: the bar of each bucket size, and zone events during it. Pure.
 
-Bars are services/registry/candles.py's, on the inputs' *event* time: a price or zone event joins the bar of the
-bucket its event time falls in, even when it arrives after that bucket's boundary, as long as the
-bucket was not evaluated yet (the service evaluates a boundary once its watermark passes it: the
+Bars are shared.bars' (services/registry/candles.py), on the inputs' *event* time: a price or zone
+event joins the bar of the bucket its event time falls in, even when it arrives after that
+bucket's boundary, as long as the bucket was not evaluated yet (the service evaluates a boundary once its watermark passes it: the
 allowed lateness after it, see core.py). An input for a bucket already evaluated is *late*: counted
 per bucket size, never put into the next bar.
 
