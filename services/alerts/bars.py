@@ -2,9 +2,9 @@
 
 Bars are shared.bars' (services/registry/candles.py), on the inputs' *event* time: a price or zone
 event joins the bar of the bucket its event time falls in, even when it arrives after that
-bucket's boundary, as long as the bucket was not evaluated yet (the service evaluates a boundary once its watermark passes it: the
-allowed lateness after it, see core.py). An input for a bucket already evaluated is *late*: counted
-per bucket size, never put into the next bar.
+bucket's boundary, as long as the bucket was not evaluated yet (the service evaluates a boundary
+once its watermark passes it: the allowed lateness after it, see core.py). An input for a bucket
+already evaluated is *late*: counted per bucket size, never put into the next bar.
 
 The open bars are the state a kill -9 would lose: :meth:`Bars.dirty_rows` gives the series changed
 since the last call as rows (key -> bytes) for the store, :meth:`Bars.restore` takes them back.
