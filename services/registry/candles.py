@@ -16,7 +16,7 @@
 Compiled with the registry's core (shared/compiled.py), whose detectors read and write the bars on
 every tick: as native classes, compiled code reaches their fields directly, where a msgspec
 Struct's took a generic attribute lookup each (the detectors and the core over a recorded replay:
-7.3-8.1 -> 3.7-4.6 us a tick). ``shared.bars`` is where the other services import them from. Run pure,
+7.3-8.1 -> 3.7-4.6 us a tick). The other services import them from ``shared.bars``. Run pure,
 ``Bar`` is :class:`UntrackedBar`, a ``gc=False`` Struct: a Python class would be tracked by the GC.
 """
 
