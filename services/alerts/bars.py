@@ -145,11 +145,30 @@ class Bars:
         self.zones_dropped += dropped
         return kept
 
-    def inputs(self, size_ns: int, tickers: Iterable[str], boundary_ns: int) -> dict[str, TickerInput]:
-        """The bars of the bucket ending at ``boundary_ns`` of these tickers (those with any input)."""
+    def inputs(
+        self,
+        size_ns: int,
+        tickers: Iterable[str],
+        boundary_ns: int,
+        made: dict[tuple[int, int, str], TickerInput] | None = None,
+    ) -> dict[str, TickerInput]:
+        """The bars of the bucket ending at ``boundary_ns`` of these tickers (those with any input).
+        ``made``: the inputs already made while the bars have not changed (one evaluation's jobs),
+        taken from it and added to it, so that the jobs of a bucket share each ticker's input."""
         by_symbol = self._series.get(size_ns, {})
         start = boundary_ns - size_ns
-        return {t: by_symbol[t].bar(start) for t in tickers if t in by_symbol}
+        if made is None:
+            return {t: by_symbol[t].bar(start) for t in tickers if t in by_symbol}
+        out: dict[str, TickerInput] = {}
+        for t in tickers:
+            bar = made.get((size_ns, boundary_ns, t))
+            if bar is None:
+                series = by_symbol.get(t)
+                if series is None:
+                    continue
+                bar = made[(size_ns, boundary_ns, t)] = series.bar(start)
+            out[t] = bar
+        return out
 
     def roll(self, size_ns: int, boundary_ns: int) -> None:
         """The buckets ending at or before ``boundary_ns`` are evaluated (jobs hold their bars):

@@ -292,10 +292,11 @@ class Alerts(Results):
             for (t, w), metrics in self.flow.metrics_for(by_symbol, boundary).items():
                 flows[(t, w, boundary)] = metrics
         jobs: list[StrategyJob] = []
+        made: dict[tuple[int, int, str], TickerInput] = {}  # a ticker's input, shared by the jobs
         for d in due:
             s = self.strategies[d.strategy]
             size = int(s.bucket * NS)
-            inputs = self.bars.inputs(size, d.tickers, d.bucket_ns)
+            inputs = self.bars.inputs(size, d.tickers, d.bucket_ns, made)
             if flows and s.kind in ("order_flow", "python"):
                 w = float(s.flow_window)
                 for t in d.tickers:

@@ -321,6 +321,33 @@ def test_jobs_of_one_bucket_keep_their_own_flow_window(store_factory: Any) -> No
     assert jobs["short"].inputs["pm.a"].close == 0.5  # type: ignore[union-attr]
 
 
+def test_the_jobs_of_one_bucket_share_each_tickers_input_of_one_bucket_size(store_factory: Any) -> None:
+    cross = {"kind": "price_cross", "universe": ["pm.*"], "params": {"level": 0.5}}
+    core = Alerts(
+        config(
+            dict(cross, id="a", bucket="1m"),
+            dict(cross, id="b", bucket="1m"),
+            dict(cross, id="c", bucket="5m"),
+        ),
+        store_factory(),
+    )
+    core.start()
+    end = (B // (5 * M) + 1) * 5 * M  # a boundary of both bucket sizes
+    core.on_message(Price(symbol="pm.a", price=0.4), end - 30 * S)
+    core.on_message(Price(symbol="pm.a", price=0.6), end - 20 * S)
+    jobs = {d.strategy: d.job for d in core.boundary(end)}
+    a, b, c = jobs["a"], jobs["b"], jobs["c"]
+    assert a is not None and b is not None and c is not None
+    assert a.inputs["pm.a"] is b.inputs["pm.a"]  # made once, for both jobs of the 1 m bucket
+    assert a.inputs is not b.inputs  # each job's own mapping (a flow window replaces its values)
+    assert c.inputs["pm.a"] is not a.inputs["pm.a"]  # the 5 m bar is another
+    assert (
+        (a.inputs["pm.a"].open, a.inputs["pm.a"].close)
+        == (0.4, 0.6)
+        == (c.inputs["pm.a"].open, c.inputs["pm.a"].close)
+    )
+
+
 def test_a_batch_of_results_is_one_commit_on_sqlite(store_factory: Any) -> None:
     store = store_factory()
     store.claim(B, ["s1", "s2"], Planner())
