@@ -219,6 +219,9 @@ async def test_hostile_input_is_counted_and_sync_keeps_exact_state() -> None:
                 await server.drain()
                 server.drop_clients()
                 await metrics_until('poolwire_sync_exex_events_total{event="disconnects"}', 1)
+                # reconnected and live again before the faulty block: sent while no client is
+                # connected, it reaches nobody (the disconnect can be counted before the reconnect)
+                await blocks_until(chain.number + 1)
                 await server.block("mismatch")
                 await metrics_until('poolwire_sync_exex_events_total{event="mismatched_blocks"}', 1)
 
