@@ -157,8 +157,7 @@ class Bars:
         taken from it and added to it, so that the jobs of a bucket share each ticker's input."""
         by_symbol = self._series.get(size_ns, {})
         start = boundary_ns - size_ns
-        if made is None:
-            return {t: by_symbol[t].bar(start) for t in tickers if t in by_symbol}
+        made = {} if made is None else made
         out: dict[str, TickerInput] = {}
         for t in tickers:
             bar = made.get((size_ns, boundary_ns, t))

@@ -17,14 +17,15 @@ Compiled with the registry's core (shared/compiled.py), whose detectors read and
 every tick: as native classes, compiled code reaches their fields directly, where a msgspec
 Struct's took a generic attribute lookup each (the detectors and the core over a recorded replay:
 7.3-8.1 -> 3.7-4.6 us a tick). The other services import them from ``shared.bars``. Run pure,
-``Bar`` is :class:`UntrackedBar`, a ``gc=False`` Struct: a Python class would be tracked by the GC.
+``Bar`` is pair_state.py's ``CandleState``, a ``gc=False`` Struct: a Python class would be tracked
+by the GC.
 """
 
 from __future__ import annotations
 
-import msgspec
 from mypy_extensions import mypyc_attr
 
+from services.registry.pair_state import CandleState
 from shared.compiled import when_pure
 
 
@@ -58,18 +59,6 @@ class Bar:
 
     def __repr__(self) -> str:
         return "Bar" + repr(self._fields())
-
-
-class UntrackedBar(msgspec.Struct, gc=False):
-    """:class:`Bar` for the pure modules (made as ``Bar(start_ns, end_ns, ...)`` too)."""
-
-    start_ns: int
-    end_ns: int
-    open: float
-    high: float
-    low: float
-    close: float
-    ticks: int = 1
 
 
 class Watermark:
@@ -242,4 +231,4 @@ class BarBuilder:
         return [(b.start_ns, b.open, b.high, b.low, b.close, b.ticks) for b in self.bars]
 
 
-when_pure(globals(), Bar=UntrackedBar)  # the modules importing Bar get the untracked one
+when_pure(globals(), Bar=CandleState)  # the modules importing Bar get the untracked Struct

@@ -164,18 +164,6 @@ class Detectors:
                     builder.changed = True
                     self._closed[symbol] = None
                     out.extend(self._on_close(detector, candle))
-            bars = builder.bars
-            if bars:
-                bar = bars[-1]
-                if bar.start_ns <= ts_ns < bar.end_ns:  # the newest candle: add's update, inline
-                    if price > bar.high:
-                        bar.high = price
-                    elif price < bar.low:
-                        bar.low = price
-                    bar.close = price
-                    bar.ticks += 1
-                    builder.changed = True
-                    continue
             if builder.add(ts_ns, price):
                 builder.changed = True
             else:
@@ -322,16 +310,16 @@ class Detectors:
                 continue
             builder, detector = next(p for p in self._for(st.symbol) if p[1].timeframe == st.timeframe)
             self._untouch(st.symbol, stale=True)
-            builder.bars = [c.candle() for c in st.opening]
+            builder.bars = [_restored(c) for c in st.opening]
             if st.current is not None:
-                builder.bars.append(st.current.candle())
+                builder.bars.append(_restored(st.current))
             builder.closed_before = st.last_closed_start + st.tf_ns if st.last_closed_start >= 0 else 0
             mark = self._marks[st.symbol]
             if st.event_ns >= mark.event_ns:
                 # A state stored before watermarks (event_ns 0) was closed by the wall clock: live.
                 mark.event_ns, mark.live = st.event_ns, st.live or st.event_ns == 0
             mark.close_through(st.point_ns)
-            detector.candles[:] = [c.candle() for c in st.closed][-window_size(self.swing_bars) :]
+            detector.candles[:] = [_restored(c) for c in st.closed][-window_size(self.swing_bars) :]
             report.restored += 1
             report.resized += st.swing_bars != self.swing_bars
         return report
@@ -360,3 +348,7 @@ class Detectors:
 def _stored(c: Bar) -> CandleState:
     """A candle as stored (its fields read natively here, not through Python attribute lookups)."""
     return CandleState(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)
+
+
+def _restored(c: CandleState) -> Bar:
+    return Bar(c.start_ns, c.end_ns, c.open, c.high, c.low, c.close, c.ticks)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
-from services.registry.candles import Bar
-
 
 class CandleState(msgspec.Struct, array_like=True, gc=False):
-    """A candle as stored (a msgspec Struct is slower than a slots dataclass on the tick path)."""
+    """A candle as stored; run pure, also candles.py's ``Bar`` (``gc=False``: the GC does not track
+    it, where it would a Python class), made as ``Bar(start_ns, end_ns, ...)``."""
 
     start_ns: int
     end_ns: int
@@ -21,9 +20,6 @@ class CandleState(msgspec.Struct, array_like=True, gc=False):
     low: float
     close: float
     ticks: int = 1
-
-    def candle(self) -> Bar:
-        return Bar(self.start_ns, self.end_ns, self.open, self.high, self.low, self.close, self.ticks)
 
 
 class PairState(msgspec.Struct, kw_only=True):
