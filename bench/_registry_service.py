@@ -267,7 +267,7 @@ async def _replay(cfg: dict[str, Any], ticks: list[tuple[str, int, float]], pid:
         profile = os.environ.get("BENCH_REGISTRY_PYSPY")  # a path: py-spy's raw stacks of the registry
         spy = None
         if profile:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(pid)])  # fmt: skip
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--threads", "-r", "250", "-f", "raw", "-o", profile, "--pid", str(pid)])  # fmt: skip
             await asyncio.sleep(1.0)
         t0 = time.perf_counter()
         cpu0, own0, threads0 = _cpu_s(pid), time.process_time(), _thread_cpu_s(pid)

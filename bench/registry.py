@@ -366,11 +366,13 @@ def run() -> dict[str, dict[str, Any]]:
     }
     try:
         from bench._registry_service import replay_figures, service_figures
+        from bench._registry_store import store_figures
     except ImportError:
         pass
     else:
         out.update(service_figures())
         out.update(replay_figures())
+        out.update(store_figures())
     return out
 
 

@@ -10,7 +10,8 @@ not kept: a restarted registry is a new incarnation (new ``started_ns``), which 
 A second table, ``detector_state``, keeps one row per (symbol, timeframe): the detectors'
 :class:`~services.registry.detectors.PairState` (open candle, closed-candle window, last closed
 bucket). The service hands it a few symbols' states at a time (see its detector-state loop); each
-flush writes what it was handed with the zones' changes in one transaction.
+flush writes what it was handed with the zones' changes in one transaction. Both tables are
+clustered on their keys (``WITHOUT ROWID``; tables.py moves a file an older registry wrote).
 
 A write that fails (disk full, database locked by another process) is rolled back and loses
 nothing: every change stays pending and is written by a later flush, newer changes of the same
@@ -34,6 +35,7 @@ from pathlib import Path
 import msgspec
 
 from services.registry.pair_state import PairState
+from services.registry.tables import create_tables
 from shared.messages import Zone
 from shared.ratelog import RateLimitedLog
 
@@ -146,11 +148,7 @@ class ZoneStore:
         # A statement that writes many rows keeps a statement journal; past 64 KiB SQLite spills it
         # to a temporary file (a file and its writes each flush): memory instead.
         self._db.execute("PRAGMA temp_store=MEMORY")
-        self._db.execute("CREATE TABLE IF NOT EXISTS zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
-            " body BLOB NOT NULL, PRIMARY KEY (symbol, timeframe))"
-        )
+        create_tables(self._db, self.path)
         self._dirty: dict[str, Zone] = {}
         self._removed: set[str] = set()
         self._states: dict[StateKey, PairState] = {}
