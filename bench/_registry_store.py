@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import services.registry.store as store_module
 from bench._registry_service import REPLAY_MAX_ZONES, REPLAY_TIMEFRAMES, _recorded
 from services.registry.detectors import Detectors
 from services.registry.registry import Registry
 from services.registry.store import Batch, ZoneStore
-from services.registry.tables import create_tables
 from services.registry.zones import Rules, TimeframeRules, ZoneError, timeframe_ns
 from shared.messages import ZoneRemoved
 
@@ -73,11 +73,8 @@ def _rowid_store(path: Path) -> ZoneStore:
         for sql in ROWID_LAYOUT:
             db.execute(sql)
 
-    store_module.create_tables = older
-    try:
+    with mock.patch.object(store_module, "create_tables", older):
         return ZoneStore(path)
-    finally:
-        store_module.create_tables = create_tables
 
 
 def _checkpoint(store: ZoneStore) -> int:
