@@ -133,14 +133,16 @@ class ClockedLoops(Intake):
         return not fired
 
     async def candle_loop(self) -> None:
-        """Close the candles of live symbols that went quiet, when the next one is due (at least
-        every second: a symbol that turns live is seen within one). Apart from the expiry loop:
-        a pass walks every symbol (~3 ms for 2 000), and zone deadlines come every few ms."""
+        """Close the candles of live symbols that went quiet, when the next one is due (a look at
+        least every second: a symbol that turns live is seen within one). Apart from the expiry
+        loop: a pass walks every symbol (~3 ms for 2 000), and zone deadlines come every few ms.
+        A pass runs only when a candle is due (``Detectors.next_due_ns``)."""
         detectors = self.detectors
         assert detectors is not None
         while True:
             now = self.clock.time_ns()
-            symbols = detectors.symbol_list()
+            due = detectors.next_due_ns()
+            symbols = detectors.symbol_list() if due is not None and due <= now else []
             i = 0
             while i < len(symbols):  # at a boundary every symbol closes a candle
                 t0 = self.turns.start()
@@ -158,8 +160,8 @@ class ClockedLoops(Intake):
                 self.turns.done("candles", t0, "%d symbols", min(i, len(symbols)) - first)
                 await self.next_turn()
             wake = now + NS
-            close = detectors.next_close_ns()
-            if close is not None and close < wake:
+            close = detectors.next_due_ns() if symbols else due
+            if close is not None and now < close < wake:  # (still due after a pass: its close raised)
                 wake = close
             self._planned_close_ns = wake
             await self.clock.sleep(max(0.0, (wake - self.clock.time_ns()) / 1e9))

@@ -55,7 +55,7 @@ def test_candles_close_on_event_time_plus_the_lateness_and_a_replay_is_not_close
     assert list(det._pairs["pm.a"][0][1].candles) == [Candle(T0, T0 + M, 1.0, 3.0, 1.0, 3.0, ticks=2)]
     # live: a quiet symbol's candle closes when the wall clock passes its end plus the lateness
     det.on_price("pm.b", T0 + 5 * S, 1.0, T0 + 5 * S + 10**6)
-    assert det.next_close_ns() == T0 + M + 2 * S
+    assert det.next_due_ns() == T0 + M + 2 * S
     det.on_time(T0 + M + 2 * S - 1)
     assert det.stats.candles == {"M1": 1}
     det.on_time(T0 + M + 2 * S)
