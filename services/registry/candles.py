@@ -117,12 +117,6 @@ class Watermark:
         if point_ns > self._point:
             self._point = point_ns
 
-    def next_close_ns(self, size_ns: int) -> int:
-        """The wall-clock time at which the next bucket of ``size_ns`` closes, if the stream stays
-        live and quiet."""
-        p = self._point
-        return p - p % size_ns + size_ns + self.lateness_ns
-
 
 class BarBuilder:
     """The open bars of one size for one series (oldest first; more than one only within the
