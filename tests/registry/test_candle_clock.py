@@ -9,19 +9,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
-from services.registry.config import RegistryConfig
 from services.registry.detectors import Detectors
 from services.registry.service import RegistryService
 from shared.clock import FakeClock, settle
-from shared.config import CommonConfig
 from shared.messages import Price
-from shared.metrics import StatsCollector
-from shared.runner import ServiceContext
-from tests.ports import tcp_endpoint
+from tests.registry.rig import close_sockets, registry_service
 
 S = 1_000_000_000
 M = 60 * S
@@ -29,28 +23,11 @@ M = 60 * S
 
 @asynccontextmanager
 async def service(clock: FakeClock) -> AsyncIterator[RegistryService]:
-    """The registry on ``clock`` with detectors on M1 and M5 (lateness 2 s) and its candle loop."""
-    config = msgspec.convert(
-        {
-            "pub": tcp_endpoint(),
-            "pull": tcp_endpoint(),
-            "snapshot": tcp_endpoint(),
-            "prices": [tcp_endpoint()],
-            "store": "",
-            "pools": {"M1": {"ttl": "2h"}, "M5": {"ttl": "2h"}},
-            "detectors": {"timeframes": ["M1", "M5"]},  # allowed_lateness: 2 s, the default
-        },
-        RegistryConfig,
+    """The registry on ``clock`` with detectors on M1 and M5 (lateness 2 s, the default) and its
+    candle loop."""
+    svc = registry_service(
+        clock, pools={"M1": {"ttl": "2h"}, "M5": {"ttl": "2h"}}, detectors={"timeframes": ["M1", "M5"]}
     )
-    ctx = ServiceContext(
-        name="registry",
-        common=CommonConfig(),
-        config=config,
-        clock=clock,
-        metrics=CollectorRegistry(),
-        bus_stats=StatsCollector(),
-    )
-    svc = RegistryService(ctx)
     await svc.bind()
     loop = asyncio.create_task(svc.candle_loop())
     await settle()
@@ -59,10 +36,7 @@ async def service(clock: FakeClock) -> AsyncIterator[RegistryService]:
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
-        svc.sub.close()
-        svc.puller.close()
-        await svc.pub.close()
-        await svc.snapshots.close()
+        await close_sockets(svc)
 
 
 def passes(svc: RegistryService) -> float:

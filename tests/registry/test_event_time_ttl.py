@@ -11,18 +11,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
-from services.registry.config import RegistryConfig
 from services.registry.service import RegistryService
 from shared.clock import FakeClock, settle
-from shared.config import CommonConfig
 from shared.messages import DetectorEvent, Message, Price, ZoneCreated, ZoneExpired, ZoneRemoved, ZoneTouched
-from shared.metrics import StatsCollector
-from shared.runner import ServiceContext
-from tests.ports import tcp_endpoint
+from tests.registry.rig import close_sockets, registry_service
 
 S = 1_000_000_000
 TTL = 60 * S
@@ -34,27 +28,11 @@ async def service(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[RegistryService, list[Key]]]:
     """The registry on ``clock`` with its expiry loop running; the zone events it publishes."""
-    config = msgspec.convert(
-        {
-            "pub": tcp_endpoint(),
-            "pull": tcp_endpoint(),
-            "snapshot": tcp_endpoint(),
-            "prices": [tcp_endpoint()],
-            "store": "",
-            "pools": {"H1": {"ttl": "2h"}, "grace_period_minutes": 5, "auto_expire_interval": "30s"},
-            "detectors": {"enabled": False},
-        },
-        RegistryConfig,
+    svc = registry_service(
+        clock,
+        pools={"H1": {"ttl": "2h"}, "grace_period_minutes": 5, "auto_expire_interval": "30s"},
+        detectors={"enabled": False},
     )
-    ctx = ServiceContext(
-        name="registry",
-        common=CommonConfig(),
-        config=config,
-        clock=clock,
-        metrics=CollectorRegistry(),
-        bus_stats=StatsCollector(),
-    )
-    svc = RegistryService(ctx)
     await svc.bind()
     events: list[Key] = []
 
@@ -72,10 +50,7 @@ async def service(
     finally:
         expiry.cancel()
         await asyncio.gather(expiry, return_exceptions=True)
-        svc.sub.close()
-        svc.puller.close()
-        await svc.pub.close()
-        await svc.snapshots.close()
+        await close_sockets(svc)
 
 
 def prices(svc: RegistryService, ticks: Sequence[tuple[str, int, float]]) -> None:

@@ -10,22 +10,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import msgspec
 import pytest
-from prometheus_client import CollectorRegistry
 
-from services.registry.config import RegistryConfig
 from services.registry.metrics import RegistryCollector
 from services.registry.registry import Registry
 from services.registry.service import RegistryService
 from services.registry.zones import Rules, TimeframeRules
 from shared.bus import Publisher, Pusher, Subscriber
-from shared.clock import RealClock
-from shared.config import CommonConfig
 from shared.messages import DetectorEvent, Price, ZoneCreated, ZoneExpired
-from shared.metrics import StatsCollector
-from shared.runner import ServiceContext
-from tests.ports import tcp_endpoint
+from tests.registry.rig import close_sockets, registry_service
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -33,26 +26,7 @@ T0 = 1_700_000_000 * S
 
 @asynccontextmanager
 async def service() -> AsyncIterator[RegistryService]:
-    config = msgspec.convert(
-        {
-            "pub": tcp_endpoint(),
-            "pull": tcp_endpoint(),
-            "snapshot": tcp_endpoint(),
-            "prices": [tcp_endpoint()],
-            "store": "",
-            "pools": {"H1": {"ttl": "2h"}},
-        },
-        RegistryConfig,
-    )
-    ctx = ServiceContext(
-        name="registry",
-        common=CommonConfig(),
-        config=config,
-        clock=RealClock(),
-        metrics=CollectorRegistry(),
-        bus_stats=StatsCollector(),
-    )
-    svc = RegistryService(ctx)
+    svc = registry_service()
     await svc.bind()
     svc.pub.start()
     tasks = [asyncio.create_task(svc.detector_loop()), asyncio.create_task(svc.price_loop())]
@@ -64,10 +38,7 @@ async def service() -> AsyncIterator[RegistryService]:
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in tasks:  # the loops ended by cancellation, not by an exception
             assert task.cancelled()
-        svc.puller.close()
-        svc.sub.close()
-        await svc.pub.close()
-        await svc.snapshots.close()
+        await close_sockets(svc)
 
 
 class OneMethodReplaced:

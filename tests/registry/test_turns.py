@@ -8,24 +8,18 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 import services.registry.clocked as clocked_module
 import services.registry.intake as intake_module
-from services.registry.config import RegistryConfig
 from services.registry.metrics import RegistryCollector
 from services.registry.registry import Registry
 from services.registry.service import RegistryService
 from services.registry.stats import LAG_BOUNDS_NS
 from services.registry.zones import FVG_BULLISH, Rules, TimeframeRules
-from shared.clock import RealClock
-from shared.config import CommonConfig
 from shared.messages import DetectorEvent, Message, Price, ZoneCreated, ZoneExpired, ZoneRemoved
-from shared.metrics import StatsCollector
-from shared.runner import ServiceContext
-from tests.ports import tcp_endpoint
+from tests.registry.rig import close_sockets, registry_service
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -135,35 +129,13 @@ def test_a_price_at_the_deadline_finds_the_waiting_zones_expired() -> None:
 
 @asynccontextmanager
 async def service() -> AsyncIterator[RegistryService]:
-    config = msgspec.convert(
-        {
-            "pub": tcp_endpoint(),
-            "pull": tcp_endpoint(),
-            "snapshot": tcp_endpoint(),
-            "prices": [tcp_endpoint()],
-            "store": "",
-            "pools": {"H1": {"ttl": "2h"}},
-        },
-        RegistryConfig,
-    )
-    ctx = ServiceContext(
-        name="registry",
-        common=CommonConfig(),
-        config=config,
-        clock=RealClock(),
-        metrics=CollectorRegistry(),
-        bus_stats=StatsCollector(),
-    )
-    svc = RegistryService(ctx)
+    svc = registry_service()
     await svc.bind()
     svc.pub.start()
     try:
         yield svc
     finally:
-        svc.sub.close()
-        svc.puller.close()
-        await svc.pub.close()
-        await svc.snapshots.close()
+        await close_sockets(svc)
 
 
 async def other_task_turns_during(loop_task: asyncio.Task[None], done: asyncio.Event) -> int:
