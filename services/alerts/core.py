@@ -28,6 +28,7 @@ from services.alerts.strategies import Signal
 from services.alerts.throttle import Due, PartialBoundary, Throttle
 from services.alerts.wiring import (
     event_strategy_of,
+    input_prefixes,
     open_store,
     policy_of,
     spec_of,
@@ -35,7 +36,7 @@ from services.alerts.wiring import (
     workers_origin,
 )
 from shared.bars import Watermark
-from shared.constants import ZONE, dex_swap_topic, dex_symbol, md_topic, pm_symbol, px_topic
+from shared.constants import dex_symbol, pm_symbol
 from shared.messages import (
     ZONE_EVENT_NAMES,
     AlertFired,
@@ -58,8 +59,7 @@ from shared.ratelog import RateLimitedLog
 log = logging.getLogger("poolwire.alerts")
 
 NS = 1_000_000_000
-PREFIXES = (px_topic(""), md_topic("trade", ""), dex_swap_topic(""), f"{ZONE}.")  # what alerts reads
-__all__ = ["Alerts", "event_strategy_of", "open_store", "workers_origin"]
+__all__ = ["Alerts", "event_strategy_of", "input_prefixes", "open_store", "workers_origin"]
 
 
 class Alerts(Results):

@@ -19,7 +19,7 @@ import logging
 from prometheus_client import Histogram
 
 from services.alerts.config import AlertsConfig
-from services.alerts.core import NS, PREFIXES, Alerts, open_store, workers_origin
+from services.alerts.core import NS, Alerts, input_prefixes, open_store, workers_origin
 from services.alerts.metrics import AlertsCollector
 from services.alerts.supervisor import WorkerPool
 from shared.backoff import sleep_or_wake
@@ -50,7 +50,9 @@ async def main(ctx: ServiceContext[AlertsConfig]) -> None:
         wire_version=ctx.common.wire_version,
         bind_later=True,
     ).bound(clock)
-    sub = Subscriber(cfg.sub, PREFIXES, clock=clock)
+    prefixes = input_prefixes(cfg.strategies)
+    log.info("inputs: %s (what the strategies read)", ", ".join(prefixes) or "none")
+    sub = Subscriber(cfg.sub, prefixes, clock=clock)
     pusher = await Pusher(
         cfg.jobs, bind=True, sender=pub.publisher_id, hwm=cfg.max_in_flight, linger_ms=0, bind_later=True
     ).bound(clock)

@@ -3,16 +3,63 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from services.alerts.config import AlertsConfig, StrategyConfig
 from services.alerts.events import EventStrategy
 from services.alerts.frequency import Policy
+from services.alerts.params import ZoneEventRule, parse_as
 from services.alerts.store import ThrottleStore
 from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
 from services.alerts.throttle import StrategySpec, ThrottleStats, size_class
+from shared.constants import ZONE, dex_swap_topic, md_topic, px_topic
 
 NS = 1_000_000_000
+# Every input alerts can read: prices, trades, swaps and zone events.
+ALL_INPUTS = (px_topic(""), md_topic("trade", ""), dex_swap_topic(""), f"{ZONE}.")
+GLOB = "*?["
+
+
+def input_prefixes(strategies: Iterable[StrategyConfig]) -> tuple[str, ...]:
+    """The topic prefixes alerts subscribes to: what its strategies read, so that nothing else
+    crosses the socket or wakes the service. A bucketed strategy reads every input (each one moves
+    its ticker and fills the bars). Event strategies read what they check: ``price_cross`` the
+    prices of its universe (a listed ticker, or a glob's literal start: ``pm.*`` reads ``px.pm.``),
+    ``zone_event`` the zone events it names (``zone.touched.``; ``zone.touched.H1.`` when it names
+    its timeframes)."""
+    out: list[str] = []
+    for s in strategies:
+        if s.trigger == "bucket":
+            return ALL_INPUTS
+        if s.kind == "price_cross":
+            if s.universe == "discover":
+                out.append(px_topic(""))
+            else:
+                out += [px_topic(_literal_start(u)) for u in s.universe]
+        elif s.kind == "zone_event":
+            rule = parse_as(ZoneEventRule, s.params)
+            for event in sorted(rule.events):
+                if rule.timeframes:
+                    out += [f"{ZONE}.{event}.{tf}." for tf in sorted(rule.timeframes)]
+                else:
+                    out.append(f"{ZONE}.{event}.")
+    return _widest(out)
+
+
+def _literal_start(pattern: str) -> str:
+    """What every ticker a universe entry matches starts with (the entry itself if not a glob)."""
+    cut = min((i for i, c in enumerate(pattern) if c in GLOB), default=len(pattern))
+    return pattern[:cut]
+
+
+def _widest(prefixes: list[str]) -> tuple[str, ...]:
+    """The prefixes, each once, without those a shorter one already covers; in order."""
+    kept: list[str] = []
+    for p in sorted(set(prefixes), key=len):
+        if not any(p.startswith(k) for k in kept):
+            kept.append(p)
+    return tuple(sorted(kept))
 
 
 def open_store(cfg: AlertsConfig, data_dir: str) -> ThrottleStore:

@@ -205,7 +205,7 @@ async def test_zone_touch_alert_leaves_within_milliseconds_not_at_the_bucket(tmp
         with spawn("-m", "services.alerts", "--config", str(path)) as proc:
             async with Subscriber(cfg["pub"], ["alert."]) as sub:
                 await sub.wait_for_publisher("alerts", timeout=20)
-                await pub.wait_for_subscriber("zone.", timeout=20)
+                await pub.wait_for_subscriber("zone.touched.H1.pm.a", timeout=20)
                 latencies = []
                 for i in range(20):
                     sent = time.time_ns()
@@ -219,3 +219,17 @@ async def test_zone_touch_alert_leaves_within_milliseconds_not_at_the_bucket(tmp
                 # one hop in, one out: milliseconds, where the 1 h bucket would have waited up to 1 h
                 assert sorted(latencies)[len(latencies) // 2] < 50_000_000
             assert "1 event-triggered" in stop(proc)
+
+
+async def test_a_service_of_zone_touch_strategies_subscribes_to_zone_touches_only(tmp_path: Path) -> None:
+    """Nothing else crosses the socket: no prices, trades or other zone events wake the service."""
+    source = tcp_endpoint()
+    path, _ = write_config(tmp_path, source, [touch(universe=["pm.*"])], workers=0)
+    async with Publisher(source, service="registry", heartbeat_interval=0.1) as pub:
+        with spawn("-m", "services.alerts", "--config", str(path)) as proc:
+            await pub.wait_for_subscriber("zone.touched.H1.pm.a", timeout=20)
+            assert not pub.has_subscriber("px.pm.a")
+            assert not pub.has_subscriber("md.trade.0x1")
+            assert not pub.has_subscriber("zone.created.H1.pm.a")
+            assert pub.has_subscriber("registry.health")  # liveness is read whatever the strategies
+            assert "inputs: zone.touched. (what the strategies read)" in stop(proc)
