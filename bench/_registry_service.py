@@ -173,8 +173,8 @@ def _recorded(seed: int = 5) -> list[tuple[str, int, float]]:
     return out
 
 
-def _reference(ticks: list[tuple[str, int, float]]) -> set[tuple[str, str, str, float, float, int]]:
-    """The zones the registry's core holds after the ticks, in-process (what the live run holds)."""
+def _core(now: int) -> tuple[Detectors, Registry]:
+    """The replay's detectors and registry core in-process, configured as the service's."""
     det = Detectors({tf: timeframe_ns(tf) for tf in REPLAY_TIMEFRAMES}, lateness_ns=2_000_000_000)
     rules = Rules(
         timeframes={
@@ -183,15 +183,25 @@ def _reference(ticks: list[tuple[str, int, float]]) -> set[tuple[str, str, str, 
         strength_threshold=0.1,
         max_per_tf=REPLAY_MAX_ZONES,
     )
+    return det, Registry(rules, now)
+
+
+def _tick(det: Detectors, reg: Registry, sym: str, t: int, p: float, now: int) -> None:
+    """One tick as the service's price loop handles it: detections first, then the zones' touches."""
+    for d in det.on_price(sym, t, p, now):
+        try:
+            reg.create(d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now)
+        except ZoneError:  # refused (counted by the service too)
+            continue
+    reg.on_price(sym, p, now)
+
+
+def _reference(ticks: list[tuple[str, int, float]]) -> set[tuple[str, str, str, float, float, int]]:
+    """The zones the registry's core holds after the ticks, in-process (what the live run holds)."""
     now = time.time_ns()
-    reg = Registry(rules, now)
-    for sym, t, p in ticks:  # as the service's price loop: detections first, then the zones' touches
-        for d in det.on_price(sym, t, p, now):
-            try:
-                reg.create(d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now)
-            except ZoneError:  # refused (counted by the service too)
-                continue
-        reg.on_price(sym, p, now)
+    det, reg = _core(now)
+    for sym, t, p in ticks:
+        _tick(det, reg, sym, t, p, now)
     return {(z.symbol, z.timeframe, z.kind, z.top, z.bottom, z.created_ns) for z in reg.active()}
 
 

@@ -20,39 +20,24 @@ from typing import Any
 from unittest import mock
 
 import services.registry.store as store_module
-from bench._registry_service import REPLAY_MAX_ZONES, REPLAY_TIMEFRAMES, _recorded
-from services.registry.detectors import Detectors
-from services.registry.registry import Registry
+from bench._registry_service import _core, _recorded, _tick
 from services.registry.store import Batch, ZoneStore
-from services.registry.zones import Rules, TimeframeRules, ZoneError, timeframe_ns
+from services.registry.tables import ROWID_TABLES
 from shared.messages import ZoneRemoved
 
 TICKS_PER_WRITE = 1_600
 STATES_EVERY = 10  # writes; 250 symbols' states each time
 CHECKPOINT_EVERY = 4  # writes (~4 MB of rows: the service's CHECKPOINT_BYTES)
-ROWID_LAYOUT = (
-    "CREATE TABLE zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)",
-    "CREATE TABLE detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
-    " body BLOB NOT NULL, PRIMARY KEY (symbol, timeframe))",
-)
 
 
 def _batches() -> list[Batch]:
-    det = Detectors({tf: timeframe_ns(tf) for tf in REPLAY_TIMEFRAMES}, lateness_ns=2_000_000_000)
-    week = 7 * 86400 * 1_000_000_000
-    timeframes = {tf: TimeframeRules(ttl_ns=week) for tf in ["H1", *REPLAY_TIMEFRAMES]}
     now = time.time_ns()
-    reg = Registry(Rules(timeframes=timeframes, max_per_tf=REPLAY_MAX_ZONES), now)
+    det, reg = _core(now)
     with tempfile.TemporaryDirectory() as tmp:
         taker = ZoneStore(Path(tmp) / "taker.sqlite")  # only its pending changes are used
         batches = []
         for k, (sym, t, p) in enumerate(_recorded(), start=1):
-            for d in det.on_price(sym, t, p, now):
-                try:
-                    reg.create(d.symbol, d.timeframe, d.kind, d.top, d.bottom, d.strength, d.created_ns, now)
-                except ZoneError:
-                    continue
-            reg.on_price(sym, p, now)
+            _tick(det, reg, sym, t, p, now)
             for event in reg.drain():
                 zone = event.zone  # type: ignore[attr-defined]
                 taker.removed(zone.id) if isinstance(event, ZoneRemoved) else taker.changed(zone)
@@ -70,7 +55,7 @@ def _rowid_store(path: Path) -> ZoneStore:
     """A store on the older layout: the tables made as before, not moved."""
 
     def older(db: sqlite3.Connection, path: Path) -> None:
-        for sql in ROWID_LAYOUT:
+        for sql in ROWID_TABLES:
             db.execute(sql)
 
     with mock.patch.object(store_module, "create_tables", older):

@@ -28,6 +28,7 @@ from services.alerts.store import ThrottleStore
 from shared.messages import StrategyJob
 
 UniverseMode = Literal["list", "glob", "discover"]
+GLOB = "*?["  # a universe entry with one of these is a pattern (fnmatch), else a ticker
 
 MAX_PASSED = 1000  # boundaries passed over that one call evaluates, per bucket size
 SIZE_CLASSES: tuple[tuple[str, int], ...] = (("small", 10), ("medium", 100), ("large", 1000))
@@ -49,7 +50,7 @@ class StrategySpec:
             if universe != "discover":
                 raise ValueError(f"strategy {id}: universe must be a list or 'discover', not {universe!r}")
             return cls(id, bucket_ns, "discover")
-        patterns = tuple(u for u in universe if any(c in u for c in "*?["))
+        patterns = tuple(u for u in universe if any(c in u for c in GLOB))
         tickers = frozenset(u for u in universe if u not in patterns)
         return cls(id, bucket_ns, "glob" if patterns else "list", tickers, patterns)
 

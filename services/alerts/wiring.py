@@ -12,13 +12,12 @@ from services.alerts.params import ZoneEventRule, parse_as
 from services.alerts.store import ThrottleStore
 from services.alerts.store_redis import RedisStore
 from services.alerts.store_sqlite import SqliteStore
-from services.alerts.throttle import StrategySpec, ThrottleStats, size_class
+from services.alerts.throttle import GLOB, StrategySpec, ThrottleStats, size_class
 from shared.constants import ZONE, dex_swap_topic, md_topic, px_topic
 
 NS = 1_000_000_000
 # Every input alerts can read: prices, trades, swaps and zone events.
 ALL_INPUTS = (px_topic(""), md_topic("trade", ""), dex_swap_topic(""), f"{ZONE}.")
-GLOB = "*?["
 
 
 def input_prefixes(strategies: Iterable[StrategyConfig]) -> tuple[str, ...]:

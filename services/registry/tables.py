@@ -31,6 +31,14 @@ TABLES: dict[str, tuple[str, str]] = {
 }
 
 
+# What an older registry made: the tables it moves (and the store bench compares with).
+ROWID_TABLES = (
+    "CREATE TABLE zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)",
+    "CREATE TABLE detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
+    " body BLOB NOT NULL, PRIMARY KEY (symbol, timeframe))",
+)
+
+
 def clustered(db: sqlite3.Connection, table: str) -> bool | None:
     """Whether ``table`` is clustered on its key; None if there is no such table."""
     row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()

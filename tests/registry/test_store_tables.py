@@ -13,30 +13,12 @@ import pytest
 
 from services.registry.pair_state import CandleState, PairState
 from services.registry.store import ZoneStore
-from services.registry.tables import TABLES, clustered
+from services.registry.tables import ROWID_TABLES, TABLES, clustered
 from shared.messages import Zone
+from tests.registry.test_store_wal import zone
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
-OLD_LAYOUT = (
-    "CREATE TABLE zones (id TEXT PRIMARY KEY, body BLOB NOT NULL)",
-    "CREATE TABLE detector_state (symbol TEXT NOT NULL, timeframe TEXT NOT NULL,"
-    " body BLOB NOT NULL, PRIMARY KEY (symbol, timeframe))",
-)
-
-
-def zone(i: int) -> Zone:
-    return Zone(
-        id=f"H1_{i:06d}",
-        symbol=f"pm.{i % 7}",
-        timeframe="H1",
-        kind="custom",
-        top=2.0 + i,
-        bottom=1.0 + i,
-        strength=1.0,
-        created_ns=T0,
-        expires_ns=T0 + 3600 * S,
-    )
 
 
 def state(symbol: str) -> PairState:
@@ -54,7 +36,7 @@ def old_file(path: Path, zones: list[Zone], states: list[PairState]) -> None:
     enc = msgspec.msgpack.Encoder()
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA journal_mode=WAL")
-        for sql in OLD_LAYOUT:
+        for sql in ROWID_TABLES:
             db.execute(sql)
         db.executemany("INSERT INTO zones VALUES (?, ?)", [(z.id, enc.encode(z)) for z in zones])
         db.executemany(
