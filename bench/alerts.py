@@ -452,7 +452,8 @@ async def _load(args: Any) -> None:
     n_zone = 0
     try:
         await alerts.wait_for_publisher("alerts", timeout=60)
-        await pub.wait_for_subscriber("px.", timeout=30)
+        # the probes' topic: read in every configuration (alerts reads only what its strategies do)
+        await pub.wait_for_subscriber(zone_topic("touched", "H1", "pm."), timeout=30)
         task = asyncio.get_running_loop().create_task(collect())
         t0 = time.monotonic()
         per_tick = args.rate / 1000  # 1 ms ticks
