@@ -47,6 +47,21 @@ def cpu_s(pid: int) -> float:
     return sum(_times(Path(f"/proc/{pid}/stat")))
 
 
+def sleeps_of(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far: each a wait (epoll, a lock,
+    a timer) that put the thread off the CPU until something woke it (threads gone are not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
 def threads_cpu(pids: dict[str, int]) -> str:
     """One line per thread: service, tid, name, utime and stime in seconds (for a profile's notes)."""
     lines = []
@@ -78,7 +93,7 @@ class Window:
     updates: int
     gaps: float
     cpu_s: dict[str, float]  # CPU seconds (utime + stime, every thread) each process used in the window
-    # flushes_<service>, wakeups_<service>, messages_received_<service>: per second
+    # flushes_<service>, wakeups_<service>, messages_received_<service>, sleeps_<process>: per second
     bus_per_s: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     hops_ms: dict[str, list[float]] = field(default_factory=dict)

@@ -72,6 +72,7 @@ from bench._pipeline_stats import (
     figures,
     pinned_figures,
     report,
+    sleeps_of,
     threads_cpu,
 )
 from shared.bus import Pusher, Subscriber
@@ -255,6 +256,9 @@ class Pipeline:
     def cpu(self) -> dict[str, float]:
         return {name: cpu_s(p.pid) for name, p in self.procs.items()}
 
+    def sleeps(self) -> dict[str, int]:
+        return {f"sleeps_{name}": sleeps_of(p.pid) for name, p in self.procs.items()}
+
     # -- collecting -------------------------------------------------------------------------------
 
     async def collect_alerts(self, sub: Subscriber) -> None:
@@ -279,10 +283,13 @@ class Pipeline:
 
     async def window(self, http: aiohttp.ClientSession, rate: int, seconds: float) -> Window:
         s0, k0, c0, t0 = await self.state(http), await self.counters(http), self.cpu(), time.time_ns()
+        z0 = self.sleeps()
         await asyncio.sleep(seconds)
         s1, k1, c1, t1 = await self.state(http), await self.counters(http), self.cpu(), time.time_ns()
+        z1 = self.sleeps()
         used = {name: c1[name] - c0[name] for name in c0}
         per_s = {k: (k1[k] - k0.get(k, 0.0)) / ((t1 - t0) / 1e9) for k in k1 if k != "gaps"}
+        per_s.update({k: (z1[k] - z0[k]) / ((t1 - t0) / 1e9) for k in z1})
         return Window(rate, t0, t1, s1["updates"] - s0["updates"], k1["gaps"] - k0["gaps"], used, per_s)
 
 

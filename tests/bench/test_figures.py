@@ -1,11 +1,14 @@
 """The benchmarks' own arithmetic: CPU per update, the curves' growth, which tables get drawn."""
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bench import plots
-from bench._pipeline_stats import Window, figures, pinned_figures
+from bench._pipeline_stats import Window, figures, pinned_figures, sleeps_of
 from bench.scaling import _curve
 
 S = 1_000_000_000
@@ -16,6 +19,28 @@ def _window(rate: int, cpu_s: dict[str, float], latencies: list[float], updates:
     w.latencies_ms = latencies
     w.probes = len(latencies)
     return w
+
+
+def test_sleeps_count_the_waits_of_every_thread_of_the_process() -> None:
+    """Each time a thread blocks (here 20 short sleeps: what is measured, not a synchronization)
+    is one voluntary switch, counted for the process whichever thread it is."""
+    slept, release = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(20):
+            time.sleep(0.0005)
+        slept.set()
+        release.wait(10)
+
+    before = sleeps_of(os.getpid())
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        assert slept.wait(10)
+        assert sleeps_of(os.getpid()) - before >= 20  # read while the thread still lives
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def test_cpu_per_update_counts_every_process_but_the_driver() -> None:
