@@ -236,7 +236,7 @@ def figures(main: Window, low: Window, steps: list[Window], sub_gaps: float) -> 
                 "unit": "x",
                 "goal": "",
             }
-    for key, per_s in sorted(main.bus_per_s.items()):  # flushes_, wakeups_, messages_received_<service>
+    for key, per_s in sorted(main.bus_per_s.items()):  # flushes_, wakeups_, messages_received_, sleeps_
         out[f"pipeline.{key}_per_s"] = {"value": per_s, "unit": "/s", "goal": ""}
     curve = [low, main, *(w for w in steps if w.rate == CURVE_TOP)]
     rows = [[w.rate, pct(w.latencies_ms, 0.99), pct(w.latencies_ms, 0.5), round(w.achieved)] for w in curve]

@@ -26,7 +26,8 @@ alerts; ``cpu_us_per_update``: the CPU time (utime + stime from /proc/<pid>/stat
 ingest, registry and alerts over the 10 k/s window, divided by the updates the simulator sent in it
 (and per service, ``cpu_us_per_update_<service>``); ``cpu_ratio_to_simulator``: that CPU over the
 simulator's in the same window, which holds still when the host's speed moves (per service,
-``cpu_ratio_to_simulator_<service>``: what an A/B of one service compares). Then a 1 k/s step and a ramp (4 s per step) for
+``cpu_ratio_to_simulator_<service>``: what an A/B of one service compares); ``sleeps_<process>_per_s``:
+its voluntary context switches (every thread), each a wait something had to end. Then a 1 k/s step and a ramp (4 s per step) for
 the highest rate sustained with no gaps, no lost alert, the simulator keeping its rate and p99 under
 100 ms (a queue that grows shows there first). ``scaling_p99_ms``: the p99 at 1 k, 10 k and 30 k
 updates/s offered (the 30 k step's achieved rate beside it: the niced simulator tops out near 25 k).
