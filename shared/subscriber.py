@@ -167,8 +167,15 @@ class Subscriber:
     def _drain(self) -> list[tuple[str, list[Message]]]:
         out: list[tuple[str, list[Message]]] = []
         sock = self._sock
+        ready = self._ready
         self._dry = False
-        for _ in range(self.max_drain):
+        for n in range(self.max_drain):
+            # After the first message, ask before reading: a lone message (most wakeups at a few
+            # thousand a second) then ends without an empty read, whose zmq.Again costs 2.7 us
+            # against 1.3 for the question; a burst pays the question once, then reads to Again.
+            if n == 1 and not ready.readable():
+                self._dry = True
+                break
             try:
                 part = _zmq_recv(sock, NOBLOCK, False)
             except zmq.Again:
