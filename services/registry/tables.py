@@ -4,8 +4,9 @@ written by an older registry to that layout.
 A rowid table keyed by a text column is two B-trees: the rows by rowid and an index from the key
 to the rowid. An upsert searches the index, then rewrites a leaf in each tree, and each dirtied
 page goes to the WAL whole. Clustered, a row lives in one B-tree under its key: in the replay
-bench's writes (about 950 rows a transaction, most of them zones touched again), 4.9-5.4 us of
-CPU a row instead of 7.9-9.6, and 1 890 bytes of WAL a row instead of 2 376.
+bench's writes (about 950 rows a transaction, most of them zones touched again, a checkpoint every
+four writes as the service does), 6.0-6.4 us of CPU a row instead of 6.8-7.3, and 2 016 bytes of
+WAL a row instead of 2 355 (``bench/_registry_store.py``).
 
 A file whose tables have the older layout is copied into the new one once, when the store opens:
 one transaction, so a failure (a locked or full disk) leaves the file as it was, logged, and the

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
 from shared.xpub import RECHECK_AFTER_SEND_S, SubscriberWatch
 
 
@@ -38,9 +36,8 @@ class FakeReader:
 
 
 def watch_with(loop: FakeLoop) -> tuple[SubscriberWatch, FakeReader]:
-    sock: Any = zmq.Context.instance().socket(zmq.XPUB)
-    sock.close()  # never read: the check is the fake reader's
-    watch = SubscriberWatch(sock, "inproc://unused")
+    no_socket: Any = None  # never read: the check after a send is the fake reader's
+    watch = SubscriberWatch(no_socket, "inproc://unused")
     reader = FakeReader(loop)
     watch.reader = reader  # type: ignore[assignment]
     return watch, reader
