@@ -9,6 +9,7 @@ import msgspec
 from shared.config import Duration, Endpoint, Port
 from shared.constants import PORTS, tcp
 
+MAX_LOOP_PACE = 0.05
 Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
@@ -64,8 +65,16 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rest_backoff_base: Duration = Duration(1.0)  # after a failure, equal jitter
     rest_backoff_cap: Duration = Duration(60.0)
     stop_timeout: Duration = Duration(8.0)
+    # under load, at most one turn of the event loop this often: frames that arrive meanwhile wait
+    # in the sockets and are read together (pacing.py); 0 reads each frame as it comes
+    loop_pace: Duration = Duration(0.0005)
 
     def __post_init__(self) -> None:
+        if self.loop_pace > MAX_LOOP_PACE:
+            raise ValueError(
+                f"loop_pace ({self.loop_pace * 1000:g} ms) is over {MAX_LOOP_PACE * 1000:g} ms: "
+                "a frame could wait that long under load"
+            )
         if self.shard_index >= self.shard_count:
             raise ValueError(
                 f"shard_index ({self.shard_index}) must be below shard_count ({self.shard_count})"

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_go_float
 
+from services.ingest.pacing import TurnPacer
 from services.ingest.shard import Shard
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class IngestCollector(Collector):
         self.pull_ignored: dict[str, int] = {}  # messages on PULL that are not commands, by type
         self.snapshot_bad_requests: Callable[[], int] = lambda: 0
         self.burst_flushes: Callable[[], int] = lambda: 0
+        self.pacer: TurnPacer | None = None
         self.publish_latency = LatencyHistogram(PUBLISH_LATENCY_BUCKETS)
 
     def collect(self) -> Iterable[Metric]:
@@ -195,6 +197,15 @@ class IngestCollector(Collector):
             "burst_flushes",
             "Flushes inside a burst (0.5 ms of frames in one loop turn)",
             self.burst_flushes(),
+        )
+        pacer = self.pacer
+        yield counter(
+            "loop_naps", "Sleeps of the event loop under load (loop_pace)", pacer.naps if pacer else 0
+        )
+        yield counter(
+            "loop_nap_seconds",
+            "Time the event loop slept under load (loop_pace)",
+            pacer.napped_s if pacer else 0.0,
         )
         yield GaugeMetricFamily(
             f"{P}_foreign_assets",

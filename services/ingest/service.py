@@ -20,6 +20,7 @@ from services.ingest.connection import Connection
 from services.ingest.discovery import discover
 from services.ingest.force import ForceGate
 from services.ingest.metrics import PUBLISH_LATENCY_BUCKETS, IngestCollector, LatencyHistogram
+from services.ingest.pacing import TurnPacer
 from services.ingest.planner import Limits
 from services.ingest.pool import ConnectionPool
 from services.ingest.rest import RestClient, Resyncer
@@ -107,9 +108,15 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     # a long burst's first messages go out before its end
     burst = BurstFlush(pub.flush, asyncio.get_running_loop().call_soon)
     routed = burst.routed
+    # under load, the loop wakes about once a pace, not once a frame (pacing.py)
+    pacer = TurnPacer(cfg.loop_pace, asyncio.get_running_loop().call_soon)
+    woke = pacer.woke
+    if cfg.loop_pace:
+        log.info("loop paced: under load, one turn every %.2f ms at most (loop_pace)", cfg.loop_pace * 1000)
 
     def on_frame(conn_id: str, data: str | bytes) -> int:
         t0 = perf()
+        woke(t0)
         n = handle(conn_id, data)
         t1 = perf()
         observe(t1 - t0)
@@ -175,6 +182,7 @@ async def main(ctx: ServiceContext[IngestConfig]) -> None:
     ctx.metrics.register(collector)
     collector.snapshot_bad_requests = lambda: snapshots.bad_requests
     collector.burst_flushes = lambda: burst.flushes
+    collector.pacer = pacer
     collector.publish_latency = latency
     gate = ForceGate(cfg.force_unknown_per_minute, ctx.clock.monotonic)
     collector.force_refused = gate.refused
