@@ -128,7 +128,7 @@ def test_the_pace_is_read_from_config_and_bounded() -> None:
 
     assert ingest().loop_pace == pytest.approx(0.0005)
     assert ingest(loop_pace="2ms").loop_pace == pytest.approx(0.002)
-    assert ingest(loop_pace=0).loop_pace == 0
+    assert ingest(loop_pace=0).loop_pace == 0.0
     with pytest.raises(ConfigError, match=r"loop_pace \(60 ms\) is over 50 ms"):
         ingest(loop_pace="60ms")
 
