@@ -2,7 +2,8 @@
 
 What runs: the simulator's Polymarket + Gamma servers (``bench/_pipeline_sim.py``, a process of
 its own) and ``python -m services.ingest``, ``services.registry`` and ``services.alerts`` with the
-default settings that matter (book hashes checked, zones stored in SQLite, detectors on), talking
+default settings that matter (book hashes checked, zones stored in SQLite, detectors on, ingest's
+loop paced at 0.5 ms: services/ingest/README.md, "Pacing the loop"), talking
 over TCP on 127.0.0.1, like ``make run``. The background load is the simulator's moving books over
 2 000 assets (5 WebSocket connections); ``RATE`` counts market updates (price_change entries and
 trades), as ingest does. The simulator stands for the exchange, which runs elsewhere: it is niced
