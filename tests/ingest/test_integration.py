@@ -225,6 +225,13 @@ async def collect_until(
     )
 
 
+async def collect_to_the_last(sub: Subscriber, out: list[tuple[str, Message]], last: dict[str, str]) -> None:
+    """Receive into ``out`` until each asset's last published hash is its hash in ``last``."""
+    await collect_until(
+        sub, out, lambda: all(hashes_by_asset(out).get(a, [""])[-1] == h for a, h in last.items()), 20
+    )
+
+
 async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> None:
     """A recycle with both sockets carrying the market: every update is published once, and every
     copy the second socket brings is dropped and counted (``handoff_duplicates`` while the
@@ -319,12 +326,7 @@ async def test_recycling_at_30_percent_no_gap_no_duplicate(tmp_path: Path) -> No
                 await asyncio.sleep(0)
                 truth = sim_hashes(server.history)
                 last = {a: truth[a][-1] for a in live if a in truth}
-                await collect_until(
-                    sub,
-                    got,
-                    lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
-                    20,
-                )
+                await collect_to_the_last(sub, got, last)
                 assert server.extra_copies == copies  # one connection since
                 assert await metric(metrics, "poolwire_ingest_recycles_total") == 1
                 # each copy dropped, counted once; none published (contiguity below: nothing published twice)
@@ -375,12 +377,7 @@ async def test_silent_stall_healed_and_garbage_counted(tmp_path: Path) -> None:
                 await asyncio.sleep(0)
                 truth = sim_hashes(server.history)
                 last = {a: truth[a][-1] for a in server.sim.assets if a in truth}
-                await collect_until(
-                    sub,
-                    got,
-                    lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
-                    20,
-                )
+                await collect_to_the_last(sub, got, last)
                 decode_errors = await metric(metrics, "poolwire_ingest_decode_errors_total")
                 legacy = await metric(metrics, "poolwire_ingest_legacy_events_total")
                 unknown = await metric(metrics, "poolwire_ingest_unknown_events_total")

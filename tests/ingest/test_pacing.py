@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -15,16 +13,17 @@ from services.ingest.pool import ConnectionPool
 from services.ingest.router import Router
 from services.ingest.subscriptions import Subscriptions
 from shared.config import ConfigError, convert
+from tests.ingest.test_deferred_checks import Loop
 
 PERIOD = 0.0005
 
 
-class FakeLoop:
-    """The clock, the sleeps and the turns of an event loop: ``turn`` runs what was deferred to it."""
+class FakeLoop(Loop):
+    """An event loop's turns (``Loop``) with a clock and sleeps that move it."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.now = 100.0
-        self.soon: list[Callable[[], None]] = []
         self.sleeps: list[float] = []
 
     def clock(self) -> float:
@@ -33,14 +32,6 @@ class FakeLoop:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
-
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        self.soon.append(callback)
-
-    def turn(self) -> None:
-        ready, self.soon = self.soon, []
-        for callback in ready:
-            callback()
 
     def pacer(self, settle_turns: int = 2) -> TurnPacer:
         return TurnPacer(PERIOD, self.call_soon, self.clock, self.sleep, settle_turns=settle_turns)
@@ -54,7 +45,7 @@ def test_a_frame_after_a_quiet_spell_is_routed_and_the_loop_goes_back_to_sleep_w
         loop.now += 0.00005
         for _ in range(3):  # the settle turns, then the decision
             loop.turn()
-        assert not loop.soon
+        assert not loop.callbacks
         loop.now += 0.002  # the next frame comes after a quiet spell longer than a period
     assert loop.sleeps == [] and pacer.naps == 0
 
@@ -96,7 +87,7 @@ def test_the_nap_waits_for_the_settle_turns_and_frames_routed_meanwhile_join_the
         pacer.woke(loop.now)  # more frames, in the same stretch: no second decision
         assert loop.sleeps == []
     loop.turn()
-    assert len(loop.sleeps) == 1 and not loop.soon
+    assert len(loop.sleeps) == 1 and not loop.callbacks
 
 
 def test_a_stretch_longer_than_the_period_sleeps_no_more() -> None:
@@ -119,7 +110,7 @@ def test_a_pace_of_zero_leaves_the_loop_alone() -> None:
     for _ in range(5):
         pacer.woke(loop.now)
         loop.now += 0.00001
-    assert loop.soon == [] and loop.sleeps == []
+    assert loop.callbacks == [] and loop.sleeps == []
 
 
 def test_the_pace_is_read_from_config_and_bounded() -> None:

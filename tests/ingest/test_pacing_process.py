@@ -12,6 +12,7 @@ from tests.helpers import eventually, spawn
 from tests.ingest.test_integration import (
     CopyCountingServer,
     assert_contiguous,
+    collect_to_the_last,
     collect_until,
     hashes_by_asset,
     metric,
@@ -47,12 +48,7 @@ async def test_a_paced_loop_naps_under_load_and_publishes_every_change(tmp_path:
                 server.slow(0)
                 truth = sim_hashes(server.history)
                 last = {a: hashes[-1] for a, hashes in truth.items()}
-                await collect_until(
-                    sub,
-                    got,
-                    lambda: all(hashes_by_asset(got).get(a, [""])[-1] == h for a, h in last.items()),
-                    20,
-                )
+                await collect_to_the_last(sub, got, last)
                 naps = await metric(metrics, "poolwire_ingest_loop_naps_total")
                 napped = await metric(metrics, "poolwire_ingest_loop_nap_seconds_total")
         assert naps >= 5, f"the loop napped {naps} times over ~75 ticks, each within a pace of the last"
