@@ -213,7 +213,9 @@ def bytes_per_symbol(
     from services.registry.detectors import Detectors
     from services.registry.patterns import window_size
 
-    n = 2_000
+    # 500 symbols: within 1.2 % of 2 000's figure (4 156 against 4 107 B; dicts' spare room is
+    # what moves it) at a quarter of the time, 63 s of make bench on a slow host with 2 000
+    n = 500
     small, large = min(timeframes.values()), max(timeframes.values())
     ticks = (window_size(swing_bars) + 1) * (large // small)  # every window full, in each timeframe
     start = T0 - T0 % large
