@@ -423,6 +423,7 @@ async def test_alerts_no_duplicate_no_loss(pipeline: Pipeline, watch: Watch) -> 
         if not (before_kill or after_back) or any(s is f for f in in_flight):
             continue
         expected += 1
+        assert isinstance(s.msg, ZoneTouched)
         if (s.msg.zone.symbol, bar) not in got:
             t = s.msg.event_ns or s.msg.publish_ns
             missing.append((s.msg.zone.symbol, bar, f"at {(t % BAR) / S:.3f} s into its bar"))
